@@ -1,0 +1,346 @@
+"""Activation kinds: what "firing" and "saturated" mean for each activation function.
+
+Every activation act_diagnostics recognises, as a module class of ``torch.nn`` or as a functional
+call, maps to one :class:`ActivationKind`. A kind knows
+
+* its **family** (``relu``, ``smooth``, ``sigmoid``, ``tanh``, ``bounded``, ``softmax``, ``gate``,
+  ``other``), which the rules use to decide what advice applies;
+* its **firing** test on the output ``y`` (for almost every kind this is "the pre-activation was
+  positive", written in terms of the output);
+* its **saturation** test: where the derivative has fallen below about ``eps`` so that almost no
+  gradient flows (see docs/statistics.md for each formula).
+
+The tests are pure tensor functions, checked against hand-computed tensors in tests/test_kinds.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+FAMILIES = ("relu", "smooth", "sigmoid", "tanh", "bounded", "softmax", "gate", "other")
+
+# Derivative below which a smooth activation's negative tail counts as saturated. The same 0.01
+# as the sigmoid/tanh saturation default (rules.md: "f'(x) < 0.01").
+SMOOTH_TAIL_DERIVATIVE = 0.01
+
+
+@lru_cache(maxsize=None)
+def smooth_tail_threshold(fn_name: str, eps: float = SMOOTH_TAIL_DERIVATIVE) -> float:
+    """Largest ``x <= 0`` below which ``|f'(x)| < eps`` everywhere, for GELU, SiLU, Mish, Hardswish.
+
+    Computed once on a fine grid with autograd, so the constant follows torch's own definition of
+    each function (GELU: about -3.1, SiLU: about -6.6, Mish: about -6.5, Hardswish: -3).
+    """
+    fn = _SMOOTH_FUNCTIONS[fn_name]
+    grid = torch.linspace(-30.0, 0.0, 300_001, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(fn(grid).sum(), grid)
+    steep = (grad.abs() >= eps).nonzero()
+    if steep.numel() == 0:  # pragma: no cover - every listed function is steep somewhere below 0
+        return 0.0
+    return float(grid[int(steep[0])].detach())
+
+
+_SMOOTH_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+    "silu": F.silu,
+    "mish": F.mish,
+    "hardswish": F.hardswish,
+}
+
+
+@dataclass(frozen=True)
+class ActivationKind:
+    """One activation function and its firing / saturation definitions."""
+
+    name: str
+    family: str
+    firing_doc: str
+    saturation_doc: str | None = None
+    # Which tensor the saturation test reads: "output" or "input" (pre-activation).
+    saturation_reads: str = "output"
+    # Distribution-valued (softmax family): saturation is judged per row along ``dim``.
+    per_row: bool = False
+
+    @property
+    def unit_saturation(self) -> bool:
+        """Saturation is judged per element, so per-unit saturation counts exist."""
+        return self.name in _SATURATED and not self.per_row and self.name != "glu"
+
+    def active(self, y: Tensor, params: dict[str, Any]) -> Tensor:
+        """Boolean mask of outputs that count as firing."""
+        return _ACTIVE[self.name](y, params)
+
+    def saturated(self, x: Tensor | None, y: Tensor, params: dict[str, Any], eps: float) -> Tensor | None:
+        """Boolean mask of saturated outputs (or rows, for softmax), None when not defined."""
+        fn = _SATURATED.get(self.name)
+        if fn is None:
+            return None
+        if self.saturation_reads == "input":
+            return None if x is None else fn(x, params, eps)  # None: inplace call, input is gone
+        return fn(y, params, eps)
+
+
+def _gt(value: float) -> Callable[[Tensor, dict[str, Any]], Tensor]:
+    return lambda y, p: y > value
+
+
+def _softmax_dim(p: dict[str, Any], y: Tensor) -> int:
+    dim = p.get("dim")
+    if dim is None:  # torch's legacy implicit choice (torch.nn.functional._get_softmax_dim)
+        dim = 0 if y.dim() in (0, 1, 3) else 1
+    return int(dim)
+
+
+_ACTIVE: dict[str, Callable[[Tensor, dict[str, Any]], Tensor]] = {
+    "threshold": lambda y, p: y > p.get("threshold", 0.0),
+    "sigmoid": _gt(0.5),
+    "hardsigmoid": _gt(0.5),
+    "logsigmoid": _gt(math.log(0.5)),
+    "softplus": lambda y, p: y > math.log(2.0) / p.get("beta", 1.0),
+    "softmax": lambda y, p: y > 1.0 / max(1, y.shape[_softmax_dim(p, y)]),
+    "softmin": lambda y, p: y > 1.0 / max(1, y.shape[_softmax_dim(p, y)]),
+    "log_softmax": lambda y, p: y > -math.log(max(1, y.shape[_softmax_dim(p, y)])),
+    "hardtanh": lambda y, p: y > max(0.0, p.get("min_val", -1.0)),
+}
+
+
+def _row_max_above(limit_fn: Callable[[float], float]) -> Callable[[Tensor, dict[str, Any], float], Tensor]:
+    return lambda y, p, eps: y.amax(dim=_softmax_dim(p, y)) > limit_fn(eps)
+
+
+_SATURATED: dict[str, Callable[[Tensor, dict[str, Any], float], Tensor]] = {
+    "sigmoid": lambda y, p, eps: (y < eps) | (y > 1.0 - eps),
+    "hardsigmoid": lambda y, p, eps: (y <= 0.0) | (y >= 1.0),
+    "tanh": lambda y, p, eps: y.abs() > 1.0 - eps,
+    "hardtanh": lambda y, p, eps: (y <= p.get("min_val", -1.0)) | (y >= p.get("max_val", 1.0)),
+    "relu6": lambda y, p, eps: y >= 6.0,
+    "softsign": lambda y, p, eps: y.abs() > 1.0 - math.sqrt(eps),
+    "logsigmoid": lambda y, p, eps: y > math.log1p(-eps),
+    "softplus": lambda y, p, eps: y < -math.log1p(-eps) / p.get("beta", 1.0),
+    "elu": lambda y, p, eps: y < eps - p.get("alpha", 1.0),
+    "celu": lambda y, p, eps: y < p.get("alpha", 1.0) * (eps - 1.0),
+    # SELU: lambda * alpha * (exp(x) - 1), derivative relative to the linear branch alpha*exp(x).
+    "selu": lambda y, p, eps: y < 1.0507009873554805 * (eps - 1.6732632423543772),
+    "softmax": _row_max_above(lambda eps: 1.0 - eps),
+    "softmin": _row_max_above(lambda eps: 1.0 - eps),
+    "log_softmax": _row_max_above(lambda eps: math.log1p(-eps)),
+    # GLU: a * sigmoid(b); the gate b is the second half of the input along ``dim``.
+    "glu": lambda x, p, eps: x.chunk(2, dim=p.get("dim", -1))[1].abs() > math.log((1.0 - eps) / eps),
+}
+for _name in ("gelu", "silu", "mish", "hardswish"):
+    _SATURATED[_name] = (
+        lambda n: lambda x, p, eps: x
+        < smooth_tail_threshold("gelu_tanh" if n == "gelu" and p.get("approximate") == "tanh" else n)
+    )(_name)
+
+
+def _kind(name: str, family: str, firing: str, saturation: str | None = None, **kw: Any) -> ActivationKind:
+    _ACTIVE.setdefault(name, _gt(0.0))
+    return ActivationKind(name, family, firing, saturation, **kw)
+
+
+_POS = "output > 0 (the pre-activation was positive)"
+KINDS: dict[str, ActivationKind] = {
+    k.name: k
+    for k in [
+        _kind("relu", "relu", _POS),
+        _kind("relu6", "relu", _POS, "output at the upper bound 6"),
+        _kind("leaky_relu", "relu", _POS),
+        _kind("prelu", "relu", _POS),
+        _kind("rrelu", "relu", _POS),
+        _kind("threshold", "relu", "output > threshold"),
+        _kind("elu", "smooth", _POS, "negative tail: alpha*exp(x) < eps"),
+        _kind("celu", "smooth", _POS, "negative tail: exp(x/alpha) < eps"),
+        _kind("selu", "smooth", _POS, "negative tail: alpha*exp(x) < eps"),
+        _kind("gelu", "smooth", _POS, "pre-activation below the tail where |f'| < 0.01", saturation_reads="input"),
+        _kind("silu", "smooth", _POS, "pre-activation below the tail where |f'| < 0.01", saturation_reads="input"),
+        _kind("mish", "smooth", _POS, "pre-activation below the tail where |f'| < 0.01", saturation_reads="input"),
+        _kind("hardswish", "smooth", _POS, "pre-activation <= -3 (zero gradient)", saturation_reads="input"),
+        _kind("softplus", "smooth", "output > ln(2)/beta", "output < -ln(1-eps)/beta (sigmoid(beta*x) < eps)"),
+        _kind("sigmoid", "sigmoid", "output > 0.5", "output < eps or > 1 - eps"),
+        _kind("hardsigmoid", "sigmoid", "output > 0.5", "output at 0 or 1 (zero gradient)"),
+        _kind("logsigmoid", "sigmoid", "output > ln(0.5)", "output > ln(1 - eps)"),
+        _kind("tanh", "tanh", _POS, "|output| > 1 - eps"),
+        _kind("hardtanh", "bounded", "output > max(0, min_val)", "output at min_val or max_val"),
+        _kind("softsign", "tanh", _POS, "|output| > 1 - sqrt(eps)"),
+        _kind("tanhshrink", "other", _POS),
+        _kind("softmax", "softmax", "probability > 1/K", "row maximum > 1 - eps", per_row=True),
+        _kind("softmin", "softmax", "probability > 1/K", "row maximum > 1 - eps", per_row=True),
+        _kind("log_softmax", "softmax", "log-probability > -ln K", "row maximum > ln(1 - eps)", per_row=True),
+        _kind("glu", "gate", _POS, "gate input |b| > logit(1 - eps)", saturation_reads="input"),
+    ]
+}
+
+# Module classes of torch.nn, matched with isinstance so user subclasses are found too. Order
+# matters only for subclasses of each other (none here).
+MODULE_KINDS: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.LeakyReLU: "leaky_relu",
+    nn.PReLU: "prelu",
+    nn.RReLU: "rrelu",
+    nn.Threshold: "threshold",
+    nn.ELU: "elu",
+    nn.CELU: "celu",
+    nn.SELU: "selu",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.Mish: "mish",
+    nn.Hardswish: "hardswish",
+    nn.Softplus: "softplus",
+    nn.Sigmoid: "sigmoid",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.LogSigmoid: "logsigmoid",
+    nn.Tanh: "tanh",
+    nn.Hardtanh: "hardtanh",
+    nn.Softsign: "softsign",
+    nn.Tanhshrink: "tanhshrink",
+    nn.Softmax: "softmax",
+    nn.Softmin: "softmin",
+    nn.LogSoftmax: "log_softmax",
+    nn.GLU: "glu",
+}
+# ReLU6 subclasses Hardtanh in torch: look it up before Hardtanh.
+_MODULE_LOOKUP_ORDER = [nn.ReLU6] + [c for c in MODULE_KINDS if c is not nn.ReLU6]
+
+# Activation classes of other libraries, matched by class name (no import needed). Hugging Face
+# transformers names its GELU variants this way.
+NAMED_MODULE_KINDS: dict[str, str] = {
+    "GELUActivation": "gelu",
+    "NewGELUActivation": "gelu",
+    "FastGELUActivation": "gelu",
+    "QuickGELUActivation": "gelu",
+    "GELUTanh": "gelu",
+    "PytorchGELUTanh": "gelu",
+    "AccurateGELUActivation": "gelu",
+    "SiLUActivation": "silu",
+    "MishActivation": "mish",
+    "ReLUSquaredActivation": "relu",
+    "LinearActivation": "",  # identity: not an activation site
+}
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """Kind name of an activation module, or None when ``module`` is not an activation."""
+    for cls in _MODULE_LOOKUP_ORDER:
+        if isinstance(module, cls):
+            return MODULE_KINDS[cls]
+    for cls in type(module).__mro__:
+        name = NAMED_MODULE_KINDS.get(cls.__name__)
+        if name is not None:
+            return name or None
+    return None
+
+
+def module_params(module: nn.Module) -> dict[str, Any]:
+    """The few constructor arguments the firing and saturation tests need."""
+    params: dict[str, Any] = {}
+    for attr in ("dim", "threshold", "min_val", "max_val", "alpha", "beta", "approximate"):
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            params[attr] = value
+    if isinstance(module, nn.Softplus):  # its ``threshold`` is a numerical switch, not a firing bound
+        params.pop("threshold", None)
+    return params
+
+
+# Functional activations: (callable, kind name, {parameter: positional index}) . Tensor methods are
+# included because ``x.relu()`` and ``x.softmax(-1)`` never pass through torch.nn.functional.
+_FUNCTIONAL_SPECS: list[tuple[Callable[..., Any], str, dict[str, int]]] = [
+    (F.relu, "relu", {}),
+    (F.relu_, "relu", {}),
+    (torch.relu, "relu", {}),
+    (torch.relu_, "relu", {}),
+    (Tensor.relu, "relu", {}),
+    (Tensor.relu_, "relu", {}),
+    (F.relu6, "relu6", {}),
+    (F.leaky_relu, "leaky_relu", {}),
+    (F.leaky_relu_, "leaky_relu", {}),
+    (F.prelu, "prelu", {}),
+    (torch.prelu, "prelu", {}),
+    (F.rrelu, "rrelu", {}),
+    (F.rrelu_, "rrelu", {}),
+    (F.threshold, "threshold", {"threshold": 1}),
+    (F.threshold_, "threshold", {"threshold": 1}),
+    (F.elu, "elu", {"alpha": 1}),
+    (F.elu_, "elu", {"alpha": 1}),
+    (F.celu, "celu", {"alpha": 1}),
+    (F.celu_, "celu", {"alpha": 1}),
+    (F.selu, "selu", {}),
+    (F.selu_, "selu", {}),
+    (torch.selu, "selu", {}),
+    (F.gelu, "gelu", {}),
+    (F.silu, "silu", {}),
+    (F.mish, "mish", {}),
+    (F.hardswish, "hardswish", {}),
+    (F.softplus, "softplus", {"beta": 1}),
+    (torch.sigmoid, "sigmoid", {}),
+    (torch.sigmoid_, "sigmoid", {}),
+    (Tensor.sigmoid, "sigmoid", {}),
+    (Tensor.sigmoid_, "sigmoid", {}),
+    (torch.special.expit, "sigmoid", {}),
+    (F.hardsigmoid, "hardsigmoid", {}),
+    (F.logsigmoid, "logsigmoid", {}),
+    (torch.tanh, "tanh", {}),
+    (torch.tanh_, "tanh", {}),
+    (Tensor.tanh, "tanh", {}),
+    (Tensor.tanh_, "tanh", {}),
+    (F.hardtanh, "hardtanh", {"min_val": 1, "max_val": 2}),
+    (F.hardtanh_, "hardtanh", {"min_val": 1, "max_val": 2}),
+    (F.softsign, "softsign", {}),
+    (F.tanhshrink, "tanhshrink", {}),
+    (F.softmax, "softmax", {"dim": 1}),
+    (torch.softmax, "softmax", {"dim": 1}),
+    (Tensor.softmax, "softmax", {"dim": 1}),
+    (F.softmin, "softmin", {"dim": 1}),
+    (F.log_softmax, "log_softmax", {"dim": 1}),
+    (torch.log_softmax, "log_softmax", {"dim": 1}),
+    (Tensor.log_softmax, "log_softmax", {"dim": 1}),
+    (F.glu, "glu", {"dim": 1}),
+]
+
+FUNCTIONAL_KINDS: dict[Callable[..., Any], tuple[str, dict[str, int]]] = {
+    fn: (kind, positions) for fn, kind, positions in _FUNCTIONAL_SPECS
+}
+
+
+def functional_name(fn: Callable[..., Any]) -> str:
+    """Short name used in a functional site's name: ``relu`` for F.relu, torch.relu and Tensor.relu."""
+    return getattr(fn, "__name__", "fn").rstrip("_") or "fn"
+
+
+def functional_params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Firing/saturation parameters of one functional call, read from its arguments."""
+    _, positions = FUNCTIONAL_KINDS[fn]
+    params: dict[str, Any] = {}
+    for name, index in positions.items():
+        if name in kwargs:
+            params[name] = kwargs[name]
+        elif len(args) > index:
+            params[name] = args[index]
+    if fn is F.gelu and "approximate" in kwargs:
+        params["approximate"] = kwargs["approximate"]
+    return {k: v for k, v in params.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+
+
+@dataclass
+class KindInfo:
+    """Static description of a kind for docs and reports (not used on the hot path)."""
+
+    name: str
+    family: str
+    firing: str
+    saturation: str | None = field(default=None)
+
+
+def describe_kinds() -> list[KindInfo]:
+    return [KindInfo(k.name, k.family, k.firing_doc, k.saturation_doc) for k in KINDS.values()]

@@ -1,0 +1,544 @@
+"""ActivationMonitor: finds every activation site of a model and keeps its statistics on the device.
+
+Torch only; the Lightning callbacks drive it through :meth:`begin_step`, :meth:`end_step` and
+:meth:`snapshot`. Used on its own::
+
+    with ActivationMonitor(model) as mon:
+        for x, y in batches:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step(); opt.zero_grad()
+            mon.step()
+        snap = mon.snapshot()       # one device-to-host copy
+    print(snap.stats["net.1"].firing_rate)
+
+Lifecycle: :meth:`attach` registers every hook and is idempotent; :meth:`detach` removes them all
+and is safe to call twice. Hooks never raise into training: an internal error disables the monitor
+with one warning (see :attr:`failure`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from act_diagnostics.core.config import MonitorConfig
+from act_diagnostics.core.kinds import (
+    FUNCTIONAL_KINDS,
+    KINDS,
+    functional_name,
+    functional_params,
+    module_kind,
+    module_params,
+)
+from act_diagnostics.core.pack import reduce_to_host, totals_to_stats
+from act_diagnostics.core.sites import Site, call_name, default_unit_dim, functional_base
+from act_diagnostics.core.snapshot import Snapshot
+from act_diagnostics.core.state import SiteState, flat_float
+from act_diagnostics.core.tracer import ActivationTracer
+
+
+class MonitorFailure(RuntimeWarning):
+    """Issued once when an internal error disables the monitor; training goes on."""
+
+
+def _first_tensor(value: Any) -> Tensor | None:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    return None
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [v for item in value for v in _tensors(item)]
+    if isinstance(value, dict):
+        return [v for item in value.values() for v in _tensors(item)]
+    return []
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (activation checkpointing re-runs forward there)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+class ActivationMonitor:
+    """Watches every activation site of ``model``; see the module docstring for use."""
+
+    def __init__(self, model: nn.Module, config: MonitorConfig | None = None, **options: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+        if config is not None and options:
+            raise TypeError("pass either `config` or keyword options, not both")
+        self.model = model
+        self.config = config if config is not None else MonitorConfig(**options)
+        self.sites: dict[str, Site] = {}
+        self.states: dict[str, SiteState] = {}
+        self.enabled = False  # measuring (a training step is running)
+        self.detail = False  # this step also records histograms, input moments, non-finite counts
+        self.tracking_structure = False
+        self.activation_depth = 0  # >0 inside an activation module's forward
+        self.steps = 0  # training steps seen (end_step calls)
+        self.window_steps = 0
+        self.failure: BaseException | None = None
+        self.losses_seen: dict[str, dict[str, Any]] = {}
+        self._handles: list[Any] = []
+        self._names: dict[int, str] = {}
+        self._owner_stack: list[str] = []
+        self._calls: dict[str, int] = {}
+        self._skipped: set[str] = set()
+        self._pending_input: dict[int, tuple[Tensor, int]] = {}
+        self._produced: dict[int, tuple[str, str, Tensor]] = {}
+        self._layer_out: dict[int, tuple[str, str, Tensor]] = {}
+        self._tracer = ActivationTracer(self)
+        self._tracer_on = False
+        self._attached = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def attach(self) -> "ActivationMonitor":
+        """Register every hook. Calling it again while attached does nothing."""
+        if self._attached:
+            return self
+        cfg = self.config
+        for name, module in self.model.named_modules():
+            self._names[id(module)] = name
+            kind = module_kind(module)
+            if kind is not None:
+                self._handles.append(module.register_forward_pre_hook(self._activation_pre_hook))
+                self._handles.append(module.register_forward_hook(self._activation_hook, always_call=True))
+            elif cfg.functional or module is self.model or _has_params(module) or not any(True for _ in module.children()):
+                self._handles.append(module.register_forward_pre_hook(self._module_pre_hook))
+                self._handles.append(module.register_forward_hook(self._module_hook, always_call=True))
+        self._attached = True
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook and leave the tracer. Safe to call twice, and after a failure."""
+        self._stop_tracer()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._attached = False
+        self.enabled = False
+        self._clear_step_refs()
+
+    def __enter__(self) -> "ActivationMonitor":
+        self.attach()
+        self.begin_step(detail=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.end_step()
+        self.detach()
+
+    def step(self, detail: bool = False) -> None:
+        """Torch-only use: close the current training step and open the next."""
+        self.end_step()
+        self.begin_step(detail=detail)
+
+    # ------------------------------------------------------------------ step boundaries
+    def begin_step(self, detail: bool = False) -> None:
+        """A training step starts: measure until :meth:`end_step`. ``detail`` adds histograms etc."""
+        if self.failure is not None or not self._attached:
+            return
+        self.enabled = True
+        self.detail = detail
+        self.tracking_structure = self.steps < self.config.structure_steps
+        self.activation_depth = 0
+        self._owner_stack.clear()
+        self._calls.clear()
+        if self.config.functional or self.tracking_structure:
+            self._start_tracer()
+
+    def stop_tracing(self) -> None:
+        """Leave the function-mode stack early (before backward), keeping gradient hooks live."""
+        self._stop_tracer()
+
+    def end_step(self) -> None:
+        """The training step ended (after the optimizer step)."""
+        self._stop_tracer()
+        if self.enabled:
+            self.steps += 1
+            self.window_steps += 1
+        self.enabled = False
+        self.detail = False
+        self.tracking_structure = False
+        self._clear_step_refs()
+
+    def _clear_step_refs(self) -> None:
+        # No activation tensor may outlive its step.
+        self._produced.clear()
+        self._layer_out.clear()
+        self._pending_input.clear()
+
+    def _start_tracer(self) -> None:
+        if not self._tracer_on:
+            self._tracer.__enter__()
+            self._tracer_on = True
+
+    def _stop_tracer(self) -> None:
+        if not self._tracer_on:
+            return
+        self._tracer_on = False
+        # Pop only our own mode: never disturb a mode the user pushed after ours.
+        stack = torch.overrides._get_current_function_mode_stack()
+        if stack and stack[-1] is self._tracer:
+            self._tracer.__exit__(None, None, None)
+        elif any(m is self._tracer for m in stack):
+            self._fail(RuntimeError("another TorchFunctionMode was left above act_diagnostics' tracer"))
+
+    # ------------------------------------------------------------------ failure handling
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is not None:
+            return
+        self.failure = exc
+        self.enabled = False
+        warnings.warn(
+            f"act_diagnostics disabled itself after an internal error ({type(exc).__name__}: {exc}); "
+            "training continues without activation diagnostics. Please report this with the model "
+            "that triggered it.",
+            MonitorFailure,
+            stacklevel=2,
+        )
+
+    def _no_torch_function(self) -> Any:
+        # Our own statistic ops must not pass through our tracer (or anyone's).
+        return torch._C.DisableTorchFunction() if self._tracer_on else nullcontext()
+
+    # ------------------------------------------------------------------ module hooks
+    def _module_pre_hook(self, module: nn.Module, args: tuple) -> None:
+        if not self.enabled:
+            return
+        if module is self.model:
+            self._calls.clear()  # a new forward pass of the whole model: call positions restart
+            self._owner_stack.clear()
+        self._owner_stack.append(self._names.get(id(module), ""))
+        if self.tracking_structure and self._produced and _has_params(module):
+            for arg in args:
+                source = self.produced_by(arg)
+                if source is not None:
+                    self._note_layer_consumer(source[0], module)
+
+    def _module_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not self.enabled:
+            return
+        if self._owner_stack:
+            self._owner_stack.pop()
+        if not self.tracking_structure:
+            return
+        try:
+            if module is self.model:
+                for t in _tensors(output):
+                    source = self.produced_by(t)
+                    if source is not None:
+                        self.add_consumer(source[0], "output")
+            elif _has_params(module):
+                out = _first_tensor(output)
+                if out is not None:
+                    self._layer_out[id(out)] = (self._names.get(id(module), ""), type(module).__name__, out)
+            elif self._produced and not any(True for _ in module.children()):
+                # Parameter-free leaves (Dropout, Flatten, pooling) pass an activation's output on.
+                source = self.produced_by(args[0] if args else None)
+                out = _first_tensor(output)
+                if source is not None and out is not None:
+                    self.mark_produced(out, *source)
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
+            self._fail(exc)
+
+    def _activation_pre_hook(self, module: nn.Module, args: tuple) -> None:
+        self.activation_depth += 1
+        if not self.enabled or not self.detail or not args or not isinstance(args[0], Tensor):
+            return
+        try:
+            with self._no_torch_function():
+                x = args[0]
+                if x.numel():
+                    flat = flat_float(x.detach())
+                    self._pending_input[id(module)] = (torch.stack((flat.sum(), torch.dot(flat, flat))), flat.numel())
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _activation_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.activation_depth = max(0, self.activation_depth - 1)
+        if not self.enabled or _in_backward():
+            return
+        y = _first_tensor(output)
+        if y is None:
+            return
+        try:
+            with self._no_torch_function():
+                base = self._names.get(id(module), type(module).__name__)
+                name = self._next_call(base)
+                state = self._state_for(name, lambda: self._new_module_site(name, module, y, args))
+                if state is None:
+                    return
+                x = args[0] if args and isinstance(args[0], Tensor) else None
+                pending = self._pending_input.pop(id(module), None)
+                self._observe(name, state, x, y, pending)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    # ------------------------------------------------------------------ functional calls
+    def call_functional(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Run a functional activation seen by the tracer and measure it."""
+        x = args[0] if args else kwargs.get("input")
+        pending = None
+        if self.detail and isinstance(x, Tensor) and x.numel() and self.failure is None:
+            try:
+                flat = flat_float(x.detach())
+                pending = (torch.stack((flat.sum(), torch.dot(flat, flat))), flat.numel())
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
+        y = func(*args, **kwargs)
+        if not self.enabled or not isinstance(y, Tensor) or _in_backward():
+            return y
+        try:
+            owner = self._owner_stack[-1] if self._owner_stack else ""
+            name = self._next_call(functional_base(owner, functional_name(func)))
+            state = self._state_for(name, lambda: self._new_functional_site(name, owner, func, args, kwargs, x, y))
+            if state is not None:
+                self._observe(name, state, x if isinstance(x, Tensor) else None, y, pending)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+        return y
+
+    # ------------------------------------------------------------------ site creation
+    def _next_call(self, base: str) -> str:
+        index = self._calls.get(base, 0)
+        self._calls[base] = index + 1
+        return call_name(base, index)
+
+    def _state_for(self, name: str, create: Callable[[], Site | None]) -> SiteState | None:
+        state = self.states.get(name)
+        if state is not None or name in self._skipped:
+            return state
+        site = create()
+        if site is None or not self._selected(site):
+            self._skipped.add(name)
+            return None
+        cfg = self.config
+        self.sites[name] = site
+        state = SiteState(
+            KINDS[site.kind],
+            site.params,
+            site.unit_dim,
+            site.n_units,
+            torch.device("cpu"),
+            cfg.sample_elements,
+            cfg.saturation_eps,
+            cfg.histogram_samples,
+        )
+        self.states[name] = state
+        return state
+
+    def _selected(self, site: Site) -> bool:
+        cfg = self.config
+        if cfg.include and not any(fnmatch.fnmatchcase(site.name, p) for p in cfg.include):
+            return False
+        if any(fnmatch.fnmatchcase(site.name, p) for p in cfg.exclude):
+            return False
+        if cfg.kinds and site.kind not in cfg.kinds and site.family not in cfg.kinds:
+            return False
+        return True
+
+    def _make_site(
+        self, name: str, kind: str, source: str, owner: str, type_name: str, x: Any, y: Tensor, params: dict
+    ) -> Site:
+        feeding = self._layer_out.get(id(x)) if isinstance(x, Tensor) else None
+        spec = KINDS[kind]
+        if self.config.unit_dim is not None:
+            unit_dim = self.config.unit_dim
+        elif spec.per_row or kind == "glu":
+            dim = params.get("dim")
+            unit_dim = (0 if y.dim() in (0, 1, 3) else 1) if dim is None else int(dim)
+        else:
+            unit_dim = default_unit_dim(y.dim(), feeding[1] if feeding else None)
+        if y.dim():
+            if not -y.dim() <= unit_dim < y.dim():
+                raise ValueError(f"`unit_dim`={unit_dim} is out of range for site {name!r} with output shape {tuple(y.shape)}")
+            unit_dim %= y.dim()
+        n_units = int(y.shape[unit_dim]) if y.dim() else 1
+        return Site(
+            name=name,
+            kind=kind,
+            family=spec.family,
+            source=source,
+            owner=owner,
+            module_type=type_name,
+            index=len(self.sites),
+            unit_dim=unit_dim,
+            n_units=n_units,
+            shape=tuple(y.shape),
+            params=params,
+            feeding_layer=feeding[0] if feeding else None,
+            feeding_layer_type=feeding[1] if feeding else None,
+        )
+
+    def _new_module_site(self, name: str, module: nn.Module, y: Tensor, args: tuple) -> Site | None:
+        kind = module_kind(module)
+        if kind is None:
+            return None
+        x = args[0] if args else None
+        owner = self._names.get(id(module), "")
+        return self._make_site(name, kind, "module", owner, type(module).__name__, x, y, module_params(module))
+
+    def _new_functional_site(
+        self, name: str, owner: str, func: Callable[..., Any], args: tuple, kwargs: dict, x: Any, y: Tensor
+    ) -> Site:
+        kind, _ = FUNCTIONAL_KINDS[func]
+        params = functional_params(func, args, kwargs)
+        return self._make_site(name, kind, "functional", owner, functional_name(func), x, y, params)
+
+    # ------------------------------------------------------------------ measuring
+    def _observe(
+        self, name: str, state: SiteState, x: Tensor | None, y: Tensor, pending: tuple[Tensor, int] | None
+    ) -> None:
+        if self.tracking_structure:
+            self._note_structure(name, x, y)
+        state.observe(x, y, self.detail)
+        if pending is not None:
+            state.observe_input_totals(*pending)
+        if self.config.gradients and y.requires_grad and torch.is_grad_enabled():
+            y.register_hook(partial(self._grad_hook, state, self.detail))
+
+    def _grad_hook(self, state: SiteState, detail: bool, grad: Tensor) -> None:
+        if self.failure is not None:
+            return
+        try:
+            with torch._C.DisableTorchFunction():
+                state.observe_grad(grad, detail)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def measure_param_grads(self) -> None:
+        """Add the gradient norm of each site's feeding layer (call before the optimizer step).
+
+        Lightning calls this from ``on_before_optimizer_step`` on log steps, where AMP gradients
+        are already unscaled.
+        """
+        if self.failure is not None:
+            return
+        try:
+            modules = dict(self.model.named_modules())
+            grads: list[Tensor] = []
+            owners: list[SiteState] = []
+            for name, site in self.sites.items():
+                layer = modules.get(site.feeding_layer) if site.feeding_layer is not None else None
+                if layer is None:
+                    continue
+                for p in layer.parameters(recurse=False):
+                    if p.grad is not None:
+                        grads.append(p.grad.detach())
+                        owners.append(self.states[name])
+            if not grads:
+                return
+            with self._no_torch_function():
+                norms = torch._foreach_norm([g.float() if g.dtype in (torch.float16, torch.bfloat16) else g for g in grads])
+                by_state: dict[int, list[Tensor]] = {}
+                for state, n in zip(owners, norms):
+                    by_state.setdefault(id(state), []).append(n)
+                for state in {id(s): s for s in owners}.values():
+                    state.observe_param_grad_sq(torch.stack(by_state[id(state)]).double().pow(2).sum())
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    # ------------------------------------------------------------------ structure
+    def produced_by(self, value: Any) -> tuple[str, str] | None:
+        """(site, via) when ``value`` is (a view of) an activation output of this step."""
+        if not isinstance(value, Tensor):
+            return None
+        entry = self._produced.get(id(value))
+        if entry is None or entry[2] is not value:
+            return None
+        return entry[0], entry[1]
+
+    def mark_produced(self, tensor: Tensor, site: str, via: str = "") -> None:
+        self._produced[id(tensor)] = (site, via, tensor)
+
+    def add_consumer(self, site: str, consumer: str) -> None:
+        if site in self.sites:
+            self.sites[site].consumers.add(consumer)
+
+    def note_loss(self, loss: str, prediction: Any, target: Any) -> None:
+        info = self.losses_seen.setdefault(loss, {"calls": 0})
+        info["calls"] += 1
+        if isinstance(prediction, Tensor):
+            info["input_shape"] = list(prediction.shape)
+        if isinstance(target, Tensor):
+            info["target_shape"] = list(target.shape)
+            info["target_dtype"] = str(target.dtype).replace("torch.", "")
+
+    def _note_layer_consumer(self, site: str, module: nn.Module) -> None:
+        if site in self.sites:
+            s = self.sites[site]
+            s.consumers.add(self._names.get(id(module), ""))
+            s.consumer_layer_types.add(type(module).__name__)
+
+    def _note_structure(self, name: str, x: Tensor | None, y: Tensor) -> None:
+        site = self.sites.get(name)
+        if site is None:
+            return
+        if x is not None:
+            source = self.produced_by(x)
+            if source is not None and source[0] != name:
+                self.sites[source[0]].consumers.add("activation")
+                self.sites[source[0]].consumer_sites.add(name)
+            if site.feeding_layer is None:
+                feeding = self._layer_out.get(id(x))
+                if feeding is not None and feeding[2] is x:
+                    site.feeding_layer, site.feeding_layer_type = feeding[0], feeding[1]
+        self.mark_produced(y, name)
+
+    # ------------------------------------------------------------------ reading
+    def snapshot(
+        self,
+        step: int | None = None,
+        all_gather: Callable[[Tensor], Tensor] | None = None,
+        reset: bool = True,
+    ) -> Snapshot:
+        """Reduce every site's window totals with one host copy; start a new window if ``reset``.
+
+        ``all_gather`` (1-D tensor -> (world_size, N)) combines the totals of several processes
+        in one collective before the copy.
+        """
+        names = list(self.states)
+        states = [self.states[n] for n in names]
+        device = states[0].device if states else torch.device("cpu")
+        sample_names = [n for n, st in zip(names, states) if st.out_sample is not None]
+        grad_names = [n for n, st in zip(names, states) if st.grad_sample is not None]
+        samples = [self.states[n].out_sample for n in sample_names] + [self.states[n].grad_sample for n in grad_names]
+        with self._no_torch_function():
+            totals, host_samples = reduce_to_host(states, names, device, all_gather, samples)  # type: ignore[arg-type]
+        stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
+        snap = Snapshot(
+            step=self.steps if step is None else step,
+            window_steps=self.window_steps,
+            stats=stats,
+            sites=self.sites,
+            out_samples=dict(zip(sample_names, host_samples[: len(sample_names)])),
+            grad_samples=dict(zip(grad_names, host_samples[len(sample_names) :])),
+        )
+        if reset:
+            for st in states:
+                st.reset()
+            self.window_steps = 0
+        return snap

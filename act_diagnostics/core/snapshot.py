@@ -1,0 +1,147 @@
+"""Host-side statistics of one window: what a log step reports for every site.
+
+:func:`window_stats` turns one site's reduced totals (plain Python numbers, already on the host)
+into the statistics documented in docs/statistics.md. It is a pure function so tests can check it
+against hand-computed values without any hooks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from act_diagnostics.core.sites import Site
+
+# A unit is dead over a window when it fired on fewer than 1% of the samples it saw
+# (SageMaker Debugger DeadRelu, threshold_inactivity = 1%).
+DEAD_UNIT_RATE = 0.01
+# A unit is saturated over a window when it was saturated on more than 99% of its samples
+# (rules.md, "unit saturated if f'(x) < 0.01 on > 99% of samples").
+SATURATED_UNIT_RATE = 0.99
+
+
+@dataclass
+class SiteStats:
+    """Statistics of one site over one window (None where nothing was measured)."""
+
+    calls: int = 0
+    elements: int = 0
+    sampled: int = 0
+    units: int = 0
+    firing_rate: float | None = None
+    dead_fraction: float | None = None
+    saturation: float | None = None
+    saturated_units: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    rms: float | None = None
+    max_abs: float | None = None
+    nonfinite: bool = False
+    nonfinite_share: float | None = None
+    input_std: float | None = None
+    grad_rms: float | None = None
+    grad_nonfinite: bool = False
+    param_grad_norm: float | None = None
+    unit_firing: list[float] = field(default_factory=list, repr=False)
+
+    def scalars(self) -> dict[str, float]:
+        """The per-site values logged as ``act/<site>/<stat>`` (see LOGGED_STATS)."""
+        out: dict[str, float] = {}
+        for key in LOGGED_STATS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            out[key] = float(value)
+        return out
+
+    def to_dict(self, with_units: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_units:
+            d.pop("unit_firing")
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+# Order of the per-site scalars in loggers; each is documented in docs/statistics.md.
+LOGGED_STATS = (
+    "firing_rate",
+    "dead_fraction",
+    "saturation",
+    "mean",
+    "std",
+    "max_abs",
+    "grad_rms",
+    "param_grad_norm",
+    "nonfinite",
+)
+
+
+@dataclass
+class Snapshot:
+    """Every site's statistics for one window, plus the sites' structure."""
+
+    step: int
+    window_steps: int
+    stats: dict[str, SiteStats]
+    sites: dict[str, Site]
+    out_samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    grad_samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    def ordered(self) -> list[tuple[Site, SiteStats]]:
+        """(site, stats) pairs in forward order, input side first."""
+        return [(self.sites[n], self.stats[n]) for n in sorted(self.stats, key=lambda n: self.sites[n].index)]
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
+def window_stats(
+    counters: dict[str, int],
+    sums: dict[str, float],
+    max_value: float,
+    min_value: float,
+    unit_active: list[int],
+    unit_saturated: list[int] | None,
+    dead_unit_rate: float = DEAD_UNIT_RATE,
+    saturated_unit_rate: float = SATURATED_UNIT_RATE,
+) -> SiteStats:
+    """Derive one site's window statistics from its reduced totals."""
+    n = counters["elements"]
+    sampled = counters["sampled"]
+    units = len(unit_active)
+    s = SiteStats(calls=counters["calls"], elements=n, sampled=sampled, units=units)
+    if n > 0:
+        mean = sums["sum"] / n
+        mean_sq = sums["sumsq"] / n
+        s.mean = mean
+        s.rms = math.sqrt(mean_sq) if mean_sq >= 0 else float("nan")
+        var = mean_sq - mean * mean
+        # Cancellation can leave a tiny negative variance for near-constant outputs.
+        s.std = math.sqrt(max(var, 0.0)) if math.isfinite(var) else float("nan")
+        s.max_abs = max(abs(max_value), abs(min_value))
+        s.nonfinite = not (math.isfinite(max_value) and math.isfinite(min_value) and math.isfinite(sums["sum"]))
+    if sampled > 0 and units > 0:
+        per_unit = sampled / units
+        s.firing_rate = sum(unit_active) / sampled
+        s.unit_firing = [a / per_unit for a in unit_active]
+        s.dead_fraction = sum(1 for r in s.unit_firing if r < dead_unit_rate) / units
+        if unit_saturated is not None and counters["sat_total"] > 0:
+            s.saturation = sum(unit_saturated) / counters["sat_total"]
+            s.saturated_units = sum(1 for c in unit_saturated if c / per_unit > saturated_unit_rate) / units
+    if unit_saturated is None and counters["sat_total"] > 0:
+        s.saturation = sums["sat_rows"] / counters["sat_total"]
+    if counters["detail_elements"] > 0:
+        s.nonfinite_share = sums["nonfinite"] / counters["detail_elements"]
+    if counters["in_elements"] > 0:
+        m = sums["in_sum"] / counters["in_elements"]
+        v = sums["in_sumsq"] / counters["in_elements"] - m * m
+        s.input_std = math.sqrt(max(v, 0.0)) if math.isfinite(v) else float("nan")
+    if counters["grad_elements"] > 0:
+        g = sums["grad_sumsq"] / counters["grad_elements"]
+        s.grad_rms = math.sqrt(g) if math.isfinite(g) else float("nan")
+        s.grad_nonfinite = not math.isfinite(g)
+    if counters["param_grad_steps"] > 0:
+        p = sums["param_grad_sq"] / counters["param_grad_steps"]
+        s.param_grad_norm = math.sqrt(p) if math.isfinite(p) else float("nan")
+    return s

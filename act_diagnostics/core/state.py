@@ -1,0 +1,228 @@
+"""On-device running totals for one activation site, and the pure maths that fills them.
+
+Design (see docs/statistics.md):
+
+* Everything a hook computes stays on the tensor's device: no ``.item()``, no ``.cpu()``, no Python
+  branch on a tensor value. The host learns the totals once per log step, when
+  :func:`act_diagnostics.core.pack.pack_states` concatenates every site's state and copies it once.
+* Totals are reducible across processes by sum (or max / min), so a single collective per log step
+  serves DDP.
+* Moments (sum, sum of squares, min, max) read the whole output: they are single cheap passes. The
+  firing and saturation masks, which allocate a temporary and dominate the cost on the CPU, read at
+  most ``sample_elements`` elements per call, taken as the leading rows of the batch dimension.
+  Rates are ratios over what was read (``sampled``), moments over everything (``elements``).
+* Float sums and exact counts share one float64 vector (exact for integers below 2**53); per-unit
+  counts are int64. Inputs in bf16/fp16 (autocast) are read in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from act_diagnostics.core.kinds import ActivationKind
+
+# Columns of SiteState.sums (float64, reduced by sum across processes).
+SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ = range(8)
+N_SUMS = 8
+# Host-side integer counters, in this order (reduced by sum).
+COUNTERS = (
+    "calls",
+    "elements",
+    "sampled",
+    "sat_total",
+    "grad_calls",
+    "grad_elements",
+    "detail_elements",
+    "in_elements",
+    "param_grad_steps",
+)
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """float64 where the device has it; MPS has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def unit_counts(mask: Tensor, unit_dim: int) -> Tensor:
+    """Count True entries of ``mask`` per unit (index along ``unit_dim``), as int64.
+
+    Reshapes so the reduction runs over contiguous memory: summing a bool tensor over dims
+    (0, 2, 3) directly is several times slower on the CPU than over a (rows, units, rest) view.
+    """
+    if mask.dim() == 0:
+        return mask.reshape(1).to(torch.int64)
+    unit_dim = unit_dim % mask.dim()
+    if unit_dim == mask.dim() - 1:
+        return mask.reshape(-1, mask.shape[-1]).sum(0)
+    lead = 1
+    for size in mask.shape[:unit_dim]:
+        lead *= size
+    return mask.reshape(lead, mask.shape[unit_dim], -1).sum(2).sum(0)
+
+
+def leading_rows(t: Tensor, max_elements: int | None) -> Tensor:
+    """The first rows of ``t`` along dim 0 holding at most ``max_elements`` elements (at least one row)."""
+    if max_elements is None or t.dim() < 2 or t.numel() <= max_elements:
+        return t
+    per_row = max(1, t.numel() // max(1, t.shape[0]))
+    return t[: max(1, max_elements // per_row)]
+
+
+def flat_float(t: Tensor) -> Tensor:
+    """``t`` as a flat float32/float64 tensor (a view where possible)."""
+    if t.dtype in _LOW_PRECISION or not t.is_floating_point():
+        t = t.float()
+    return t.reshape(-1)
+
+
+@dataclass
+class SiteState:
+    """Running totals of one site over the current window (reset after every snapshot)."""
+
+    kind: ActivationKind
+    params: dict[str, Any]
+    unit_dim: int
+    n_units: int
+    device: torch.device
+    sample_elements: int | None
+    eps: float
+    histogram_samples: int = 0
+    counters: list[int] = field(init=False)
+    sums: Tensor = field(init=False)
+    max: Tensor = field(init=False)
+    min: Tensor = field(init=False)
+    unit_active: Tensor = field(init=False)
+    unit_saturated: Tensor | None = field(init=False)
+    out_sample: Tensor | None = field(init=False, default=None)
+    grad_sample: Tensor | None = field(init=False, default=None)
+    unit_mismatch: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.elementwise_saturation = self.kind.unit_saturation
+        self._allocate(self.device)
+
+    # -- allocation -------------------------------------------------------------------------
+    def _allocate(self, device: torch.device) -> None:
+        self.device = device
+        dtype = accumulator_dtype(device)
+        self.counters = [0] * len(COUNTERS)
+        self.sums = torch.zeros(N_SUMS, dtype=dtype, device=device)
+        self.max = torch.full((), float("-inf"), dtype=dtype, device=device)
+        self.min = torch.full((), float("inf"), dtype=dtype, device=device)
+        # Views kept once so a hook adds into them without an indexing op per call.
+        self._moments = self.sums[SUM : SUMSQ + 1]
+        self._grad = self.sums[GRAD_SUMSQ]
+        self.unit_active = torch.zeros(self.n_units, dtype=torch.int64, device=device)
+        self.unit_saturated = (
+            torch.zeros(self.n_units, dtype=torch.int64, device=device) if self.elementwise_saturation else None
+        )
+        self.out_sample = None
+        self.grad_sample = None
+
+    def reset(self) -> None:
+        """Start a new window (called after each snapshot)."""
+        self.counters = [0] * len(COUNTERS)
+        self.sums.zero_()
+        self.max.fill_(float("-inf"))
+        self.min.fill_(float("inf"))
+        self.unit_active.zero_()
+        if self.unit_saturated is not None:
+            self.unit_saturated.zero_()
+        self.out_sample = None
+        self.grad_sample = None
+
+    def to(self, device: torch.device) -> None:
+        """Follow the model to another device, keeping the window's totals."""
+        if device == self.device:
+            return
+        dtype = accumulator_dtype(device)
+        sums, mx, mn = self.sums.to(device, dtype), self.max.to(device, dtype), self.min.to(device, dtype)
+        active, sat, counters = self.unit_active.to(device), self.unit_saturated, list(self.counters)
+        self._allocate(device)
+        self.sums.copy_(sums)
+        self.max.copy_(mx)
+        self.min.copy_(mn)
+        self.unit_active.copy_(active)
+        if sat is not None and self.unit_saturated is not None:
+            self.unit_saturated.copy_(sat.to(device))
+        self.counters = counters
+
+    # -- per call ---------------------------------------------------------------------------
+    def observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
+        """Add one forward call's output ``y`` (and its input ``x``, when intact) to the window."""
+        c = self.counters
+        c[0] += 1
+        if y.numel() == 0:  # empty batch: counted as a call, nothing to measure
+            return
+        if y.device != self.device:
+            self.to(y.device)
+        # An inplace activation returns its input: then the pre-activation is gone.
+        x = x.detach() if x is not None and x is not y else None
+        y = y.detach()
+        flat = flat_float(y)
+        c[1] += flat.numel()
+        self._moments.add_(torch.stack((flat.sum(), torch.dot(flat, flat))))
+        lo, hi = torch.aminmax(flat)
+        torch.maximum(self.max, hi, out=self.max)
+        torch.minimum(self.min, lo, out=self.min)
+
+        sample = leading_rows(y, self.sample_elements)
+        kind, params = self.kind, self.params
+        if y.dim() == 0 or sample.shape[self.unit_dim % max(1, y.dim())] == self.n_units:
+            self.unit_active.add_(unit_counts(kind.active(sample, params), self.unit_dim))
+            c[2] += sample.numel()
+            x_sample = None if x is None else leading_rows(x, self.sample_elements)
+            saturated = kind.saturated(x_sample, sample, params, self.eps)
+            if saturated is not None:
+                if self.unit_saturated is not None and saturated.shape == sample.shape:
+                    self.unit_saturated.add_(unit_counts(saturated, self.unit_dim))
+                    c[3] += sample.numel()
+                else:  # softmax rows, or GLU's gate half
+                    self.sums[SAT_ROWS].add_(saturated.sum())
+                    c[3] += saturated.numel()
+        else:
+            self.unit_mismatch += 1
+
+        if detail:
+            self.sums[NONFINITE].add_((~torch.isfinite(flat)).sum())
+            c[6] += flat.numel()
+            if self.histogram_samples:
+                self.out_sample = _strided_sample(flat, self.histogram_samples)
+
+    def observe_input_totals(self, moments: Tensor, n: int) -> None:
+        """Pre-activation sum and sum of squares of one call (detail steps only), measured before
+        the call so an inplace activation cannot hide them; used by the signal-propagation check."""
+        if moments.device != self.device:
+            self.to(moments.device)
+        self.sums[IN_SUM : IN_SUMSQ + 1].add_(moments)
+        self.counters[7] += n
+
+    def observe_grad(self, g: Tensor, detail: bool) -> None:
+        """Add the gradient with respect to this site's output (called from a tensor hook)."""
+        if g.numel() == 0:
+            return
+        if g.device != self.device:
+            self.to(g.device)
+        flat = flat_float(g.detach())
+        self._grad.add_(torch.dot(flat, flat))
+        self.counters[4] += 1
+        self.counters[5] += flat.numel()
+        if detail and self.histogram_samples:
+            self.grad_sample = _strided_sample(flat, self.histogram_samples)
+
+    def observe_param_grad_sq(self, sq: Tensor) -> None:
+        """Squared gradient norm of the parameters of the layer feeding this site (log steps)."""
+        self.sums[PARAM_GRAD_SQ].add_(sq.to(self.sums.device, self.sums.dtype))
+        self.counters[8] += 1
+
+
+def _strided_sample(flat: Tensor, n: int) -> Tensor:
+    """About ``n`` evenly spaced elements, copied (the output itself may be freed or modified)."""
+    stride = max(1, flat.numel() // n)
+    return flat[::stride][:n].detach().to(torch.float32, copy=True)

@@ -1,0 +1,114 @@
+"""A TorchFunctionMode that sees functional activations and losses as they are called.
+
+Module hooks never see ``F.relu`` inside a forward (nn.TransformerEncoderLayer's default
+activation is a function). While a training step runs, :class:`ActivationTracer` sits on torch's
+function-mode stack and hands every call of a known activation function to the monitor. During the
+first training steps it also follows activation outputs through view-like ops into multiplications
+(gates) and loss functions, which is how the rules learn that a softmax feeds ``F.cross_entropy``.
+
+Everything else passes straight through: one dictionary lookup per torch call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+from act_diagnostics.core.kinds import FUNCTIONAL_KINDS
+
+if TYPE_CHECKING:
+    from act_diagnostics.core.monitor import ActivationMonitor
+
+# Loss functions whose first argument is the model's prediction.
+LOSS_FUNCTIONS: dict[Any, str] = {
+    F.cross_entropy: "cross_entropy",
+    F.nll_loss: "nll_loss",
+    F.binary_cross_entropy: "binary_cross_entropy",
+    F.binary_cross_entropy_with_logits: "binary_cross_entropy_with_logits",
+    F.mse_loss: "mse_loss",
+    F.l1_loss: "l1_loss",
+    F.smooth_l1_loss: "smooth_l1_loss",
+    F.huber_loss: "huber_loss",
+    F.kl_div: "kl_div",
+    F.poisson_nll_loss: "poisson_nll_loss",
+    F.gaussian_nll_loss: "gaussian_nll_loss",
+    F.multi_margin_loss: "multi_margin_loss",
+    F.multilabel_margin_loss: "multilabel_margin_loss",
+    F.multilabel_soft_margin_loss: "multilabel_soft_margin_loss",
+    F.soft_margin_loss: "soft_margin_loss",
+    F.ctc_loss: "ctc_loss",
+}
+
+# Ops after which a tensor still carries the same values (shape changes, copies, dropout).
+_SAME_VALUES = {
+    Tensor.view,
+    Tensor.view_as,
+    Tensor.reshape,
+    Tensor.reshape_as,
+    torch.reshape,
+    Tensor.squeeze,
+    torch.squeeze,
+    Tensor.unsqueeze,
+    torch.unsqueeze,
+    Tensor.flatten,
+    torch.flatten,
+    Tensor.permute,
+    torch.permute,
+    Tensor.transpose,
+    torch.transpose,
+    Tensor.contiguous,
+    Tensor.float,
+    Tensor.double,
+    Tensor.to,
+    Tensor.type_as,
+    Tensor.clone,
+    Tensor.__getitem__,
+    F.dropout,
+}
+# Ops that turn probabilities into log-probabilities (softmax -> log -> nll_loss is sound).
+_LOG = {torch.log, Tensor.log}
+_MULTIPLY = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_, Tensor.__imul__}
+
+
+class ActivationTracer(TorchFunctionMode):
+    """Routes functional activations (and, while tracking structure, losses and gates) to a monitor."""
+
+    def __init__(self, monitor: "ActivationMonitor") -> None:
+        super().__init__()
+        self.monitor = monitor
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
+        kwargs = kwargs or {}
+        mon = self.monitor
+        if func in FUNCTIONAL_KINDS and mon.enabled and mon.activation_depth == 0:
+            return mon.call_functional(func, args, kwargs)
+        if mon.tracking_structure:
+            return self._track(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    def _track(self, func, args: tuple, kwargs: dict) -> Any:
+        mon = self.monitor
+        result = func(*args, **kwargs)
+        if func in _SAME_VALUES or func in _LOG:
+            source = mon.produced_by(args[0] if args else None)
+            if source is not None and isinstance(result, Tensor):
+                site, via = source
+                mon.mark_produced(result, site, "log" if func in _LOG else via)
+        elif func in _MULTIPLY:
+            for arg in args:
+                source = mon.produced_by(arg)
+                if source is not None:
+                    mon.add_consumer(source[0], "mul")
+        elif func in LOSS_FUNCTIONS:
+            loss = LOSS_FUNCTIONS[func]
+            prediction = args[0] if args else kwargs.get("input")
+            source = mon.produced_by(prediction)
+            mon.note_loss(loss, prediction, args[1] if len(args) > 1 else kwargs.get("target"))
+            if source is not None:
+                site, via = source
+                mon.add_consumer(site, f"loss:{loss}" + (f"({via})" if via else ""))
+        return result
