@@ -1,0 +1,1 @@
+"""Writing: scalars for every Lightning logger, TensorBoard extras, the end-of-fit report."""

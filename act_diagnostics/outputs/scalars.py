@@ -1,0 +1,42 @@
+"""Per-site scalars for any Lightning logger, under ``act/<site>/<stat>``.
+
+Site names are kept readable in tags, with the two characters that some loggers reject replaced:
+``:`` (a functional call) becomes ``/`` and ``#`` (a further call of the same module) becomes
+``_call``. A function called directly in the root module's forward (site ``:relu``) is tagged
+``act/root/relu/...``. See docs/logged-metrics.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from act_diagnostics.core.snapshot import LOGGED_STATS, Snapshot
+
+TAG_PREFIX = "act"
+
+
+def site_tag(site: str) -> str:
+    """Logger-safe tag for a site name: ``encoder.layers.0:relu#1`` -> ``encoder.layers.0/relu_call1``."""
+    tag = site.replace("#", "_call").replace(":", "/")
+    return "root" + tag if tag.startswith("/") else tag
+
+
+def snapshot_scalars(snapshot: Snapshot, stats: Iterable[str] = LOGGED_STATS) -> dict[str, float]:
+    """Every logged scalar of one snapshot, keyed by its full tag."""
+    wanted = tuple(stats)
+    out: dict[str, float] = {}
+    for site, st in snapshot.ordered():
+        values = st.scalars()
+        for key in wanted:
+            if key in values:
+                out[f"{TAG_PREFIX}/{site_tag(site.name)}/{key}"] = values[key]
+    return out
+
+
+def log_to_loggers(loggers: Iterable[Any], metrics: dict[str, float], step: int) -> None:
+    """Send metrics to every Lightning logger (each logger is already rank-zero only)."""
+    if not metrics:
+        return
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
