@@ -70,6 +70,7 @@ class DiagnosticsCallbackCore:
         functional: bool = True,
         gradients: bool = True,
         histograms: bool = True,
+        grad_histograms: bool = False,
         histogram_samples: int = DEFAULT_HISTOGRAM_SAMPLES,
         saturation_eps: float = DEFAULT_SATURATION_EPS,
         sample_elements: int | None = DEFAULT_SAMPLE_ELEMENTS,
@@ -90,6 +91,7 @@ class DiagnosticsCallbackCore:
             raise ValueError(f"`log_every_n_steps` must be a positive int or None (follow the Trainer), got {log_every_n_steps!r}")
         for name, value in (
             ("histograms", histograms),
+            ("grad_histograms", grad_histograms),
             ("rules", rules),
             ("warn", warn),
             ("preflight", preflight),
@@ -115,6 +117,7 @@ class DiagnosticsCallbackCore:
         )
         self.log_every_n_steps = log_every_n_steps
         self.histograms = histograms
+        self.grad_histograms = grad_histograms
         self.warn = warn
         self.preflight = preflight
         self.write_report = report
@@ -302,7 +305,7 @@ class DiagnosticsCallbackCore:
         log_to_loggers(loggers, snapshot_scalars(snap), step)
         if self._tb is None:
             writer = find_writer(loggers)
-            self._tb = TensorBoardExtras(writer, histograms=self.histograms) if writer is not None else None
+            self._tb = TensorBoardExtras(writer, histograms=self.histograms, grad_histograms=self.grad_histograms) if writer is not None else None
         if self._tb is not None:
             self._tb.write_snapshot(snap, step)
         if new:

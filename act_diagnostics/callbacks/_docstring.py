@@ -15,6 +15,7 @@ Args:
     functional: also watch functional activations (needs a TorchFunctionMode during the step).
     gradients: measure gradient RMS at each activation output (a tensor hook per output).
     histograms: write output histograms to TensorBoard on log steps.
+    grad_histograms: also write histograms of the gradient at each activation output.
     histogram_samples: values per site kept for each histogram.
     saturation_eps: saturation margin, e.g. sigmoid below eps or above 1 - eps.
     sample_elements: firing/saturation masks read at most this many elements per call (leading

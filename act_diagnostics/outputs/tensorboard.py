@@ -51,9 +51,10 @@ def dashboard_layout() -> dict[str, dict[str, list]]:
 class TensorBoardExtras:
     """Writes the TensorBoard-only views for one run."""
 
-    def __init__(self, writer: Any, histograms: bool = True) -> None:
+    def __init__(self, writer: Any, histograms: bool = True, grad_histograms: bool = False) -> None:
         self.writer = writer
         self.histograms = histograms
+        self.grad_histograms = grad_histograms
         self._layout_written = False
 
     def write_layout(self) -> None:
@@ -65,7 +66,8 @@ class TensorBoardExtras:
         self.write_layout()
         if not self.histograms:
             return
-        for suffix, samples in (("output", snapshot.out_samples), ("grad", snapshot.grad_samples)):
+        views = [("output", snapshot.out_samples)] + ([("grad", snapshot.grad_samples)] if self.grad_histograms else [])
+        for suffix, samples in views:
             for name, values in samples.items():
                 finite = np.asarray(values, dtype=np.float64)
                 finite = finite[np.isfinite(finite)]  # NaN/Inf are reported as findings, not binned

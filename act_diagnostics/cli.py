@@ -1,0 +1,51 @@
+"""Command line: ``act-diagnostics demo`` and ``act-diagnostics report LOGDIR``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from act_diagnostics.demo import run_demo
+
+    run_demo(logdir=args.logdir, epochs=args.epochs, quiet=args.quiet)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from act_diagnostics.outputs.readback import ReadbackError, render_run
+
+    try:
+        print(render_run(args.logdir, fmt=args.format))
+    except ReadbackError as exc:
+        print(f"act-diagnostics report: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="act-diagnostics", description="Activation diagnostics for PyTorch Lightning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train small flawed models on CPU and show the warnings")
+    demo.add_argument("--logdir", default="act_logs", help="where TensorBoard logs go (default: act_logs)")
+    demo.add_argument("--epochs", type=int, default=3, help="epochs per model (default: 3)")
+    demo.add_argument("--quiet", action="store_true", help="print only the summary")
+    demo.set_defaults(func=_demo)
+
+    report = sub.add_parser("report", help="print the findings and per-layer table of a finished run")
+    report.add_argument("logdir", help="a run's log dir (holding act_diagnostics/report.json or event files)")
+    report.add_argument("--format", choices=("text", "json", "md"), default="text")
+    report.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
