@@ -1,0 +1,182 @@
+"""Lightning integration: tags written to TensorBoard and CSV, hook lifecycle, step scheduling."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+pl = pytest.importorskip("pytorch_lightning")
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from act_diagnostics import ActivationDiagnostics  # noqa: E402
+from act_diagnostics.core.snapshot import LOGGED_STATS  # noqa: E402
+from act_diagnostics.outputs.scalars import site_tag  # noqa: E402
+
+
+class Net(pl.LightningModule):
+    """Module activations (one inplace), a functional GELU and a softmax head into NLL via log."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(12, 24)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(24, 24)
+        self.fc3 = nn.Linear(24, 3)
+        self.fail_at = fail_at
+        self.val_calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc1(x))
+        h = F.gelu(self.fc2(h))
+        return self.fc3(h)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001
+        if self.fail_at is not None and self.global_step == self.fail_at:
+            raise RuntimeError("boom")
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):  # noqa: ANN001
+        self.val_calls += 1
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def loader(n: int = 256, batch: int = 16, seed: int = 0) -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    data = torch.utils.data.TensorDataset(torch.randn(n, 12, generator=g), torch.randint(0, 3, (n,), generator=g))
+    return torch.utils.data.DataLoader(data, batch_size=batch)
+
+
+def trainer(tmp_path, callback, loggers=None, **kw) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=kw.pop("max_epochs", 1),
+        logger=loggers if loggers is not None else [TensorBoardLogger(str(tmp_path), name="tb"), CSVLogger(str(tmp_path), name="csv")],
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        **kw,
+    )
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def event_accumulator(tmp_path) -> EventAccumulator:
+    (event_dir,) = {os.path.dirname(p) for p in glob.glob(str(tmp_path / "tb" / "**" / "events.*"), recursive=True)}
+    acc = EventAccumulator(event_dir, size_guidance={"scalars": 0, "histograms": 0, "tensors": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("fit")
+    torch.manual_seed(0)
+    model = Net()
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False)
+    t = trainer(tmp_path, cb, limit_val_batches=2)
+    t.fit(model, loader(), loader(64))
+    return tmp_path, model, cb, t
+
+
+def test_sites_found_and_named(fitted):
+    _, _, cb, _ = fitted
+    # F.gelu is called in Net.forward, i.e. by the root module: its owner is the root ("").
+    assert set(cb.last_snapshot.sites) == {"act", ":gelu"}
+    assert cb.failure is None
+
+
+def test_tensorboard_tags_read_back(fitted):
+    tmp_path, _, cb, _ = fitted
+    acc = event_accumulator(tmp_path)
+    tags = acc.Tags()
+    for site in ("act", ":gelu"):
+        for stat in ("firing_rate", "dead_fraction", "mean", "std", "max_abs", "grad_rms", "nonfinite"):
+            tag = f"act/{site_tag(site)}/{stat}"
+            assert tag in tags["scalars"], tag
+        assert f"act/{site_tag(site)}/output" in tags["histograms"]
+    # The GELU saturation (input tail) and the feeding-layer gradient norm are measured too.
+    assert "act/root/gelu/saturation" in tags["scalars"]
+    assert "act/act/param_grad_norm" in tags["scalars"]
+    assert "custom_scalars__config__" in tags["tensors"]
+    # 16 training steps, window of 4: preflight step 0, then steps 3, 7, 11, 15.
+    steps = [e.step for e in acc.Scalars("act/act/firing_rate")]
+    assert steps == [0, 3, 7, 11, 15]
+    rates = [e.value for e in acc.Scalars("act/act/firing_rate")]
+    assert all(0.0 < r < 1.0 for r in rates)
+
+
+def test_csv_logger_receives_scalars(fitted):
+    tmp_path, _, _, _ = fitted
+    (path,) = glob.glob(str(tmp_path / "csv" / "**" / "metrics.csv"), recursive=True)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    header = rows[0].keys()
+    assert "act/act/firing_rate" in header and "act/root/gelu/grad_rms" in header
+    values = [float(r["act/act/firing_rate"]) for r in rows if r.get("act/act/firing_rate")]
+    assert len(values) == 5 and all(0.0 < v < 1.0 for v in values)
+
+
+def test_no_hooks_after_fit(fitted):
+    _, model, cb, _ = fitted
+    assert hook_count(model) == 0
+    assert torch.overrides._get_current_function_mode_stack() == []
+    assert not cb.monitor.attached
+
+
+def test_validation_not_counted(fitted):
+    _, model, cb, _ = fitted
+    assert model.val_calls > 0
+    # Each training step runs each site once; 16 steps in all (preflight step 0 + 15 more).
+    total_calls = cb.monitor.steps
+    assert total_calls == 16
+
+
+def test_no_hooks_after_exception(tmp_path):
+    model = Net(fail_at=5)
+    cb = ActivationDiagnostics(log_every_n_steps=2, verbose=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer(tmp_path, cb).fit(model, loader())
+    assert hook_count(model) == 0
+    assert torch.overrides._get_current_function_mode_stack() == []
+    # What was measured before the failure is in the report.
+    assert os.path.exists(os.path.join(cb.report_dir, "report.json"))
+
+
+def test_follows_trainer_interval(tmp_path):
+    cb = ActivationDiagnostics(verbose=False, report=False)
+    t = trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv")], log_every_n_steps=5)
+    t.fit(Net(), loader())
+    assert cb._interval(t) == 5
+    assert cb.last_snapshot.step == 15  # the last log step of 16 (steps 0, 4, 9, 14, then end-of-fit flush)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"log_every_n_steps": 0}, ValueError, "`log_every_n_steps` must be a positive int or None"),
+        ({"saturation_eps": 0.7}, ValueError, r"`saturation_eps` must be in \(0, 0.5\), got 0.7"),
+        ({"kinds": ["relu", "swish"]}, ValueError, r"`kinds` entries must be activation kinds or families; got \['swish'\]"),
+        ({"include": 3}, TypeError, "`include` must be a string or a list of strings"),
+        ({"warn": "yes"}, TypeError, "`warn` must be True or False, got 'yes'"),
+        ({"eval_stages": ["train"]}, ValueError, "`eval_stages` entries must be 'validate', 'test' or 'predict'"),
+        ({"sample_elements": 0}, ValueError, "`sample_elements` must be a positive int or None"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ActivationDiagnostics(**kwargs)
