@@ -101,7 +101,8 @@ def _softmax_dim(p: dict[str, Any], y: Tensor) -> int:
 
 
 _ACTIVE: dict[str, Callable[[Tensor, dict[str, Any]], Tensor]] = {
-    "threshold": lambda y, p: y > p.get("threshold", 0.0),
+    # F.threshold replaces x <= threshold by ``value``; that value is not firing, even above the bound.
+    "threshold": lambda y, p: (y > p.get("threshold", 0.0)) & (y != p.get("value", 0.0)),
     "sigmoid": _gt(0.5),
     "hardsigmoid": _gt(0.5),
     "logsigmoid": _gt(math.log(0.5)),
@@ -157,7 +158,7 @@ KINDS: dict[str, ActivationKind] = {
         _kind("leaky_relu", "relu", _POS),
         _kind("prelu", "relu", _POS),
         _kind("rrelu", "relu", _POS),
-        _kind("threshold", "relu", "output > threshold"),
+        _kind("threshold", "relu", "output > threshold and output != value"),
         _kind("elu", "smooth", _POS, "negative tail: alpha*exp(x) < eps"),
         _kind("celu", "smooth", _POS, "negative tail: exp(x/alpha) < eps"),
         _kind("selu", "smooth", _POS, "negative tail: alpha*exp(x) < eps"),
@@ -244,7 +245,7 @@ def module_kind(module: nn.Module) -> str | None:
 def module_params(module: nn.Module) -> dict[str, Any]:
     """The few constructor arguments the firing and saturation tests need."""
     params: dict[str, Any] = {}
-    for attr in ("dim", "threshold", "min_val", "max_val", "alpha", "beta", "approximate"):
+    for attr in ("dim", "threshold", "value", "min_val", "max_val", "alpha", "beta", "approximate"):
         value = getattr(module, attr, None)
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             params[attr] = value
@@ -269,8 +270,8 @@ _FUNCTIONAL_SPECS: list[tuple[Callable[..., Any], str, dict[str, int]]] = [
     (torch.prelu, "prelu", {}),
     (F.rrelu, "rrelu", {}),
     (F.rrelu_, "rrelu", {}),
-    (F.threshold, "threshold", {"threshold": 1}),
-    (F.threshold_, "threshold", {"threshold": 1}),
+    (F.threshold, "threshold", {"threshold": 1, "value": 2}),
+    (F.threshold_, "threshold", {"threshold": 1, "value": 2}),
     (F.elu, "elu", {"alpha": 1}),
     (F.elu_, "elu", {"alpha": 1}),
     (F.celu, "celu", {"alpha": 1}),

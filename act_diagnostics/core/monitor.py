@@ -367,7 +367,9 @@ class ActivationMonitor:
         spec = KINDS[kind]
         if self.config.unit_dim is not None:
             unit_dim = self.config.unit_dim
-        elif spec.per_row or kind == "glu":
+        elif kind == "glu":
+            unit_dim = int(params.get("dim", -1))  # F.glu and nn.GLU split the last dim by default
+        elif spec.per_row:
             dim = params.get("dim")
             unit_dim = (0 if y.dim() in (0, 1, 3) else 1) if dim is None else int(dim)
         else:
@@ -376,7 +378,11 @@ class ActivationMonitor:
             if not -y.dim() <= unit_dim < y.dim():
                 raise ValueError(f"`unit_dim`={unit_dim} is out of range for site {name!r} with output shape {tuple(y.shape)}")
             unit_dim %= y.dim()
-        n_units = int(y.shape[unit_dim]) if y.dim() else 1
+        if y.dim() <= 1 and not (spec.per_row or kind == "glu") and self.config.unit_dim is None:
+            # A (batch,) output (e.g. a binary classifier's sigmoid) is one unit, not batch-many.
+            n_units = 1
+        else:
+            n_units = int(y.shape[unit_dim]) if y.dim() else 1
         return Site(
             name=name,
             kind=kind,

@@ -127,8 +127,11 @@ def window_stats(
         s.unit_firing = [a / per_unit for a in unit_active]
         s.dead_fraction = sum(1 for r in s.unit_firing if r < dead_unit_rate) / units
         if unit_saturated is not None and counters["sat_total"] > 0:
+            # Saturation may have been read on fewer calls than firing (an inplace GELU/SiLU call
+            # has no pre-activation left): per-unit saturation divides by its own sample count.
+            per_unit_sat = counters["sat_total"] / units
             s.saturation = sum(unit_saturated) / counters["sat_total"]
-            s.saturated_units = sum(1 for c in unit_saturated if c / per_unit > saturated_unit_rate) / units
+            s.saturated_units = sum(1 for c in unit_saturated if c / per_unit_sat > saturated_unit_rate) / units
     if unit_saturated is None and counters["sat_total"] > 0:
         s.saturation = sums["sat_rows"] / counters["sat_total"]
     if counters["detail_elements"] > 0:

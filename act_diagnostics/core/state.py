@@ -172,16 +172,24 @@ class SiteState:
         torch.maximum(self.max, hi, out=self.max)
         torch.minimum(self.min, lo, out=self.min)
 
-        sample = leading_rows(y, self.sample_elements)
+        ndim = y.dim()
+        unit_dim = self.unit_dim % ndim if ndim else 0
+        # Rates read the leading rows of dim 0, unless dim 0 holds the units (then everything).
+        if unit_dim != 0:
+            sample = leading_rows(y, self.sample_elements)
+            x_sample = x if x is None or sample is y else x[: sample.shape[0]]
+        else:
+            sample, x_sample = y, x
         kind, params = self.kind, self.params
-        if y.dim() == 0 or sample.shape[self.unit_dim % max(1, y.dim())] == self.n_units:
-            self.unit_active.add_(unit_counts(kind.active(sample, params), self.unit_dim))
+        one_unit = self.n_units == 1  # the whole output is one unit (e.g. a (batch,) probability)
+        if one_unit or sample.shape[unit_dim] == self.n_units:
+            mask = kind.active(sample, params)
+            self.unit_active.add_(mask.sum().reshape(1) if one_unit else unit_counts(mask, unit_dim))
             c[2] += sample.numel()
-            x_sample = None if x is None else leading_rows(x, self.sample_elements)
             saturated = kind.saturated(x_sample, sample, params, self.eps)
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
-                    self.unit_saturated.add_(unit_counts(saturated, self.unit_dim))
+                    self.unit_saturated.add_(saturated.sum().reshape(1) if one_unit else unit_counts(saturated, unit_dim))
                     c[3] += sample.numel()
                 else:  # softmax rows, or GLU's gate half
                     self.sums[SAT_ROWS].add_(saturated.sum())

@@ -1,0 +1,314 @@
+"""SiteState -> pack -> window_stats, against statistics computed by hand on the same tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from act_diagnostics.core.kinds import KINDS, smooth_tail_threshold
+from act_diagnostics.core.pack import reduce_to_host, totals_to_stats
+from act_diagnostics.core.snapshot import SiteStats, window_stats
+from act_diagnostics.core.state import COUNTERS, SiteState, leading_rows, unit_counts
+
+EPS = 0.01
+
+
+def make_state(kind: str, n_units: int, unit_dim: int = -1, sample: int | None = None, params=None, hist: int = 0):
+    return SiteState(KINDS[kind], dict(params or {}), unit_dim, n_units, torch.device("cpu"), sample, EPS, hist)
+
+
+def stats(state: SiteState, **thresholds) -> SiteStats:
+    totals, _ = reduce_to_host([state], ["s"], torch.device("cpu"))
+    return totals_to_stats(totals, **thresholds)["s"]
+
+
+def test_relu_statistics_match_hand_computation() -> None:
+    x = torch.tensor([[-1.0, 2.0, -3.0], [4.0, 5.0, -6.0], [-7.0, 8.0, -9.0], [1.0, 1.0, -1.0]])
+    y = F.relu(x)
+    st = make_state("relu", 3)
+    st.observe(x, y, detail=False)
+    s = stats(st)
+    assert (s.calls, s.elements, s.sampled, s.units) == (1, 12, 12, 3)
+    # unit 0 fires on rows 1 and 3, unit 1 always, unit 2 never
+    assert s.unit_firing == [0.5, 1.0, 0.0]
+    assert s.firing_rate == pytest.approx(6 / 12)
+    assert s.dead_fraction == pytest.approx(1 / 3)
+    assert s.saturation is None and s.saturated_units is None
+    assert s.mean == pytest.approx(y.mean().item())
+    assert s.std == pytest.approx(y.std(unbiased=False).item())
+    assert s.rms == pytest.approx(y.pow(2).mean().sqrt().item())
+    assert s.max_abs == 8.0
+    assert s.nonfinite is False
+    assert s.nonfinite_share is None and s.input_std is None  # detail steps only
+    assert s.grad_rms is None and s.param_grad_norm is None
+
+
+def test_window_accumulates_over_calls_and_resets() -> None:
+    st = make_state("relu", 2)
+    a, b = torch.tensor([[1.0, -1.0]]), torch.tensor([[2.0, 3.0], [-1.0, 4.0]])
+    st.observe(a, F.relu(a), False)
+    st.observe(b, F.relu(b), False)
+    s = stats(st)
+    allv = F.relu(torch.cat([a, b]))
+    assert s.calls == 2 and s.elements == 6
+    assert s.unit_firing == pytest.approx([2 / 3, 2 / 3])
+    assert s.mean == pytest.approx(allv.mean().item())
+    assert s.std == pytest.approx(allv.std(unbiased=False).item())
+    st.reset()
+    s = stats(st)
+    assert s.calls == 0 and s.elements == 0 and s.mean is None and s.firing_rate is None
+
+
+def test_sigmoid_saturation_per_unit() -> None:
+    y = torch.tensor([[0.001, 0.5, 0.999], [0.002, 0.6, 0.2], [0.003, 0.4, 0.995], [0.004, 0.3, 0.5]])
+    st = make_state("sigmoid", 3)
+    st.observe(None, y, False)
+    s = stats(st)
+    assert s.saturation == pytest.approx(6 / 12)
+    assert s.saturated_units == pytest.approx(1 / 3)  # only unit 0 is saturated on > 99% of samples
+    assert s.unit_firing == [0.0, 0.25, 0.5]
+    assert s.dead_fraction == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.05])
+def test_tanh_saturation_uses_eps(eps: float) -> None:
+    y = torch.tensor([[0.96, 0.999], [-0.97, 0.0]])
+    st = SiteState(KINDS["tanh"], {}, -1, 2, torch.device("cpu"), None, eps)
+    st.observe(None, y, False)
+    expected = (y.abs() > 1 - eps).float().mean().item()
+    assert stats(st).saturation == pytest.approx(expected)
+
+
+def test_gelu_saturation_from_the_input() -> None:
+    t = smooth_tail_threshold("gelu")
+    x = torch.tensor([[t - 1.0, 0.5], [t - 2.0, t + 0.5], [1.0, -0.1], [t - 0.1, 2.0]])
+    st = make_state("gelu", 2)
+    st.observe(x, F.gelu(x), False)
+    s = stats(st)
+    assert s.saturation == pytest.approx(3 / 8)
+    assert s.saturated_units == 0.0
+    # An inplace call (x is y) has no pre-activation: firing is measured, saturation not.
+    st2 = make_state("gelu", 2)
+    y = F.gelu(x)
+    st2.observe(y, y, False)
+    s2 = stats(st2)
+    assert s2.firing_rate is not None and s2.saturation is None
+
+
+def test_saturated_units_when_saturation_was_read_on_fewer_calls() -> None:
+    # Two calls, one inplace: saturation divides by its own sample count.
+    t = smooth_tail_threshold("silu")
+    x = torch.full((4, 2), t - 1.0)
+    st = make_state("silu", 2)
+    st.observe(x, F.silu(x), False)
+    y = F.silu(x.clone())
+    st.observe(y, y, False)
+    s = stats(st)
+    assert s.saturation == 1.0
+    assert s.saturated_units == 1.0
+
+
+def test_softmax_saturation_per_row_and_units_are_classes() -> None:
+    logits = torch.tensor([[20.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 20.0], [1.0, 0.0, 0.0]])
+    y = F.softmax(logits, dim=-1)
+    st = make_state("softmax", 3, unit_dim=1, params={"dim": -1})
+    st.observe(logits, y, False)
+    s = stats(st)
+    assert s.saturation == pytest.approx(2 / 4)  # rows, not elements
+    assert s.saturated_units is None
+    assert s.units == 3
+    assert s.unit_firing == pytest.approx([0.5, 0.0, 0.25])  # probability > 1/3
+
+
+def test_glu_saturation_reads_gate_half_of_the_input() -> None:
+    limit = math.log((1 - EPS) / EPS)
+    a = torch.ones(2, 2)
+    b = torch.tensor([[limit + 1, 0.0], [-(limit + 1), -(limit + 1)]])
+    x = torch.cat([a, b], dim=-1)
+    st = make_state("glu", 2, params={"dim": -1})
+    st.observe(x, F.glu(x, dim=-1), False)
+    assert stats(st).saturation == pytest.approx(3 / 4)
+
+
+def test_detail_step_adds_nonfinite_share_and_input_std() -> None:
+    y = torch.tensor([[1.0, float("nan")], [float("inf"), 2.0]])
+    st = make_state("relu", 2)
+    st.observe(None, y, detail=True)
+    x = torch.tensor([1.0, 3.0, 5.0, 7.0])
+    st.observe_input_totals(torch.stack((x.sum(), x.dot(x))).double(), 4)
+    s = stats(st)
+    assert s.nonfinite is True
+    assert s.nonfinite_share == pytest.approx(0.5)
+    assert s.input_std == pytest.approx(x.std(unbiased=False).item())
+    assert not math.isfinite(s.mean)
+    d = s.to_dict()
+    assert d["mean"] is None  # non-finite floats become None in dictionaries (JSON-safe)
+    assert "unit_firing" not in d and "unit_firing" in s.to_dict(with_units=True)
+
+
+def test_nonfinite_flag_without_detail() -> None:
+    st = make_state("tanh", 2)
+    st.observe(None, torch.tensor([[0.5, float("inf")]]), detail=False)
+    s = stats(st)
+    assert s.nonfinite is True and s.nonfinite_share is None and s.max_abs == math.inf
+
+
+def test_grad_rms_and_param_grad_norm() -> None:
+    st = make_state("relu", 3)
+    y = torch.ones(2, 3)
+    st.observe(None, y, False)
+    g1, g2 = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), torch.tensor([[0.5, 0.5, 0.5], [1.0, 1.0, 1.0]])
+    st.observe_grad(g1, False)
+    st.observe_grad(g2, False)
+    st.observe_param_grad_sq(torch.tensor(9.0))
+    st.observe_param_grad_sq(torch.tensor(25.0))
+    s = stats(st)
+    assert s.grad_rms == pytest.approx(torch.cat([g1, g2]).pow(2).mean().sqrt().item())
+    assert s.grad_nonfinite is False
+    # Root of the mean squared norm over the log steps that measured it.
+    assert s.param_grad_norm == pytest.approx(math.sqrt((9 + 25) / 2))
+    st.observe_grad(torch.tensor([[float("nan"), 0.0, 0.0]]), False)
+    assert stats(st).grad_nonfinite is True
+
+
+def test_unit_dim_one_for_conv_outputs() -> None:
+    x = torch.randn(4, 3, 5, 5)
+    x[:, 1] = -1.0  # channel 1 never fires
+    x[:, 2] = 1.0  # channel 2 always fires
+    y = F.relu(x)
+    st = make_state("relu", 3, unit_dim=1)
+    st.observe(x, y, False)
+    s = stats(st)
+    expected = (y > 0).float().mean(dim=(0, 2, 3))
+    assert s.unit_firing == pytest.approx(expected.tolist())
+    assert s.unit_firing[1] == 0.0 and s.unit_firing[2] == 1.0
+    assert s.dead_fraction == pytest.approx(1 / 3)
+
+
+def test_unit_dim_last_for_sequences() -> None:
+    x = torch.randn(2, 7, 4)
+    x[..., 0] = -1.0
+    st = make_state("relu", 4, unit_dim=-1)
+    st.observe(x, F.relu(x), False)
+    s = stats(st)
+    assert s.unit_firing == pytest.approx((x > 0).float().mean(dim=(0, 1)).tolist())
+
+
+def test_unit_counts_helper() -> None:
+    mask = torch.rand(3, 4, 5, 6) > 0.5
+    for dim in range(4):
+        other = [d for d in range(4) if d != dim]
+        assert torch.equal(unit_counts(mask, dim), mask.sum(dim=other))
+    assert torch.equal(unit_counts(mask, -1), mask.sum(dim=(0, 1, 2)))
+    assert unit_counts(torch.tensor(True), 0).tolist() == [1]
+
+
+def test_sample_elements_caps_rates_but_not_moments() -> None:
+    x = -torch.ones(1000, 10)
+    x[:10] = 1.0  # only the leading 10 rows fire
+    st = make_state("relu", 10, sample=100)
+    st.observe(x, F.relu(x), False)
+    s = stats(st)
+    assert s.sampled == 100 and s.elements == 10_000
+    assert s.firing_rate == 1.0  # read on the leading 100 elements (10 rows)
+    assert s.mean == pytest.approx(0.01)  # over everything
+    assert leading_rows(x, 25).shape == (2, 10)
+    assert leading_rows(x, 5).shape == (1, 10)  # at least one row
+    assert leading_rows(x, None) is x
+
+
+def test_sampling_keeps_the_pre_activation_aligned() -> None:
+    t = smooth_tail_threshold("silu")
+    x = torch.full((100, 4), t - 1.0)
+    x[:5] = 1.0  # only the sampled rows are unsaturated
+    st = make_state("silu", 4, sample=20)
+    st.observe(x, F.silu(x), False)
+    s = stats(st)
+    assert s.sampled == 20 and s.saturation == 0.0 and s.firing_rate == 1.0
+
+
+def test_units_on_dim_zero_read_everything() -> None:
+    x = torch.randn(6, 50)
+    x[0] = -1.0
+    st = make_state("relu", 6, unit_dim=0, sample=10)
+    st.observe(x, F.relu(x), False)
+    s = stats(st)
+    assert s.sampled == 300 and s.unit_firing[0] == 0.0
+
+
+def test_one_unit_outputs() -> None:
+    # A (batch,) sigmoid output is one unit whatever the batch size.
+    st = make_state("sigmoid", 1, unit_dim=0)
+    st.observe(None, torch.tensor([0.9, 0.2, 0.7, 0.001]), False)
+    st.observe(None, torch.tensor([0.8, 0.3]), False)
+    s = stats(st)
+    assert s.units == 1 and s.sampled == 6
+    assert s.unit_firing == pytest.approx([3 / 6])  # 0.9, 0.7, 0.8 are above 0.5
+    assert s.saturation == pytest.approx(1 / 6)
+
+
+def test_low_precision_inputs_accumulate_in_float32() -> None:
+    y = torch.ones(4096, 8, dtype=torch.bfloat16)
+    st = make_state("relu", 8)
+    st.observe(None, y, detail=True)
+    st.observe_grad(torch.full((4096, 8), 0.5, dtype=torch.float16), False)
+    s = stats(st)
+    # A bf16 sum would stop at 256; float32 accumulation is exact here.
+    assert s.mean == 1.0 and s.rms == 1.0 and s.std == 0.0
+    assert s.grad_rms == pytest.approx(0.5)
+    assert st.sums.dtype == torch.float64
+
+
+def test_empty_tensors_do_not_crash() -> None:
+    st = make_state("relu", 5)
+    st.observe(torch.zeros(0, 5), torch.zeros(0, 5), detail=True)
+    st.observe_grad(torch.zeros(0, 5), True)
+    s = stats(st)
+    assert s.calls == 1 and s.elements == 0 and s.mean is None and s.firing_rate is None and s.grad_rms is None
+
+
+def test_histogram_samples_on_detail_steps() -> None:
+    st = make_state("relu", 10, hist=16)
+    y = torch.arange(1000.0).reshape(100, 10)
+    st.observe(None, y, detail=False)
+    assert st.out_sample is None
+    st.observe(None, y, detail=True)
+    assert st.out_sample is not None and st.out_sample.numel() == 16 and st.out_sample.dtype == torch.float32
+    y.fill_(-1.0)  # the sample is a copy
+    assert st.out_sample.min().item() >= 0.0
+    st.observe_grad(torch.ones(100, 10), detail=True)
+    assert st.grad_sample is not None and st.grad_sample.numel() == 16
+    totals, samples = reduce_to_host([st], ["s"], torch.device("cpu"), samples=[st.out_sample, st.grad_sample])
+    assert len(samples) == 2 and len(samples[0]) == 16 and samples[1] == [1.0] * 16
+    st.reset()
+    assert st.out_sample is None and st.grad_sample is None
+
+
+def test_window_stats_pure_function() -> None:
+    counters = dict.fromkeys(COUNTERS, 0)
+    counters.update(calls=2, elements=8, sampled=8, sat_total=8, grad_elements=4, detail_elements=8, in_elements=4)
+    sums = {
+        "sum": 4.0, "sumsq": 8.0, "grad_sumsq": 16.0, "sat_rows": 0.0, "nonfinite": 2.0,
+        "in_sum": 0.0, "in_sumsq": 4.0, "param_grad_sq": 0.0,
+    }
+    s = window_stats(counters, sums, 2.0, -3.0, [4, 0], [4, 1], dead_unit_rate=0.01, saturated_unit_rate=0.99)
+    assert s.mean == 0.5 and s.rms == 1.0 and s.std == pytest.approx(math.sqrt(1 - 0.25))
+    assert s.max_abs == 3.0
+    assert s.unit_firing == [1.0, 0.0] and s.dead_fraction == 0.5 and s.firing_rate == 0.5
+    assert s.saturation == pytest.approx(5 / 8) and s.saturated_units == 0.5
+    assert s.grad_rms == 2.0 and s.nonfinite_share == 0.25 and s.input_std == 1.0
+    # Tiny negative variance from cancellation is clamped to zero.
+    s = window_stats(counters, {**sums, "sum": 8.0, "sumsq": 8.0 - 1e-12}, 1.0, 1.0, [4, 4], None)
+    assert s.std == 0.0
+    assert window_stats(counters, sums, 2.0, -3.0, [4, 0], None, dead_unit_rate=0.6).dead_fraction == 0.5
+    assert s.scalars().keys() <= {"firing_rate", "dead_fraction", "saturation", "mean", "std", "max_abs", "grad_rms", "param_grad_norm", "nonfinite"}
+
+
+def test_state_follows_device_keeping_totals() -> None:
+    st = make_state("relu", 2)
+    st.observe(None, torch.tensor([[1.0, 0.0]]), False)
+    st.to(torch.device("cpu"))
+    assert stats(st).calls == 1
