@@ -1,0 +1,7 @@
+"""Judging: one rule per module on a common base, run by :class:`RuleEngine`, producing Findings."""
+
+from act_diagnostics.rules.base import Rule, RuleContext
+from act_diagnostics.rules.engine import RULE_IDS, RULES, RuleEngine
+from act_diagnostics.rules.finding import ActivationWarning, Finding, warn_finding
+
+__all__ = ["RULES", "RULE_IDS", "ActivationWarning", "Finding", "Rule", "RuleContext", "RuleEngine", "warn_finding"]

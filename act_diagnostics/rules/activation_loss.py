@@ -1,0 +1,66 @@
+"""activation-loss-mismatch: an output activation that the loss function applies again.
+
+PyTorch's losses expect raw logits (cross_entropy, binary_cross_entropy_with_logits) or
+log-probabilities (nll_loss); the tracer records which activation fed which loss (Site.losses,
+``"nll_loss(log)"`` when a log was applied in between).
+"""
+
+from __future__ import annotations
+
+import math
+
+from act_diagnostics.rules.base import Rule, RuleContext
+from act_diagnostics.rules.finding import Finding
+
+# Severity of each (activation kind, loss) pair; the advice is in _ADVICE. Sources: PyTorch docs
+# (CrossEntropyLoss expects unnormalised logits; NLLLoss expects log-probabilities;
+# BCEWithLogitsLoss applies the sigmoid itself) and Keras' from_logits warning.
+_PAIRS: dict[tuple[str, str], str] = {
+    ("softmax", "cross_entropy"): "error",
+    ("softmax", "nll_loss"): "error",
+    ("softmax", "binary_cross_entropy_with_logits"): "error",
+    ("softmax", "nll_loss(log)"): "info",
+    ("sigmoid", "binary_cross_entropy_with_logits"): "error",
+    # Sound, only less stable than the fused loss: info, never a warning.
+    ("sigmoid", "binary_cross_entropy"): "info",
+}
+_ADVICE = {
+    "cross_entropy": "remove the softmax and pass the logits: F.cross_entropy applies log_softmax itself",
+    "nll_loss": "nll_loss expects log-probabilities: use log_softmax, or drop the softmax and use F.cross_entropy on the logits",
+    "binary_cross_entropy_with_logits": "remove the activation and pass the logits: BCEWithLogitsLoss applies the sigmoid itself",
+    "nll_loss(log)": "softmax followed by log is correct but loses precision: use log_softmax, or F.cross_entropy on the logits",
+    "binary_cross_entropy": "sigmoid + BCELoss is correct but less stable: output logits and use BCEWithLogitsLoss",
+}
+
+
+def softmax_ce_floor(classes: int) -> float:
+    """Lowest cross-entropy reachable when the logits are probabilities in [0, 1]: ln(1 + (C-1)/e)."""
+    return math.log1p((classes - 1) / math.e)
+
+
+class ActivationLossMismatch(Rule):
+    id = "activation-loss-mismatch"
+    defaults: dict[str, float] = {}
+
+    def evaluate(self, ctx: RuleContext) -> list[Finding]:
+        out: list[Finding] = []
+        for site, _ in ctx.snapshot.ordered():
+            kind = site.kind if site.kind in ("softmax", "sigmoid") else ("softmax" if site.kind == "softmin" else None)
+            if kind is None:
+                continue
+            for loss in site.losses:
+                severity = _PAIRS.get((kind, loss))
+                if severity is None:
+                    continue
+                evidence: dict[str, float] = {"classes": site.n_units}
+                msg = f"{site.kind} output feeds {loss.replace('(log)', ' after a log')}"
+                if (kind, loss) == ("softmax", "cross_entropy") and site.n_units > 1:
+                    floor = softmax_ce_floor(site.n_units)
+                    evidence["loss_floor"] = round(floor, 4)
+                    msg += f": softmax is applied twice and the loss cannot fall below {floor:.3f} for {site.n_units} classes"
+                elif (kind, loss) == ("sigmoid", "binary_cross_entropy_with_logits"):
+                    msg += ": sigmoid is applied twice, squeezing predictions into [0.5, 0.73]"
+                elif (kind, loss) == ("softmax", "nll_loss"):
+                    msg += ": nll_loss reads its input as log-probabilities, so the loss is -p and cannot train properly"
+                out.append(self.finding(ctx, site.name, severity, msg, _ADVICE[loss], **evidence))
+        return out

@@ -1,0 +1,99 @@
+"""The Rule base class and the small helpers every rule shares.
+
+A rule reads one :class:`~act_diagnostics.core.Snapshot` (through a :class:`RuleContext`) and returns
+candidate :class:`Finding` objects. It does not debounce or deduplicate: the
+:class:`~act_diagnostics.rules.engine.RuleEngine` does that, using the class attributes below.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from act_diagnostics.core.sites import Site
+from act_diagnostics.core.snapshot import SiteStats, Snapshot
+from act_diagnostics.rules.finding import Finding, Severity
+
+
+@dataclass
+class RuleContext:
+    """What a rule sees: one window's snapshot, and whether it is the pre-flight check."""
+
+    snapshot: Snapshot
+    preflight: bool = False
+    # Sites a rule could not judge this window (too few samples): their debounce streak is kept.
+    held: set[str] = field(default_factory=set)
+
+    @property
+    def step(self) -> int:
+        return self.snapshot.step
+
+    def hold(self, site: str) -> None:
+        self.held.add(site)
+
+
+class Rule:
+    """One diagnostic. Subclasses set the class attributes and implement :meth:`evaluate`."""
+
+    id: ClassVar[str] = ""
+    # Default thresholds, overridable as ``{"<id>.<name>": value}`` (named constants in each module).
+    defaults: ClassVar[dict[str, float]] = {}
+    # Consecutive evaluations a condition must hold before it is reported (1: at once).
+    windows: ClassVar[int] = 1
+    # Evidence key measuring how bad a finding is (higher is worse): a finding already reported
+    # is reported again when this value doubles.
+    primary: ClassVar[str | None] = None
+    # Where the rule runs: the pre-flight snapshot (first step, at initialisation) and/or training.
+    in_preflight: ClassVar[bool] = True
+    in_training: ClassVar[bool] = True
+    # Deduplicate per (rule, site), or once per model (whole-network conditions whose named site
+    # may move from window to window: NaN spreading, first/last comparisons).
+    per_site: ClassVar[bool] = True
+
+    def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
+        self.t: dict[str, float] = {**self.defaults, **dict(thresholds or {})}
+
+    def evaluate(self, ctx: RuleContext) -> list[Finding]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finding(
+        self, ctx: RuleContext, site: str, severity: Severity, message: str, recommendation: str, **evidence: Any
+    ) -> Finding:
+        return Finding(self.id, site, severity, message, recommendation, ctx.step, evidence)
+
+    # Rules that remember something across windows override these (checkpoint resume).
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+def finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def samples_per_unit(stats: SiteStats) -> float:
+    """Samples each unit was tested on in this window (the firing mask reads ``sampled`` elements)."""
+    return stats.sampled / stats.units if stats.units else 0.0
+
+
+def is_hidden(site: Site) -> bool:
+    """An activation inside the network: not a head, not a gate, not a softmax (attention, outputs)."""
+    return not site.is_output and not site.is_gate and site.family != "softmax"
+
+
+def depth_chain(snapshot: Snapshot) -> list[tuple[Site, SiteStats]]:
+    """Sites that make up the network's depth, in forward order: hidden activations plus the final
+    output activation (gates and attention softmaxes scale differently and are left out)."""
+    chain = [(s, st) for s, st in snapshot.ordered() if is_hidden(s)]
+    outputs = [(s, st) for s, st in snapshot.ordered() if s.is_output and not s.is_gate]
+    if outputs and (not chain or outputs[-1][0].index > chain[-1][0].index):
+        chain.append(outputs[-1])
+    return chain
+
+
+def pct(value: float) -> str:
+    return f"{100.0 * value:.0f}%"

@@ -1,0 +1,123 @@
+"""dead-units: ReLU-family units that (almost) never fire, told apart by when they died.
+
+Units born dead (already dead in the pre-flight snapshot or the first judged window) point at the
+initialisation, the bias or the depth; units that fired at first and stopped later point at the
+learning rate (rules.md, "dead units"; Lu et al. 2020 for born-dead ReLU networks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from act_diagnostics.rules.base import Rule, RuleContext, pct, samples_per_unit
+from act_diagnostics.rules.finding import Finding
+
+# Kinds whose output and gradient are exactly zero below the threshold: a unit that never fires
+# learns nothing. Leaky variants (leaky_relu, prelu, rrelu) keep a gradient and are left out.
+DEAD_KINDS = ("relu", "relu6", "threshold")
+
+# A unit is dead when it fired on fewer than 1% of its samples (SageMaker Debugger DeadRelu,
+# threshold_inactivity = 1%).
+UNIT_RATE = 0.01
+# Share of a layer's units dead before warning: proposal within rules.md's 0.10-0.25 range, set at
+# the top so small healthy layers (a few percent of units idle on synthetic data) stay quiet.
+WARN_FRACTION = 0.25
+# Share of dead units that is an error: SageMaker DeadRelu threshold_layer = 50%.
+ERROR_FRACTION = 0.5
+# Samples per unit a judged window needs (rules.md: "over a window of >= 1k samples"). Windows
+# with fewer are pooled with the next ones until this many were seen.
+MIN_SAMPLES = 1000
+# Pre-flight looks at one batch: a unit that fires on a typical ~50% of inputs misses all 32
+# samples with probability 2**-32, so 32 samples already separate born-dead units (proposal).
+PREFLIGHT_MIN_SAMPLES = 32
+
+BORN_DEAD_FIX = (
+    "Units are dead from initialisation: use Kaiming (He) init matched to ReLU "
+    "(nn.init.kaiming_normal_(w, nonlinearity='relu')), a zero or small positive bias, BatchNorm "
+    "before the activation or fewer layers; LeakyReLU(0.01) or GELU keep a gradient for negative inputs."
+)
+DIED_LATER_FIX = (
+    "Units fired at first and died during training: lower the learning rate (or add warm-up and "
+    "gradient clipping); LeakyReLU(0.01), GELU or ELU never have a zero gradient; BatchNorm keeps "
+    "pre-activations centred."
+)
+
+
+class DeadUnits(Rule):
+    id = "dead-units"
+    defaults = {
+        "unit_rate": UNIT_RATE,
+        "warn_fraction": WARN_FRACTION,
+        "error_fraction": ERROR_FRACTION,
+        "min_samples": MIN_SAMPLES,
+        "preflight_min_samples": PREFLIGHT_MIN_SAMPLES,
+    }
+    windows = 2
+    primary = "dead_fraction"
+
+    def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
+        super().__init__(thresholds)
+        # site -> [per-unit active counts, samples per unit] pooled until min_samples is reached
+        self._pool: dict[str, list[Any]] = {}
+        # site -> (step, dead unit indices) of the first judged window: the born-dead reference
+        self._early: dict[str, tuple[int, list[int]]] = {}
+
+    def evaluate(self, ctx: RuleContext) -> list[Finding]:
+        out: list[Finding] = []
+        for site, stats in ctx.snapshot.ordered():
+            if site.kind not in DEAD_KINDS or not stats.unit_firing or stats.nonfinite:  # NaN never fires
+                continue
+            rates, samples = self._judged_rates(ctx, site.name, stats.unit_firing, samples_per_unit(stats))
+            if rates is None:
+                ctx.hold(site.name)
+                continue
+            dead = [j for j, r in enumerate(rates) if r < self.t["unit_rate"]]
+            early_step, early = self._early.setdefault(site.name, (ctx.step, dead))
+            fraction = len(dead) / len(rates)
+            if fraction < self.t["warn_fraction"]:
+                continue
+            early_set = set(early)
+            born = sum(1 for j in dead if j in early_set)
+            later = len(dead) - born
+            severity = "error" if fraction >= self.t["error_fraction"] else "warning"
+            if born >= later:
+                when = "at initialisation" if ctx.preflight else f"since step {early_step}"
+                msg = f"{pct(fraction)} of {len(rates)} units never fire ({born} dead {when}: born dead)"
+                fix = BORN_DEAD_FIX
+            else:
+                msg = f"{pct(fraction)} of {len(rates)} units never fire ({later} died after step {early_step})"
+                fix = DIED_LATER_FIX
+            out.append(
+                self.finding(
+                    ctx, site.name, severity, msg, fix,
+                    dead_fraction=round(fraction, 4), dead_units=len(dead), units=len(rates),
+                    born_dead=born, died_later=later, samples_per_unit=int(samples),
+                )
+            )  # fmt: skip
+        return out
+
+    def _judged_rates(
+        self, ctx: RuleContext, name: str, firing: list[float], per_unit: float
+    ) -> tuple[list[float] | None, float]:
+        """Per-unit firing rates over enough samples, or None while still pooling windows."""
+        if ctx.preflight:
+            ok = per_unit >= self.t["preflight_min_samples"]
+            return (list(firing) if ok else None), per_unit
+        pool = self._pool.get(name)
+        if pool is None or len(pool[0]) != len(firing):
+            pool = self._pool[name] = [[0.0] * len(firing), 0.0]
+        pool[0] = [a + r * per_unit for a, r in zip(pool[0], firing)]
+        pool[1] += per_unit
+        if pool[1] < self.t["min_samples"]:
+            return None, pool[1]
+        del self._pool[name]
+        return [a / pool[1] for a in pool[0]], pool[1]
+
+    def state_dict(self) -> dict[str, Any]:
+        # Pools are a partial window and are dropped; the born-dead reference must survive resume.
+        return {"early": {k: [s, list(v)] for k, (s, v) in self._early.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        early = state.get("early", {}) or {}
+        self._early = {k: (int(v[0]), [int(j) for j in v[1]]) for k, v in early.items()}

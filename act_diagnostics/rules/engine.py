@@ -1,0 +1,180 @@
+"""RuleEngine: runs every enabled rule on each snapshot, debounces, deduplicates, remembers.
+
+* **Debounce**: a rule's condition must hold for ``rule.windows`` consecutive evaluations of the
+  same site (statistical rules use 2); windows in which a rule could not judge a site (too few
+  samples) keep the streak. Pre-flight findings are reported at once.
+* **Dedupe**: each (rule, site) is reported once, and again only when markedly worse: the severity
+  rises, or the rule's primary evidence number at least doubles.
+* Warning and error findings are issued once as :class:`ActivationWarning` (``warn=True``).
+* ``state_dict()`` / ``load_state_dict()`` carry all of this across a checkpoint resume.
+
+Example::
+
+    engine = RuleEngine(disable=["saturating-hidden-activation"], thresholds={"dead-units.warn_fraction": 0.3})
+    new = engine.evaluate(monitor.snapshot())
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from act_diagnostics.core.snapshot import Snapshot
+from act_diagnostics.rules.activation_loss import ActivationLossMismatch
+from act_diagnostics.rules.base import Rule, RuleContext
+from act_diagnostics.rules.dead_units import DeadUnits
+from act_diagnostics.rules.exploding_activations import ExplodingActivations
+from act_diagnostics.rules.exploding_gradient import ExplodingGradient
+from act_diagnostics.rules.finding import Finding, severity_rank, warn_finding
+from act_diagnostics.rules.non_finite import NonFinite
+from act_diagnostics.rules.output_activation import OutputActivationMismatch
+from act_diagnostics.rules.saturating_hidden import SaturatingHiddenActivation
+from act_diagnostics.rules.saturation import Saturation
+from act_diagnostics.rules.signal_propagation import SignalPropagation
+from act_diagnostics.rules.vanishing_gradient import VanishingGradient
+
+RULES: tuple[type[Rule], ...] = (
+    NonFinite,
+    ActivationLossMismatch,
+    OutputActivationMismatch,
+    SaturatingHiddenActivation,
+    SignalPropagation,
+    DeadUnits,
+    Saturation,
+    VanishingGradient,
+    ExplodingGradient,
+    ExplodingActivations,
+)
+RULE_IDS: tuple[str, ...] = tuple(r.id for r in RULES)
+STATE_VERSION = 1
+
+
+def _check_disable(disable: Any) -> tuple[str, ...]:
+    if disable is None:
+        return ()
+    if isinstance(disable, str):
+        disable = (disable,)
+    if not isinstance(disable, Iterable) or not all(isinstance(d, str) for d in disable):
+        raise TypeError(f"`disable` must be a rule id or a list of rule ids, got {disable!r}")
+    disable = tuple(disable)
+    unknown = [d for d in disable if d not in RULE_IDS]
+    if unknown:
+        raise ValueError(f"`disable` got unknown rule id(s) {unknown}; valid ids: {', '.join(RULE_IDS)}")
+    return disable
+
+
+def _check_thresholds(thresholds: Any) -> dict[str, dict[str, float]]:
+    """``{"<rule>.<name>": value}`` -> ``{rule: {name: value}}``, every key and value checked."""
+    if thresholds is None:
+        return {}
+    if not isinstance(thresholds, Mapping):
+        raise TypeError(f"`thresholds` must be a dict like {{'dead-units.warn_fraction': 0.3}}, got {thresholds!r}")
+    by_rule: dict[str, dict[str, float]] = {}
+    defaults = {r.id: r.defaults for r in RULES}
+    for key, value in thresholds.items():
+        rule, _, name = str(key).partition(".")
+        if rule not in defaults:
+            raise ValueError(f"`thresholds` key {key!r} names no rule; valid ids: {', '.join(RULE_IDS)}")
+        if name not in defaults[rule]:
+            valid = ", ".join(f"{rule}.{n}" for n in defaults[rule]) or "none (this rule has no thresholds)"
+            raise ValueError(f"`thresholds` key {key!r} is not a threshold of {rule}; valid keys: {valid}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise TypeError(f"`thresholds[{key!r}]` must be a finite number >= 0, got {value!r}")
+        by_rule.setdefault(rule, {})[name] = float(value)
+    return by_rule
+
+
+class RuleEngine:
+    """Judges snapshots with every enabled rule.
+
+    Args:
+        disable: rule ids to skip (see ``RULE_IDS``).
+        thresholds: overrides as ``{"<rule-id>.<name>": value}``; each rule's page under
+            docs/rules/ lists its thresholds and their sources.
+        warn: issue warning and error findings as :class:`ActivationWarning` (on by default).
+
+    Raises:
+        TypeError / ValueError: naming the argument, the value received and the valid choices.
+    """
+
+    def __init__(self, disable: Iterable[str] | str = (), thresholds: Mapping[str, float] | None = None, warn: bool = True) -> None:
+        if not isinstance(warn, bool):
+            raise TypeError(f"`warn` must be True or False, got {warn!r}")
+        self.disabled = _check_disable(disable)
+        overrides = _check_thresholds(thresholds)
+        self.warn = warn
+        self._thresholds = dict(thresholds or {})
+        self.rules: list[Rule] = [r(overrides.get(r.id)) for r in RULES if r.id not in self.disabled]
+        self.findings: list[Finding] = []
+        self._reported: dict[tuple[str, str], tuple[int, float | None]] = {}
+        self._streaks: dict[tuple[str, str], int] = {}
+        self._broken: set[str] = set()
+
+    def evaluate(self, snapshot: Snapshot, preflight: bool = False) -> list[Finding]:
+        """Judge one snapshot; return the findings that are new (debounced, deduplicated)."""
+        new: list[Finding] = []
+        for rule in self.rules:
+            if rule.id in self._broken or not (rule.in_preflight if preflight else rule.in_training):
+                continue
+            ctx = RuleContext(snapshot, preflight)
+            try:
+                candidates = rule.evaluate(ctx)
+            except Exception as exc:  # noqa: BLE001 - a rule's bug must never stop training
+                self._broken.add(rule.id)
+                warnings.warn(f"act_diagnostics rule {rule.id} failed and is disabled ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+                continue
+            seen = set()
+            for finding in candidates:
+                key = (rule.id, finding.site if rule.per_site else "*")
+                seen.add(key)
+                self._streaks[key] = self._streaks.get(key, 0) + 1
+                if not preflight and self._streaks[key] < rule.windows:
+                    continue
+                if self._is_news(rule, finding):
+                    new.append(finding)
+            for key in [k for k in self._streaks if k[0] == rule.id and k not in seen and k[1] not in ctx.held]:
+                del self._streaks[key]
+        for finding in new:
+            self.findings.append(finding)
+            if self.warn and finding.severity != "info":
+                warn_finding(finding, stacklevel=2)
+        return new
+
+    def _is_news(self, rule: Rule, finding: Finding) -> bool:
+        key = (rule.id, finding.site if rule.per_site else "*")
+        rank = severity_rank(finding.severity)
+        value = finding.evidence.get(rule.primary) if rule.primary else None
+        value = float(value) if isinstance(value, (int, float)) else None
+        before = self._reported.get(key)
+        if before is not None:
+            old_rank, old_value = before
+            worse_value = old_value is not None and value is not None and math.isfinite(old_value) and old_value > 0 and value >= 2 * old_value
+            if rank <= old_rank and not worse_value:
+                return False
+        self._reported[key] = (rank, value)
+        return True
+
+    def reset(self) -> None:
+        """Forget everything (a new fit)."""
+        self.__init__(self.disabled, self._thresholds, self.warn)  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "findings": [f.to_dict() for f in self.findings],
+            "reported": [[r, s, rank, value] for (r, s), (rank, value) in self._reported.items()],
+            "streaks": [[r, s, n] for (r, s), n in self._streaks.items()],
+            "rules": {rule.id: rule.state_dict() for rule in self.rules},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; missing keys (older checkpoints) mean "nothing yet"."""
+        self.findings = [Finding.from_dict(d) for d in state.get("findings", [])]
+        self._reported = {(r, s): (int(rank), value) for r, s, rank, value in state.get("reported", [])}
+        self._streaks = {(r, s): int(n) for r, s, n in state.get("streaks", [])}
+        rules_state = state.get("rules", {}) or {}
+        for rule in self.rules:
+            rule.load_state_dict(rules_state.get(rule.id, {}) or {})

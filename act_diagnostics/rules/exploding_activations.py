@@ -1,0 +1,47 @@
+"""exploding-activations: activation magnitudes grow across depth, or reach overflow territory."""
+
+from __future__ import annotations
+
+from act_diagnostics.rules.base import Rule, RuleContext, finite, is_hidden
+from act_diagnostics.rules.finding import Finding
+
+# Bounded families (sigmoid, tanh, hardtanh) cannot grow: only unbounded ones are compared.
+UNBOUNDED = ("relu", "smooth", "other")
+# rules.md: "activation RMS grows > 100x across depth" (AUTOTRAINER / SageMaker style).
+GROWTH = 100.0
+# |activation| beyond this is within ~6x of float16's maximum 65504: AMP overflows next (proposal).
+HUGE = 1e4
+MIN_SITES = 2
+
+FIX = (
+    "Use init matched to the nonlinearity (Kaiming for ReLU, Xavier for tanh), add normalisation "
+    "(BatchNorm/LayerNorm) or scale residual branches, and lower the learning rate."
+)
+
+
+class ExplodingActivations(Rule):
+    id = "exploding-activations"
+    per_site = False
+    defaults = {"growth": GROWTH, "huge": HUGE, "min_sites": MIN_SITES}
+    windows = 2
+    primary = "growth_factor"
+
+    def evaluate(self, ctx: RuleContext) -> list[Finding]:
+        chain = [
+            (s, st)
+            for s, st in ctx.snapshot.ordered()
+            if is_hidden(s) and s.family in UNBOUNDED and finite(st.rms) and finite(st.max_abs)
+        ]
+        if not chain:
+            return []
+        (first, fs), (last, ls) = chain[0], chain[-1]
+        growth = float(ls.rms) / float(fs.rms) if len(chain) >= self.t["min_sites"] and fs.rms else 0.0  # type: ignore[arg-type]
+        biggest, bs = max(chain, key=lambda p: float(p[1].max_abs))  # type: ignore[arg-type]
+        evidence = dict(growth_factor=growth, rms_first=fs.rms, rms_last=ls.rms, max_abs=bs.max_abs)
+        if growth > self.t["growth"]:
+            msg = f"activation RMS grows {growth:.3g}x from '{first.name}' to '{last.name}' ({len(chain)} layers)"
+            return [self.finding(ctx, last.name, "warning", msg, FIX, **evidence)]
+        if float(bs.max_abs) > self.t["huge"]:  # type: ignore[arg-type]
+            msg = f"activations reach |{bs.max_abs:.3g}| (RMS {bs.rms:.3g}): overflow in float16 is near"
+            return [self.finding(ctx, biggest.name, "warning", msg, FIX, **evidence)]
+        return []

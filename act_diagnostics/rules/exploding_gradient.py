@@ -1,0 +1,50 @@
+"""exploding-gradient: the gradient at activation outputs grows toward the input, or is huge."""
+
+from __future__ import annotations
+
+from act_diagnostics.rules.base import Rule, RuleContext, depth_chain, finite
+from act_diagnostics.rules.finding import Finding
+
+# AUTOTRAINER (ICSE 2021): exploding when ||g_first|| / ||g_last|| > 70.
+GROWTH = 70.0
+# Growth that is an error (proposal: two more orders of magnitude; the next steps overflow).
+ERROR_GROWTH = 1e4
+# Per-element gradient RMS that is huge whatever the depth (proposal: mean-reduced losses give
+# per-element gradients far below 1; 1e3 means updates that wipe out the weights).
+HUGE = 1e3
+MIN_SITES = 3
+
+FIX = (
+    "Clip gradients (Trainer(gradient_clip_val=1.0) or torch.nn.utils.clip_grad_norm_; Pascanu et al. "
+    "2013), lower the learning rate, use init matched to the nonlinearity, and add normalisation."
+)
+
+
+class ExplodingGradient(Rule):
+    id = "exploding-gradient"
+    per_site = False
+    defaults = {"growth": GROWTH, "error_growth": ERROR_GROWTH, "huge": HUGE, "min_sites": MIN_SITES}
+    windows = 2
+    primary = "growth_factor"
+
+    def evaluate(self, ctx: RuleContext) -> list[Finding]:
+        chain = [(s, st) for s, st in depth_chain(ctx.snapshot) if finite(st.grad_rms)]
+        if not chain:
+            return []
+        biggest, bs = max(chain, key=lambda p: float(p[1].grad_rms))  # type: ignore[arg-type]
+        g_big = float(bs.grad_rms)  # type: ignore[arg-type]
+        growth = 0.0
+        if len(chain) >= self.t["min_sites"] and float(chain[-1][1].grad_rms) > 0:  # type: ignore[arg-type]
+            growth = float(chain[0][1].grad_rms) / float(chain[-1][1].grad_rms)  # type: ignore[arg-type]
+        if growth > self.t["growth"]:
+            first, last = chain[0][0], chain[-1][0]
+            severity = "error" if growth > self.t["error_growth"] else "warning"
+            msg = (
+                f"the gradient at '{first.name}' is {growth:.3g}x larger than at '{last.name}' "
+                f"({len(chain)} activation layers): it grows toward the input"
+            )
+            return [self.finding(ctx, first.name, severity, msg, FIX, growth_factor=growth, grad_rms_max=g_big, sites=len(chain))]
+        if g_big > self.t["huge"]:
+            msg = f"gradient RMS {g_big:.3g} at this activation's output is huge"
+            return [self.finding(ctx, biggest.name, "warning", msg, FIX, growth_factor=growth, grad_rms_max=g_big, sites=len(chain))]
+        return []

@@ -1,0 +1,91 @@
+"""Findings: what a rule concluded about one site, and how it reaches the user as a Python warning."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["info", "warning", "error"]
+SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
+
+
+class ActivationWarning(UserWarning):
+    """Category of every warning act_diagnostics issues about a model's activations."""
+
+
+def severity_rank(severity: str) -> int:
+    """0 for info, 1 for warning, 2 for error."""
+    return SEVERITIES.index(severity)
+
+
+def _number(value: Any) -> Any:
+    # JSON has no NaN/Inf: keep them readable as strings instead of failing the dump.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def format_number(value: Any) -> str:
+    """Short human form: 0.734, 3.1e-07, 12000."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if value == 0 or not math.isfinite(value):
+        return str(value)
+    if 1e-3 <= abs(value) < 1e4:
+        return f"{value:.3g}"
+    return f"{value:.2e}"
+
+
+@dataclass
+class Finding:
+    """One conclusion of one rule about one site (or about the whole model: site ``""``)."""
+
+    rule: str
+    site: str
+    severity: Severity
+    message: str
+    recommendation: str
+    step: int
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"`severity` must be one of {', '.join(SEVERITIES)}, got {self.severity!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["evidence"] = {k: _number(v) for k, v in self.evidence.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+        """Inverse of :meth:`to_dict`; tolerant of missing keys (old checkpoints)."""
+        return cls(
+            rule=str(d.get("rule", "")),
+            site=str(d.get("site", "")),
+            severity=d.get("severity", "info"),
+            message=str(d.get("message", "")),
+            recommendation=str(d.get("recommendation", "")),
+            step=int(d.get("step", 0)),
+            evidence=dict(d.get("evidence", {})),
+        )
+
+    def evidence_text(self) -> str:
+        return ", ".join(f"{k}={format_number(v)}" for k, v in self.evidence.items())
+
+    def text(self) -> str:
+        """One paragraph naming the rule, the site, the evidence and the fix."""
+        where = f"site '{self.site}'" if self.site else "model"
+        return (
+            f"[act_diagnostics:{self.rule}] {self.severity} at step {self.step}, {where}: {self.message} "
+            f"(evidence: {self.evidence_text()}). Fix: {self.recommendation}"
+        )
+
+
+def warn_finding(finding: Finding, stacklevel: int = 2) -> None:
+    """Issue ``finding`` as one :class:`ActivationWarning` whose text names site, evidence and fix."""
+    warnings.warn(finding.text(), ActivationWarning, stacklevel=stacklevel + 1)

@@ -1,0 +1,50 @@
+"""saturating-hidden-activation (static): sigmoid or tanh between layers of a deep stack.
+
+Glorot & Bengio (2010) showed the top hidden layer of a deep sigmoid network saturating and
+stalling training; tanh suffers less (zero-centred) but still loses gradient with depth. Sigmoid
+stays the right choice for a binary output and for gates (LSTM, squeeze-excitation, attention
+gates), so those are never flagged.
+"""
+
+from __future__ import annotations
+
+from act_diagnostics.rules.base import Rule, RuleContext
+from act_diagnostics.rules.finding import Finding
+
+# Layers in the stack (hidden activations + 1) from which a hidden sigmoid is a warning:
+# rules.md, "in a stack >= 3 deep" (Glorot & Bengio 2010).
+SIGMOID_MIN_DEPTH = 3
+# tanh is zero-centred and trains well in shallow nets (Karpathy, makemore part 3): warn only in
+# deeper stacks (proposal); shallower nets get an info finding at most.
+TANH_MIN_DEPTH = 5
+
+FIX = (
+    "Use ReLU, GELU or SiLU (with Kaiming init) between layers; keep sigmoid for binary outputs "
+    "and gates, and prefer logits + BCEWithLogitsLoss at the output."
+)
+
+
+class SaturatingHiddenActivation(Rule):
+    id = "saturating-hidden-activation"
+    per_site = False
+    defaults = {"sigmoid_min_depth": SIGMOID_MIN_DEPTH, "tanh_min_depth": TANH_MIN_DEPTH}
+    primary = None
+
+    def evaluate(self, ctx: RuleContext) -> list[Finding]:
+        ordered = ctx.snapshot.ordered()
+        # A hidden activation here: its output feeds a parametrised layer, it is no gate, no head.
+        hidden = [s for s, _ in ordered if s.feeds_layer and not s.is_gate and not s.is_output and s.family != "softmax"]
+        depth = len(hidden) + 1
+        out: list[Finding] = []
+        for family, limit in (("sigmoid", "sigmoid_min_depth"), ("tanh", "tanh_min_depth")):
+            sites = [s for s in hidden if s.family == family]
+            if not sites:
+                continue
+            severity = "warning" if depth >= self.t[limit] else "info"
+            names = ", ".join(s.name for s in sites)
+            msg = (
+                f"{family} is used in {len(sites)} hidden layer(s) of a {depth}-layer stack ({names}); "
+                f"{family} saturates and shrinks gradients with depth"
+            )
+            out.append(self.finding(ctx, sites[0].name, severity, msg, FIX, sites=len(sites), depth=depth))
+        return out

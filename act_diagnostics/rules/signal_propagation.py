@@ -1,0 +1,54 @@
+"""signal-propagation (pre-flight only): pre-activation scale blowing up or collapsing with depth.
+
+Reads SiteStats.input_std (the standard deviation of each activation's input, measured on the
+first training step's detail pass) across hidden activations in forward order.
+"""
+
+from __future__ import annotations
+
+from act_diagnostics.rules.base import Rule, RuleContext, finite, is_hidden
+from act_diagnostics.rules.finding import Finding
+
+# SageMaker Debugger PoorWeightInitialization: max/min variance of ReLU inputs across layers > 10.
+# Applied to the standard deviation (a variance ratio of 100) so that the mild, healthy drift of
+# default-initialised layers stays quiet (proposal: threshold on std, source's value).
+RATIO = 10.0
+MIN_SITES = 2
+
+FIX = (
+    "Use initialisation matched to the nonlinearity (nn.init.kaiming_normal_ for ReLU-family, "
+    "nn.init.xavier_normal_ with gain 5/3 for tanh), LSUV, or normalisation layers so each layer's "
+    "pre-activations keep unit scale."
+)
+
+
+class SignalPropagation(Rule):
+    id = "signal-propagation"
+    per_site = False
+    defaults = {"ratio": RATIO, "min_sites": MIN_SITES}
+    in_training = False
+    primary = "ratio"
+
+    def evaluate(self, ctx: RuleContext) -> list[Finding]:
+        chain = [(s, st) for s, st in ctx.snapshot.ordered() if is_hidden(s) and finite(st.input_std)]
+        if len(chain) < self.t["min_sites"]:
+            return []
+        lo_i = min(range(len(chain)), key=lambda i: chain[i][1].input_std)  # type: ignore[arg-type, return-value]
+        hi_i = max(range(len(chain)), key=lambda i: chain[i][1].input_std)  # type: ignore[arg-type, return-value]
+        lo, hi = float(chain[lo_i][1].input_std), float(chain[hi_i][1].input_std)  # type: ignore[arg-type]
+        ratio = hi / lo if lo > 0 else float("inf")
+        if ratio <= self.t["ratio"]:
+            return []
+        grows = hi_i > lo_i
+        deep = chain[max(lo_i, hi_i)][0]
+        msg = (
+            f"pre-activation std {'grows' if grows else 'collapses'} {ratio:.3g}x across {len(chain)} layers at "
+            f"initialisation (from {chain[0][1].input_std:.3g} at '{chain[0][0].name}' to "
+            f"{chain[-1][1].input_std:.3g} at '{chain[-1][0].name}')"
+        )
+        return [
+            self.finding(
+                ctx, deep.name, "warning", msg, FIX,
+                ratio=ratio, min_std=lo, max_std=hi, direction=1 if grows else -1, sites=len(chain),
+            )
+        ]  # fmt: skip

@@ -1,0 +1,64 @@
+"""vanishing-gradient: the gradient at activation outputs shrinks across depth toward the input.
+
+Compares the RMS of d(loss)/d(activation output) at the first and the last site of the network's
+depth chain (hidden activations plus the output activation, forward order).
+"""
+
+from __future__ import annotations
+
+from act_diagnostics.rules.base import Rule, RuleContext, depth_chain, finite
+from act_diagnostics.rules.finding import Finding
+
+# AUTOTRAINER (ICSE 2021): vanishing when ||g_first|| / ||g_last|| < 1e-3 and ||g_first|| < 1e-4.
+RATIO = 1e-3
+FIRST_ABS = 1e-4
+# SageMaker Debugger VanishingGradient: mean |g| < 1e-7. Per-element gradients of a mean-reduced
+# loss also shrink with the batch, so it counts only together with a 10x drop across depth (proposal).
+TINY = 1e-7
+TINY_RATIO = 0.1
+# Sites in the chain before "depth" means anything (proposal: three activations).
+MIN_SITES = 3
+
+FIX = (
+    "Use non-saturating activations (ReLU/GELU/SiLU) with Kaiming init, add residual connections "
+    "or normalisation (BatchNorm/LayerNorm), or reduce the depth."
+)
+
+
+class VanishingGradient(Rule):
+    id = "vanishing-gradient"
+    per_site = False
+    defaults = {
+        "ratio": RATIO,
+        "first_abs": FIRST_ABS,
+        "tiny": TINY,
+        "tiny_ratio": TINY_RATIO,
+        "min_sites": MIN_SITES,
+    }
+    windows = 2
+    primary = "shrink_factor"
+
+    def evaluate(self, ctx: RuleContext) -> list[Finding]:
+        chain = [(s, st) for s, st in depth_chain(ctx.snapshot) if finite(st.grad_rms)]
+        if len(chain) < self.t["min_sites"]:
+            return []
+        (first, fs), (last, ls) = chain[0], chain[-1]
+        g_first, g_last = float(fs.grad_rms), float(ls.grad_rms)  # type: ignore[arg-type]
+        if g_last <= 0.0:
+            return []  # nothing reaches the output site: not a depth effect
+        ratio = g_first / g_last
+        autotrainer = ratio < self.t["ratio"] and g_first < self.t["first_abs"]
+        tiny = g_first < self.t["tiny"] and ratio < self.t["tiny_ratio"]
+        if not (autotrainer or tiny):
+            return []
+        shrink = g_last / g_first if g_first > 0 else float("inf")
+        msg = (
+            f"the gradient at '{first.name}' is {shrink:.3g}x smaller than at '{last.name}' "
+            f"(RMS {g_first:.2e} vs {g_last:.2e}, {len(chain)} activation layers): early layers barely learn"
+        )
+        return [
+            self.finding(
+                ctx, first.name, "warning", msg, FIX,
+                shrink_factor=shrink, grad_rms_first=g_first, grad_rms_last=g_last, sites=len(chain),
+            )
+        ]  # fmt: skip
