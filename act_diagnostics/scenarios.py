@@ -341,7 +341,7 @@ def train(
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     setup = sc.build(g)
-    engine = engine if engine is not None else RuleEngine(warn=False)
+    engine = engine if engine is not None else RuleEngine()
     run = Run(sc, setup, engine)
     opt = _optimizer(setup)
     model, n = setup.model.train(), setup.inputs.shape[0]

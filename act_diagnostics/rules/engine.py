@@ -5,7 +5,8 @@
   samples) keep the streak. Pre-flight findings are reported at once.
 * **Dedupe**: each (rule, site) is reported once, and again only when markedly worse: the severity
   rises, or the rule's primary evidence number at least doubles.
-* Warning and error findings are issued once as :class:`ActivationWarning` (``warn=True``).
+* With ``warn=True`` warning and error findings are issued once as :class:`ActivationWarning`
+  (off by default: the Lightning callback issues them itself, from rank zero only).
 * ``state_dict()`` / ``load_state_dict()`` carry all of this across a checkpoint resume.
 
 Example::
@@ -27,7 +28,7 @@ from act_diagnostics.rules.base import Rule, RuleContext
 from act_diagnostics.rules.dead_units import DeadUnits
 from act_diagnostics.rules.exploding_activations import ExplodingActivations
 from act_diagnostics.rules.exploding_gradient import ExplodingGradient
-from act_diagnostics.rules.finding import Finding, severity_rank, warn_finding
+from act_diagnostics.rules.finding import Finding, emit_warning, severity_rank
 from act_diagnostics.rules.non_finite import NonFinite
 from act_diagnostics.rules.output_activation import OutputActivationMismatch
 from act_diagnostics.rules.saturating_hidden import SaturatingHiddenActivation
@@ -93,13 +94,14 @@ class RuleEngine:
         disable: rule ids to skip (see ``RULE_IDS``).
         thresholds: overrides as ``{"<rule-id>.<name>": value}``; each rule's page under
             docs/rules/ lists its thresholds and their sources.
-        warn: issue warning and error findings as :class:`ActivationWarning` (on by default).
+        warn: issue new warning and error findings as :class:`ActivationWarning` from
+            :meth:`evaluate` (torch-only use; the Lightning callback warns itself, on rank zero).
 
     Raises:
         TypeError / ValueError: naming the argument, the value received and the valid choices.
     """
 
-    def __init__(self, disable: Iterable[str] | str = (), thresholds: Mapping[str, float] | None = None, warn: bool = True) -> None:
+    def __init__(self, disable: Iterable[str] | str = (), thresholds: Mapping[str, float] | None = None, warn: bool = False) -> None:
         if not isinstance(warn, bool):
             raise TypeError(f"`warn` must be True or False, got {warn!r}")
         self.disabled = _check_disable(disable)
@@ -139,7 +141,7 @@ class RuleEngine:
         for finding in new:
             self.findings.append(finding)
             if self.warn and finding.severity != "info":
-                warn_finding(finding, stacklevel=2)
+                emit_warning(finding, stacklevel=2)
         return new
 
     def _is_news(self, rule: Rule, finding: Finding) -> bool:

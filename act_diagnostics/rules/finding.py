@@ -86,6 +86,9 @@ class Finding:
         )
 
 
-def warn_finding(finding: Finding, stacklevel: int = 2) -> None:
+def emit_warning(finding: Finding, stacklevel: int = 2) -> None:
     """Issue ``finding`` as one :class:`ActivationWarning` whose text names site, evidence and fix."""
     warnings.warn(finding.text(), ActivationWarning, stacklevel=stacklevel + 1)
+
+
+warn_finding = emit_warning

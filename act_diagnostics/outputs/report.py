@@ -1,0 +1,135 @@
+"""The end-of-fit report: every finding plus a per-layer table of the latest statistics.
+
+Built from the rule engine's findings and the last :class:`~act_diagnostics.core.Snapshot`; written
+as ``report.json`` (read back by ``act-diagnostics report``), ``report.md``, a Markdown table for
+TensorBoard's text tab, and a plain-text table for the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from act_diagnostics.core.snapshot import Snapshot
+from act_diagnostics.rules.finding import SEVERITIES, Finding, format_number
+
+# Per-layer columns: (key, header). Every key is a SiteStats field.
+LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("firing_rate", "firing"),
+    ("dead_fraction", "dead"),
+    ("saturation", "saturated"),
+    ("grad_rms", "grad RMS"),
+    ("std", "std"),
+    ("max_abs", "max abs"),
+    ("nonfinite", "NaN/Inf"),
+)
+_ORDER = {s: i for i, s in enumerate(reversed(SEVERITIES))}  # errors first
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format_number(value)
+
+
+def _json_value(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+@dataclass
+class Report:
+    """Findings (errors first, then by step) and the latest per-layer statistics."""
+
+    findings: list[Finding] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+
+    def __post_init__(self) -> None:
+        self.findings = sorted(self.findings, key=lambda f: (_ORDER.get(f.severity, 9), f.step, f.rule, f.site))
+
+    @classmethod
+    def from_engine(cls, engine: Any, snapshot: Snapshot | None = None) -> "Report":
+        return cls(findings=list(engine.findings), snapshot=snapshot)
+
+    # ------------------------------------------------------------------ data
+    def counts(self) -> dict[str, int]:
+        return {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES}
+
+    def layers(self) -> list[dict[str, Any]]:
+        """One row per site in forward order: site, kind, family and the LAYER_COLUMNS values."""
+        if self.snapshot is None:
+            return []
+        rows = []
+        for site, stats in self.snapshot.ordered():
+            row: dict[str, Any] = {"site": site.name, "kind": site.kind, "family": site.family}
+            row.update({key: _json_value(getattr(stats, key)) for key, _ in LAYER_COLUMNS})
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.snapshot.step if self.snapshot is not None else None,
+            "summary": self.counts(),
+            "findings": [f.to_dict() for f in self.findings],
+            "layers": self.layers(),
+        }
+
+    # ------------------------------------------------------------------ writers
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2, allow_nan=False)
+            fh.write("\n")
+
+    def write_markdown(self, path: str | os.PathLike[str]) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("# act_diagnostics report\n\n" + self.markdown_table() + "\n")
+
+    def markdown_table(self) -> str:
+        """Findings and the per-layer table as Markdown (also TensorBoard's text tab)."""
+        c = self.counts()
+        lines = [f"**Findings**: {c['error']} error(s), {c['warning']} warning(s), {c['info']} info", ""]
+        if self.findings:
+            lines += ["| severity | rule | site | step | finding | fix |", "|---|---|---|---|---|---|"]
+            for f in self.findings:
+                lines.append(f"| {f.severity} | {f.rule} | {_md(f.site or '(model)')} | {f.step} | {_md(f.message)} | {_md(f.recommendation)} |")
+            lines.append("")
+        rows = self.layers()
+        if rows:
+            step = self.snapshot.step if self.snapshot is not None else "?"
+            lines += [f"**Per-layer statistics** (window ending at step {step})", ""]
+            lines.append("| site | kind | " + " | ".join(h for _, h in LAYER_COLUMNS) + " |")
+            lines.append("|---|---|" + "---:|" * len(LAYER_COLUMNS))
+            for r in rows:
+                lines.append(f"| {_md(r['site'])} | {r['kind']} | " + " | ".join(_cell(r[k]) for k, _ in LAYER_COLUMNS) + " |")
+        return "\n".join(lines)
+
+    def console_table(self) -> str:
+        """A plain-text summary for the terminal: findings, then the per-layer table."""
+        c = self.counts()
+        lines = [f"act_diagnostics: {c['error']} error(s), {c['warning']} warning(s), {c['info']} info"]
+        for f in self.findings:
+            where = f"'{f.site}'" if f.site else "model"
+            lines.append(f"  [{f.severity}] {f.rule} at step {f.step}, {where}: {f.message}")
+            lines.append(f"      fix: {f.recommendation}")
+        rows = self.layers()
+        if rows:
+            header = ["site", "kind", *(h for _, h in LAYER_COLUMNS)]
+            body = [[str(r["site"]), str(r["kind"]), *(_cell(r[k]) for k, _ in LAYER_COLUMNS)] for r in rows]
+            lines.append("")
+            lines += _aligned([header, *body])
+        return "\n".join(lines)
+
+
+def _aligned(table: Iterable[list[str]]) -> list[str]:
+    table = list(table)
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in table]
