@@ -8,9 +8,16 @@ Hook use (ecosystem.md lists Lightning's order):
 
 * ``setup``: build and attach the monitor (idempotent; re-attaches after a resume).
 * ``on_train_batch_start``: open a training step; log steps also record histograms etc.
-* ``on_before_backward``: leave the function-mode stack (backward needs no tracing).
+* ``on_before_backward``: leave the function-mode stack (backward needs no tracing). Under manual
+  optimisation the tracer stays on: a second forward may follow the first backward.
 * ``on_before_optimizer_step``: on log steps, feeding-layer gradient norms (AMP already unscaled).
-* ``on_train_batch_end``: close the step; on log steps reduce once, judge, write.
+* ``on_train_batch_end``: close the step; on log steps reduce once, judge, write. Steps are counted
+  as Lightning's loggers count them (batches that ran an optimizer step), so gradient accumulation
+  and manual optimisation with several optimizers give one step per logged step.
+
+Distributed (docs/production.md): on a log step every rank first compares its site layout (and
+health) with one tiny all-gather, then the packed statistics go through one all-gather; every rank
+judges the same reduced statistics, and rank zero alone logs, warns and writes the report.
 * ``on_train_end``: flush the last partial window and write the report.
 * ``teardown`` / ``on_exception``: remove every hook (safe twice).
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+import zlib
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -40,6 +48,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 REPORT_DIRNAME = "act_diagnostics"
 Stage = Literal["validate", "test", "predict"]
+STAGES = ("validate", "test", "predict")
+
+
+class UnsupportedSetup(RuntimeWarning):
+    """Issued once when diagnostics switch themselves off for a set-up they cannot watch."""
+
+
+class DistributedMismatch(RuntimeWarning):
+    """Issued once (rank zero) when ranks cannot be reduced together; statistics become per-rank."""
 
 
 def _guarded(method: F) -> F:
@@ -100,8 +117,12 @@ class DiagnosticsCallbackCore:
         ):
             if not isinstance(value, bool):
                 raise TypeError(f"`{name}` must be True or False, got {value!r}")
+        if isinstance(eval_stages, str):
+            eval_stages = [eval_stages]
+        if eval_stages is not None and not isinstance(eval_stages, (list, tuple)):
+            raise TypeError(f"`eval_stages` must be a list of 'validate', 'test', 'predict' or None, got {eval_stages!r}")
         stages = tuple(eval_stages or ())
-        bad = [s for s in stages if s not in ("validate", "test", "predict")]
+        bad = [s for s in stages if s not in STAGES]
         if bad:
             raise ValueError(f"`eval_stages` entries must be 'validate', 'test' or 'predict', got {bad}")
         self.monitor_config = MonitorConfig(
@@ -130,10 +151,13 @@ class DiagnosticsCallbackCore:
         self._tb: TensorBoardExtras | None = None
         self._disabled = False
         self._failure: BaseException | None = None
-        self._batch_step = 0
+        self._batch_step = 0  # index of the step being run, as Lightning's loggers count steps
+        self._batch_global = 0  # trainer.global_step when the batch started (did an optimizer step run?)
         self._batch_detail = False
         self._last_logged_step = -1
         self._eval_active = False
+        self._steps_offset = 0  # measured steps restored from a checkpoint
+        self._ranks_diverged = False
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -173,6 +197,13 @@ class DiagnosticsCallbackCore:
             stacklevel=3,
         )
 
+    def _stand_down(self, why: str) -> None:
+        """Switch diagnostics off for a set-up they cannot serve, with one warning; training goes on."""
+        self._disabled = True
+        if self.monitor is not None:
+            self.monitor.detach()
+        warnings.warn(f"act_diagnostics: {why}", UnsupportedSetup, stacklevel=3)
+
     # ------------------------------------------------------------------ scheduling
     def _interval(self, trainer: Any) -> int:
         return self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
@@ -181,38 +212,118 @@ class DiagnosticsCallbackCore:
         return (step + 1) % self._interval(trainer) == 0 or (self.preflight and step == 0)
 
     @staticmethod
+    def _step_index(trainer: Any) -> int:
+        """The current step as Lightning's loggers number it.
+
+        Lightning logs with ``fit_loop.epoch_loop._batches_that_stepped`` (batches that ran an
+        optimizer step), not ``global_step``, which counts optimizer steps and so moves by two per
+        batch with two optimizers under manual optimisation.
+        """
+        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+        value = getattr(loop, "_batches_that_stepped", None)
+        return value if isinstance(value, int) else int(getattr(trainer, "global_step", 0))
+
+    @property
+    def steps(self) -> int:
+        """Training steps measured so far, counting those before a resume."""
+        return self._steps_offset + (self.monitor.steps if self.monitor is not None else 0)
+
+    @staticmethod
     def _rank_zero(trainer: Any) -> bool:
         return bool(getattr(trainer, "is_global_zero", True))
 
+    @staticmethod
+    def _world_size(trainer: Any) -> int:
+        return int(getattr(trainer, "world_size", 1) or 1)
+
     def _all_gather(self, trainer: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        world = int(getattr(trainer, "world_size", 1) or 1)
+        world = self._world_size(trainer)
         if world <= 1:
             return None
         strategy = trainer.strategy
         return lambda t: strategy.all_gather(t).reshape(world, -1)
 
+    def _layout_signature(self) -> tuple[int, int]:
+        """(sites, checksum of names and widths): equal on two ranks iff their packed layouts match."""
+        states = self.monitor.states if self.monitor is not None else {}
+        text = ";".join(f"{n}:{st.n_units}:{int(st.unit_saturated is not None)}" for n, st in states.items())
+        return len(states), zlib.crc32(text.encode())
+
+    def _ranks_agree(self, trainer: Any, healthy: bool) -> bool:
+        """Whether this log step can be reduced across ranks (always True on one process).
+
+        One tiny all-gather of (healthy, sites, checksum) before the statistics' own: the packed
+        vectors must have the same layout on every rank, or the all-gather would hang or mix
+        unrelated columns. Layouts differ when a data-dependent branch runs an activation on some
+        ranks only; health differs when diagnostics failed on one rank. Every rank sees the same
+        gathered rows and so takes the same decision; after a mismatch no rank gathers again and
+        statistics stay per-rank (rank zero's are logged), with one warning.
+        """
+        world = self._world_size(trainer)
+        if world <= 1:
+            return True
+        if self._ranks_diverged:
+            return False
+        n_sites, checksum = self._layout_signature() if healthy else (0, 0)
+        strategy = trainer.strategy
+        mine = torch.tensor([float(healthy), float(n_sites), float(checksum)], dtype=torch.float64, device=strategy.root_device)
+        rows = strategy.all_gather(mine).reshape(world, -1).cpu().tolist()
+        if all(row == rows[0] for row in rows) and rows[0][0] == 1.0:
+            return True
+        self._ranks_diverged = True
+        if healthy and self._rank_zero(trainer):
+            failed = [rank for rank, row in enumerate(rows) if row[0] != 1.0]
+            if failed:
+                why = f"diagnostics stopped after an internal error on rank(s) {failed}"
+            else:
+                sites = ", ".join(f"rank {rank}: {int(row[1])}" for rank, row in enumerate(rows))
+                why = (
+                    f"the ranks saw different activation sites ({sites} sites; a data-dependent branch "
+                    "or a module used on some ranks only?)"
+                )
+            warnings.warn(
+                f"act_diagnostics cannot reduce statistics across ranks: {why}. From now on statistics and "
+                "findings are per-rank and rank zero's are logged. Make every rank run the same "
+                "activations (e.g. run both branches, or exclude=[...] the conditional sites).",
+                DistributedMismatch,
+                stacklevel=2,
+            )
+        return False
+
     # ------------------------------------------------------------------ Lightning hooks
     @_guarded
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if _is_compiled(pl_module):
+            self._stand_down(
+                "the model (or a submodule) is torch.compile'd: dynamo would trace the diagnostics' hooks "
+                "into the graph and recompile as their state changes, or ignore them "
+                "(pytorch/pytorch#117758), so act_diagnostics is off for this run. Run a few hundred "
+                "steps uncompiled with diagnostics to check the activations, then compile."
+            )
+            return
         if self.monitor is None or self.monitor.model is not pl_module:
             if self.monitor is not None:
+                self._steps_offset += self.monitor.steps
                 self.monitor.detach()
-            restored_steps = getattr(self, "_restored_steps", 0)
             self.monitor = ActivationMonitor(pl_module, self.monitor_config)
-            self.monitor.steps = restored_steps
         self.monitor.attach()
 
-    @_guarded
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if self.monitor is None:
-            return
-        self._batch_step = int(trainer.global_step)
+        # The schedule is kept even when disabled: a disabled rank still answers the rank check.
+        self._batch_step = self._step_index(trainer)
+        self._batch_global = int(trainer.global_step)
         self._batch_detail = self._due(trainer, self._batch_step)
-        self.monitor.begin_step(detail=self._batch_detail)
+        self._begin_batch()
+
+    @_guarded
+    def _begin_batch(self) -> None:
+        if self.monitor is not None:
+            self.monitor.begin_step(detail=self._batch_detail)
 
     @_guarded
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
-        if self.monitor is not None:
+        # Manual optimisation may run another forward after this backward: keep tracing then.
+        if self.monitor is not None and getattr(pl_module, "automatic_optimization", True):
             self.monitor.stop_tracing()
 
     @_guarded
@@ -220,23 +331,46 @@ class DiagnosticsCallbackCore:
         if self.monitor is not None and self._batch_detail:
             self.monitor.measure_param_grads()
 
-    @_guarded
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        mon = self.monitor
-        if mon is None:
+        stepped = int(trainer.global_step) > self._batch_global
+        publish = self._batch_detail and stepped and self._batch_step != self._last_logged_step
+        if self._disabled:
+            if publish and self._world_size(trainer) > 1:
+                self._ranks_agree(trainer, healthy=False)  # keep the ranks' collectives matched
             return
-        mon.end_step()
-        stepped = int(trainer.global_step) > self._batch_step
-        if self._batch_detail and stepped and self._batch_step != self._last_logged_step:
-            self._publish(trainer, self._batch_step, preflight=self._batch_step == 0 and self.preflight)
+        self._end_batch(trainer, stepped, publish)
 
     @_guarded
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+    def _end_batch(self, trainer: Any, stepped: bool, publish: bool) -> None:
         mon = self.monitor
         if mon is None:
             return
-        if mon.window_steps > 0:  # nothing measured is lost: publish the last partial window
-            self._publish(trainer, max(0, int(trainer.global_step) - 1), preflight=False)
+        counts = (mon.steps, mon.window_steps)
+        mon.end_step()
+        if not stepped:  # gradient accumulation: one step is counted per optimizer step
+            mon.steps, mon.window_steps = counts
+        if publish:
+            self._publish(trainer, self._batch_step, preflight=self._batch_step == 0 and self.preflight)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        last = self._step_index(trainer) - 1
+        if self._world_size(trainer) > 1:
+            # Decided from the trainer alone, so every rank makes the same collective calls.
+            pending = last > self._last_logged_step
+        else:
+            pending = self.monitor is not None and self.monitor.window_steps > 0
+        if self._disabled:
+            if pending and self._world_size(trainer) > 1:
+                self._ranks_agree(trainer, healthy=False)
+            return
+        self._train_end(trainer, pending, max(0, last))
+
+    @_guarded
+    def _train_end(self, trainer: Any, pending: bool, last: int) -> None:
+        if self.monitor is None:
+            return
+        if pending:  # nothing measured is lost: publish the last partial window
+            self._publish(trainer, last, preflight=False)
         self._finish(trainer)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -295,7 +429,10 @@ class DiagnosticsCallbackCore:
     # ------------------------------------------------------------------ publishing
     def _publish(self, trainer: Any, step: int, preflight: bool) -> None:
         assert self.monitor is not None
-        snap = self.monitor.snapshot(step=step, all_gather=self._all_gather(trainer))
+        gather = None
+        if self._world_size(trainer) > 1 and self._ranks_agree(trainer, healthy=self.monitor.failure is None):
+            gather = self._all_gather(trainer)
+        snap = self.monitor.snapshot(step=step, all_gather=gather)
         self.last_snapshot = snap
         self._last_logged_step = step
         new = self.engine.evaluate(snap, preflight=preflight) if self.engine is not None else []
@@ -320,7 +457,7 @@ class DiagnosticsCallbackCore:
 
     def _finish(self, trainer: Any) -> None:
         """End of fit (or failure): report files, TensorBoard text, console summary (rank zero)."""
-        if not self._rank_zero(trainer):
+        if not self._rank_zero(trainer) or not (self.write_report or self._tb is not None or self.verbose):
             return
         report = self.report
         if self.write_report:
@@ -340,18 +477,31 @@ class DiagnosticsCallbackCore:
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": 1,
-            "steps": self.monitor.steps if self.monitor is not None else getattr(self, "_restored_steps", 0),
+            "steps": self.steps,
             "last_logged_step": self._last_logged_step,
             "engine": self.engine.state_dict() if self.engine is not None else {},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored_steps = int(state_dict.get("steps", 0))
+        # The monitor's own count restarts so it re-learns the structure (feeding layers,
+        # consumers) in its first steps after a resume; the callback keeps the total.
+        self._steps_offset = int(state_dict.get("steps", 0)) - (self.monitor.steps if self.monitor is not None else 0)
         self._last_logged_step = int(state_dict.get("last_logged_step", -1))
-        if self.monitor is not None:
-            self.monitor.steps = self._restored_steps
         if self.engine is not None and state_dict.get("engine"):
             self.engine.load_state_dict(state_dict["engine"])
+
+
+def _is_compiled(module: Any) -> bool:
+    """True for a LightningModule passed to fit as ``torch.compile(model)`` (Lightning unwraps it and
+    keeps ``_compiler_ctx``) or one holding a compiled submodule."""
+    if getattr(module, "_compiler_ctx", None):
+        return True
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return False
+    modules = module.modules() if hasattr(module, "modules") else ()
+    return isinstance(module, OptimizedModule) or any(isinstance(m, OptimizedModule) for m in modules)
 
 
 def _log_dir(trainer: Any) -> str:
