@@ -36,16 +36,34 @@ SMOOTH_TAIL_DERIVATIVE = 0.01
 def smooth_tail_threshold(fn_name: str, eps: float = SMOOTH_TAIL_DERIVATIVE) -> float:
     """Largest ``x <= 0`` below which ``|f'(x)| < eps`` everywhere, for GELU, SiLU, Mish, Hardswish.
 
-    Computed once on a fine grid with autograd, so the constant follows torch's own definition of
-    each function (GELU: about -3.1, SiLU: about -6.6, Mish: about -6.5, Hardswish: -3).
+    Computed once with autograd on a grid of step 1e-3, refined to 1e-6 around the crossing, so the
+    constant follows torch's own definition of each function (GELU: about -3.07, SiLU and Mish:
+    about -6.26, Hardswish: -3). The first call may come from inside a hook, i.e. under
+    ``no_grad``, ``inference_mode``, or activation checkpointing's saved-tensor hooks: the
+    computation is isolated from all of them (and from any TorchFunctionMode).
     """
     fn = _SMOOTH_FUNCTIONS[fn_name]
-    grid = torch.linspace(-30.0, 0.0, 300_001, dtype=torch.float64, requires_grad=True)
-    (grad,) = torch.autograd.grad(fn(grid).sum(), grid)
-    steep = (grad.abs() >= eps).nonzero()
-    if steep.numel() == 0:  # pragma: no cover - every listed function is steep somewhere below 0
-        return 0.0
-    return float(grid[int(steep[0])].detach())
+
+    def first_steep(lo: float, hi: float, n: int) -> tuple[float, float] | None:
+        grid = torch.linspace(lo, hi, n, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(fn(grid).sum(), grid)
+        steep = (grad.abs() >= eps).nonzero()
+        if steep.numel() == 0:
+            return None
+        i = int(steep[0])
+        return float(grid[max(0, i - 1)].detach()), float(grid[i].detach())
+
+    with torch.inference_mode(False), torch.enable_grad(), torch._C.DisableTorchFunction(), \
+            torch.autograd.graph.saved_tensors_hooks(_identity, _identity):
+        bracket = first_steep(-30.0, 0.0, 30_001)
+        if bracket is None:  # pragma: no cover - every listed function is steep somewhere below 0
+            return 0.0
+        fine = first_steep(bracket[0], bracket[1], 1_001)
+    return fine[1] if fine is not None else bracket[1]
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
 
 
 _SMOOTH_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {

@@ -87,6 +87,7 @@ class ActivationMonitor:
             raise TypeError("pass either `config` or keyword options, not both")
         self.model = model
         self.config = config if config is not None else MonitorConfig(**options)
+        self.functional = self.config.functional  # measure functional calls (F.relu), not only modules
         self.sites: dict[str, Site] = {}
         self.states: dict[str, SiteState] = {}
         self.enabled = False  # measuring (a training step is running)
@@ -212,6 +213,7 @@ class ActivationMonitor:
             return
         self.failure = exc
         self.enabled = False
+        self.tracking_structure = False  # the tracer now passes every call straight through
         warnings.warn(
             f"act_diagnostics disabled itself after an internal error ({type(exc).__name__}: {exc}); "
             "training continues without activation diagnostics. Please report this with the model "

@@ -109,6 +109,12 @@ class SiteState:
 
     # -- allocation -------------------------------------------------------------------------
     def _allocate(self, device: torch.device) -> None:
+        # Totals must be normal tensors even when the first call runs under inference_mode
+        # (inference tensors cannot be updated inplace outside it).
+        with torch.inference_mode(False):
+            self._allocate_tensors(device)
+
+    def _allocate_tensors(self, device: torch.device) -> None:
         self.device = device
         dtype = accumulator_dtype(device)
         self.counters = [0] * len(COUNTERS)

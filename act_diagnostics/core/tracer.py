@@ -72,6 +72,7 @@ _SAME_VALUES = {
 # Ops that turn probabilities into log-probabilities (softmax -> log -> nll_loss is sound).
 _LOG = {torch.log, Tensor.log}
 _MULTIPLY = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_, Tensor.__imul__}
+_FOLLOWED = _SAME_VALUES | _LOG | _MULTIPLY | set(LOSS_FUNCTIONS)
 
 
 class ActivationTracer(TorchFunctionMode):
@@ -84,15 +85,23 @@ class ActivationTracer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
         kwargs = kwargs or {}
         mon = self.monitor
-        if func in FUNCTIONAL_KINDS and mon.enabled and mon.activation_depth == 0:
+        if func in FUNCTIONAL_KINDS and mon.enabled and mon.functional and mon.activation_depth == 0:
             return mon.call_functional(func, args, kwargs)
         if mon.tracking_structure:
             return self._track(func, args, kwargs)
         return func(*args, **kwargs)
 
     def _track(self, func, args: tuple, kwargs: dict) -> Any:
+        result = func(*args, **kwargs)  # the user's errors propagate unchanged
+        if func in _FOLLOWED:
+            try:
+                self._follow(func, args, kwargs, result)
+            except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
+                self.monitor._fail(exc)
+        return result
+
+    def _follow(self, func, args: tuple, kwargs: dict, result: Any) -> None:
         mon = self.monitor
-        result = func(*args, **kwargs)
         if func in _SAME_VALUES or func in _LOG:
             source = mon.produced_by(args[0] if args else None)
             if source is not None and isinstance(result, Tensor):
@@ -111,4 +120,3 @@ class ActivationTracer(TorchFunctionMode):
             if source is not None:
                 site, via = source
                 mon.add_consumer(site, f"loss:{loss}" + (f"({via})" if via else ""))
-        return result

@@ -1,0 +1,429 @@
+"""Site discovery on tiny models: modules, functional calls, transformers, reuse, filters, structure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from act_diagnostics.core import ActivationMonitor
+from act_diagnostics.core.kinds import MODULE_KINDS
+
+
+def _module(cls: type[nn.Module]) -> nn.Module:
+    if cls in (nn.Softmax, nn.Softmin, nn.LogSoftmax):
+        return cls(dim=-1)
+    if cls is nn.Threshold:
+        return cls(0.1, 0.0)
+    return cls()
+
+
+@pytest.mark.parametrize("cls", list(MODULE_KINDS), ids=lambda c: c.__name__)
+def test_every_module_class_is_a_site(cls, train_step) -> None:
+    model = nn.Sequential(nn.Linear(6, 8), _module(cls), nn.Linear(8 // 2 if cls is nn.GLU else 8, 2))
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(5, 6), detail=True)
+    snap = mon.snapshot()
+    mon.detach()
+    assert list(snap.sites) == ["1"]
+    site, st = snap.sites["1"], snap.stats["1"]
+    assert site.kind == MODULE_KINDS[cls] and site.source == "module" and site.module_type == cls.__name__
+    assert site.feeding_layer == "0" and site.feeding_layer_type == "Linear"
+    assert site.consumers == {"2"} and site.consumer_layer_types == {"Linear"} and site.feeds_layer
+    assert st.calls == 1 and st.elements == 5 * site.n_units and st.firing_rate is not None
+    assert st.grad_rms is not None and st.grad_rms > 0
+    assert st.param_grad_norm is not None and st.input_std is not None
+    assert site.n_units == (4 if cls is nn.GLU else 8)
+
+
+def test_user_subclass_is_found(train_step) -> None:
+    class Swish(nn.SiLU):
+        pass
+
+    model = nn.Sequential(nn.Linear(4, 4), Swish())
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(2, 4))
+    assert mon.sites["1"].kind == "silu" and mon.sites["1"].module_type == "Swish"
+
+
+class Functional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.fc(x)
+        outs = [
+            torch.relu(h), F.relu(h), F.relu_(h.clone()), F.gelu(h), F.silu(h), torch.sigmoid(h), torch.tanh(h),
+            F.softmax(h, dim=-1), F.log_softmax(h, dim=-1), F.leaky_relu(h), F.elu(h), F.mish(h), h.relu(),
+            h.softmax(-1),
+        ]
+        return torch.stack(outs).sum(0)
+
+
+def test_functional_calls_are_named_owner_colon_function(train_step) -> None:
+    model = nn.Sequential(Functional())
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(3, 4))
+    mon.detach()
+    expected = [
+        "0:relu", "0:relu#1", "0:relu#2", "0:gelu", "0:silu", "0:sigmoid", "0:tanh", "0:softmax",
+        "0:log_softmax", "0:leaky_relu", "0:elu", "0:mish", "0:relu#3", "0:softmax#1",
+    ]
+    assert list(mon.sites) == expected
+    kinds = [mon.sites[n].kind for n in expected]
+    assert kinds == [
+        "relu", "relu", "relu", "gelu", "silu", "sigmoid", "tanh", "softmax", "log_softmax", "leaky_relu", "elu",
+        "mish", "relu", "softmax",
+    ]
+    assert all(mon.sites[n].source == "functional" and mon.sites[n].owner == "0" for n in expected)
+    assert [s.index for s in mon.sites.values()] == list(range(len(expected)))
+    assert mon.sites["0:softmax"].params == {"dim": -1} and mon.sites["0:softmax#1"].params == {"dim": -1}
+    assert mon.sites["0:relu"].feeding_layer == "0.fc"
+
+
+def test_functional_call_in_the_root_forward() -> None:
+    class Root(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return torch.tanh(self.fc(x))
+
+    model = Root()
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(2, 3))
+    assert list(mon.sites) == [":tanh"] and mon.sites[":tanh"].owner == ""
+
+
+def test_functional_false_ignores_functional_calls() -> None:
+    model = nn.Sequential(Functional())
+    with ActivationMonitor(model, functional=False) as mon:
+        model(torch.randn(3, 4))
+    assert mon.sites == {}
+
+
+@pytest.mark.parametrize("activation, fn", [("relu", "relu"), ("gelu", "gelu")])
+def test_transformer_encoder_functional_activation_in_training(activation: str, fn: str, train_step) -> None:
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, activation=activation, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False), nn.Linear(16, 3))
+    model.train()
+    mon = ActivationMonitor(model).attach()
+    for _ in range(2):
+        train_step(mon, model, torch.randn(4, 5, 16))
+    snap = mon.snapshot()
+    mon.detach()
+    names = [f"0.layers.0:{fn}", f"0.layers.1:{fn}"]
+    assert list(snap.sites) == names
+    for i, name in enumerate(names):
+        site = snap.sites[name]
+        assert site.kind == fn and site.n_units == 32 and site.unit_dim == 2
+        assert site.feeding_layer == f"0.layers.{i}.linear1"
+        assert f"0.layers.{i}.linear2" in site.consumers
+        assert snap.stats[name].calls == 2 and snap.stats[name].grad_rms is not None
+
+
+def test_reused_module_gets_numbered_sites(train_step) -> None:
+    class Reuse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.b(self.act(self.a(x)))) + F.relu(x) + F.relu(x)
+
+    model = Reuse()
+    mon = ActivationMonitor(model).attach()
+    for _ in range(3):
+        train_step(mon, model, torch.randn(2, 4))
+    snap = mon.snapshot()
+    mon.detach()
+    assert list(snap.sites) == ["act", "act#1", ":relu", ":relu#1"]
+    assert all(st.calls == 3 for st in snap.stats.values())
+    assert snap.sites["act"].feeding_layer == "a" and snap.sites["act#1"].feeding_layer == "b"
+
+
+def test_inplace_relu_with_gradients(train_step) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 1))
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(6, 4), detail=True)
+    snap = mon.snapshot()
+    mon.detach()
+    assert list(snap.sites) == ["1", "3"]
+    for st in snap.stats.values():
+        assert st.grad_rms is not None and st.firing_rate is not None
+        assert st.input_std is not None and st.input_std > 0  # read by the pre-hook, before the inplace op
+
+
+def test_module_relu_is_not_counted_twice() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.GELU(), nn.Softmax(dim=-1))
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(2, 4))
+    assert list(mon.sites) == ["1", "2", "3"]
+    assert all(st.counters[0] == 1 for st in mon.states.values())
+
+
+def test_include_exclude_and_kinds(make_mlp) -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = make_mlp(4, 2)
+            self.head = nn.Sequential(nn.Linear(3, 3), nn.Sigmoid())
+
+        def forward(self, x):
+            return torch.tanh(self.head(self.enc(x)))
+
+    def sites(**options):
+        model = Net()
+        with ActivationMonitor(model, **options) as mon:
+            model(torch.randn(2, 4))
+        return list(mon.sites)
+
+    assert sites() == ["enc.1", "enc.3", "head.1", ":tanh"]
+    assert sites(include="enc.*") == ["enc.1", "enc.3"]
+    assert sites(include=["head.*", ":*"]) == ["head.1", ":tanh"]
+    assert sites(exclude=["enc.3", ":*"]) == ["enc.1", "head.1"]
+    assert sites(kinds="sigmoid") == ["head.1"]
+    assert sites(kinds=["relu"]) == ["enc.1", "enc.3"]
+    assert sites(kinds=["tanh"]) == [":tanh"]
+
+
+def test_calls_outside_training_steps_are_not_counted(make_mlp, train_step) -> None:
+    model = make_mlp(4, 2)
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(3, 4))
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(7, 4))  # validation: no begin_step
+    model(torch.randn(7, 4))
+    model.train()
+    snap = mon.snapshot()
+    mon.detach()
+    assert all(st.calls == 1 and st.elements == 3 * 4 for st in snap.stats.values())
+    assert snap.window_steps == 1
+
+
+def test_no_grad_forward_inside_a_step_is_measured_without_gradients(make_mlp) -> None:
+    model = make_mlp(4, 1)
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step()
+    with torch.no_grad():
+        model(torch.randn(2, 4))
+    mon.end_step()
+    snap = mon.snapshot()
+    mon.detach()
+    assert snap.stats["1"].calls == 1 and snap.stats["1"].grad_rms is None
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.block = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 4))
+        self.fc = nn.Linear(4, 4)
+
+    def inner(self, x):
+        return F.relu(self.block(x))
+
+    def forward(self, x):
+        return self.fc(checkpoint(self.inner, x, use_reentrant=self.reentrant))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_does_not_double_count(reentrant: bool, train_step) -> None:
+    model = Checkpointed(reentrant)
+    mon = ActivationMonitor(model).attach()
+    x = torch.randn(3, 4, requires_grad=reentrant)
+    for _ in range(2):
+        train_step(mon, model, x)
+    snap = mon.snapshot()
+    mon.detach()
+    assert list(snap.sites) == ["block.1", ":relu"]
+    assert all(st.calls == 2 and st.elements == 2 * 12 for st in snap.stats.values())
+    if not reentrant:
+        assert all(st.grad_rms is not None for st in snap.stats.values())
+
+
+def test_gate_consumer() -> None:
+    class Gate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.value, self.gate = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.value(x) * torch.sigmoid(self.gate(x))
+
+    model = Gate()
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(2, 4))
+    site = mon.sites[":sigmoid"]
+    assert site.is_gate and "mul" in site.consumers and site.feeding_layer == "gate"
+
+
+def test_softmax_into_cross_entropy_and_log_into_nll() -> None:
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return F.softmax(self.fc(x), dim=-1)
+
+    model = Head()
+    target = torch.tensor([0, 2])
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step()
+    p = model(torch.randn(2, 4))
+    F.cross_entropy(p, target).backward()
+    mon.end_step()
+    mon.begin_step()
+    p = model(torch.randn(2, 4))
+    F.nll_loss(torch.log(p), target).backward()
+    mon.end_step()
+    mon.detach()
+    site = mon.sites[":softmax"]
+    assert site.consumers == {"output", "loss:cross_entropy", "loss:nll_loss(log)"}
+    assert site.losses == ["cross_entropy", "nll_loss(log)"] and site.is_output
+    assert mon.losses_seen["cross_entropy"] == {
+        "calls": 1, "input_shape": [2, 3], "target_shape": [2], "target_dtype": "int64",
+    }
+
+
+def test_model_output_and_activation_consumers(make_mlp) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.1), nn.Softmax(dim=-1))
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(2, 4))
+    assert mon.sites["1"].consumers == {"activation"} and mon.sites["1"].consumer_sites == {"3"}
+    assert mon.sites["3"].consumers == {"output"} and mon.sites["3"].is_output
+
+
+def test_structure_is_learned_only_during_structure_steps(make_mlp, train_step) -> None:
+    model = make_mlp(4, 1)
+    mon = ActivationMonitor(model, structure_steps=1).attach()
+    train_step(mon, model, torch.randn(2, 4))
+    assert mon.sites["1"].consumers == {"2"}
+    mon.begin_step()
+    assert not mon.tracking_structure
+    mon.end_step()
+    mon.detach()
+
+
+def test_conv_units_are_channels(train_step) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.Conv1d(5, 5, 1) if False else nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))  # materialise the lazy layer
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(2, 3, 6, 6))
+    mon.detach()
+    assert mon.sites["1"].unit_dim == 1 and mon.sites["1"].n_units == 5
+
+
+def test_conv1d_units_are_channels_and_override(train_step) -> None:
+    model = nn.Sequential(nn.Conv1d(3, 5, 1), nn.ReLU())
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(2, 3, 7))
+    assert mon.sites["1"].unit_dim == 1 and mon.sites["1"].n_units == 5
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU())
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(2, 7, 3))
+    assert mon.sites["1"].unit_dim == 2 and mon.sites["1"].n_units == 5
+    with ActivationMonitor(model, unit_dim=1) as mon:
+        model(torch.randn(2, 7, 3))
+    assert mon.sites["1"].unit_dim == 1 and mon.sites["1"].n_units == 7
+
+
+def test_batch_vector_output_is_one_unit() -> None:
+    class Binary(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return torch.sigmoid(self.fc(x).squeeze(-1))
+
+    model = Binary()
+    mon = ActivationMonitor(model).attach()
+    for batch in (8, 3):
+        mon.begin_step()
+        model(torch.randn(batch, 4))
+        mon.end_step()
+    snap = mon.snapshot()
+    mon.detach()
+    assert snap.sites[":sigmoid"].n_units == 1
+    assert snap.stats[":sigmoid"].sampled == 11 and snap.stats[":sigmoid"].calls == 2
+
+
+def test_functional_glu_default_dim_is_last() -> None:
+    class G(nn.Module):
+        def forward(self, x):
+            return F.glu(x)
+
+    model = G()
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(3, 5, 8))
+    assert mon.sites[":glu"].unit_dim == 2 and mon.sites[":glu"].n_units == 4
+
+
+def test_empty_batch_does_not_crash(make_mlp, train_step) -> None:
+    model = make_mlp(4, 1)
+    mon = ActivationMonitor(model).attach()
+    with pytest.warns(None) if False else _no_failure(mon):
+        train_step(mon, model, torch.randn(0, 4), detail=True)
+        train_step(mon, model, torch.randn(2, 4), detail=True)
+    snap = mon.snapshot()
+    mon.detach()
+    assert snap.stats["1"].calls == 2 and snap.stats["1"].elements == 8
+
+
+class _no_failure:
+    def __init__(self, mon) -> None:
+        self.mon = mon
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        assert self.mon.failure is None, self.mon.failure
+
+
+@pytest.mark.parametrize("context", ["checkpoint", "no_grad", "inference_mode"])
+def test_first_smooth_saturation_inside_checkpoint_or_no_grad(context: str) -> None:
+    # The GELU tail threshold is computed lazily on the first GELU call; that call may sit inside
+    # an activation-checkpointed region (saved-tensor hooks), no_grad or inference_mode.
+    from act_diagnostics.core.kinds import smooth_tail_threshold
+
+    smooth_tail_threshold.cache_clear()
+    model = Checkpointed(reentrant=False)
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step()
+    x = torch.randn(3, 4)
+    if context == "checkpoint":
+        model(x).sum().backward()
+    elif context == "no_grad":
+        with torch.no_grad():
+            model.fc(model.inner(x))
+    else:
+        with torch.inference_mode():
+            model.fc(model.inner(x))
+    mon.end_step()
+    snap = mon.snapshot()
+    mon.detach()
+    assert mon.failure is None
+    assert snap.stats["block.1"].saturation is not None
+
+
+def test_inference_mode_forward_inside_a_step_after_normal_steps(make_mlp, train_step) -> None:
+    model = make_mlp(4, 1, act=nn.Tanh)
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(2, 4), detail=True)
+    mon.begin_step(detail=True)
+    with torch.inference_mode():
+        model(torch.randn(2, 4))
+    mon.end_step()
+    train_step(mon, model, torch.randn(2, 4))
+    snap = mon.snapshot()
+    mon.detach()
+    assert mon.failure is None and snap.stats["1"].calls == 3

@@ -1,0 +1,320 @@
+"""Hook lifecycle, failure isolation, host syncs and memory of the monitor."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+import warnings
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from act_diagnostics.core import ActivationMonitor, MonitorConfig, MonitorFailure
+from act_diagnostics.core.state import SiteState
+
+
+def _hook_counts(model: nn.Module) -> list[tuple[int, int]]:
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+
+
+def _no_hooks(model: nn.Module) -> bool:
+    return all(f == 0 and p == 0 for f, p in _hook_counts(model))
+
+
+def _mode_stack() -> list:
+    return list(torch.overrides._get_current_function_mode_stack())
+
+
+class Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return F.softmax(self.fc2(F.relu(self.act(self.fc1(x)))), dim=-1)
+
+
+def test_detach_removes_every_hook_and_mode(train_step) -> None:
+    model = Mixed()
+    mon = ActivationMonitor(model).attach()
+    assert not _no_hooks(model)
+    mon.begin_step()
+    assert _mode_stack() == [mon._tracer]
+    model(torch.randn(2, 4))
+    mon.detach()  # mid-step
+    assert _no_hooks(model) and _mode_stack() == [] and not mon.attached
+    mon.detach()  # twice is safe
+    assert _no_hooks(model)
+    model(torch.randn(2, 4)).sum().backward()  # the model works without the monitor
+
+
+def test_attach_is_idempotent_and_reattach_works(train_step) -> None:
+    model = Mixed()
+    mon = ActivationMonitor(model).attach()
+    counts = _hook_counts(model)
+    mon.attach()
+    mon.attach()
+    assert _hook_counts(model) == counts
+    train_step(mon, model, torch.randn(2, 4))
+    mon.detach()
+    mon.attach()
+    assert _hook_counts(model) == counts
+    train_step(mon, model, torch.randn(2, 4))
+    snap = mon.snapshot()
+    mon.detach()
+    assert list(snap.sites) == ["act", ":relu", ":softmax"]
+    assert all(st.calls == 2 for st in snap.stats.values())
+
+
+def test_exception_mid_forward_leaves_nothing_behind() -> None:
+    class Boom(nn.Module):
+        def forward(self, x):
+            x = F.relu(x)
+            raise ValueError("boom")
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), Boom())
+    with pytest.raises(ValueError, match="boom"):
+        with ActivationMonitor(model):
+            model(torch.randn(1, 2))
+    assert _no_hooks(model) and _mode_stack() == []
+
+
+def test_exception_inside_an_activation_module_keeps_depth_consistent(train_step) -> None:
+    class Bad(nn.ReLU):
+        fail = True
+
+        def forward(self, x):
+            if self.fail:
+                raise RuntimeError("bad activation")
+            return super().forward(x)
+
+    act = Bad()
+    model = nn.Sequential(nn.Linear(2, 2), act, nn.Linear(2, 2), nn.Tanh())
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step()
+    with pytest.raises(RuntimeError, match="bad activation"):
+        model(torch.randn(1, 2))
+    mon.end_step()
+    act.fail = False
+    train_step(mon, model, torch.randn(1, 2))
+    mon.detach()
+    assert mon.activation_depth == 0 and mon.failure is None
+    assert mon.snapshot().stats["3"].calls == 1
+
+
+def test_internal_error_disables_with_one_warning(monkeypatch, make_mlp, train_step) -> None:
+    def broken(self, x, y, detail):
+        raise RuntimeError("internal bug")
+
+    monkeypatch.setattr(SiteState, "observe", broken)
+    model = make_mlp(4, 3)
+    mon = ActivationMonitor(model).attach()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            out = train_step(mon, model, torch.randn(2, 4), detail=True)
+    failures = [w for w in caught if issubclass(w.category, MonitorFailure)]
+    assert len(failures) == 1 and "internal bug" in str(failures[0].message)
+    assert isinstance(mon.failure, RuntimeError) and not mon.enabled
+    assert out.shape == (2, 3)
+    assert _mode_stack() == []
+    mon.snapshot()  # still readable
+    mon.detach()
+    assert _no_hooks(model)
+
+
+def test_internal_error_in_structure_tracking_does_not_break_training(monkeypatch, train_step) -> None:
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("tracking bug")
+
+    monkeypatch.setattr(ActivationMonitor, "produced_by", broken)
+    model = Mixed()
+    mon = ActivationMonitor(model).attach()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            train_step(mon, model, torch.randn(2, 4), target=torch.tensor([0, 1]), loss_fn=lambda p, t: F.nll_loss(torch.log(p), t))
+    assert sum(issubclass(w.category, MonitorFailure) for w in caught) == 1
+    mon.detach()
+
+
+def test_user_errors_inside_traced_calls_propagate_unchanged() -> None:
+    model = Mixed()
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step()
+    with pytest.raises(IndexError):
+        F.softmax(torch.randn(2, 3), dim=5)
+    with pytest.raises(ValueError, match="Expected input batch_size"):
+        F.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1, 2]))
+    mon.end_step()
+    mon.detach()
+    assert mon.failure is None
+
+
+def test_user_mode_pushed_outside_survives() -> None:
+    class Outer(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    model = Mixed()
+    with Outer() as outer:
+        mon = ActivationMonitor(model).attach()
+        mon.begin_step()
+        model(torch.randn(2, 4))
+        mon.end_step()
+        assert _mode_stack() == [outer]
+        mon.detach()
+    assert mon.failure is None and len(mon.sites) == 3
+
+
+def test_config_errors_name_the_argument() -> None:
+    model = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="`model` must be a torch.nn.Module, got int"):
+        ActivationMonitor(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="either `config` or keyword options"):
+        ActivationMonitor(model, MonitorConfig(), gradients=False)
+    with pytest.raises(ValueError, match=r"`kinds` entries must be activation kinds or families; got \['swish'\]"):
+        MonitorConfig(kinds=["swish"])
+    with pytest.raises(TypeError, match="`include` must be a string or a list of strings"):
+        MonitorConfig(include=3)
+    with pytest.raises(ValueError, match=r"`saturation_eps` must be in \(0, 0.5\), got 0.7"):
+        MonitorConfig(saturation_eps=0.7)
+    with pytest.raises(ValueError, match="`sample_elements` must be a positive int or None"):
+        MonitorConfig(sample_elements=0)
+    with pytest.raises(ValueError, match="`histogram_samples` must be an int >= 0"):
+        MonitorConfig(histogram_samples=-1)
+    with pytest.raises(ValueError, match="`structure_steps` must be an int >= 0"):
+        MonitorConfig(structure_steps=True)
+    with pytest.raises(TypeError, match="`unit_dim` must be an int or None"):
+        MonitorConfig(unit_dim=1.0)
+    with pytest.raises(TypeError, match="`gradients` must be True or False"):
+        MonitorConfig(gradients=1)
+    with pytest.raises(ValueError, match=r"`dead_unit_rate` must be in \[0, 1\), got 1.5"):
+        MonitorConfig(dead_unit_rate=1.5)
+    assert MonitorConfig(include="a.*").include == ("a.*",)
+
+
+def test_unit_dim_out_of_range_disables_with_a_clear_message() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    mon = ActivationMonitor(model, unit_dim=5).attach()
+    with pytest.warns(MonitorFailure, match=r"`unit_dim`=5 is out of range for site '1'"):
+        mon.begin_step()
+        model(torch.randn(1, 2))
+        mon.end_step()
+    mon.detach()
+
+
+def test_gradients_false_registers_no_tensor_hooks(make_mlp, train_step) -> None:
+    model = make_mlp(4, 2)
+    mon = ActivationMonitor(model, gradients=False).attach()
+    train_step(mon, model, torch.randn(2, 4))
+    snap = mon.snapshot()
+    mon.detach()
+    assert all(st.grad_rms is None for st in snap.stats.values())
+
+
+def test_model_stays_picklable_after_detach(make_mlp, train_step) -> None:
+    model = make_mlp(4, 1)
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(2, 4))
+    mon.detach()
+    pickle.loads(pickle.dumps(model))
+
+
+# ---------------------------------------------------------------- host syncs
+class CountTransfers:
+    """Counts device-to-host reads (item, tolist, cpu, numpy, bool/float/int of a tensor) from Python,
+    including those made under torch._C.DisableTorchFunction (the monitor's own maths)."""
+
+    READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+    def __init__(self, monkeypatch) -> None:
+        self.count = 0
+        for name in self.READS:
+            original = getattr(torch.Tensor, name)
+
+            def wrapped(tensor, *a, __orig=original, **k):
+                self.count += 1
+                return __orig(tensor, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, wrapped)
+
+
+@pytest.mark.parametrize("depth, act", [(2, nn.GELU), (2, nn.Sigmoid), (100, nn.Tanh)])
+def test_no_host_sync_during_steps_and_constant_per_snapshot(depth: int, act, monkeypatch, make_mlp) -> None:
+    model = make_mlp(16, depth, act=act)
+    x = torch.randn(4, 16)
+    mon = ActivationMonitor(model, structure_steps=1).attach()
+    counter = CountTransfers(monkeypatch)
+    for i in range(3):
+        mon.begin_step(detail=(i == 1))
+        loss = F.softmax(model(x), dim=-1).square().mean()
+        loss.backward()
+        mon.measure_param_grads()
+        mon.end_step()
+    during_steps = counter.count
+    mon.snapshot()
+    per_snapshot = counter.count - during_steps
+    monkeypatch.undo()
+    mon.detach()
+    assert during_steps == 0
+    assert 1 <= per_snapshot <= 2
+    assert len(mon.sites) == depth + 1
+
+
+# ---------------------------------------------------------------- memory
+def test_no_activation_tensor_outlives_its_step(make_mlp) -> None:
+    model = make_mlp(8, 2)
+    mon = ActivationMonitor(model, histogram_samples=16).attach()
+    refs = []
+
+    def keep(module, args, output):
+        refs.append(weakref.ref(output))
+
+    handles = [m.register_forward_hook(keep) for m in model if isinstance(m, (nn.ReLU, nn.Linear))]
+    for step in range(3):  # structure steps and a plain one
+        mon.begin_step(detail=True)
+        out = model(torch.randn(4, 8))
+        out.square().mean().backward()
+        mon.measure_param_grads()
+        mon.end_step()
+        del out
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        assert refs and all(r() is None for r in refs), step
+        refs.clear()
+    for h in handles:
+        h.remove()
+    mon.detach()
+
+
+def test_state_size_is_constant_across_steps(make_mlp) -> None:
+    model = make_mlp(8, 2)
+    mon = ActivationMonitor(model, histogram_samples=16).attach()
+
+    def size() -> int:
+        total = 0
+        for st in mon.states.values():
+            for t in (st.sums, st.max, st.min, st.unit_active, st.unit_saturated, st.out_sample, st.grad_sample):
+                total += 0 if t is None else t.numel()
+            total += len(st.counters)
+        return total + len(mon._produced) + len(mon._layer_out) + len(mon._pending_input) + len(mon.sites)
+
+    sizes = []
+    for step in range(40):
+        mon.begin_step(detail=step % 2 == 0)
+        model(torch.randn(4, 8)).square().mean().backward()
+        mon.end_step()
+        model.zero_grad(set_to_none=True)
+        if step >= 4:
+            sizes.append(size())
+        if step % 10 == 9:
+            mon.snapshot()
+    mon.detach()
+    assert max(sizes) == min(sizes) or max(sizes) - min(sizes) <= 2 * 16 * len(mon.states)
+    assert max(sizes) < 400
