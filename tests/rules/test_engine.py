@@ -1,0 +1,118 @@
+"""RuleEngine mechanics: argument checks, disable, thresholds, debounce, dedupe, warnings, state."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+from conftest import make_site, make_snapshot, relu_stats
+
+from act_diagnostics.rules import RULE_IDS, ActivationWarning, Finding, RuleEngine, emit_warning
+
+REQUIRED = {
+    "dead-units", "saturation", "saturating-hidden-activation", "vanishing-gradient", "exploding-gradient",
+    "exploding-activations", "non-finite", "activation-loss-mismatch", "output-activation-mismatch",
+}  # fmt: skip
+
+
+def dead(fraction_dead: int, step: int):
+    rates = [0.0] * fraction_dead + [0.5] * (8 - fraction_dead)
+    return make_snapshot([(make_site("fc.act", "relu"), relu_stats(rates))], step=step)
+
+
+def test_rule_ids_cover_the_contract():
+    assert REQUIRED <= set(RULE_IDS) and len(set(RULE_IDS)) == len(RULE_IDS)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"disable": ["dead-unit"]}, ValueError, r"`disable` got unknown rule id\(s\) \['dead-unit'\]; valid ids: .*dead-units"),
+        ({"disable": 3}, TypeError, "`disable` must be a rule id or a list of rule ids, got 3"),
+        ({"thresholds": {"dead-units.warn": 0.3}}, ValueError, r"not a threshold of dead-units; valid keys: dead-units.unit_rate"),
+        ({"thresholds": {"nope.x": 1}}, ValueError, "names no rule; valid ids"),
+        ({"thresholds": {"dead-units.warn_fraction": "high"}}, TypeError, r"`thresholds\['dead-units.warn_fraction'\]` must be a finite number >= 0, got 'high'"),
+        ({"thresholds": [("a", 1)]}, TypeError, "`thresholds` must be a dict"),
+        ({"warn": "yes"}, TypeError, "`warn` must be True or False, got 'yes'"),
+    ],
+)
+def test_argument_errors_name_argument_value_and_choices(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RuleEngine(**kwargs)
+
+
+def test_disable_and_thresholds():
+    assert RuleEngine(disable="dead-units").evaluate(dead(8, 1), preflight=True) == []
+    strict = RuleEngine(thresholds={"dead-units.warn_fraction": 0.1})
+    assert [f.rule for f in strict.evaluate(dead(1, 1), preflight=True)] == ["dead-units"]  # 12.5% > 10%
+    assert RuleEngine().evaluate(dead(1, 1), preflight=True) == []
+
+
+def test_debounce_streak_resets_when_condition_clears():
+    engine = RuleEngine()
+    assert engine.evaluate(dead(4, 100)) == []
+    assert engine.evaluate(dead(0, 200)) == []  # cleared: the streak starts over
+    assert engine.evaluate(dead(4, 300)) == []
+    assert [f.step for f in engine.evaluate(dead(4, 400))] == [400]
+
+
+def test_dedupe_reports_again_only_when_markedly_worse():
+    engine = RuleEngine()
+    engine.evaluate(dead(2, 100))
+    assert [f.severity for f in engine.evaluate(dead(2, 200))] == ["warning"]  # 25%
+    assert engine.evaluate(dead(3, 300)) == []  # 37.5%: worse, but neither doubled nor an error
+    assert [f.severity for f in engine.evaluate(dead(4, 400))] == ["error"]  # 50%: severity rises
+    assert [f.evidence["dead_fraction"] for f in engine.evaluate(dead(8, 500))] == [1.0]  # doubled
+    assert engine.evaluate(dead(8, 600)) == []
+    assert len(engine.findings) == 3
+
+
+def test_warnings_only_when_asked_and_they_name_site_evidence_fix():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        RuleEngine().evaluate(dead(8, 1), preflight=True)
+        assert caught == []
+        RuleEngine(warn=True).evaluate(dead(8, 1), preflight=True)
+    (w,) = caught
+    assert issubclass(w.category, ActivationWarning) and issubclass(w.category, UserWarning)
+    text = str(w.message)
+    assert "'fc.act'" in text and "dead_fraction=1" in text and "Fix:" in text and "Kaiming" in text
+
+
+def test_emit_warning_and_finding_round_trip():
+    f = Finding("non-finite", "a", "error", "NaN", "clip", 7, {"x": float("inf"), "n": 2})
+    d = f.to_dict()
+    assert json.loads(json.dumps(d))["evidence"] == {"x": "inf", "n": 2}
+    assert Finding.from_dict(d).site == "a" and Finding.from_dict({}).severity == "info"
+    with pytest.raises(ValueError, match="`severity` must be one of info, warning, error, got 'fatal'"):
+        Finding("r", "s", "fatal", "m", "f", 0)  # type: ignore[arg-type]
+    with pytest.warns(ActivationWarning, match=r"site 'a'.*evidence: x=inf, n=2.*Fix: clip"):
+        emit_warning(f)
+
+
+def test_state_dict_round_trip_keeps_dedupe_streaks_and_born_dead_reference():
+    engine = RuleEngine()
+    engine.evaluate(dead(6, 1), preflight=True)  # born dead, reported
+    engine.evaluate(dead(6, 100))
+    state = json.loads(json.dumps(engine.state_dict()))  # checkpoints may be serialised
+    resumed = RuleEngine()
+    resumed.load_state_dict(state)
+    assert [f.rule for f in resumed.findings] == ["dead-units"]
+    assert resumed.evaluate(dead(6, 200)) == []  # already reported: not repeated after resume
+    assert resumed.state_dict() == {**state, "streaks": resumed.state_dict()["streaks"]}
+    # A fresh engine without the state would call units dead since step 300 born at step 300 too,
+    # but the resumed one still knows which were dead at initialisation.
+    resumed.evaluate(dead(8, 300))
+    assert resumed.rules[[r.id for r in resumed.rules].index("dead-units")].state_dict()["early"]["fc.act"][0] == 1
+    RuleEngine().load_state_dict({})  # tolerant of empty / old checkpoints
+
+
+def test_a_failing_rule_is_disabled_not_raised(monkeypatch):
+    from act_diagnostics.rules.dead_units import DeadUnits
+
+    monkeypatch.setattr(DeadUnits, "evaluate", lambda self, ctx: 1 / 0)
+    engine = RuleEngine()
+    with pytest.warns(RuntimeWarning, match="rule dead-units failed"):
+        engine.evaluate(dead(8, 1), preflight=True)
+    assert engine.evaluate(dead(8, 2), preflight=True) == []

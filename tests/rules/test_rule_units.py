@@ -1,0 +1,201 @@
+"""Each rule on hand-built statistics: fires on the fault, stays quiet just below the threshold."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import chain, make_site, make_snapshot, relu_stats
+
+from act_diagnostics.core import SiteStats
+from act_diagnostics.rules import RuleEngine
+from act_diagnostics.rules.activation_loss import softmax_ce_floor
+
+
+def only(rule_id: str, **thresholds: float) -> RuleEngine:
+    from act_diagnostics.rules import RULE_IDS
+
+    return RuleEngine(disable=[r for r in RULE_IDS if r != rule_id], thresholds={f"{rule_id}.{k}": v for k, v in thresholds.items()})
+
+
+def dead_snapshot(rates: list[float], spu: int = 2000, step: int = 100, kind: str = "relu"):
+    return make_snapshot([(make_site("fc1.act", kind), relu_stats(rates, spu))], step=step)
+
+
+# ---------------------------------------------------------------- dead-units
+def test_dead_units_needs_two_windows_and_reports_fraction():
+    engine = only("dead-units")
+    rates = [0.0] * 4 + [0.5] * 4  # 50% dead -> error
+    assert engine.evaluate(dead_snapshot(rates)) == []  # debounced: first window only arms it
+    (f,) = engine.evaluate(dead_snapshot(rates, step=200))
+    assert (f.rule, f.site, f.severity) == ("dead-units", "fc1.act", "error")
+    assert f.evidence["dead_fraction"] == 0.5 and f.evidence["dead_units"] == 4
+
+
+def test_dead_units_quiet_below_warn_fraction_and_for_leaky_relu():
+    engine = only("dead-units")
+    for step in (100, 200, 300):
+        assert engine.evaluate(dead_snapshot([0.0] + [0.5] * 7, step=step)) == []  # 12.5% < 25%
+        assert engine.evaluate(dead_snapshot([0.0] * 8, step=step, kind="leaky_relu")) == []
+
+
+def test_dead_units_pools_small_windows_until_enough_samples():
+    engine = only("dead-units")
+    rates = [0.0] * 8
+    # 400 samples per unit per window: 1000 are reached in the third window, the next judged
+    # window (sixth) confirms it.
+    fired = [bool(engine.evaluate(dead_snapshot(rates, spu=400, step=s))) for s in range(1, 7)]
+    assert fired == [False, False, False, False, False, True]
+
+
+def test_dead_units_born_dead_versus_died_later():
+    born = only("dead-units")
+    born.evaluate(dead_snapshot([0.0] * 6 + [0.5] * 2, spu=64, step=1), preflight=True)
+    f = born.findings[0]
+    assert f.evidence["born_dead"] == 6 and f.evidence["died_later"] == 0 and "Kaiming" in f.recommendation
+
+    later = only("dead-units")
+    assert later.evaluate(dead_snapshot([0.5] * 8, spu=64, step=1), preflight=True) == []
+    later.evaluate(dead_snapshot([0.0] * 6 + [0.5] * 2, step=100))
+    later.evaluate(dead_snapshot([0.0] * 6 + [0.5] * 2, step=200))
+    (f,) = later.findings
+    assert f.evidence["died_later"] == 6 and f.evidence["born_dead"] == 0
+    assert "learning rate" in f.recommendation
+
+
+# ---------------------------------------------------------------- saturation
+def sat_snapshot(units: float, share: float, step: int = 100, **site_kw):
+    st = SiteStats(calls=1, elements=16000, sampled=16000, units=8, saturation=share, saturated_units=units, rms=0.9, max_abs=1.0)
+    return make_snapshot([(make_site("h.tanh", "tanh", **site_kw), st)], step=step)
+
+
+@pytest.mark.parametrize("units,share,expected", [(0.6, 0.3, "warning"), (0.0, 0.7, "warning"), (0.95, 0.97, "error"), (0.4, 0.45, None)])
+def test_saturation_thresholds(units, share, expected):
+    engine = only("saturation")
+    engine.evaluate(sat_snapshot(units, share, step=100))
+    engine.evaluate(sat_snapshot(units, share, step=200))
+    assert [f.severity for f in engine.findings] == ([expected] if expected else [])
+
+
+def test_saturation_skips_gates_and_outputs():
+    engine = only("saturation")
+    for step in (100, 200):
+        engine.evaluate(sat_snapshot(1.0, 1.0, step=step, consumers={"mul"}))
+        engine.evaluate(sat_snapshot(1.0, 1.0, step=step, consumers={"output", "loss:binary_cross_entropy"}))
+    assert engine.findings == []
+
+
+# ---------------------------------------------------------------- saturating-hidden-activation
+def stack(kind: str, hidden: int, **last_kw):
+    pairs = [(make_site(f"a{i}", kind, index=i), relu_stats([0.5] * 8)) for i in range(hidden)]
+    pairs.append((make_site("head", "sigmoid", index=hidden, consumers={"output", "loss:binary_cross_entropy"}), relu_stats([0.5] * 8)))
+    return make_snapshot(pairs)
+
+
+def test_saturating_hidden_activation_depth_and_family():
+    assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("sigmoid", 2))] == ["warning"]
+    assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("tanh", 2))] == ["info"]
+    assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("tanh", 4))] == ["warning"]
+    # The binary sigmoid head alone (behind ReLUs) is never flagged.
+    assert only("saturating-hidden-activation").evaluate(stack("relu", 3)) == []
+
+
+def test_saturating_hidden_activation_ignores_gates():
+    pairs = [(make_site(f"g{i}", "sigmoid", index=i, consumers={"mul"}, consumer_layer_types=set()), relu_stats([0.5] * 8)) for i in range(4)]
+    assert only("saturating-hidden-activation").evaluate(make_snapshot(pairs)) == []
+
+
+# ---------------------------------------------------------------- gradients and activations across depth
+def twice(engine: RuleEngine, snap):
+    engine.evaluate(snap)
+    snap.step += 100
+    return engine.evaluate(snap)
+
+
+def test_vanishing_gradient_ratio_and_absolute():
+    (f,) = twice(only("vanishing-gradient"), chain("sigmoid", [1e-8, 1e-6, 1e-4, 1e-3]))
+    assert f.site == "act0" and f.evidence["shrink_factor"] == pytest.approx(1e5)
+    assert twice(only("vanishing-gradient"), chain("sigmoid", [1e-5, 1e-4, 1e-3, 2e-3])) == []  # ratio 5e-3
+    assert twice(only("vanishing-gradient"), chain("relu", [1e-3, 1e-3, 1e-3])) == []
+
+
+def test_exploding_gradient_growth():
+    (f,) = twice(only("exploding-gradient"), chain("relu", [1.0, 1e-1, 1e-2, 1e-3]))
+    assert f.severity == "warning" and f.evidence["growth_factor"] == pytest.approx(1000)
+    assert twice(only("exploding-gradient"), chain("relu", [5e-3, 1e-3, 1e-3, 1e-4])) == []  # 50x < 70x
+
+
+def test_exploding_activations_growth_and_magnitude():
+    (f,) = twice(only("exploding-activations"), chain("relu", [1e-3] * 4, rms=[1.0, 20.0, 500.0, 1.0]))
+    assert f.site == "act2" and f.evidence["growth_factor"] == pytest.approx(500)
+    (g,) = twice(only("exploding-activations"), chain("relu", [1e-3] * 3, rms=[5e3, 5e3, 1.0]))
+    assert "float16" in g.message
+    assert twice(only("exploding-activations"), chain("relu", [1e-3] * 4, rms=[1.0, 3.0, 9.0, 1.0])) == []
+
+
+def test_signal_propagation_preflight_only():
+    snap = chain("relu", [1e-3] * 5, input_std=[1.0, 0.3, 0.09, 0.02, 1.0])
+    assert only("signal-propagation").evaluate(snap) == []  # not a training-time rule
+    (f,) = only("signal-propagation").evaluate(snap, preflight=True)
+    assert f.evidence["ratio"] == pytest.approx(50) and f.evidence["direction"] == -1 and f.site == "act3"
+    healthy = chain("relu", [1e-3] * 5, input_std=[1.0, 0.5, 0.3, 0.2, 1.0])
+    assert only("signal-propagation").evaluate(healthy, preflight=True) == []
+
+
+# ---------------------------------------------------------------- non-finite
+def test_non_finite_names_first_forward_site_then_backward_origin():
+    snap = chain("relu", [1e-3] * 4)
+    stats = [snap.stats[f"act{i}"] for i in range(4)]
+    stats[2].nonfinite = stats[3].nonfinite = True
+    (f,) = only("non-finite").evaluate(snap)
+    assert (f.site, f.severity, f.evidence["sites_affected"]) == ("act2", "error", 2)
+
+    snap = chain("relu", [1e-3] * 4)
+    for i in (0, 1):
+        snap.stats[f"act{i}"].grad_nonfinite = True
+    (g,) = only("non-finite").evaluate(snap)
+    assert g.site == "act1" and "gradient" in g.message
+
+
+# ---------------------------------------------------------------- loss / output pairing
+def head(kind: str, loss: str, n_units: int = 10):
+    s = make_site("head", kind, n_units=n_units, consumers={"output", f"loss:{loss}"})
+    return make_snapshot([(s, relu_stats([0.5] * n_units))], step=1)
+
+
+@pytest.mark.parametrize(
+    "kind,loss,severity",
+    [
+        ("softmax", "cross_entropy", "error"),
+        ("softmax", "nll_loss", "error"),
+        ("softmax", "nll_loss(log)", "info"),
+        ("sigmoid", "binary_cross_entropy_with_logits", "error"),
+        ("sigmoid", "binary_cross_entropy", "info"),
+        ("log_softmax", "nll_loss", None),
+    ],
+)
+def test_activation_loss_pairs(kind, loss, severity):
+    found = only("activation-loss-mismatch").evaluate(head(kind, loss))
+    assert [f.severity for f in found] == ([severity] if severity else [])
+
+
+def test_softmax_cross_entropy_loss_floor():
+    (f,) = only("activation-loss-mismatch").evaluate(head("softmax", "cross_entropy"))
+    assert f.evidence["loss_floor"] == pytest.approx(math.log(1 + 9 / math.e), abs=1e-4) == pytest.approx(1.4612, abs=1e-4)
+    assert softmax_ce_floor(2) == pytest.approx(math.log(1 + 1 / math.e))
+
+
+@pytest.mark.parametrize(
+    "kind,loss,n_units,severity",
+    [
+        ("softmax", "binary_cross_entropy", 1, "error"),
+        ("sigmoid", "cross_entropy", 10, "error"),
+        ("relu", "cross_entropy", 10, "warning"),
+        ("relu", "binary_cross_entropy_with_logits", 1, "error"),
+        ("sigmoid", "binary_cross_entropy", 1, None),
+        ("softmax", "cross_entropy", 10, None),  # activation-loss-mismatch's job, not this rule's
+    ],
+)
+def test_output_activation_mismatch(kind, loss, n_units, severity):
+    found = only("output-activation-mismatch").evaluate(head(kind, loss, n_units))
+    assert [f.severity for f in found] == ([severity] if severity else [])
