@@ -1,4 +1,4 @@
-"""TensorBoard extras: histograms, a custom-scalars dashboard and findings as text.
+"""TensorBoard extras: histograms, a custom-scalars dashboard, layers x steps heatmaps and findings as text.
 
 Works with any logger whose ``experiment`` is a ``torch.utils.tensorboard.SummaryWriter`` (both
 Lightning flavours' TensorBoardLogger). Scalars themselves go through every logger
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from act_diagnostics.core.snapshot import Snapshot
+from act_diagnostics.outputs.heatmap import HeatmapWriter
 from act_diagnostics.outputs.scalars import TAG_PREFIX, site_tag
 
 # Charts of the dashboard: title -> the statistic whose per-site curves share it.
@@ -51,10 +52,12 @@ def dashboard_layout() -> dict[str, dict[str, list]]:
 class TensorBoardExtras:
     """Writes the TensorBoard-only views for one run."""
 
-    def __init__(self, writer: Any, histograms: bool = True, grad_histograms: bool = False) -> None:
+    def __init__(self, writer: Any, histograms: bool = True, grad_histograms: bool = False, heatmaps: bool = True) -> None:
         self.writer = writer
         self.histograms = histograms
         self.grad_histograms = grad_histograms
+        # Layers x steps images of dead fraction and saturation (outputs/heatmap.py).
+        self.heatmaps = HeatmapWriter(writer) if heatmaps else None
         self._layout_written = False
 
     def write_layout(self) -> None:
@@ -64,6 +67,8 @@ class TensorBoardExtras:
 
     def write_snapshot(self, snapshot: Snapshot, step: int) -> None:
         self.write_layout()
+        if self.heatmaps is not None:
+            self.heatmaps.write(snapshot, step)
         if not self.histograms:
             return
         views = [("output", snapshot.out_samples)] + ([("grad", snapshot.grad_samples)] if self.grad_histograms else [])
