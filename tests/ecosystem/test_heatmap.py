@@ -1,0 +1,74 @@
+"""Layers x steps heatmaps: pure rendering, bounded history, and the images in a real event file."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from act_diagnostics.outputs import heatmap as hm
+from tests.ecosystem.conftest import callback_class, deep_sigmoid_net, fit, make_trainer, seq_module_class
+
+
+def test_colormap_ends_and_not_applicable() -> None:
+    rgb = hm.colormap(np.array([0.0, 1.0, np.nan, -3.0, 7.0]))
+    assert rgb.dtype == np.uint8 and rgb.shape == (5, 3)
+    assert tuple(rgb[0]) == (68, 1, 84) and tuple(rgb[1]) == (253, 231, 37)
+    assert tuple(rgb[2]) == hm.NOT_APPLICABLE_RGB
+    assert tuple(rgb[3]) == tuple(rgb[0]) and tuple(rgb[4]) == tuple(rgb[1])  # clipped to [0, 1]
+
+
+def test_render_shape_and_cells() -> None:
+    m = np.array([[0.0, 1.0], [np.nan, 0.5]])
+    img = hm.render_heatmap(m, labels=False, colorbar=False)
+    cell_w = min(hm.MAX_CELL_WIDTH, hm.TARGET_WIDTH // 2)
+    assert img.dtype == np.uint8 and img.shape == (3, 2 * hm.CELL_HEIGHT, 2 * cell_w)
+    hwc = img.transpose(1, 2, 0)
+    assert tuple(hwc[0, 0]) == (68, 1, 84)  # row 0, column 0: share 0
+    assert tuple(hwc[0, -1]) == (253, 231, 37)  # row 0, column 1: share 1
+    assert tuple(hwc[hm.CELL_HEIGHT, 0]) == hm.NOT_APPLICABLE_RGB
+    labelled = hm.render_heatmap(np.zeros((12, 3)))
+    assert labelled.shape[1] == 12 * hm.CELL_HEIGHT + hm.COLORBAR_HEIGHT + 8
+    assert labelled.shape[2] > 3 * min(hm.MAX_CELL_WIDTH, hm.TARGET_WIDTH // 3)  # room for "11"
+    with pytest.raises(ValueError, match="must be 2-D"):
+        hm.render_heatmap(np.zeros(3))
+
+
+def test_history_is_bounded_and_keeps_the_whole_time_axis() -> None:
+    h = hm.HeatmapHistory("dead_fraction", max_columns=8)
+    for step in range(100):
+        h.add(step, {"a": step / 100, "b": None})
+    assert len(h.columns) <= 8
+    assert h.spans[0][0] == 0 and h.spans[-1][1] == 99
+    assert h.rows == ["a", "b"]
+    m = h.matrix()
+    assert np.all(np.isnan(m[1])) and np.all(np.diff(m[0]) > 0)
+    # Columns are means of equal-size groups of windows: the first covers steps 0..15.
+    assert h.spans[0] == (0, 15) and m[0, 0] == pytest.approx(np.mean(np.arange(16) / 100))
+    with pytest.raises(ValueError, match="`max_columns` must be an int >= 2, got 1"):
+        hm.HeatmapHistory("x", max_columns=1)
+
+
+def test_images_in_the_event_file(tmp_path: Path) -> None:
+    pil = pytest.importorskip("PIL.Image")
+    flavour = "pytorch_lightning"
+    callback = callback_class(flavour)(log_every_n_steps=4, verbose=False)
+    trainer = make_trainer(flavour, tmp_path, callbacks=[callback], max_steps=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(trainer, seq_module_class(flavour)(deep_sigmoid_net(depth=4)))
+    acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "tensors": 0}).Reload()
+    for stat in hm.HEATMAP_STATS:
+        images = acc.Images(hm.IMAGE_TAG.format(stat=stat))
+        assert [im.step for im in images] == [0, 3, 7, 11, 15]
+        last = images[-1]
+        assert last.height == 4 * hm.CELL_HEIGHT + hm.COLORBAR_HEIGHT + 8
+        decoded = np.asarray(pil.open(io.BytesIO(last.encoded_image_string)).convert("RGB"))
+        assert decoded.shape == (last.height, last.width, 3)
+    legend = acc.Tensors(hm.LEGEND_TEXT_TAG + "/text_summary")
+    text = legend[0].tensor_proto.string_val[0].decode()
+    assert "| 0 | `net.1` |" in text and "| 3 | `net.7` |" in text

@@ -1,0 +1,144 @@
+"""`act-diagnostics report LOGDIR`: read a finished (or failed) run back as text, JSON or markdown."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from act_diagnostics.cli import main
+from act_diagnostics.outputs.readback import ReadbackError, find_run, load_run, render_run, split_tag
+from tests.ecosystem.conftest import callback_class, deep_sigmoid_net, fit, make_trainer, seq_module_class
+
+FLAVOUR = "pytorch_lightning"
+
+
+def train_run(root: Path, fail_at: int | None = None, steps: int = 16) -> Path:
+    """One run of a deep sigmoid net under ``root/tb/version_0``; returns the version dir."""
+    torch.manual_seed(0)
+    callback = callback_class(FLAVOUR)(log_every_n_steps=4, verbose=False)
+    trainer = make_trainer(FLAVOUR, root, callbacks=[callback], max_steps=steps)
+    module = seq_module_class(FLAVOUR, fail_at=fail_at)(deep_sigmoid_net())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fail_at is None:
+            fit(trainer, module)
+        else:
+            with pytest.raises(RuntimeError, match="boom"):
+                fit(trainer, module)
+    return Path(trainer.logger.log_dir)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_run(tmp_path_factory.mktemp("finished"))
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_run(tmp_path_factory.mktemp("failed"), fail_at=9)
+
+
+def test_text_report(finished_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(finished_run)]) == 0
+    out = capsys.readouterr().out
+    assert f"act_diagnostics report: {finished_run}" in out
+    assert "Findings (" in out and "saturating-hidden-activation" in out
+    assert "fix: " in out
+    assert "Per-layer statistics" in out
+    for site in ("net.1", "net.9"):
+        assert site in out
+    assert "last logged step: 15" in out
+
+
+def test_json_report(finished_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(finished_run), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["run_dir"] == str(finished_run)
+    assert data["report_json"].endswith("act_diagnostics/report.json")
+    assert {f["rule"] for f in data["findings"]} >= {"saturating-hidden-activation"}
+    sites = [row["site"] for row in data["layers"]]
+    assert sites == ["net.1", "net.3", "net.5", "net.7", "net.9"]  # forward order
+    row = data["layers"][0]
+    assert row["step"] == 15 and 0.0 <= row["saturation"] <= 1.0 and row["nonfinite"] == 0.0
+
+
+def test_markdown_report(finished_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(finished_run), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# act_diagnostics report")
+    assert "| severity | rule | site | step | message | recommendation |" in out
+    assert "| `net.1` |" in out
+
+
+def test_parent_dir_with_one_run(finished_run: Path) -> None:
+    assert find_run(finished_run.parent.parent) == finished_run  # <root> -> tb/version_0
+    assert find_run(finished_run / "act_diagnostics") == finished_run
+
+
+def test_parent_with_two_runs_is_an_error(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("a", "b"):
+        shutil.copytree(finished_run, tmp_path / name)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds 2 runs; pass one of them" in err and str(tmp_path / "a") in err
+
+
+def test_missing_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_dir_without_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("act-diagnostics report: ") and "no act_diagnostics output here" in err
+
+
+def test_events_of_another_tool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("loss", 1.0, 0)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "hold no act_diagnostics scalars" in capsys.readouterr().err
+
+
+def test_failed_run_reads_back(failed_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # on_exception wrote the report: what was measured up to the failure is there.
+    assert (failed_run / "act_diagnostics" / "report.json").is_file()
+    run = load_run(failed_run)
+    assert run.layers and run.last_step is not None and run.last_step < 9
+    assert main(["report", str(failed_run)]) == 0
+    assert "Per-layer statistics" in capsys.readouterr().out
+
+
+def test_report_json_only(finished_run: Path, tmp_path: Path) -> None:
+    # A CSVLogger run has report.json but no event files: findings still read back.
+    (tmp_path / "act_diagnostics").mkdir()
+    shutil.copy(finished_run / "act_diagnostics" / "report.json", tmp_path / "act_diagnostics")
+    run = load_run(tmp_path)
+    assert run.event_files == [] and run.findings
+
+
+def test_bad_format_and_tag_parsing(finished_run: Path) -> None:
+    with pytest.raises(ValueError, match="`fmt` must be one of text, json, md, got 'html'"):
+        render_run(finished_run, fmt="html")
+    assert split_tag("act/encoder.layers.0/relu/firing_rate") == ("encoder.layers.0/relu", "firing_rate")
+    assert split_tag("act/net.1/output") is None and split_tag("train_loss") is None
+    assert issubclass(ReadbackError, Exception)
+
+
+def test_console_script(finished_run: Path) -> None:
+    exe = shutil.which("act-diagnostics", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("act-diagnostics console script not installed (pip install -e .)")
+    proc = subprocess.run([exe, "report", str(finished_run.parent / "missing")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no such directory" in proc.stderr
