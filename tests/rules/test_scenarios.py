@@ -1,0 +1,150 @@
+"""Scenario suite: healthy set-ups stay quiet, each faulty one is flagged by the right rule, and every
+fault is confirmed independently of the monitor (by hand, from the model's own tensors)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from act_diagnostics.rules.activation_loss import softmax_ce_floor
+from act_diagnostics.scenarios import SCENARIOS, train
+
+HEALTHY = [n for n, s in SCENARIOS.items() if s.healthy]
+FAULTY = [n for n, s in SCENARIOS.items() if not s.healthy]
+
+
+def fresh(name: str):
+    """The scenario's set-up exactly as train(name, seed=0) builds it, untrained."""
+    torch.manual_seed(0)
+    return SCENARIOS[name].build(torch.Generator().manual_seed(0))
+
+
+def outputs_of(model: nn.Module, x: torch.Tensor, cls: type[nn.Module]) -> list[torch.Tensor]:
+    """Outputs of every ``cls`` module for input ``x``, in forward order (no grad)."""
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda m, a, o: seen.append(o.detach().clone())) for m in model.modules() if isinstance(m, cls)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def dead_fraction(a: torch.Tensor) -> float:
+    return float(((a > 0).float().mean(0) < 0.01).float().mean())
+
+
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_scenarios_raise_nothing_and_learn(name):
+    run = train(name)
+    assert [f for f in run.findings if f.severity != "info"] == []
+    assert sum(run.losses[-10:]) / 10 < 0.8 * sum(run.losses[:10]) / 10  # it really trains
+
+
+@pytest.mark.parametrize("name", FAULTY)
+def test_faulty_scenarios_are_flagged_with_the_right_rule(name):
+    run = train(name)
+    assert set(SCENARIOS[name].expects) <= run.rules("warning"), [f.text() for f in run.findings]
+
+
+def test_born_dead_units_confirmed_by_hand():
+    s = fresh("born_dead_relu_mlp")
+    acts = outputs_of(s.model, s.inputs, nn.ReLU)
+    assert dead_fraction(acts[2]) >= 0.5  # by hand on all 2048 samples at initialisation
+    run = train("born_dead_relu_mlp")
+    f = next(f for f in run.findings if f.rule == "dead-units" and f.site == "5")
+    assert f.step == 1 and f.evidence["born_dead"] > f.evidence["died_later"]
+
+
+def test_units_that_die_later_confirmed_by_hand():
+    s = fresh("dying_relu_mlp")
+    assert max(dead_fraction(a) for a in outputs_of(s.model, s.inputs, nn.ReLU)) < 0.1
+    run = train("dying_relu_mlp")
+    after = outputs_of(run.setup.model, run.setup.inputs, nn.ReLU)
+    f = next(f for f in run.findings if f.rule == "dead-units")
+    site_index = [n for n, m in run.setup.model.named_modules() if isinstance(m, nn.ReLU)].index(f.site)
+    assert dead_fraction(after[site_index]) >= 0.25
+    assert f.evidence["died_later"] > f.evidence["born_dead"] and "learning rate" in f.recommendation
+
+
+def test_deep_sigmoid_gradient_vanishes_by_hand():
+    s = fresh("deep_sigmoid_mlp")
+    acts: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        out.retain_grad()
+        acts.append(out)
+
+    hooks = [m.register_forward_hook(keep) for m in s.model if isinstance(m, nn.Sigmoid)]
+    s.loss_fn(s.model(s.inputs[:256]), s.targets[:256]).backward()
+    for h in hooks:
+        h.remove()
+    rms = [float(a.grad.pow(2).mean().sqrt()) for a in acts]
+    assert rms[0] / rms[-1] < 1e-3
+    run = train("deep_sigmoid_mlp")
+    assert {f.severity for f in run.findings if f.rule == "saturating-hidden-activation"} == {"warning"}
+
+
+def test_softmax_into_cross_entropy_hits_the_loss_floor():
+    run = train("softmax_into_cross_entropy", steps=60)
+    floor = softmax_ce_floor(10)
+    assert min(run.losses) >= floor - 1e-6  # ln(1 + 9/e) = 1.461: cannot be beaten
+    (f,) = [f for f in run.findings if f.rule == "activation-loss-mismatch"]
+    assert f.severity == "error" and f.evidence["loss_floor"] == pytest.approx(floor, abs=1e-4)
+
+
+def test_sigmoid_into_bce_with_logits_squeezes_predictions():
+    run = train("sigmoid_into_bce_with_logits")
+    with torch.no_grad():
+        p = torch.sigmoid(run.setup.model(run.setup.inputs))
+    assert p.min() >= 0.5 and p.max() <= 1 / (1 + math.exp(-1)) + 1e-6
+
+
+def test_softmax_over_size_one_is_constant():
+    run = train("softmax_dim1_size1")
+    with torch.no_grad():
+        assert torch.equal(run.setup.model(run.setup.inputs), torch.ones(len(run.setup.inputs), 1))
+    assert run.losses[0] == run.losses[0] and len(set(round(v, 4) for v in run.losses)) > 1  # data varies, model doesn't
+
+
+def test_relu_on_logits_are_never_negative():
+    run = train("relu_on_logits")
+    with torch.no_grad():
+        assert run.setup.model(run.setup.inputs).min() >= 0
+
+
+def test_exploding_activations_by_hand():
+    s = fresh("exploding")
+    acts = outputs_of(s.model, s.inputs, nn.ReLU)
+    assert float(acts[-1].pow(2).mean().sqrt()) / float(acts[0].pow(2).mean().sqrt()) > 100
+
+
+def test_nan_first_site_by_hand():
+    s = fresh("nan_producing")
+    with torch.no_grad():
+        logged = torch.log(s.model.act(s.model.fc1(s.inputs)))
+    assert torch.isfinite(s.model.act(s.model.fc1(s.inputs))).all() and not torch.isfinite(logged).all()
+    run = train("nan_producing")
+    assert run.findings[0].rule == "non-finite" and run.findings[0].site == "relu"  # tanh itself is finite
+    assert math.isnan(run.losses[0])
+
+
+def test_poor_init_signal_collapse_by_hand():
+    s = fresh("poorly_initialised_mlp")
+    pre = outputs_of(s.model, s.inputs, nn.Linear)[:-1]
+    stds = [float(p.std()) for p in pre]
+    assert max(stds) / min(stds) > 10
+    run = train("poorly_initialised_mlp")
+    (f,) = [f for f in run.findings if f.rule == "signal-propagation"]
+    assert f.evidence["direction"] == -1
+
+
+def test_saturated_tanh_by_hand():
+    s = fresh("saturated_tanh_mlp")
+    (first, _) = outputs_of(s.model, s.inputs, nn.Tanh)
+    assert float((first.abs() > 0.99).float().mean()) > 0.5
