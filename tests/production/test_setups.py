@@ -1,0 +1,181 @@
+"""Set-ups that must work: mixed precision, accumulation, manual optimisation, activation
+checkpointing, torch.compile, and a model moved after setup. Tiny models, seconds each."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pytorch_lightning.plugins import MixedPrecision
+from torch.utils.checkpoint import checkpoint
+
+from act_diagnostics.callbacks._core import UnsupportedSetup
+from prod_models import Classifier, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer
+
+
+def _fit(tmp_path: Any, model: pl.LightningModule, **kwargs: Any) -> tuple[Any, SnapshotRecorder, pl.Trainer]:
+    cb_kwargs = kwargs.pop("cb", {})
+    data = kwargs.pop("data", None) or loader()
+    cb = diagnostics(rules=False, **cb_kwargs)
+    rec = SnapshotRecorder(cb)
+    t = trainer(tmp_path, [cb, rec], **kwargs)
+    t.fit(model, data)
+    return cb, rec, t
+
+
+def _fp16_with_scaler() -> dict:
+    # Trainer(precision="16-mixed") falls back to bf16 on CPU; the plugin forces float16 autocast
+    # with a GradScaler (scale 2**16), the set-up where scaled gradients would leak into statistics.
+    return {"plugins": [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]}
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "fp16+GradScaler"])
+def test_mixed_precision_matches_float32(tmp_path, precision):
+    """Autocast outputs are read in float32 and summed in float64; gradients are judged unscaled."""
+    torch.manual_seed(0)
+    ref_model = Classifier()
+    model = Classifier()
+    model.load_state_dict(ref_model.state_dict())
+    ref, _, _ = _fit(tmp_path / "fp32", ref_model, cb={"log_every_n_steps": 2}, max_steps=2)
+    try:
+        amp = {"precision": precision} if precision == "bf16-mixed" else _fp16_with_scaler()
+        cb, _, t = _fit(tmp_path / "amp", model, cb={"log_every_n_steps": 2}, max_steps=2, **amp)
+    except (RuntimeError, ValueError) as exc:  # pragma: no cover - depends on the torch build
+        pytest.skip(f"{precision} not available on this CPU build: {exc}")
+    assert cb.failure is None and t.global_step == 2
+    assert all(st.sums.dtype == torch.float64 for st in cb.monitor.states.values())
+    for name, st in cb.last_snapshot.stats.items():
+        want = ref.last_snapshot.stats[name]
+        assert st.calls == want.calls and st.elements == want.elements
+        assert st.firing_rate == pytest.approx(want.firing_rate, abs=0.05)
+        assert st.mean == pytest.approx(want.mean, rel=0.05, abs=1e-2)
+        # A GradScaler multiplies the loss by 2**16: judged gradients must not carry that factor.
+        if want.param_grad_norm is not None:
+            assert st.param_grad_norm == pytest.approx(want.param_grad_norm, rel=0.05)
+        if want.grad_rms is not None:
+            assert st.grad_rms == pytest.approx(want.grad_rms, rel=0.1), name
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    """accumulate_grad_batches=2: one snapshot per due optimizer step, windows in optimizer steps."""
+    cb, rec, t = _fit(tmp_path, Classifier(), cb={"log_every_n_steps": 2}, max_epochs=1, max_steps=-1,
+                      accumulate_grad_batches=2, data=loader(n=64, batch_size=8))
+    assert t.global_step == 4 and cb.failure is None
+    assert cb.steps == 4
+    # preflight (step 0), then steps 1 and 3; the last window is complete, nothing left at the end
+    assert [s.step for s in rec.snapshots] == [0, 1, 3]
+    assert [s.window_steps for s in rec.snapshots] == [1, 1, 2]
+    # every micro-batch is measured: two forward calls per optimizer step
+    assert [s.stats["net.1"].calls for s in rec.snapshots] == [2, 2, 4]
+
+
+class TwoOptimizers(pl.LightningModule):
+    """Manual optimisation, GAN-like: two nets, two optimizers, two backward passes per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.a = mlp()
+        self.b = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3))
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        opt_a, opt_b = self.optimizers()
+        x, y = batch
+        loss_a = F.cross_entropy(F.relu(self.a(x)), y)
+        opt_a.zero_grad()
+        self.manual_backward(loss_a)
+        opt_a.step()
+        # A second forward after the first backward: its functional activation must still be seen.
+        loss_b = F.cross_entropy(F.silu(self.b(self.a(x).detach())), y)
+        opt_b.zero_grad()
+        self.manual_backward(loss_b)
+        opt_b.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.a.parameters(), lr=0.05), torch.optim.SGD(self.b.parameters(), lr=0.05)
+
+
+def test_manual_optimization_two_optimizers(tmp_path):
+    cb, rec, t = _fit(tmp_path, TwoOptimizers(), cb={"log_every_n_steps": 2}, max_steps=8)
+    assert t.global_step == 8  # two optimizer steps per batch ...
+    assert cb.steps == 4  # ... but four training steps, numbered as Lightning's loggers number them
+    assert [s.step for s in rec.snapshots] == [0, 1, 3]
+    last = rec.snapshots[-1]
+    silu = [n for n in last.stats if "silu" in n]
+    assert silu and last.stats[silu[0]].calls == 2, sorted(last.stats)
+    # self.a runs twice per batch: two call sites of one module, each called once per step
+    assert last.stats["a.1"].calls == 2 and last.stats["a.1#1"].calls == 2
+    assert cb.failure is None
+
+
+class Checkpointed(Classifier):
+    def __init__(self, use_checkpoint: bool) -> None:
+        super().__init__(net=mlp(depth=3))
+        self.use_checkpoint = use_checkpoint
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        body, head = self.net[:-1], self.net[-1]
+        h = checkpoint(body, x, use_reentrant=False) if self.use_checkpoint else body(x)
+        return F.gelu(head(h))
+
+
+def test_activation_checkpointing_counts_once(tmp_path):
+    """The forward re-run during backward is not measured again."""
+    torch.manual_seed(0)
+    plain_model = Checkpointed(False)
+    ckpt_model = Checkpointed(True)
+    ckpt_model.load_state_dict(plain_model.state_dict())
+    plain, _, _ = _fit(tmp_path / "a", plain_model, cb={"log_every_n_steps": 2}, max_steps=4)
+    ckpt, _, _ = _fit(tmp_path / "b", ckpt_model, cb={"log_every_n_steps": 2}, max_steps=4)
+    assert ckpt.failure is None
+    a, b = plain.last_snapshot.stats, ckpt.last_snapshot.stats
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert b[name].calls == a[name].calls and b[name].elements == a[name].elements, name
+        assert b[name].firing_rate == pytest.approx(a[name].firing_rate)
+        assert b[name].grad_rms == pytest.approx(a[name].grad_rms, rel=1e-5)
+
+
+def test_torch_compile_stands_down_with_one_warning(tmp_path):
+    """A compiled model: one clear warning, no hooks, training unaffected. backend="eager" keeps it cheap."""
+    model = Classifier()
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        cb = diagnostics()
+        t = trainer(tmp_path, [cb], max_steps=2)
+        t.fit(torch.compile(model, backend="eager"), loader())
+    ours = [r for r in records if issubclass(r.category, UnsupportedSetup)]
+    assert len(ours) == 1 and "torch.compile" in str(ours[0].message)
+    assert t.global_step == 2 and hook_count(model) == 0
+
+
+class MovesMidway(pl.Callback):
+    """Casts the model to float64 after two steps (a dtype move after setup)."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 2:
+            pl_module.to(device="cpu", dtype=torch.float64)
+
+
+class CastsInput(Classifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x.to(self.dtype)), y)
+
+
+def test_model_moved_after_setup(tmp_path):
+    cb = diagnostics(rules=False, log_every_n_steps=2)
+    t = trainer(tmp_path, [cb, MovesMidway()], max_steps=6)
+    t.fit(CastsInput(), loader())
+    assert cb.failure is None and t.global_step == 6
+    snap = cb.last_snapshot
+    assert snap.window_steps == 2
+    for st in snap.stats.values():
+        assert st.calls == 2 and math.isfinite(st.mean) and math.isfinite(st.grad_rms)
+    assert all(s.sums.device.type == "cpu" and s.sums.dtype == torch.float64 for s in cb.monitor.states.values())
