@@ -1,0 +1,50 @@
+"""Report: JSON / Markdown / console output built from findings and the latest snapshot."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import make_site, make_snapshot, relu_stats
+
+from act_diagnostics.outputs.report import Report
+from act_diagnostics.rules import Finding
+
+
+def sample_report() -> Report:
+    snap = make_snapshot([(make_site("enc.act|0", "relu"), relu_stats([0.0] * 4 + [0.5] * 4, grad_rms=2e-5))], step=300)
+    findings = [
+        Finding("saturation", "x", "info", "later info", "fix b", 200),
+        Finding("dead-units", "enc.act|0", "error", "50% dead", "lower LR", 300, {"dead_fraction": 0.5}),
+    ]
+    return Report(findings=findings, snapshot=snap)
+
+
+def test_report_orders_errors_first_and_round_trips_json(tmp_path):
+    rep = sample_report()
+    assert [f.severity for f in rep.findings] == ["error", "info"]
+    rep.write_json(tmp_path / "report.json")
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["summary"] == {"info": 1, "warning": 0, "error": 1} and data["step"] == 300
+    (row,) = data["layers"]
+    assert row["site"] == "enc.act|0" and row["dead_fraction"] == 0.5 and row["grad_rms"] == 2e-5
+
+
+def test_markdown_escapes_pipes_and_has_layer_table(tmp_path):
+    rep = sample_report()
+    md = rep.markdown_table()
+    assert "| error | dead-units | enc.act\\|0 | 300 | 50% dead | lower LR |" in md
+    assert "| site | kind | firing | dead | saturated | grad RMS |" in md
+    rep.write_markdown(tmp_path / "report.md")
+    assert (tmp_path / "report.md").read_text().startswith("# act_diagnostics report")
+
+
+def test_console_table_lists_findings_and_aligned_rows():
+    text = sample_report().console_table()
+    assert text.splitlines()[0] == "act_diagnostics: 1 error(s), 0 warning(s), 1 info"
+    assert "fix: lower LR" in text and "enc.act|0" in text and "2.00e-05" in text
+
+
+def test_empty_report():
+    rep = Report()
+    assert rep.to_dict() == {"step": None, "summary": {"info": 0, "warning": 0, "error": 0}, "findings": [], "layers": []}
+    assert "0 error(s)" in rep.console_table()
