@@ -231,8 +231,13 @@ class ActivationMonitor:
         if not self.enabled:
             return
         if module is self.model:
-            self._calls.clear()  # a new forward pass of the whole model: call positions restart
+            # A new forward pass of the whole model: call positions restart, and the previous
+            # pass's tensors (its loss is computed by now) are let go, so gradient accumulation
+            # over many micro-batches in one step does not keep every micro-batch alive.
+            self._calls.clear()
             self._owner_stack.clear()
+            self._produced.clear()
+            self._layer_out.clear()
         self._owner_stack.append(self._names.get(id(module), ""))
         if self.tracking_structure and self._produced and _has_params(module):
             for arg in args:
@@ -268,7 +273,7 @@ class ActivationMonitor:
 
     def _activation_pre_hook(self, module: nn.Module, args: tuple) -> None:
         self.activation_depth += 1
-        if not self.enabled or not self.detail or not args or not isinstance(args[0], Tensor):
+        if not self.enabled or not self.detail or not args or not isinstance(args[0], Tensor) or _in_backward():
             return
         try:
             with self._no_torch_function():

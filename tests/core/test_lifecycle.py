@@ -318,3 +318,22 @@ def test_state_size_is_constant_across_steps(make_mlp) -> None:
     mon.detach()
     assert max(sizes) == min(sizes) or max(sizes) - min(sizes) <= 2 * 16 * len(mon.states)
     assert max(sizes) < 400
+
+
+def test_micro_batches_in_one_step_do_not_pile_up(make_mlp) -> None:
+    model = make_mlp(8, 2)
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step(detail=True)  # a structure step: the tracer follows tensors
+    refs = []
+    for _ in range(4):  # gradient accumulation
+        out = model(torch.randn(4, 8))
+        refs.append(weakref.ref(out))
+        F.softmax(out, dim=-1).square().mean().backward()
+        del out
+        assert len(mon._layer_out) <= 3 and len(mon._produced) <= 3
+    gc.collect()
+    assert all(r() is None for r in refs[:-1])
+    mon.end_step()
+    snap = mon.snapshot()
+    mon.detach()
+    assert snap.stats["1"].calls == 4 and snap.sites["1"].consumers == {"2"}
