@@ -11,6 +11,7 @@ UNBOUNDED = ("relu", "smooth", "other")
 GROWTH = 100.0
 # |activation| beyond this is within ~6x of float16's maximum 65504: AMP overflows next (proposal).
 HUGE = 1e4
+# Activations compared for growth: at least a first and a last (proposal).
 MIN_SITES = 2
 
 FIX = (

@@ -12,6 +12,7 @@ ERROR_GROWTH = 1e4
 # Per-element gradient RMS that is huge whatever the depth (proposal: mean-reduced losses give
 # per-element gradients far below 1; 1e3 means updates that wipe out the weights).
 HUGE = 1e3
+# Activations in the chain before growth across depth is judged (proposal).
 MIN_SITES = 3
 
 FIX = (

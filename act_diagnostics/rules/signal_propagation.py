@@ -13,6 +13,7 @@ from act_diagnostics.rules.finding import Finding
 # Applied to the standard deviation (a variance ratio of 100) so that the mild, healthy drift of
 # default-initialised layers stays quiet (proposal: threshold on std, source's value).
 RATIO = 10.0
+# Layers compared: at least two (proposal).
 MIN_SITES = 2
 
 FIX = (

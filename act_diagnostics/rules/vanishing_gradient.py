@@ -11,10 +11,12 @@ from act_diagnostics.rules.finding import Finding
 
 # AUTOTRAINER (ICSE 2021): vanishing when ||g_first|| / ||g_last|| < 1e-3 and ||g_first|| < 1e-4.
 RATIO = 1e-3
+# AUTOTRAINER: ... and the first gradient below 1e-4.
 FIRST_ABS = 1e-4
 # SageMaker Debugger VanishingGradient: mean |g| < 1e-7. Per-element gradients of a mean-reduced
 # loss also shrink with the batch, so it counts only together with a 10x drop across depth (proposal).
 TINY = 1e-7
+# The 10x drop across depth that must accompany TINY (proposal).
 TINY_RATIO = 0.1
 # Sites in the chain before "depth" means anything (proposal: three activations).
 MIN_SITES = 3
