@@ -158,7 +158,7 @@ _SATURATED: dict[str, Callable[[Tensor, dict[str, Any], float], Tensor]] = {
 for _name in ("gelu", "silu", "mish", "hardswish"):
     _SATURATED[_name] = (
         lambda n: lambda x, p, eps: x
-        < smooth_tail_threshold("gelu_tanh" if n == "gelu" and p.get("approximate") == "tanh" else n)
+        < smooth_tail_threshold("gelu_tanh" if n == "gelu" and p.get("approximate") == "tanh" else n, eps)
     )(_name)
 
 
@@ -180,9 +180,9 @@ KINDS: dict[str, ActivationKind] = {
         _kind("elu", "smooth", _POS, "negative tail: alpha*exp(x) < eps"),
         _kind("celu", "smooth", _POS, "negative tail: exp(x/alpha) < eps"),
         _kind("selu", "smooth", _POS, "negative tail: alpha*exp(x) < eps"),
-        _kind("gelu", "smooth", _POS, "pre-activation below the tail where |f'| < 0.01", saturation_reads="input"),
-        _kind("silu", "smooth", _POS, "pre-activation below the tail where |f'| < 0.01", saturation_reads="input"),
-        _kind("mish", "smooth", _POS, "pre-activation below the tail where |f'| < 0.01", saturation_reads="input"),
+        _kind("gelu", "smooth", _POS, "pre-activation below the tail where |f'| < eps", saturation_reads="input"),
+        _kind("silu", "smooth", _POS, "pre-activation below the tail where |f'| < eps", saturation_reads="input"),
+        _kind("mish", "smooth", _POS, "pre-activation below the tail where |f'| < eps", saturation_reads="input"),
         _kind("hardswish", "smooth", _POS, "pre-activation <= -3 (zero gradient)", saturation_reads="input"),
         _kind("softplus", "smooth", "output > ln(2)/beta", "output < -ln(1-eps)/beta (sigmoid(beta*x) < eps)"),
         _kind("sigmoid", "sigmoid", "output > 0.5", "output < eps or > 1 - eps"),

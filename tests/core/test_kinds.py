@@ -292,3 +292,11 @@ def test_every_kind_documents_firing_and_family() -> None:
     for kind in KINDS.values():
         assert kind.family in FAMILIES
         assert kind.firing_doc
+
+
+def test_smooth_tail_follows_eps() -> None:
+    t1, t5 = smooth_tail_threshold("silu", 0.01), smooth_tail_threshold("silu", 0.05)
+    assert t1 < t5 < 0
+    x = T([(t1 + t5) / 2], dtype=torch.float64)
+    assert saturated("silu", F.silu(x), x=x, eps=0.01) == [False]
+    assert saturated("silu", F.silu(x), x=x, eps=0.05) == [True]
