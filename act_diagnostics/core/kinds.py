@@ -87,6 +87,8 @@ class ActivationKind:
     saturation_reads: str = "output"
     # Distribution-valued (softmax family): saturation is judged per row along ``dim``.
     per_row: bool = False
+    # Output is >= 0 (or NaN) and firing is ``y > 0``: the state may count firing as sum(sign(y)).
+    sign_firing: bool = False
 
     @property
     def unit_saturation(self) -> bool:
@@ -171,8 +173,8 @@ _POS = "output > 0 (the pre-activation was positive)"
 KINDS: dict[str, ActivationKind] = {
     k.name: k
     for k in [
-        _kind("relu", "relu", _POS),
-        _kind("relu6", "relu", _POS, "output at the upper bound 6"),
+        _kind("relu", "relu", _POS, sign_firing=True),
+        _kind("relu6", "relu", _POS, "output at the upper bound 6", sign_firing=True),
         _kind("leaky_relu", "relu", _POS),
         _kind("prelu", "relu", _POS),
         _kind("rrelu", "relu", _POS),

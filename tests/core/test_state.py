@@ -312,3 +312,19 @@ def test_state_follows_device_keeping_totals() -> None:
     st.observe(None, torch.tensor([[1.0, 0.0]]), False)
     st.to(torch.device("cpu"))
     assert stats(st).calls == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape, unit_dim", [((6, 5), -1), ((3, 4, 5), -1), ((2, 5, 3, 3), 1)])
+def test_relu_fast_firing_count_equals_the_mask(shape, unit_dim, dtype) -> None:
+    # ReLU / ReLU6 count firing as sum(sign(y)); it must equal counting y > 0, NaN included.
+    x = torch.randn(shape).to(dtype)
+    x.view(-1)[3] = float("nan")
+    x.view(-1)[4] = -0.0
+    for kind, fn in (("relu", F.relu), ("relu6", F.relu6)):
+        y = fn(x)
+        assert KINDS[kind].sign_firing
+        st = make_state(kind, shape[unit_dim], unit_dim=unit_dim)
+        st.observe(x, y, False)
+        expected = unit_counts(y > 0, unit_dim)
+        assert st.unit_active.tolist() == expected.tolist()
