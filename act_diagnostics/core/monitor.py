@@ -199,12 +199,16 @@ class ActivationMonitor:
     def _stop_tracer(self) -> None:
         if not self._tracer_on:
             return
-        self._tracer_on = False
         # Pop only our own mode: never disturb a mode the user pushed after ours.
         stack = torch.overrides._get_current_function_mode_stack()
         if stack and stack[-1] is self._tracer:
             self._tracer.__exit__(None, None, None)
-        elif any(m is self._tracer for m in stack):
+            self._tracer_on = False
+        elif not any(m is self._tracer for m in stack):
+            self._tracer_on = False  # already gone
+        else:
+            # Buried under a mode that is still open: stay disabled (the tracer then passes every
+            # call through) and pop it at the next end_step or detach, once it is on top again.
             self._fail(RuntimeError("another TorchFunctionMode was left above act_diagnostics' tracer"))
 
     # ------------------------------------------------------------------ failure handling

@@ -337,3 +337,21 @@ def test_micro_batches_in_one_step_do_not_pile_up(make_mlp) -> None:
     snap = mon.snapshot()
     mon.detach()
     assert snap.stats["1"].calls == 4 and snap.sites["1"].consumers == {"2"}
+
+
+def test_user_mode_left_above_the_tracer_is_not_disturbed() -> None:
+    class Inner(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    model = Mixed()
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step()
+    inner = Inner().__enter__()
+    with pytest.warns(MonitorFailure, match="another TorchFunctionMode"):
+        mon.end_step()
+    assert _mode_stack() == [mon._tracer, inner]  # the user's mode is left alone
+    inner.__exit__(None, None, None)
+    model(torch.randn(2, 4))  # the disabled tracer passes calls through
+    mon.detach()
+    assert _mode_stack() == [] and _no_hooks(model)
