@@ -23,12 +23,10 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _no_function_mode_leak():
-    """No test may leave a TorchFunctionMode (e.g. a monitor's tracer) on torch's stack."""
-    yield
-    stack = torch.overrides._get_current_function_mode_stack()
-    assert not stack, f"TorchFunctionMode left on the stack: {stack}"
+@pytest.fixture
+def function_mode_stack() -> Callable[[], list]:
+    """``function_mode_stack()``: the TorchFunctionModes now on torch's stack (a monitor's tracer)."""
+    return lambda: list(torch.overrides._get_current_function_mode_stack())
 
 
 @pytest.fixture
