@@ -452,6 +452,13 @@ class DiagnosticsCallbackCore:
         if self._world_size(trainer) > 1 and self._ranks_agree(trainer, healthy=self.monitor.failure is None):
             gather = self._all_gather(trainer)
         snap = self.monitor.snapshot(step=step, all_gather=gather)
+        if gather is not None:
+            # DDP averages gradients across ranks, so the loss being trained is the mean of the ranks'
+            # losses and each rank's activation gradients are world_size times those of that loss.
+            world = self._world_size(trainer)
+            for st in snap.stats.values():
+                if st.grad_rms is not None:
+                    st.grad_rms /= world
         self.last_snapshot = snap
         self._last_logged_step = step
         new = self.engine.evaluate(snap, preflight=preflight) if self.engine is not None else []
