@@ -10,7 +10,7 @@ call, maps to one :class:`ActivationKind`. A kind knows
 * its **saturation** test: where the derivative has fallen below about ``eps`` so that almost no
   gradient flows (see docs/statistics.md for each formula).
 
-The tests are pure tensor functions, checked against hand-computed tensors in tests/test_kinds.py.
+The tests are pure tensor functions, checked against hand-computed tensors in tests/core/test_kinds.py.
 """
 
 from __future__ import annotations
