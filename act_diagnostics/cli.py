@@ -10,7 +10,7 @@ from collections.abc import Sequence
 def _demo(args: argparse.Namespace) -> int:
     from act_diagnostics.demo import run_demo
 
-    run_demo(logdir=args.logdir, epochs=args.epochs, quiet=args.quiet)
+    run_demo(logdir=args.logdir, steps=args.steps, quiet=args.quiet)
     return 0
 
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train small flawed models on CPU and show the warnings")
     demo.add_argument("--logdir", default="act_logs", help="where TensorBoard logs go (default: act_logs)")
-    demo.add_argument("--epochs", type=int, default=3, help="epochs per model (default: 3)")
+    demo.add_argument("--steps", type=int, default=300, help="optimizer steps per model (default: 300)")
     demo.add_argument("--quiet", action="store_true", help="print only the summary")
     demo.set_defaults(func=_demo)
 

@@ -203,6 +203,12 @@ def deep_sigmoid_mlp(g: torch.Generator) -> Setup:
     return Setup(_mlp([32] + [64] * 9 + [10], nn.Sigmoid), x, y, F.cross_entropy, lr=0.05)
 
 
+def deep_sigmoid_mlp_fixed(g: torch.Generator) -> Setup:
+    """deep_sigmoid_mlp after the advice: GELU in the hidden layers, Kaiming init, same data and steps."""
+    x, y = _classes(g, 2048, 32, 10)
+    return Setup(_kaiming(_mlp([32] + [64] * 9 + [10], nn.GELU)), x, y, F.cross_entropy, lr=0.05)
+
+
 def born_dead_relu_mlp(g: torch.Generator) -> Setup:
     """A strongly negative bias: most ReLU units never fire, from the first step."""
     x, y = _classes(g, 2048, 32, 10)
@@ -216,7 +222,7 @@ def born_dead_relu_mlp(g: torch.Generator) -> Setup:
 def dying_relu_mlp(g: torch.Generator) -> Setup:
     """Healthy Kaiming-initialised ReLU units killed by a learning rate far too high."""
     x, y = _classes(g, 2048, 32, 10)
-    return Setup(_kaiming(_mlp([32, 128, 128, 128, 10], nn.ReLU)), x * 3, y, F.cross_entropy, lr=0.5)
+    return Setup(_kaiming(_mlp([32, 128, 128, 128, 10], nn.ReLU)), x * 3, y, F.cross_entropy, lr=0.4)
 
 
 def softmax_into_cross_entropy(g: torch.Generator) -> Setup:
@@ -302,6 +308,7 @@ SCENARIOS: dict[str, Scenario] = {
         _s(prenorm_gelu_transformer, True),
         _s(residual_silu_gated_net, True),
         _s(lstm_gelu_head, True),
+        _s(deep_sigmoid_mlp_fixed, True),
         _s(deep_sigmoid_mlp, False, ("saturating-hidden-activation", "vanishing-gradient")),
         _s(born_dead_relu_mlp, False, ("dead-units",)),
         _s(dying_relu_mlp, False, ("dead-units",)),

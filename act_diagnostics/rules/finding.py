@@ -87,8 +87,14 @@ class Finding:
 
 
 def emit_warning(finding: Finding, stacklevel: int = 2) -> None:
-    """Issue ``finding`` as one :class:`ActivationWarning` whose text names site, evidence and fix."""
-    warnings.warn(finding.text(), ActivationWarning, stacklevel=stacklevel + 1)
+    """Issue ``finding`` as one :class:`ActivationWarning` whose text names site, evidence and fix.
+
+    Issued from a pseudo-location "act_diagnostics" rather than the callback's own source line:
+    the finding is about the user's model, and a quoted line of Lightning glue would only distract.
+    ``stacklevel`` is kept for compatibility and ignored.
+    """
+    del stacklevel
+    warnings.warn_explicit(finding.text(), ActivationWarning, filename="act_diagnostics", lineno=0, module="act_diagnostics")
 
 
 warn_finding = emit_warning
