@@ -1,0 +1,74 @@
+"""Every example in examples/ runs (``--fast``: a few steps) and measures what it says it does."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+FAST = ["--fast", "--max-steps", "6"]
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_example_is_tested() -> None:
+    listed = {p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_")}
+    assert listed == {"cnn_synthetic_images", "transformer_lm", "sigmoid_mlp_before_after", "hf_transformers_tiny"}
+
+
+def test_cnn_synthetic_images(tmp_path: Path) -> None:
+    callback = load("cnn_synthetic_images").main([*FAST, "--logdir", str(tmp_path)])
+    sites = callback.last_snapshot.sites
+    assert {"features.2", "features.6", ":silu"} <= set(sites)
+    assert sites[":silu"].source == "functional"
+    assert (Path(callback.report_dir) / "report.json").is_file()
+
+
+def test_transformer_lm_functional_activations(tmp_path: Path) -> None:
+    pytest.importorskip("lightning.pytorch")
+    callback = load("transformer_lm").main([*FAST, "--logdir", str(tmp_path)])
+    sites = callback.last_snapshot.sites
+    assert {"encoder.layers.0:gelu", "encoder.layers.1:gelu"} <= set(sites)
+    assert all(sites[n].source == "functional" for n in ("encoder.layers.0:gelu", "encoder.layers.1:gelu"))
+
+
+def test_sigmoid_mlp_before_after(tmp_path: Path) -> None:
+    results = load("sigmoid_mlp_before_after").main([*FAST, "--logdir", str(tmp_path)])
+    before, _ = results["sigmoid_before"]
+    after, _ = results["gelu_after"]
+    rules_before = {f.rule for f in before.report.findings if f.severity != "info"}
+    assert "saturating-hidden-activation" in rules_before
+    assert "saturating-hidden-activation" not in {f.rule for f in after.report.findings}
+
+
+def test_hf_transformers_tiny(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    callback = load("hf_transformers_tiny").main([*FAST, "--logdir", str(tmp_path)])
+    sites = callback.last_snapshot.sites
+    acts = {n: s for n, s in sites.items() if s.module_type == "NewGELUActivation"}
+    assert set(acts) == {"model.transformer.h.0.mlp.act", "model.transformer.h.1.mlp.act"}
+    assert all(s.kind == "gelu" for s in acts.values())
+
+
+def test_fast_flag_and_bad_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    assert _common.parse_args("x", ["--fast"], default_steps=100).max_steps == 8
+    assert _common.parse_args("x", [], default_steps=100).max_steps == 100
+    with pytest.raises(SystemExit):
+        _common.parse_args("x", ["--max-steps", "0"], default_steps=100)
+    assert "--max-steps must be >= 1, got 0" in capsys.readouterr().err
