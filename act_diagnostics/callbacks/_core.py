@@ -168,7 +168,14 @@ class DiagnosticsCallbackCore:
             return None
         from act_diagnostics.rules import RuleEngine
 
-        return RuleEngine(disable=tuple(disable or ()), thresholds=thresholds)
+        if isinstance(disable, str):
+            disable = [disable]
+        if disable is not None and not isinstance(disable, (list, tuple)):
+            raise TypeError(f"`disable_rules` must be a list of rule ids or None, got {disable!r}")
+        try:
+            return RuleEngine(disable=tuple(disable or ()), thresholds=thresholds)
+        except ValueError as exc:  # the engine names its own argument `disable`
+            raise ValueError(str(exc).replace("`disable`", "`disable_rules`")) from None
 
     @property
     def report(self) -> Any:

@@ -1,0 +1,115 @@
+"""Faults: a user exception mid-fit, an internal error, NaN/Inf inputs, and invalid arguments."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import act_diagnostics.core.state as state_module
+from act_diagnostics.core.monitor import MonitorFailure
+from act_diagnostics.rules import ActivationWarning
+from prod_models import Classifier, diagnostics, hook_count, loader, trainer
+
+
+class FailsAtStep2(Classifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if batch_idx == 2:
+            raise RuntimeError("user bug in training_step")
+        return super().training_step(batch, batch_idx)
+
+
+def test_user_exception_leaves_no_hook_and_no_function_mode(tmp_path):
+    model = FailsAtStep2()
+    cb = diagnostics(rules=False, log_every_n_steps=1)
+    with pytest.raises(RuntimeError, match="user bug in training_step"):
+        trainer(tmp_path, [cb], max_steps=6).fit(model, loader())
+    assert hook_count(model) == 0 and not cb.monitor.attached
+    assert not torch.overrides._get_current_function_mode_stack()  # the tracer was entered at batch start
+    # a fresh fit re-attaches cleanly (no pile-up) and removes everything again
+    trainer(tmp_path, [cb], max_steps=2).fit(Classifier(net=model.net), loader())
+    assert hook_count(model) == 0
+
+
+def _fit_recording(tmp_path: Any, cb: Any, model: pl.LightningModule | None = None, max_steps: int = 6, data: Any = None):
+    model = model or Classifier()
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        t = trainer(tmp_path, [cb], max_steps=max_steps)
+        t.fit(model, data or loader())
+    return t, records, model
+
+
+def test_internal_error_in_a_hook_disables_with_one_warning(tmp_path, monkeypatch):
+    def broken(self, *args):
+        raise ZeroDivisionError("bug inside act_diagnostics")
+
+    monkeypatch.setattr(state_module.SiteState, "observe", broken)
+    cb = diagnostics(log_every_n_steps=1)
+    t, records, model = _fit_recording(tmp_path, cb)
+    failures = [r for r in records if issubclass(r.category, MonitorFailure)]
+    assert len(failures) == 1 and "ZeroDivisionError" in str(failures[0].message)
+    assert t.global_step == 6  # training went on to the end
+    assert isinstance(cb.failure, ZeroDivisionError)
+    assert hook_count(model) == 0
+
+
+def test_internal_error_in_the_callback_disables_with_one_warning(tmp_path):
+    cb = diagnostics(log_every_n_steps=1)
+
+    def broken(*args, **kwargs):
+        raise KeyError("bug in a rule")
+
+    cb.engine.evaluate = broken
+    t, records, model = _fit_recording(tmp_path, cb)
+    failures = [r for r in records if issubclass(r.category, MonitorFailure)]
+    assert len(failures) == 1 and "KeyError" in str(failures[0].message)
+    assert t.global_step == 6 and hook_count(model) == 0
+
+
+def test_nan_and_inf_inputs_become_a_non_finite_finding(tmp_path):
+    data = loader().dataset
+    data.tensors[0][9, 3] = float("nan")  # second batch of 8
+    data.tensors[0][17, 0] = float("inf")
+    cb = diagnostics(log_every_n_steps=1)
+    t, records, _ = _fit_recording(tmp_path, cb, data=torch.utils.data.DataLoader(data, batch_size=8))
+    assert t.global_step == 6 and cb.failure is None
+    rules = [f.rule for f in cb.engine.findings]
+    assert "non-finite" in rules
+    nonfinite = [f for f in cb.engine.findings if f.rule == "non-finite"]
+    assert nonfinite[0].step == 1 and nonfinite[0].severity == "error"
+    warned = [r for r in records if issubclass(r.category, ActivationWarning) and "non-finite" in str(r.message)]
+    assert len(warned) == 1  # once, however many steps stay non-finite
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be a positive int or None .*got 0"),
+        ({"log_every_n_steps": True}, ValueError, r"`log_every_n_steps` .*got True"),
+        ({"histograms": "yes"}, TypeError, r"`histograms` must be True or False, got 'yes'"),
+        ({"rules": 1}, TypeError, r"`rules` must be True or False, got 1"),
+        ({"eval_stages": ["train"]}, ValueError, r"`eval_stages` entries must be 'validate', 'test' or 'predict', got \['train'\]"),
+        ({"eval_stages": 5}, TypeError, r"`eval_stages` must be a list of 'validate', 'test', 'predict' or None, got 5"),
+        ({"kinds": ["relux"]}, ValueError, r"`kinds` .*\['relux'\].*Kinds: relu, .*Families: "),
+        ({"saturation_eps": 0.7}, ValueError, r"`saturation_eps` must be in \(0, 0.5\), got 0.7"),
+        ({"sample_elements": 0}, ValueError, r"`sample_elements` must be a positive int or None .*got 0"),
+        ({"histogram_samples": -1}, ValueError, r"`histogram_samples` must be an int >= 0 .*got -1"),
+        ({"unit_dim": "1"}, TypeError, r"`unit_dim` must be an int or None .*got '1'"),
+        ({"include": 5}, TypeError, r"`include` must be a string or a list of strings .*got 5"),
+        ({"disable_rules": ["nope"]}, ValueError, r"`disable_rules` got unknown rule id\(s\) \['nope'\]; valid ids: .*dead-units"),
+        ({"disable_rules": 3}, TypeError, r"`disable_rules` must be a list of rule ids or None, got 3"),
+        ({"thresholds": {"dead-units.bogus": 1}}, ValueError, r"'dead-units.bogus' .*valid keys: dead-units.unit_rate"),
+    ],
+)
+def test_invalid_arguments_name_argument_value_and_choices(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        diagnostics(**kwargs)
+
+
+def test_single_string_options_are_accepted():
+    cb = diagnostics(disable_rules="saturation", eval_stages="validate")
+    assert cb.eval_stages == ("validate",)
