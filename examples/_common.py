@@ -17,7 +17,7 @@ import torch
 
 def parse_args(description: str, argv: Sequence[str] | None, default_steps: int, fast_steps: int = 8) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--logdir", default="example_logs", help="TensorBoard log root (default: example_logs)")
+    parser.add_argument("--logdir", default="act_logs", help="TensorBoard log root (default: act_logs)")
     parser.add_argument("--max-steps", type=int, default=None, help=f"optimizer steps (default: {default_steps})")
     parser.add_argument("--fast", action="store_true", help=f"a quick smoke run: {fast_steps} steps")
     args = parser.parse_args(argv)

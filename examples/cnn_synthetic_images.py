@@ -6,7 +6,7 @@ channels) and a functional ``F.silu`` in its head, which act_diagnostics finds w
 
     python examples/cnn_synthetic_images.py            # 120 steps, well under a minute on CPU
     python examples/cnn_synthetic_images.py --fast     # a smoke run
-    tensorboard --logdir example_logs
+    tensorboard --logdir act_logs
 """
 
 from __future__ import annotations

@@ -142,3 +142,17 @@ def test_console_script(finished_run: Path) -> None:
         pytest.skip("act-diagnostics console script not installed (pip install -e .)")
     proc = subprocess.run([exe, "report", str(finished_run.parent / "missing")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no such directory" in proc.stderr
+
+
+def test_functional_site_names_come_back(tmp_path: Path) -> None:
+    # Event tags write ":tanh" as "root/tanh"; report.json restores the real name and its kind.
+    from tests.ecosystem.conftest import tiny_module_class
+
+    callback = callback_class(FLAVOUR)(log_every_n_steps=4, verbose=False)
+    trainer = make_trainer(FLAVOUR, tmp_path, callbacks=[callback], max_steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(trainer, tiny_module_class(FLAVOUR)())
+    rows = {row.site: row for row in load_run(trainer.logger.log_dir).layers}
+    assert set(rows) == {"act", ":tanh"}
+    assert rows[":tanh"].kind == "tanh" and rows["act"].kind == "relu"
