@@ -1,0 +1,312 @@
+"""Training-step overhead of act_diagnostics and of two peers, measured side by side on the CPU.
+
+    python benchmarks/overhead.py            # about two minutes on 2 cores
+    python benchmarks/overhead.py --rounds 5 --models mlp
+
+Ratio = monitored / bare training time over the same steps, in the same round; variants run in a
+rotated order each round; the figure is the median of the per-round ratios (min-max, rounds).
+Variants (plain torch loop, SGD, batches made in advance, torch.set_num_threads(2)):
+
+* ``act every``    ActivationMonitor driven as the callback drives it, statistics every step
+                   (begin_step / stop_tracing / measure_param_grads / end_step / snapshot);
+* ``act default``  the same at Lightning's default interval (50 steps);
+* ``fastai``       fastai ActivationStats re-implemented: a hook on every module with parameters,
+                   mean, std and share near zero (<= 0.05) with three ``.item()`` per module per step;
+* ``naive``        one hook per activation module: ``(out > 0).float().mean().item()``;
+* ``PL every`` / ``PL default``: a Lightning Trainer with the ActivationDiagnostics callback
+                   (rules on, no logger) against a bare Trainer (MLP only).
+
+Each run first takes a few untimed warm-up steps (the monitor learns the structure in its first two
+steps, and the pre-flight snapshot is taken at step 0), then times N steps; for the default interval
+N is a multiple of 50, so each timed window holds exactly one log step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from act_diagnostics.core.monitor import ActivationMonitor  # noqa: E402
+
+WARMUP = 3
+BLOCK = 10  # steps per interleaved block
+DEFAULT_INTERVAL = 50  # Trainer(log_every_n_steps=50)
+
+
+# ---------------------------------------------------------------------------------------- models
+def mlp() -> tuple[nn.Module, Callable[[], tuple]]:
+    layers: list[nn.Module] = []
+    for i in range(8):
+        layers += [nn.Linear(512, 512), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(512, 10))
+    return model, lambda: (torch.randn(256, 512), torch.randint(0, 10, (256,)))
+
+
+def cnn() -> tuple[nn.Module, Callable[[], tuple]]:
+    layers: list[nn.Module] = []
+    ch = 3
+    for _ in range(4):
+        layers += [nn.Conv2d(ch, 64, 3, padding=1), nn.ReLU()]
+        ch = 64
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    return model, lambda: (torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
+
+
+class Encoder(nn.Module):
+    """A small Transformer encoder classifier: 2 layers, d_model 128, 4 heads, feed-forward 512,
+    batch 16 x 32 tokens. Its activation is the functional F.gelu (no module for ``naive`` to hook)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).mean(1))
+
+
+def transformer() -> tuple[nn.Module, Callable[[], tuple]]:
+    return Encoder(), lambda: (torch.randn(16, 32, 128), torch.randint(0, 10, (16,)))
+
+
+MODELS = {"mlp": (mlp, 50), "cnn": (cnn, 10), "transformer": (transformer, 50)}  # name -> (builder, N every-step)
+
+
+# ---------------------------------------------------------------------------------------- variants
+class Bare:
+    name = "bare"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.step = 0  # steps run so far (the schedule continues across blocks)
+
+    def attach(self) -> None: ...
+    def detach(self) -> None: ...
+
+    def before(self, step: int) -> None: ...
+    def after_forward(self, step: int) -> None: ...
+    def before_optimizer(self, step: int) -> None: ...
+    def after(self, step: int) -> None: ...
+
+
+class Act(Bare):
+    """ActivationMonitor driven exactly as the Lightning callback drives it."""
+
+    def __init__(self, model: nn.Module, interval: int) -> None:
+        super().__init__(model)
+        self.interval = interval
+        self.name = "act every" if interval == 1 else "act default"
+        self.mon = ActivationMonitor(model)
+        self.due = False
+
+    def attach(self) -> None:
+        self.mon.attach()
+
+    def detach(self) -> None:
+        self.mon.detach()
+
+    def before(self, step: int) -> None:
+        self.due = (step + 1) % self.interval == 0 or step == 0  # pre-flight at step 0
+        self.mon.begin_step(detail=self.due)
+
+    def after_forward(self, step: int) -> None:
+        self.mon.stop_tracing()  # on_before_backward
+
+    def before_optimizer(self, step: int) -> None:
+        if self.due:
+            self.mon.measure_param_grads()  # on_before_optimizer_step
+
+    def after(self, step: int) -> None:
+        self.mon.end_step()
+        if self.due:
+            self.mon.snapshot(step=step)
+
+
+
+class FastaiStats(Bare):
+    """fastai's ActivationStats (callback/hook.py), default: every module with parameters."""
+
+    name = "fastai"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.history: list[list[tuple[float, float, float]]] = []
+        self.current: list[tuple[float, float, float]] = []
+        self.mods = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+        self.handles: list = []
+
+    def attach(self) -> None:
+        self.handles = [m.register_forward_hook(self.hook) for m in self.mods]
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def hook(self, module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        if not module.training:
+            return
+        o = (out[0] if isinstance(out, tuple) else out).detach().float()  # attention returns a tuple
+        self.current.append((o.mean().item(), o.std().item(), (o <= 0.05).long().sum().item() / o.numel()))
+
+    def after(self, step: int) -> None:
+        self.history.append(self.current)
+        self.current = []
+
+
+
+class Naive(Bare):
+    name = "naive"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.rates: list[float] = []
+        self.acts = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.GELU))]
+        self.handles: list = []
+
+    def attach(self) -> None:
+        hook = lambda m, a, o: self.rates.append((o > 0).float().mean().item())  # noqa: E731
+        self.handles = [m.register_forward_hook(hook) for m in self.acts]
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def run_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: list, variant: Bare, steps: int) -> float:
+    """``steps`` training steps with ``variant``'s hooks attached; returns seconds."""
+    variant.attach()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step = variant.step
+        x, y = batches[step % len(batches)]
+        variant.before(step)
+        loss = F.cross_entropy(model(x), y)
+        variant.after_forward(step)
+        loss.backward()
+        variant.before_optimizer(step)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        variant.after(step)
+        variant.step += 1
+    elapsed = time.perf_counter() - t0
+    variant.detach()
+    return elapsed
+
+
+# ---------------------------------------------------------------------------------------- Lightning
+def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: int) -> float:
+    import pytorch_lightning as pl
+
+    from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return F.cross_entropy(self.model(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    class Clock(pl.Callback):
+        start = end = 0.0
+
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            if trainer.global_step == WARMUP:
+                self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.end = time.perf_counter()
+
+    clock = Clock()
+    callbacks: list = [clock]
+    if interval is not None:
+        callbacks.insert(0, ActivationDiagnostics(log_every_n_steps=interval, report=False, verbose=False))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=WARMUP + steps, logger=False, callbacks=callbacks,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+    trainer.fit(Module(), loader)
+    return clock.end - clock.start
+
+
+# ---------------------------------------------------------------------------------------- driver
+def measure(model_name: str, rounds: int, with_lightning: bool) -> dict[str, list[float]]:
+    build, n_every = MODELS[model_name]
+    torch.manual_seed(0)
+    model, make_batch = build()
+    batches = [make_batch() for _ in range(4)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    # (timed steps, variants): the default interval needs a window holding exactly one log step.
+    every: list[Callable[[], Bare]] = [lambda: Act(model, 1), lambda: FastaiStats(model)]
+    if any(isinstance(m, (nn.ReLU, nn.GELU)) for m in model.modules()):
+        every.append(lambda: Naive(model))
+    groups: list[tuple[int, list[Callable[[], Bare]]]] = [
+        (n_every, every),
+        (DEFAULT_INTERVAL, [lambda: Act(model, DEFAULT_INTERVAL)]),
+    ]
+    ratios: dict[str, list[float]] = {}
+    for r in range(rounds):
+        for steps, makers in groups:
+            variants = [Bare(model)] + [make() for make in makers]
+            k = r % len(variants)
+            variants = variants[k:] + variants[:k]  # rotate: no variant always runs first
+            for v in variants:  # untimed: structure learning and the pre-flight snapshot
+                run_steps(model, opt, batches, v, WARMUP)
+            # Blocks of ``BLOCK`` steps, variants interleaved, so load from other users of a shared
+            # machine falls on all of them alike; each variant's step count (and so its schedule
+            # of log steps) continues across blocks.
+            times = dict.fromkeys((v.name for v in variants), 0.0)
+            for _ in range(steps // BLOCK):
+                for v in variants:
+                    times[v.name] += run_steps(model, opt, batches, v, BLOCK)
+            for name, t in times.items():
+                if name != "bare":
+                    ratios.setdefault(name, []).append(t / times["bare"])
+        if with_lightning:
+            for label, interval, steps in (("PL every", 1, n_every), ("PL default", DEFAULT_INTERVAL, DEFAULT_INTERVAL)):
+                pair = [("bare", None), (label, interval)]
+                if r % 2:
+                    pair.reverse()
+                t = {name: run_lightning(model, batches, iv, steps) for name, iv in pair}
+                ratios.setdefault(label, []).append(t[label] / t["bare"])
+        print(f"  {model_name} round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in ratios.items()), flush=True)
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, warm-up {WARMUP} steps", flush=True)
+    results = {m: measure(m, args.rounds, with_lightning=(m == "mlp")) for m in args.models}
+    names = ["act every", "act default", "PL every", "PL default", "fastai", "naive"]
+    print("\n| variant | " + " | ".join(args.models) + " |")
+    print("|---|" + "---|" * len(args.models))
+    for name in names:
+        cells = []
+        for m in args.models:
+            v = results[m].get(name)
+            cells.append(f"{statistics.median(v):.3f} ({min(v):.2f}-{max(v):.2f}, {len(v)})" if v else "n/a")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
