@@ -10,6 +10,8 @@ Variants (plain torch loop, SGD, batches made in advance, torch.set_num_threads(
 * ``act every``    ActivationMonitor driven as the callback drives it, statistics every step
                    (begin_step / stop_tracing / measure_param_grads / end_step / snapshot);
 * ``act default``  the same at Lightning's default interval (50 steps);
+* ``act default /5`` the same, measuring every 5th step between log steps
+                   (``ActivationDiagnostics(measure_every_n_steps=5)``);
 * ``fastai``       fastai ActivationStats re-implemented: a hook on every module with parameters,
                    mean, std and share near zero (<= 0.05) with three ``.item()`` per module per step;
 * ``naive``        one hook per activation module: ``(out > 0).float().mean().item()``;
@@ -104,10 +106,13 @@ class Bare:
 class Act(Bare):
     """ActivationMonitor driven exactly as the Lightning callback drives it."""
 
-    def __init__(self, model: nn.Module, interval: int) -> None:
+    def __init__(self, model: nn.Module, interval: int, measure_every: int = 1) -> None:
         super().__init__(model)
         self.interval = interval
+        self.measure_every = measure_every  # ActivationDiagnostics(measure_every_n_steps=...)
         self.name = "act every" if interval == 1 else "act default"
+        if measure_every > 1:
+            self.name += f" /{measure_every}"
         self.mon = ActivationMonitor(model)
         self.due = False
 
@@ -119,7 +124,8 @@ class Act(Bare):
 
     def before(self, step: int) -> None:
         self.due = (step + 1) % self.interval == 0 or step == 0  # pre-flight at step 0
-        self.mon.begin_step(detail=self.due)
+        if self.due or step % self.measure_every == 0:
+            self.mon.begin_step(detail=self.due)
 
     def after_forward(self, step: int) -> None:
         self.mon.stop_tracing()  # on_before_backward
@@ -257,7 +263,7 @@ def measure(model_name: str, rounds: int, with_lightning: bool) -> dict[str, lis
         every.append(lambda: Naive(model))
     groups: list[tuple[int, list[Callable[[], Bare]]]] = [
         (n_every, every),
-        (DEFAULT_INTERVAL, [lambda: Act(model, DEFAULT_INTERVAL)]),
+        (DEFAULT_INTERVAL, [lambda: Act(model, DEFAULT_INTERVAL), lambda: Act(model, DEFAULT_INTERVAL, measure_every=5)]),
     ]
     ratios: dict[str, list[float]] = {}
     for r in range(rounds):
@@ -293,11 +299,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning-trainer variant")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, warm-up {WARMUP} steps", flush=True)
-    results = {m: measure(m, args.rounds, with_lightning=(m == "mlp")) for m in args.models}
-    names = ["act every", "act default", "PL every", "PL default", "fastai", "naive"]
+    results = {m: measure(m, args.rounds, with_lightning=(m == "mlp" and not args.no_lightning)) for m in args.models}
+    names = ["act every", "act default", "act default /5", "PL every", "PL default", "fastai", "naive"]
     print("\n| variant | " + " | ".join(args.models) + " |")
     print("|---|" + "---|" * len(args.models))
     for name in names:

@@ -179,3 +179,11 @@ def test_model_moved_after_setup(tmp_path):
     for st in snap.stats.values():
         assert st.calls == 2 and math.isfinite(st.mean) and math.isfinite(st.grad_rms)
     assert all(s.sums.device.type == "cpu" and s.sums.dtype == torch.float64 for s in cb.monitor.states.values())
+
+
+def test_measure_every_n_steps_measures_log_steps_and_every_nth(tmp_path):
+    cb, rec, t = _fit(tmp_path, Classifier(), cb={"log_every_n_steps": 10, "measure_every_n_steps": 4}, max_steps=20)
+    # preflight 0; window 1..9 measures 4 and 8, plus log step 9; window 10..19: 12, 16, 19
+    assert [s.step for s in rec.snapshots] == [0, 9, 19]
+    assert [s.window_steps for s in rec.snapshots] == [1, 3, 3]
+    assert cb.steps == 7 and t.global_step == 20
