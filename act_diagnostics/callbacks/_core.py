@@ -369,9 +369,16 @@ class DiagnosticsCallbackCore:
         publish = self._batch_detail and stepped and self._batch_step != self._last_logged_step
         if self._disabled:
             if publish and self._world_size(trainer) > 1:
-                self._ranks_agree(trainer, healthy=False)  # keep the ranks' collectives matched
+                self._answer_rank_check(trainer)
             return
         self._end_batch(trainer, stepped, publish)
+
+    def _answer_rank_check(self, trainer: Any) -> None:
+        """A disabled rank still takes part in the rank check, so the others never wait for it."""
+        try:
+            self._ranks_agree(trainer, healthy=False)
+        except Exception:  # noqa: BLE001 - already disabled and warned; training goes on
+            self._ranks_diverged = True
 
     @_guarded
     def _end_batch(self, trainer: Any, stepped: bool, publish: bool) -> None:
@@ -394,7 +401,7 @@ class DiagnosticsCallbackCore:
             pending = self.monitor is not None and self.monitor.window_steps > 0
         if self._disabled:
             if pending and self._world_size(trainer) > 1:
-                self._ranks_agree(trainer, healthy=False)
+                self._answer_rank_check(trainer)
             return
         self._train_end(trainer, pending, max(0, last))
 
