@@ -63,7 +63,7 @@ def stats_dict(snap: Any) -> dict:
 
 def main(scenario: str, out: str) -> None:
     # Few samples per unit in this tiny run: let dead-units judge them.
-    cb = diagnostics(log_every_n_steps=INTERVAL, thresholds=THRESHOLDS)
+    cb = diagnostics(log_every_n_steps=INTERVAL, thresholds=THRESHOLDS, report=True)
     rec = SnapshotRecorder(cb)
     m = Sharded(branch=scenario == "branch")
     t = trainer(out, [cb, rec], devices=2, strategy="ddp", max_steps=STEPS, log_every_n_steps=INTERVAL,
@@ -78,6 +78,7 @@ def main(scenario: str, out: str) -> None:
         "findings": [[f.rule, f.site, f.step, f.severity] for f in cb.engine.findings],
         "warnings": [[r.category.__name__, str(r.message)] for r in records if r.category.__module__.startswith("act_diagnostics")],
         "hooks_left": hook_count(m),
+        "report_dir": cb.report_dir,  # set by the rank that wrote the report
     }
     with open(os.path.join(out, f"rank{t.global_rank}.json"), "w") as fh:
         json.dump(result, fh)

@@ -81,6 +81,9 @@ def test_warnings_from_rank_zero_only(ranks):
     messages = [w[1] for w in r0["warnings"]]
     assert len(messages) == len(set(messages)) == len(r0["findings"])
     assert r0["hooks_left"] == r1["hooks_left"] == 0
+    # the report is written once, by rank zero
+    assert r0["report_dir"] and os.path.exists(os.path.join(r0["report_dir"], "report.json"))
+    assert r1["report_dir"] is None
 
 
 def test_site_mismatch_across_ranks_warns_once_and_finishes(ranks):
