@@ -552,9 +552,13 @@ def _is_compiled(module: Any) -> bool:
 
 
 def _log_dir(trainer: Any) -> str:
-    """Where the run's logs go: the first logger's log_dir, else the trainer's root dir."""
-    for attr in ("log_dir",):
-        value = getattr(trainer, attr, None)
+    """Where the run's logs go: the first logger's log_dir (or save_dir), else the trainer's root dir.
+
+    Not ``trainer.log_dir``: that property broadcasts from rank zero (a collective), and the report
+    is written on rank zero alone, so calling it there would leave rank zero waiting for the others.
+    """
+    for logger in list(getattr(trainer, "loggers", []) or []):
+        value = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
         if value:
             return str(value)
-    return str(getattr(trainer, "default_root_dir", "."))
+    return str(getattr(trainer, "default_root_dir", None) or ".")
