@@ -66,8 +66,10 @@ def main(scenario: str, out: str) -> None:
     cb = diagnostics(log_every_n_steps=INTERVAL, thresholds=THRESHOLDS, report=True)
     rec = SnapshotRecorder(cb)
     m = Sharded(branch=scenario == "branch")
+    from pytorch_lightning.loggers import CSVLogger
+
     t = trainer(out, [cb, rec], devices=2, strategy="ddp", max_steps=STEPS, log_every_n_steps=INTERVAL,
-                use_distributed_sampler=False)
+                use_distributed_sampler=False, logger=CSVLogger(out, name="csv", version=0))
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
         t.fit(m)

@@ -81,6 +81,12 @@ def test_warnings_from_rank_zero_only(ranks):
     messages = [w[1] for w in r0["warnings"]]
     assert len(messages) == len(set(messages)) == len(r0["findings"])
     assert r0["hooks_left"] == r1["hooks_left"] == 0
+    # logger scalars: one row per log step, written once (rank zero)
+    import csv
+
+    rows = list(csv.DictReader(open(Path(r0["report_dir"]).parent / "metrics.csv")))
+    logged = [int(r["step"]) for r in rows if r.get("act/net.1/firing_rate")]
+    assert logged == [0, 1, 3]
     # the report is written once, by rank zero
     assert r0["report_dir"] and os.path.exists(os.path.join(r0["report_dir"], "report.json"))
     assert r1["report_dir"] is None
