@@ -9,9 +9,9 @@ Variants (plain torch loop, SGD, batches made in advance, torch.set_num_threads(
 
 * ``act every``    ActivationMonitor driven as the callback drives it, statistics every step
                    (begin_step / stop_tracing / measure_param_grads / end_step / snapshot);
-* ``act default``  the same at Lightning's default interval (50 steps);
-* ``act default /5`` the same, measuring every 5th step between log steps
-                   (``ActivationDiagnostics(measure_every_n_steps=5)``);
+* ``act default``  the callback's defaults at Lightning's default interval (50 steps): the log step
+                   and every 5th step between (``measure_every_n_steps=None``, automatic);
+* ``act default /1`` the same interval, measuring every step (``measure_every_n_steps=1``);
 * ``fastai``       fastai ActivationStats re-implemented: a hook on every module with parameters,
                    mean, std and share near zero (<= 0.05) with three ``.item()`` per module per step;
 * ``naive``        one hook per activation module: ``(out > 0).float().mean().item()``;
@@ -39,7 +39,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from act_diagnostics.callbacks._core import MEASURED_STEPS_PER_WINDOW  # noqa: E402
 from act_diagnostics.core.monitor import ActivationMonitor  # noqa: E402
+
+
+def automatic_measure_every(interval: int) -> int:
+    """What ActivationDiagnostics(measure_every_n_steps=None) measures at ``interval``."""
+    return max(1, interval // MEASURED_STEPS_PER_WINDOW)
 
 WARMUP = 3
 BLOCK = 10  # steps per interleaved block
@@ -111,7 +117,7 @@ class Act(Bare):
         self.interval = interval
         self.measure_every = measure_every  # ActivationDiagnostics(measure_every_n_steps=...)
         self.name = "act every" if interval == 1 else "act default"
-        if measure_every > 1:
+        if interval > 1 and measure_every != automatic_measure_every(interval):
             self.name += f" /{measure_every}"
         self.mon = ActivationMonitor(model)
         self.due = False
@@ -263,7 +269,13 @@ def measure(model_name: str, rounds: int, with_lightning: bool) -> dict[str, lis
         every.append(lambda: Naive(model))
     groups: list[tuple[int, list[Callable[[], Bare]]]] = [
         (n_every, every),
-        (DEFAULT_INTERVAL, [lambda: Act(model, DEFAULT_INTERVAL), lambda: Act(model, DEFAULT_INTERVAL, measure_every=5)]),
+        (
+            DEFAULT_INTERVAL,
+            [
+                lambda: Act(model, DEFAULT_INTERVAL, measure_every=automatic_measure_every(DEFAULT_INTERVAL)),
+                lambda: Act(model, DEFAULT_INTERVAL, measure_every=1),
+            ],
+        ),
     ]
     ratios: dict[str, list[float]] = {}
     for r in range(rounds):

@@ -180,3 +180,13 @@ def test_follows_trainer_interval(tmp_path):
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         ActivationDiagnostics(**kwargs)
+
+
+def test_automatic_measurement_schedule(tmp_path):
+    """measure_every_n_steps=None: about 10 measured steps per window, plus every log step."""
+    cb = ActivationDiagnostics(log_every_n_steps=20, verbose=False, report=False, rules=False)
+    t = trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv")], max_epochs=-1, max_steps=40)
+    t.fit(Net(), loader(n=1024))
+    assert cb._measure_every(t) == 2
+    # Even steps 0..38 (20 of them) and the odd log steps 19 and 39.
+    assert cb.monitor.steps == 22

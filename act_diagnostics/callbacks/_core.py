@@ -47,6 +47,10 @@ from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_writer
 F = TypeVar("F", bound=Callable[..., Any])
 
 REPORT_DIRNAME = "act_diagnostics"
+# With measure_every_n_steps=None a window measures about this many steps (plus its log step):
+# at Lightning's default interval of 50, every 5th step. Ten batches give each unit of a layer
+# >= 1000 samples at batch size 100, the dead-unit rule's minimum (rules.md), at a fifth of the cost.
+MEASURED_STEPS_PER_WINDOW = 10
 Stage = Literal["validate", "test", "predict"]
 STAGES = ("validate", "test", "predict")
 
@@ -100,11 +104,16 @@ class DiagnosticsCallbackCore:
         report: bool = True,
         verbose: bool = True,
         eval_stages: list[Stage] | None = None,
-        measure_every_n_steps: int = 1,
+        measure_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(measure_every_n_steps, bool) or not isinstance(measure_every_n_steps, int) or measure_every_n_steps < 1:
-            raise ValueError(f"`measure_every_n_steps` must be a positive int (1: every step), got {measure_every_n_steps!r}")
+        if measure_every_n_steps is not None and (
+            isinstance(measure_every_n_steps, bool) or not isinstance(measure_every_n_steps, int) or measure_every_n_steps < 1
+        ):
+            raise ValueError(
+                "`measure_every_n_steps` must be a positive int (1: every step) or None "
+                f"(automatic: {MEASURED_STEPS_PER_WINDOW} measured steps per window), got {measure_every_n_steps!r}"
+            )
         if log_every_n_steps is not None and (
             isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1
         ):
@@ -218,6 +227,12 @@ class DiagnosticsCallbackCore:
     # ------------------------------------------------------------------ scheduling
     def _interval(self, trainer: Any) -> int:
         return self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
+
+    def _measure_every(self, trainer: Any) -> int:
+        """Measure every n-th step between log steps; automatic: about 10 measured steps a window."""
+        if self.measure_every_n_steps is not None:
+            return self.measure_every_n_steps
+        return max(1, self._interval(trainer) // MEASURED_STEPS_PER_WINDOW)
 
     def _due(self, trainer: Any, step: int) -> bool:
         return (step + 1) % self._interval(trainer) == 0 or (self.preflight and step == 0)
@@ -345,7 +360,7 @@ class DiagnosticsCallbackCore:
         self._batch_detail = self._due(trainer, self._batch_step)
         # Log steps are always measured; between them every measure_every_n_steps-th step (a
         # window then holds the measured steps only: cheaper, with the same expected rates).
-        if self._batch_detail or self._batch_step % self.measure_every_n_steps == 0:
+        if self._batch_detail or self._batch_step % self._measure_every(trainer) == 0:
             self._begin_batch()
 
     @_guarded

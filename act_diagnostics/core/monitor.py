@@ -108,6 +108,7 @@ class ActivationMonitor:
         self._layer_out: dict[int, tuple[str, str, Tensor]] = {}
         self._tracer = ActivationTracer(self)
         self._tracer_on = False
+        self._functional_sites = False
         self._attached = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -167,7 +168,10 @@ class ActivationMonitor:
         self.activation_depth = 0
         self._owner_stack.clear()
         self._calls.clear()
-        if self.config.functional or self.tracking_structure:
+        # The tracer costs a Python call per torch op. After the first steps it is needed only
+        # if functional sites were found (a functional call first made later is not seen).
+        discovering = self.steps < max(1, self.config.structure_steps)
+        if self.tracking_structure or (self.config.functional and (discovering or self._functional_sites)):
             self._start_tracer()
 
     def stop_tracing(self) -> None:
@@ -348,6 +352,7 @@ class ActivationMonitor:
             return None
         cfg = self.config
         self.sites[name] = site
+        self._functional_sites = self._functional_sites or site.source == "functional"
         state = SiteState(
             KINDS[site.kind],
             site.params,

@@ -96,9 +96,10 @@ def unpack(host: Sequence[float], layout: Layout) -> dict[str, dict]:
         j = k + N_SUMS
         mx, mn = float(v[j]), float(v[j + 1])
         j += 2
-        active = [int(round(a)) for a in v[j : j + span.n_units]]
+        # Unit counts stay floats: exact integers, or NaN when a NaN output reached a sign count.
+        active = [float(a) for a in v[j : j + span.n_units]]
         j += span.n_units
-        saturated = [int(round(a)) for a in v[j : j + span.n_units]] if span.has_saturated_units else None
+        saturated = [float(a) for a in v[j : j + span.n_units]] if span.has_saturated_units else None
         out[span.site] = {
             "counters": counters,
             "sums": sums,

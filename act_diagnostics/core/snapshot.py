@@ -101,8 +101,8 @@ def window_stats(
     sums: dict[str, float],
     max_value: float,
     min_value: float,
-    unit_active: list[int],
-    unit_saturated: list[int] | None,
+    unit_active: list[float],
+    unit_saturated: list[float] | None,
     dead_unit_rate: float = DEAD_UNIT_RATE,
     saturated_unit_rate: float = SATURATED_UNIT_RATE,
 ) -> SiteStats:

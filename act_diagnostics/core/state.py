@@ -137,7 +137,9 @@ class SiteState:
         # Views kept once so a hook adds into them without an indexing op per call.
         self._moments = self.sums[SUM : SUMSQ + 1]
         self._grad = self.sums[GRAD_SUMSQ]
-        self.unit_active = torch.zeros(self.n_units, dtype=torch.int64, device=device)
+        # Per-unit counts in the accumulator dtype: exact integers below 2**53 (2**24 on MPS),
+        # and a float32 per-call count adds without a cast op.
+        self.unit_active = torch.zeros(self.n_units, dtype=dtype, device=device)
         self.unit_saturated = (
             torch.zeros(self.n_units, dtype=torch.int64, device=device) if self.elementwise_saturation else None
         )
@@ -175,6 +177,12 @@ class SiteState:
     # -- per call ---------------------------------------------------------------------------
     def observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
         """Add one forward call's output ``y`` (and its input ``x``, when intact) to the window."""
+        # no_grad instead of two detach() calls: one dispatcher op fewer per tensor, and the
+        # out= reductions below must never see a tensor that requires grad.
+        with torch.no_grad():
+            self._observe(x, y, detail)
+
+    def _observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
         c = self.counters
         c[0] += 1
         if y.numel() == 0:  # empty batch: counted as a call, nothing to measure
@@ -182,8 +190,8 @@ class SiteState:
         if y.device != self.device:
             self.to(y.device)
         # An inplace activation returns its input: then the pre-activation is gone.
-        x = x.detach() if x is not None and x is not y else None
-        y = y.detach()
+        if x is y:
+            x = None
         flat = flat_float(y)
         c[1] += flat.numel()
         self._moments.add_(torch.stack((flat.sum(), torch.dot(flat, flat))))
@@ -203,10 +211,10 @@ class SiteState:
         one_unit = self.n_units == 1  # the whole output is one unit (e.g. a (batch,) probability)
         if one_unit or sample.shape[unit_dim] == self.n_units:
             if kind.sign_firing and not one_unit and sample.numel() < _EXACT_FLOAT_COUNT:
-                # Output >= 0 (ReLU, ReLU6): sign(y) is 1 where firing, else 0 (NaN read as 0).
-                # Several times cheaper on the CPU than building and counting a bool mask.
-                firing = torch.nan_to_num(sample.sign(), nan=0.0)
-                self.unit_active.add_(unit_sums(firing, unit_dim, torch.float32).to(torch.int64))
+                # Output >= 0 (ReLU, ReLU6): sign(y) is 1 where firing, else 0. Several times
+                # cheaper on the CPU than building and counting a bool mask. A NaN output makes
+                # its unit's count NaN: that window is reported non-finite anyway.
+                self.unit_active.add_(unit_sums(sample.sign(), unit_dim, torch.float32))
             else:
                 mask = kind.active(sample, params)
                 self.unit_active.add_(mask.sum().reshape(1) if one_unit else unit_counts(mask, unit_dim))
@@ -243,8 +251,9 @@ class SiteState:
             return
         if g.device != self.device:
             self.to(g.device)
-        flat = flat_float(g.detach())
-        self._grad.add_(torch.dot(flat, flat))
+        with torch.no_grad():
+            flat = flat_float(g)
+            self._grad.add_(torch.dot(flat, flat))
         self.counters[4] += 1
         self.counters[5] += flat.numel()
         if detail and self.histogram_samples:
