@@ -39,13 +39,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from act_diagnostics.callbacks._core import MEASURED_STEPS_PER_WINDOW  # noqa: E402
+from act_diagnostics.callbacks.schedule import StepSchedule, automatic_measure_every  # noqa: E402
 from act_diagnostics.core.monitor import ActivationMonitor  # noqa: E402
-
-
-def automatic_measure_every(interval: int) -> int:
-    """What ActivationDiagnostics(measure_every_n_steps=None) measures at ``interval``."""
-    return max(1, interval // MEASURED_STEPS_PER_WINDOW)
 
 WARMUP = 3
 BLOCK = 10  # steps per interleaved block
@@ -120,7 +115,8 @@ class Act(Bare):
         if interval > 1 and measure_every != automatic_measure_every(interval):
             self.name += f" /{measure_every}"
         self.mon = ActivationMonitor(model)
-        self.due = False
+        self.schedule = StepSchedule(interval, measure_every)  # the callback's own schedule
+        self.due = self.detail = False
 
     def attach(self) -> None:
         self.mon.attach()
@@ -129,15 +125,16 @@ class Act(Bare):
         self.mon.detach()
 
     def before(self, step: int) -> None:
-        self.due = (step + 1) % self.interval == 0 or step == 0  # pre-flight at step 0
-        if self.due or step % self.measure_every == 0:
-            self.mon.begin_step(detail=self.due)
+        plan = self.schedule.plan(step)
+        self.due, self.detail = plan.log, plan.detail
+        if plan.measure:
+            self.mon.begin_step(detail=plan.detail)
 
     def after_forward(self, step: int) -> None:
         self.mon.stop_tracing()  # on_before_backward
 
     def before_optimizer(self, step: int) -> None:
-        if self.due:
+        if self.detail:
             self.mon.measure_param_grads()  # on_before_optimizer_step
 
     def after(self, step: int) -> None:

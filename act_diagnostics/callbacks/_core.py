@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from act_diagnostics.callbacks.schedule import MEASURED_STEPS_PER_WINDOW, StepSchedule
 from act_diagnostics.core.config import (
     DEFAULT_HISTOGRAM_SAMPLES,
     DEFAULT_SAMPLE_ELEMENTS,
@@ -47,10 +48,6 @@ from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_writer
 F = TypeVar("F", bound=Callable[..., Any])
 
 REPORT_DIRNAME = "act_diagnostics"
-# With measure_every_n_steps=None a window measures about this many steps (plus its log step):
-# at Lightning's default interval of 50, every 5th step. Ten batches give each unit of a layer
-# >= 1000 samples at batch size 100, the dead-unit rule's minimum (rules.md), at a fifth of the cost.
-MEASURED_STEPS_PER_WINDOW = 10
 Stage = Literal["validate", "test", "predict"]
 STAGES = ("validate", "test", "predict")
 
@@ -167,6 +164,8 @@ class DiagnosticsCallbackCore:
         self._batch_step = 0  # index of the step being run, as Lightning's loggers count steps
         self._batch_global = 0  # trainer.global_step when the batch started (did an optimizer step run?)
         self._batch_detail = False
+        self._batch_log = False
+        self._schedule: StepSchedule | None = None
         self._last_logged_step = -1
         self._eval_active = False
         self._steps_offset = 0  # measured steps restored from a checkpoint
@@ -228,14 +227,14 @@ class DiagnosticsCallbackCore:
     def _interval(self, trainer: Any) -> int:
         return self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
 
-    def _measure_every(self, trainer: Any) -> int:
-        """Measure every n-th step between log steps; automatic: about 10 measured steps a window."""
-        if self.measure_every_n_steps is not None:
-            return self.measure_every_n_steps
-        return max(1, self._interval(trainer) // MEASURED_STEPS_PER_WINDOW)
+    def _schedule_for(self, trainer: Any) -> StepSchedule:
+        interval = self._interval(trainer)
+        if self._schedule is None or self._schedule.interval != interval:
+            self._schedule = StepSchedule(interval, self.measure_every_n_steps, self.preflight)
+        return self._schedule
 
-    def _due(self, trainer: Any, step: int) -> bool:
-        return (step + 1) % self._interval(trainer) == 0 or (self.preflight and step == 0)
+    def _measure_every(self, trainer: Any) -> int:
+        return self._schedule_for(trainer).measure_every
 
     @staticmethod
     def _step_index(trainer: Any) -> int:
@@ -357,10 +356,9 @@ class DiagnosticsCallbackCore:
         # The schedule is kept even when disabled: a disabled rank still answers the rank check.
         self._batch_step = self._step_index(trainer)
         self._batch_global = int(trainer.global_step)
-        self._batch_detail = self._due(trainer, self._batch_step)
-        # Log steps are always measured; between them every measure_every_n_steps-th step (a
-        # window then holds the measured steps only: cheaper, with the same expected rates).
-        if self._batch_detail or self._batch_step % self._measure_every(trainer) == 0:
+        plan = self._schedule_for(trainer).plan(self._batch_step)
+        self._batch_log, self._batch_detail = plan.log, plan.detail
+        if plan.measure:
             self._begin_batch()
 
     @_guarded
@@ -381,7 +379,7 @@ class DiagnosticsCallbackCore:
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         stepped = int(trainer.global_step) > self._batch_global
-        publish = self._batch_detail and stepped and self._batch_step != self._last_logged_step
+        publish = self._batch_log and stepped and self._batch_step != self._last_logged_step
         if self._disabled:
             if publish and self._world_size(trainer) > 1:
                 self._answer_rank_check(trainer)

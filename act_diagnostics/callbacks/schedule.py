@@ -1,0 +1,55 @@
+"""Which training steps are measured, logged and measured in detail. Pure; no Lightning.
+
+* **log step**: every ``interval``-th step (and step 0, the pre-flight): reduce, judge, write.
+* **measured step**: log steps, and every ``measure_every``-th step between them. Automatic
+  (``measure_every=None``): about MEASURED_STEPS_PER_WINDOW measured steps per window.
+* **detail step**: a log step at least DETAIL_MIN_STEPS after the previous detail step (and step 0):
+  histograms, pre-activation moments, feeding-layer gradient norms, non-finite counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# With measure_every=None a window measures about this many steps (plus its log step): at
+# Lightning's default interval of 50, every 5th step. Ten batches give each unit of a layer
+# >= 1000 samples at batch size 100, the dead-unit rule's minimum (rules.md), at a fifth of the cost.
+MEASURED_STEPS_PER_WINDOW = 10
+# Detail steps are log steps at least this many steps apart: every log step at intervals >= 10,
+# so logging every step stays cheap.
+DETAIL_MIN_STEPS = 10
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    log: bool
+    measure: bool
+    detail: bool
+
+
+class StepSchedule:
+    """Plans each step, in order; asking again for the same step (gradient accumulation runs
+    several batches per step) returns the same plan."""
+
+    def __init__(self, interval: int, measure_every: int | None = None, preflight: bool = True) -> None:
+        self.interval = interval
+        self.measure_every = measure_every if measure_every is not None else automatic_measure_every(interval)
+        self.preflight = preflight
+        self.last_detail = -1
+        self._last: tuple[int, StepPlan] | None = None
+
+    def plan(self, step: int) -> StepPlan:
+        if self._last is not None and self._last[0] == step:
+            return self._last[1]
+        log = (step + 1) % self.interval == 0 or (self.preflight and step == 0)
+        detail = log and (step == 0 or self.last_detail < 0 or step - self.last_detail >= DETAIL_MIN_STEPS)
+        if detail:
+            self.last_detail = step
+        plan = StepPlan(log=log, measure=log or step % self.measure_every == 0, detail=detail)
+        self._last = (step, plan)
+        return plan
+
+
+def automatic_measure_every(interval: int) -> int:
+    """What ``measure_every_n_steps=None`` means at ``interval``."""
+    return max(1, interval // MEASURED_STEPS_PER_WINDOW)

@@ -1,0 +1,36 @@
+"""StepSchedule: which steps are logged, measured and measured in detail."""
+
+from act_diagnostics.callbacks.schedule import DETAIL_MIN_STEPS, StepSchedule, automatic_measure_every
+
+
+def plans(schedule: StepSchedule, steps: int):
+    return [schedule.plan(s) for s in range(steps)]
+
+
+def test_default_interval_measures_every_fifth_step_and_every_log_step():
+    p = plans(StepSchedule(50), 100)
+    assert [s for s, x in enumerate(p) if x.log] == [0, 49, 99]
+    assert [s for s, x in enumerate(p) if x.measure] == sorted({*range(0, 100, 5), 49, 99})
+    assert [s for s, x in enumerate(p) if x.detail] == [0, 49, 99]
+
+
+def test_logging_every_step_keeps_detail_sparse():
+    p = plans(StepSchedule(1), 31)
+    assert all(x.log and x.measure for x in p)
+    assert [s for s, x in enumerate(p) if x.detail] == [0, DETAIL_MIN_STEPS, 2 * DETAIL_MIN_STEPS, 3 * DETAIL_MIN_STEPS]
+
+
+def test_explicit_measure_every_and_no_preflight():
+    p = plans(StepSchedule(10, measure_every=1, preflight=False), 20)
+    assert [s for s, x in enumerate(p) if x.log] == [9, 19]
+    assert all(x.measure for x in p)
+
+
+def test_same_step_asked_twice_gets_the_same_plan():
+    schedule = StepSchedule(1)
+    first = schedule.plan(0)
+    assert first.detail and schedule.plan(0) == first  # accumulation: several batches per step
+
+
+def test_automatic_measure_every():
+    assert [automatic_measure_every(i) for i in (1, 9, 10, 50, 100)] == [1, 1, 1, 5, 10]
