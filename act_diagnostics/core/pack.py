@@ -9,6 +9,7 @@ host copy, never through the collective.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,26 +37,31 @@ class Span:
         return len(COUNTERS) + N_SUMS + 2 + self.n_units * (2 if self.has_saturated_units else 1)
 
 
-@dataclass
 class Layout:
-    spans: list[Span]
-    ops: Tensor  # int8 per column: OP_SUM / OP_MAX / OP_MIN
+    """Where each site's totals sit in the packed vector, and how each column combines."""
 
-    @property
-    def size(self) -> int:
-        return int(self.ops.numel())
+    def __init__(self, spans: list[Span]) -> None:
+        self.spans = spans
+        self.size = sum(span.size for span in spans)
+
+    @functools.cached_property
+    def ops(self) -> Tensor:
+        """int8 per column: OP_SUM / OP_MAX / OP_MIN. Built only when a collective needs it."""
+        ops = torch.full((self.size,), OP_SUM, dtype=torch.int8)
+        for span in self.spans:
+            j = span.offset + len(COUNTERS) + N_SUMS
+            ops[j] = OP_MAX
+            ops[j + 1] = OP_MIN
+        return ops
 
 
 def make_layout(names: Sequence[str], states: Sequence[SiteState]) -> Layout:
-    spans, ops, offset = [], [], 0
+    spans, offset = [], 0
     for name, st in zip(names, states):
         span = Span(name, offset, st.n_units, st.unit_saturated is not None)
         spans.append(span)
-        col = [OP_SUM] * (len(COUNTERS) + N_SUMS) + [OP_MAX, OP_MIN]
-        col += [OP_SUM] * (span.size - len(col))
-        ops += col
         offset += span.size
-    return Layout(spans, torch.tensor(ops, dtype=torch.int8))
+    return Layout(spans)
 
 
 def pack_states(states: Sequence[SiteState], device: torch.device) -> Tensor:
@@ -97,9 +103,9 @@ def unpack(host: Sequence[float], layout: Layout) -> dict[str, dict]:
         mx, mn = float(v[j]), float(v[j + 1])
         j += 2
         # Unit counts stay floats: exact integers, or NaN when a NaN output reached a sign count.
-        active = [float(a) for a in v[j : j + span.n_units]]
+        active = v[j : j + span.n_units]  # already Python floats (tolist)
         j += span.n_units
-        saturated = [float(a) for a in v[j : j + span.n_units]] if span.has_saturated_units else None
+        saturated = v[j : j + span.n_units] if span.has_saturated_units else None
         out[span.site] = {
             "counters": counters,
             "sums": sums,
