@@ -313,7 +313,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, warm-up {WARMUP} steps", flush=True)
     results = {m: measure(m, args.rounds, with_lightning=(m == "mlp" and not args.no_lightning)) for m in args.models}
-    names = ["act every", "act default", "act default /5", "PL every", "PL default", "fastai", "naive"]
+    names = ["act every", "act default", "act default /1", "PL every", "PL default", "fastai", "naive"]
     print("\n| variant | " + " | ".join(args.models) + " |")
     print("|---|" + "---|" * len(args.models))
     for name in names:
