@@ -14,7 +14,8 @@ Args:
     kinds: activation kinds or families to watch (e.g. ``["relu", "sigmoid"]``); None watches all.
     functional: also watch functional activations (needs a TorchFunctionMode during the step).
     gradients: measure gradient RMS at each activation output (a tensor hook per output).
-    histograms: write output histograms to TensorBoard on log steps.
+    histograms: write output histograms to TensorBoard on detail steps (log steps at least 10
+        steps apart).
     grad_histograms: also write histograms of the gradient at each activation output.
     histogram_samples: values per site kept for each histogram.
     saturation_eps: saturation margin, e.g. sigmoid below eps or above 1 - eps.
@@ -47,6 +48,7 @@ Logged Metrics:
     - ``mean``, ``std``, ``max_abs``: output moments and largest magnitude
     - ``grad_rms``: RMS of the gradient with respect to the activation output
     - ``param_grad_norm``: gradient norm of the parameters of the layer feeding the activation
+      (detail steps: log steps at least 10 steps apart)
     - ``nonfinite``: 1 when a NaN or Inf appeared in the window
 
     With a TensorBoardLogger also: ``act/<site>/output`` (and ``/grad``) histograms, a custom-scalars
