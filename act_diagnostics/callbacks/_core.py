@@ -27,12 +27,12 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-import zlib
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import torch
 
+from act_diagnostics.callbacks.distributed import DistributedMismatch, RankCheck, all_gather_fn, world_size  # noqa: F401 - DistributedMismatch re-exported
 from act_diagnostics.callbacks.schedule import MEASURED_STEPS_PER_WINDOW, StepSchedule
 from act_diagnostics.core.config import (
     DEFAULT_HISTOGRAM_SAMPLES,
@@ -54,10 +54,6 @@ STAGES = ("validate", "test", "predict")
 
 class UnsupportedSetup(RuntimeWarning):
     """Issued once when diagnostics switch themselves off for a set-up they cannot watch."""
-
-
-class DistributedMismatch(RuntimeWarning):
-    """Issued once (rank zero) when ranks cannot be reduced together; statistics become per-rank."""
 
 
 def _guarded(method: F) -> F:
@@ -169,7 +165,7 @@ class DiagnosticsCallbackCore:
         self._last_logged_step = -1
         self._eval_active = False
         self._steps_offset = 0  # measured steps restored from a checkpoint
-        self._ranks_diverged = False
+        self._rank_check = RankCheck()
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -259,61 +255,14 @@ class DiagnosticsCallbackCore:
 
     @staticmethod
     def _world_size(trainer: Any) -> int:
-        return int(getattr(trainer, "world_size", 1) or 1)
+        return world_size(trainer)
 
     def _all_gather(self, trainer: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        world = self._world_size(trainer)
-        if world <= 1:
-            return None
-        strategy = trainer.strategy
-        return lambda t: strategy.all_gather(t).reshape(world, -1)
-
-    def _layout_signature(self) -> tuple[int, int]:
-        """(sites, checksum of names and widths): equal on two ranks iff their packed layouts match."""
-        states = self.monitor.states if self.monitor is not None else {}
-        text = ";".join(f"{n}:{st.n_units}:{int(st.unit_saturated is not None)}" for n, st in states.items())
-        return len(states), zlib.crc32(text.encode())
+        return all_gather_fn(trainer)
 
     def _ranks_agree(self, trainer: Any, healthy: bool) -> bool:
-        """Whether this log step can be reduced across ranks (always True on one process).
-
-        One tiny all-gather of (healthy, sites, checksum) before the statistics' own: the packed
-        vectors must have the same layout on every rank, or the all-gather would hang or mix
-        unrelated columns. Layouts differ when a data-dependent branch runs an activation on some
-        ranks only; health differs when diagnostics failed on one rank. Every rank sees the same
-        gathered rows and so takes the same decision; after a mismatch no rank gathers again and
-        statistics stay per-rank (rank zero's are logged), with one warning.
-        """
-        world = self._world_size(trainer)
-        if world <= 1:
-            return True
-        if self._ranks_diverged:
-            return False
-        n_sites, checksum = self._layout_signature() if healthy else (0, 0)
-        strategy = trainer.strategy
-        mine = torch.tensor([float(healthy), float(n_sites), float(checksum)], dtype=torch.float64, device=strategy.root_device)
-        rows = strategy.all_gather(mine).reshape(world, -1).cpu().tolist()
-        if all(row == rows[0] for row in rows) and rows[0][0] == 1.0:
-            return True
-        self._ranks_diverged = True
-        if healthy and self._rank_zero(trainer):
-            failed = [rank for rank, row in enumerate(rows) if row[0] != 1.0]
-            if failed:
-                why = f"diagnostics stopped after an internal error on rank(s) {failed}"
-            else:
-                sites = ", ".join(f"rank {rank}: {int(row[1])}" for rank, row in enumerate(rows))
-                why = (
-                    f"the ranks saw different activation sites ({sites} sites; a data-dependent branch "
-                    "or a module used on some ranks only?)"
-                )
-            warnings.warn(
-                f"act_diagnostics cannot reduce statistics across ranks: {why}. From now on statistics and "
-                "findings are per-rank and rank zero's are logged. Make every rank run the same "
-                "activations (e.g. run both branches, or exclude=[...] the conditional sites).",
-                DistributedMismatch,
-                stacklevel=2,
-            )
-        return False
+        """Whether this log step can be reduced across ranks (see :class:`RankCheck`)."""
+        return self._rank_check.agree(trainer, self.monitor, healthy)
 
     # ------------------------------------------------------------------ Lightning hooks
     @_guarded
@@ -391,7 +340,7 @@ class DiagnosticsCallbackCore:
         try:
             self._ranks_agree(trainer, healthy=False)
         except Exception:  # noqa: BLE001 - already disabled and warned; training goes on
-            self._ranks_diverged = True
+            self._rank_check.diverged = True
 
     @_guarded
     def _end_batch(self, trainer: Any, stepped: bool, publish: bool) -> None:

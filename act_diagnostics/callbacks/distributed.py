@@ -1,0 +1,80 @@
+"""Reducing statistics across ranks: one statistics all-gather per log step, made safe.
+
+Before the statistics' own all-gather, every rank takes part in a tiny one of
+``(healthy, sites, checksum)``: packed vectors must have the same layout on every rank, or the
+gather would hang or mix unrelated columns. Layouts differ when a data-dependent branch runs an
+activation on some ranks only; health differs when diagnostics failed on one rank. Every rank sees
+the same rows and so takes the same decision; after a mismatch no rank gathers again and statistics
+stay per-rank (rank zero's are logged), with one warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class DistributedMismatch(RuntimeWarning):
+    """Issued once (rank zero) when ranks cannot be reduced together; statistics become per-rank."""
+
+
+def world_size(trainer: Any) -> int:
+    return int(getattr(trainer, "world_size", 1) or 1)
+
+
+def all_gather_fn(trainer: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``t -> (world_size, N)`` through the trainer's strategy, or None on one process."""
+    world = world_size(trainer)
+    if world <= 1:
+        return None
+    strategy = trainer.strategy
+    return lambda t: strategy.all_gather(t).reshape(world, -1)
+
+
+def layout_signature(monitor: Any) -> tuple[int, int]:
+    """(sites, checksum of names and widths): equal on two ranks iff their packed layouts match."""
+    states = monitor.states if monitor is not None else {}
+    text = ";".join(f"{n}:{st.n_units}:{int(st.unit_saturated is not None)}" for n, st in states.items())
+    return len(states), zlib.crc32(text.encode())
+
+
+class RankCheck:
+    """Decides, once per log step and identically on every rank, whether to reduce across ranks."""
+
+    def __init__(self) -> None:
+        self.diverged = False
+
+    def agree(self, trainer: Any, monitor: Any, healthy: bool) -> bool:
+        world = world_size(trainer)
+        if world <= 1:
+            return True
+        if self.diverged:
+            return False
+        n_sites, checksum = layout_signature(monitor) if healthy else (0, 0)
+        strategy = trainer.strategy
+        mine = torch.tensor([float(healthy), float(n_sites), float(checksum)], dtype=torch.float64, device=strategy.root_device)
+        rows = strategy.all_gather(mine).reshape(world, -1).cpu().tolist()
+        if all(row == rows[0] for row in rows) and rows[0][0] == 1.0:
+            return True
+        self.diverged = True
+        if healthy and bool(getattr(trainer, "is_global_zero", True)):
+            warnings.warn(
+                f"act_diagnostics cannot reduce statistics across ranks: {_why(rows)}. From now on "
+                "statistics and findings are per-rank and rank zero's are logged. Make every rank run "
+                "the same activations (e.g. run both branches, or exclude=[...] the conditional sites).",
+                DistributedMismatch,
+                stacklevel=3,
+            )
+        return False
+
+
+def _why(rows: list[list[float]]) -> str:
+    failed = [rank for rank, row in enumerate(rows) if row[0] != 1.0]
+    if failed:
+        return f"diagnostics stopped after an internal error on rank(s) {failed}"
+    sites = ", ".join(f"rank {rank}: {int(row[1])}" for rank, row in enumerate(rows))
+    return f"the ranks saw different activation sites ({sites} sites; a data-dependent branch or a module used on some ranks only?)"
