@@ -23,6 +23,16 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is fastest, and on a busy 2-core machine several threads
+    spin against each other (tiny models ran 30x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def function_mode_stack() -> Callable[[], list]:
     """``function_mode_stack()``: the TorchFunctionModes now on torch's stack (a monitor's tracer)."""

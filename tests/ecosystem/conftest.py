@@ -94,15 +94,6 @@ def fit(trainer: Any, module: Any, data: Any = None) -> None:
         trainer.fit(module, data if data is not None else loader())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest, and several spin badly on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(params=FLAVOURS)
 def flavour(request: pytest.FixtureRequest) -> str:
     flavour_module(request.param)

@@ -1,22 +1,10 @@
-"""Helpers for rule tests: hand-built Sites, SiteStats and Snapshots, and one CPU thread."""
+"""Helpers for rule tests: hand-built Sites, SiteStats and Snapshots."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
-import torch
-
 from act_diagnostics.core import Site, SiteStats, Snapshot
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine is shared: several intra-op threads on 2 busy cores slow tiny models 30x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_site(name: str, kind: str, family: str | None = None, index: int = 0, n_units: int = 8, **kw: Any) -> Site:
