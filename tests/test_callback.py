@@ -16,7 +16,6 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from act_diagnostics import ActivationDiagnostics  # noqa: E402
-from act_diagnostics.core.snapshot import LOGGED_STATS  # noqa: E402
 from act_diagnostics.outputs.scalars import site_tag  # noqa: E402
 
 

@@ -302,7 +302,7 @@ def _md_escape(text: Any) -> str:
 
 
 def render_markdown(run: RunReadback) -> str:
-    lines = [f"# act_diagnostics report", "", f"Run: `{run.run_dir}`"]
+    lines = ["# act_diagnostics report", "", f"Run: `{run.run_dir}`"]
     if run.last_step is not None:
         lines.append(f"Last logged step: {run.last_step}")
     lines += ["", "## Findings", ""]

@@ -97,3 +97,28 @@ def depth_chain(snapshot: Snapshot) -> list[tuple[Site, SiteStats]]:
 
 def pct(value: float) -> str:
     return f"{100.0 * value:.0f}%"
+
+
+class SamplePool:
+    """Sample-weighted means per site, pooled over windows until enough samples were seen.
+
+    Statistical rules judge a site only over ``minimum`` samples per unit (rules.md: windows of
+    >= 1k samples); a short window (logging every step, a small batch) is added to the next ones.
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[str, tuple[list[float], float]] = {}
+
+    def add(self, site: str, values: list[float], weight: float, minimum: float) -> tuple[list[float] | None, float]:
+        """Add one window's ``values`` seen over ``weight`` samples; the pooled means once
+        ``minimum`` samples were seen (and start over), else None. Also returns the samples seen."""
+        sums, seen = self._pools.get(site, ([0.0] * len(values), 0.0))
+        if len(sums) != len(values):  # the site changed width: start over
+            sums, seen = [0.0] * len(values), 0.0
+        sums = [s + v * weight for s, v in zip(sums, values)]
+        seen += weight
+        if seen < minimum:
+            self._pools[site] = (sums, seen)
+            return None, seen
+        self._pools.pop(site, None)
+        return [s / seen for s in sums], seen

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from act_diagnostics.rules.base import Rule, RuleContext, pct, samples_per_unit
+from act_diagnostics.rules.base import Rule, RuleContext, SamplePool, pct, samples_per_unit
 from act_diagnostics.rules.finding import Finding
 
 # Kinds whose output and gradient are exactly zero below the threshold: a unit that never fires
@@ -58,8 +58,7 @@ class DeadUnits(Rule):
 
     def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
         super().__init__(thresholds)
-        # site -> [per-unit active counts, samples per unit] pooled until min_samples is reached
-        self._pool: dict[str, list[Any]] = {}
+        self._pool = SamplePool()  # site -> pooled per-unit firing rates
         # site -> (step, dead unit indices) of the first judged window: the born-dead reference
         self._early: dict[str, tuple[int, list[int]]] = {}
 
@@ -104,15 +103,7 @@ class DeadUnits(Rule):
         if ctx.preflight:
             ok = per_unit >= self.t["preflight_min_samples"]
             return (list(firing) if ok else None), per_unit
-        pool = self._pool.get(name)
-        if pool is None or len(pool[0]) != len(firing):
-            pool = self._pool[name] = [[0.0] * len(firing), 0.0]
-        pool[0] = [a + r * per_unit for a, r in zip(pool[0], firing)]
-        pool[1] += per_unit
-        if pool[1] < self.t["min_samples"]:
-            return None, pool[1]
-        del self._pool[name]
-        return [a / pool[1] for a in pool[0]], pool[1]
+        return self._pool.add(name, list(firing), per_unit, self.t["min_samples"])
 
     def state_dict(self) -> dict[str, Any]:
         # Pools are a partial window and are dropped; the born-dead reference must survive resume.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from act_diagnostics.rules.base import Rule, RuleContext, finite, is_hidden, pct, samples_per_unit
+from act_diagnostics.rules.base import Rule, RuleContext, SamplePool, finite, is_hidden, pct, samples_per_unit
 from act_diagnostics.rules.finding import Finding
 
 FAMILIES = ("sigmoid", "tanh", "bounded")
@@ -49,7 +49,7 @@ class Saturation(Rule):
 
     def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
         super().__init__(thresholds)
-        self._pool: dict[str, list[float]] = {}  # site -> [weighted units, weighted share, samples]
+        self._pool = SamplePool()  # site -> pooled (saturated units, saturation share)
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         out: list[Finding] = []
@@ -83,14 +83,8 @@ class Saturation(Rule):
     ) -> tuple[float, float, float] | None:
         if ctx.preflight:
             return (units, share, per_unit) if per_unit >= self.t["preflight_min_samples"] else None
-        pool = self._pool.setdefault(name, [0.0, 0.0, 0.0])
-        pool[0] += units * per_unit
-        pool[1] += share * per_unit
-        pool[2] += per_unit
-        if pool[2] < self.t["min_samples"]:
-            return None
-        del self._pool[name]
-        return pool[0] / pool[2], pool[1] / pool[2], pool[2]
+        means, seen = self._pool.add(name, [units, share], per_unit, self.t["min_samples"])
+        return None if means is None else (means[0], means[1], seen)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -19,7 +19,6 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from prod_models import Classifier, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer  # noqa: E402,F401
 
