@@ -85,6 +85,7 @@ class DiagnosticsCallbackCore:
         gradients: bool = True,
         histograms: bool = True,
         grad_histograms: bool = False,
+        heatmaps: bool = True,
         histogram_samples: int = DEFAULT_HISTOGRAM_SAMPLES,
         saturation_eps: float = DEFAULT_SATURATION_EPS,
         sample_elements: int | None = DEFAULT_SAMPLE_ELEMENTS,
@@ -114,6 +115,7 @@ class DiagnosticsCallbackCore:
         for name, value in (
             ("histograms", histograms),
             ("grad_histograms", grad_histograms),
+            ("heatmaps", heatmaps),
             ("rules", rules),
             ("warn", warn),
             ("preflight", preflight),
@@ -145,6 +147,7 @@ class DiagnosticsCallbackCore:
         self.measure_every_n_steps = measure_every_n_steps
         self.histograms = histograms
         self.grad_histograms = grad_histograms
+        self.heatmaps = heatmaps
         self.warn = warn
         self.preflight = preflight
         self.write_report = report
@@ -451,7 +454,9 @@ class DiagnosticsCallbackCore:
         log_to_loggers(loggers, snapshot_scalars(snap), step)
         if self._tb is None:
             writer = find_writer(loggers)
-            self._tb = TensorBoardExtras(writer, histograms=self.histograms, grad_histograms=self.grad_histograms) if writer is not None else None
+            self._tb = TensorBoardExtras(
+                writer, histograms=self.histograms, grad_histograms=self.grad_histograms, heatmaps=self.heatmaps
+            ) if writer is not None else None
         if self._tb is not None:
             self._tb.write_snapshot(snap, step)
         if new:

@@ -17,6 +17,7 @@ Args:
     histograms: write output histograms to TensorBoard on detail steps (log steps at least 10
         steps apart).
     grad_histograms: also write histograms of the gradient at each activation output.
+    heatmaps: write layers x steps images of dead fraction and saturation to TensorBoard.
     histogram_samples: values per site kept for each histogram.
     saturation_eps: saturation margin, e.g. sigmoid below eps or above 1 - eps.
     sample_elements: firing/saturation masks read at most this many elements per call (leading

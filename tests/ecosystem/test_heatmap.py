@@ -72,3 +72,15 @@ def test_images_in_the_event_file(tmp_path: Path) -> None:
     legend = acc.Tensors(hm.LEGEND_TEXT_TAG + "/text_summary")
     text = legend[0].tensor_proto.string_val[0].decode()
     assert "| 0 | `net.1` |" in text and "| 3 | `net.7` |" in text
+
+
+def test_heatmaps_can_be_switched_off(tmp_path: Path) -> None:
+    flavour = "pytorch_lightning"
+    callback = callback_class(flavour)(log_every_n_steps=4, verbose=False, heatmaps=False)
+    trainer = make_trainer(flavour, tmp_path, callbacks=[callback], max_steps=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(trainer, seq_module_class(flavour)(deep_sigmoid_net(depth=4)))
+    acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert acc.Tags()["images"] == []
+    assert acc.Tags()["scalars"]  # everything else is still written
