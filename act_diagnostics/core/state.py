@@ -219,7 +219,10 @@ class SiteState:
                 mask = kind.active(sample, params)
                 self.unit_active.add_(mask.sum().reshape(1) if one_unit else unit_counts(mask, unit_dim))
             c[2] += sample.numel()
-            saturated = kind.saturated(x_sample, sample, params, self.eps)
+            # The smooth family's flat negative tail (GELU, SiLU, ...) is informational (no rule
+            # judges it) and costs a second mask over the input: read it on detail steps only.
+            tail_only = kind.family == "smooth" and kind.saturation_reads == "input"
+            saturated = None if tail_only and not detail else kind.saturated(x_sample, sample, params, self.eps)
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
                     self.unit_saturated.add_(saturated.sum().reshape(1) if one_unit else unit_counts(saturated, unit_dim))

@@ -86,14 +86,18 @@ def test_gelu_saturation_from_the_input() -> None:
     t = smooth_tail_threshold("gelu")
     x = torch.tensor([[t - 1.0, 0.5], [t - 2.0, t + 0.5], [1.0, -0.1], [t - 0.1, 2.0]])
     st = make_state("gelu", 2)
-    st.observe(x, F.gelu(x), False)
+    st.observe(x, F.gelu(x), True)  # the smooth tail is read on detail steps only
     s = stats(st)
     assert s.saturation == pytest.approx(3 / 8)
     assert s.saturated_units == 0.0
+    # A non-detail call adds to firing but not to the tail share (its own denominator).
+    st.observe(x, F.gelu(x), False)
+    s = stats(st)
+    assert s.sampled == 16 and s.saturation == pytest.approx(3 / 8)
     # An inplace call (x is y) has no pre-activation: firing is measured, saturation not.
     st2 = make_state("gelu", 2)
     y = F.gelu(x)
-    st2.observe(y, y, False)
+    st2.observe(y, y, True)
     s2 = stats(st2)
     assert s2.firing_rate is not None and s2.saturation is None
 
@@ -103,9 +107,9 @@ def test_saturated_units_when_saturation_was_read_on_fewer_calls() -> None:
     t = smooth_tail_threshold("silu")
     x = torch.full((4, 2), t - 1.0)
     st = make_state("silu", 2)
-    st.observe(x, F.silu(x), False)
+    st.observe(x, F.silu(x), True)
     y = F.silu(x.clone())
-    st.observe(y, y, False)
+    st.observe(y, y, True)
     s = stats(st)
     assert s.saturation == 1.0
     assert s.saturated_units == 1.0
@@ -225,7 +229,7 @@ def test_sampling_keeps_the_pre_activation_aligned() -> None:
     x = torch.full((100, 4), t - 1.0)
     x[:5] = 1.0  # only the sampled rows are unsaturated
     st = make_state("silu", 4, sample=20)
-    st.observe(x, F.silu(x), False)
+    st.observe(x, F.silu(x), True)  # detail: the smooth tail is read
     s = stats(st)
     assert s.sampled == 20 and s.saturation == 0.0 and s.firing_rate == 1.0
 
