@@ -309,6 +309,8 @@ def _quiet_lightning() -> None:
     """Lightning's start-up banners and tips would bury the figures."""
     import logging
 
+    import pytorch_lightning  # noqa: F401 - it sets its loggers to INFO on import: import first
+
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
