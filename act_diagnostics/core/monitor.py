@@ -42,7 +42,7 @@ from act_diagnostics.core.kinds import (
 from act_diagnostics.core.pack import reduce_to_host, totals_to_stats
 from act_diagnostics.core.sites import Site, call_name, default_unit_dim, functional_base
 from act_diagnostics.core.snapshot import Snapshot
-from act_diagnostics.core.state import SiteState, flat_float
+from act_diagnostics.core.state import SiteState, input_moments
 from act_diagnostics.core.tracer import ActivationTracer
 
 
@@ -285,10 +285,8 @@ class ActivationMonitor:
             return
         try:
             with self._no_torch_function():
-                x = args[0]
-                if x.numel():
-                    flat = flat_float(x.detach())
-                    self._pending_input[id(module)] = (torch.stack((flat.sum(), torch.dot(flat, flat))), flat.numel())
+                if args[0].numel():
+                    self._pending_input[id(module)] = input_moments(args[0])
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
@@ -319,8 +317,7 @@ class ActivationMonitor:
         pending = None
         if self.detail and isinstance(x, Tensor) and x.numel() and self.failure is None:
             try:
-                flat = flat_float(x.detach())
-                pending = (torch.stack((flat.sum(), torch.dot(flat, flat))), flat.numel())
+                pending = input_moments(x)
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
         y = func(*args, **kwargs)

@@ -87,6 +87,16 @@ def leading_rows(t: Tensor, max_elements: int | None) -> Tensor:
     return t[: max(1, max_elements // per_row)]
 
 
+def input_moments(x: Tensor) -> tuple[Tensor, int]:
+    """(sum, sum of squares) of a pre-activation, on its device, and its element count.
+
+    Read before the activation runs, so an inplace activation cannot hide it; added to the site by
+    :meth:`SiteState.observe_input_totals` once the site is known.
+    """
+    flat = flat_float(x.detach())
+    return torch.stack((flat.sum(), torch.dot(flat, flat))), flat.numel()
+
+
 def flat_float(t: Tensor) -> Tensor:
     """``t`` as a flat float32/float64 tensor (a view where possible)."""
     if t.dtype in _LOW_PRECISION or not t.is_floating_point():
