@@ -189,3 +189,12 @@ def test_automatic_measurement_schedule(tmp_path):
     assert cb._measure_every(t) == 2
     # Even steps 0..38 (20 of them) and the odd log steps 19 and 39.
     assert cb.monitor.steps == 22
+
+
+def test_eval_stages_add_validation_batches(tmp_path):
+    model = Net()
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, eval_stages=["validate"])
+    trainer(tmp_path, cb, loggers=[], limit_val_batches=2, num_sanity_val_steps=0).fit(model, loader(), loader(64))
+    # 16 training steps and one validation epoch of 2 batches, each a measured step.
+    assert model.val_calls == 2
+    assert cb.monitor.steps == 18

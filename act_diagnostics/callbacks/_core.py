@@ -72,6 +72,18 @@ def _guarded(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _eval_hook(stage: str, start: bool) -> Callable[..., None]:
+    """A batch hook of an evaluation stage: measure it only when ``stage`` is in eval_stages."""
+
+    @_guarded
+    def hook(self: "DiagnosticsCallbackCore", trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+        if stage in self.eval_stages:
+            self._eval_batch_start() if start else self._eval_batch_end()
+
+    hook.__name__ = f"on_{stage}_batch_{'start' if start else 'end'}"
+    return hook
+
+
 class DiagnosticsCallbackCore:
     """Activation diagnostics for a Lightning Trainer. See the flavour classes for the docstring."""
 
@@ -401,35 +413,13 @@ class DiagnosticsCallbackCore:
         if self.monitor is not None and not self._disabled:
             self.monitor.end_step()
 
-    @_guarded
-    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if "validate" in self.eval_stages:
-            self._eval_batch_start()
-
-    @_guarded
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if "validate" in self.eval_stages:
-            self._eval_batch_end()
-
-    @_guarded
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if "test" in self.eval_stages:
-            self._eval_batch_start()
-
-    @_guarded
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if "test" in self.eval_stages:
-            self._eval_batch_end()
-
-    @_guarded
-    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if "predict" in self.eval_stages:
-            self._eval_batch_start()
-
-    @_guarded
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if "predict" in self.eval_stages:
-            self._eval_batch_end()
+    # Lightning passes (trainer, pl_module, [outputs,] batch, batch_idx, dataloader_idx).
+    on_validation_batch_start = _eval_hook("validate", start=True)
+    on_validation_batch_end = _eval_hook("validate", start=False)
+    on_test_batch_start = _eval_hook("test", start=True)
+    on_test_batch_end = _eval_hook("test", start=False)
+    on_predict_batch_start = _eval_hook("predict", start=True)
+    on_predict_batch_end = _eval_hook("predict", start=False)
 
     # ------------------------------------------------------------------ publishing
     def _publish(self, trainer: Any, step: int, preflight: bool) -> None:
