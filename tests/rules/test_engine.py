@@ -6,7 +6,7 @@ import json
 import warnings
 
 import pytest
-from conftest import make_site, make_snapshot, relu_stats
+from snapshot_builders import make_site, make_snapshot, relu_stats
 
 from act_diagnostics.rules import RULE_IDS, ActivationWarning, Finding, RuleEngine, emit_warning
 

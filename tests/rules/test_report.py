@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import make_site, make_snapshot, relu_stats
+from snapshot_builders import make_site, make_snapshot, relu_stats
 
 from act_diagnostics.outputs.report import Report
 from act_diagnostics.rules import Finding

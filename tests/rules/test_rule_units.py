@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import chain, make_site, make_snapshot, relu_stats
+from snapshot_builders import chain, make_site, make_snapshot, relu_stats
 
 from act_diagnostics.core import SiteStats
 from act_diagnostics.rules import RuleEngine

@@ -1,4 +1,4 @@
-"""Helpers for rule tests: hand-built Sites, SiteStats and Snapshots."""
+"""Hand-built Sites, SiteStats and Snapshots for rule tests (a plain module: a `from conftest import` breaks when another directory's conftest is loaded first)."""
 
 from __future__ import annotations
 
