@@ -190,15 +190,11 @@ class DiagnosticsCallbackCore:
         if not rules:
             return None
         from act_diagnostics.rules import RuleEngine
+        from act_diagnostics.rules.engine import check_rule_ids
 
-        if isinstance(disable, str):
-            disable = [disable]
-        if disable is not None and not isinstance(disable, (list, tuple)):
+        if disable is not None and not isinstance(disable, (str, list, tuple)):
             raise TypeError(f"`disable_rules` must be a list of rule ids or None, got {disable!r}")
-        try:
-            return RuleEngine(disable=tuple(disable or ()), thresholds=thresholds)
-        except ValueError as exc:  # the engine names its own argument `disable`
-            raise ValueError(str(exc).replace("`disable`", "`disable_rules`")) from None
+        return RuleEngine(disable=check_rule_ids(disable, "disable_rules"), thresholds=thresholds)
 
     @property
     def report(self) -> Any:

@@ -52,18 +52,19 @@ RULE_IDS: tuple[str, ...] = tuple(r.id for r in RULES)
 STATE_VERSION = 1
 
 
-def _check_disable(disable: Any) -> tuple[str, ...]:
-    if disable is None:
+def check_rule_ids(ids: Any, argument: str = "disable") -> tuple[str, ...]:
+    """``ids`` (None, one id or several) as a tuple of known rule ids; errors name ``argument``."""
+    if ids is None:
         return ()
-    if isinstance(disable, str):
-        disable = (disable,)
-    if not isinstance(disable, Iterable) or not all(isinstance(d, str) for d in disable):
-        raise TypeError(f"`disable` must be a rule id or a list of rule ids, got {disable!r}")
-    disable = tuple(disable)
-    unknown = [d for d in disable if d not in RULE_IDS]
+    if isinstance(ids, str):
+        ids = (ids,)
+    if not isinstance(ids, Iterable) or not all(isinstance(d, str) for d in ids):
+        raise TypeError(f"`{argument}` must be a rule id or a list of rule ids, got {ids!r}")
+    ids = tuple(ids)
+    unknown = [d for d in ids if d not in RULE_IDS]
     if unknown:
-        raise ValueError(f"`disable` got unknown rule id(s) {unknown}; valid ids: {', '.join(RULE_IDS)}")
-    return disable
+        raise ValueError(f"`{argument}` got unknown rule id(s) {unknown}; valid ids: {', '.join(RULE_IDS)}")
+    return ids
 
 
 def _check_thresholds(thresholds: Any) -> dict[str, dict[str, float]]:
@@ -104,7 +105,7 @@ class RuleEngine:
     def __init__(self, disable: Iterable[str] | str = (), thresholds: Mapping[str, float] | None = None, warn: bool = False) -> None:
         if not isinstance(warn, bool):
             raise TypeError(f"`warn` must be True or False, got {warn!r}")
-        self.disabled = _check_disable(disable)
+        self.disabled = check_rule_ids(disable)
         overrides = _check_thresholds(thresholds)
         self.warn = warn
         self._thresholds = dict(thresholds or {})
