@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from act_diagnostics.core.snapshot import LOGGED_STATS
+from act_diagnostics.outputs.report import md_cell
 from act_diagnostics.outputs.scalars import TAG_PREFIX, site_tag
 
 REPORT_DIRNAME = "act_diagnostics"
@@ -297,10 +298,6 @@ def render_text(run: RunReadback) -> str:
     return "\n".join(lines)
 
 
-def _md_escape(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(run: RunReadback) -> str:
     lines = ["# act_diagnostics report", "", f"Run: `{run.run_dir}`"]
     if run.last_step is not None:
@@ -310,7 +307,7 @@ def render_markdown(run: RunReadback) -> str:
         lines += ["| severity | rule | site | step | message | recommendation |", "|---|---|---|---:|---|---|"]
         for f in run.findings:
             cells = [f.get("severity", ""), f.get("rule", ""), f"`{f['site']}`" if f.get("site") else "(model)", f.get("step", ""), f.get("message", ""), f.get("recommendation", "")]
-            lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+            lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     else:
         lines.append("No findings.")
     lines += ["", "## Per-layer statistics (last log window)", ""]
@@ -319,7 +316,7 @@ def render_markdown(run: RunReadback) -> str:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|")
         for r in body:
-            lines.append("| " + " | ".join([f"`{_md_escape(r[0])}`", *(_md_escape(c) for c in r[1:])]) + " |")
+            lines.append("| " + " | ".join([f"`{md_cell(r[0])}`", *(md_cell(c) for c in r[1:])]) + " |")
     else:
         lines.append("None logged.")
     return "\n".join(lines)

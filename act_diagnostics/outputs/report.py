@@ -42,7 +42,8 @@ def _json_value(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _md(text: Any) -> str:
+def md_cell(text: Any) -> str:
+    """``text`` safe inside a markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
@@ -100,7 +101,7 @@ class Report:
         if self.findings:
             lines += ["| severity | rule | site | step | finding | fix |", "|---|---|---|---|---|---|"]
             for f in self.findings:
-                lines.append(f"| {f.severity} | {f.rule} | {_md(f.site or '(model)')} | {f.step} | {_md(f.message)} | {_md(f.recommendation)} |")
+                lines.append(f"| {f.severity} | {f.rule} | {md_cell(f.site or '(model)')} | {f.step} | {md_cell(f.message)} | {md_cell(f.recommendation)} |")
             lines.append("")
         rows = self.layers()
         if rows:
@@ -109,7 +110,7 @@ class Report:
             lines.append("| site | kind | " + " | ".join(h for _, h in LAYER_COLUMNS) + " |")
             lines.append("|---|---|" + "---:|" * len(LAYER_COLUMNS))
             for r in rows:
-                lines.append(f"| {_md(r['site'])} | {r['kind']} | " + " | ".join(_cell(r[k]) for k, _ in LAYER_COLUMNS) + " |")
+                lines.append(f"| {md_cell(r['site'])} | {r['kind']} | " + " | ".join(_cell(r[k]) for k, _ in LAYER_COLUMNS) + " |")
         return "\n".join(lines)
 
     def console_table(self) -> str:
