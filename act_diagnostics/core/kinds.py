@@ -101,12 +101,61 @@ class ActivationKind:
 
     def saturated(self, x: Tensor | None, y: Tensor, params: dict[str, Any], eps: float) -> Tensor | None:
         """Boolean mask of saturated outputs (or rows, for softmax), None when not defined."""
-        fn = _SATURATED.get(self.name)
+        return self._saturated(_SATURATED.get(self.name), x, y, params, eps)
+
+    # The same tests as float 0/1 tensors, where a cheap formulation exists (else the bool mask).
+    # On the CPU, reducing a bool mask per unit costs several times more than ``relu(y - c).sign()``
+    # and a float sum. They agree with the masks except at NaN (the indicator is 0 or NaN there,
+    # by backend; never 1) and within float rounding of a threshold that is not a representable number.
+    def active_indicator(self, y: Tensor, params: dict[str, Any]) -> Tensor:
+        """Firing as a float 0/1 tensor (or the bool mask, for kinds without a float form)."""
+        if y.dtype not in _INDICATOR_DTYPES:
+            return self.active(y, params)
+        if self.sign_firing:
+            return y.sign()  # the output is >= 0: sign is 1 exactly where it is > 0
+        threshold = _FIRING_THRESHOLD.get(self.name)
+        if threshold is None:
+            return self.active(y, params)
+        return above(y, threshold(y, params))
+
+    def saturated_indicator(self, x: Tensor | None, y: Tensor, params: dict[str, Any], eps: float) -> Tensor | None:
+        """Saturation as a float 0/1 tensor where a float form exists (see :meth:`saturated`)."""
+        source = x if self.saturation_reads == "input" else y
+        fast = _SATURATED_INDICATOR.get(self.name)
+        if fast is None or source is None or source.dtype not in _INDICATOR_DTYPES:
+            return self.saturated(x, y, params, eps)
+        return self._saturated(fast, x, y, params, eps)
+
+    def _saturated(self, fn: Any, x: Tensor | None, y: Tensor, params: dict[str, Any], eps: float) -> Tensor | None:
         if fn is None:
             return None
         if self.saturation_reads == "input":
             return None if x is None else fn(x, params, eps)  # None: inplace call, input is gone
         return fn(y, params, eps)
+
+
+_INDICATOR_DTYPES = (torch.float32, torch.float64)
+
+
+def above(t: Tensor, c: float) -> Tensor:
+    """1.0 where ``t > c``, else 0.0 (0 or NaN where ``t`` is NaN), as a new float tensor.
+
+    Exact: with gradual underflow ``t - c`` is 0 only where ``t == c``.
+    """
+    return torch.relu(t).sign_() if c == 0.0 else torch.sub(t, c).relu_().sign_()
+
+
+def below(t: Tensor, c: float) -> Tensor:
+    """1.0 where ``t < c``, else 0.0 (0 or NaN where ``t`` is NaN), as a new float tensor."""
+    return torch.rsub(t, c).relu_().sign_()
+
+
+def _outside(t: Tensor, centre: float, half_width: float) -> Tensor:
+    """1.0 where ``|t - centre| > half_width``."""
+    d = torch.sub(t, centre) if centre else t.abs()
+    if centre:
+        d.abs_()
+    return d.sub_(half_width).relu_().sign_()
 
 
 def _gt(value: float) -> Callable[[Tensor, dict[str, Any]], Tensor]:
@@ -134,6 +183,19 @@ _ACTIVE: dict[str, Callable[[Tensor, dict[str, Any]], Tensor]] = {
 }
 
 
+# Firing thresholds of the ``output > c`` kinds, for :meth:`ActivationKind.active_indicator`.
+_FIRING_THRESHOLD: dict[str, Callable[[Tensor, dict[str, Any]], float]] = {
+    "sigmoid": lambda y, p: 0.5,
+    "hardsigmoid": lambda y, p: 0.5,
+    "logsigmoid": lambda y, p: math.log(0.5),
+    "softplus": lambda y, p: math.log(2.0) / p.get("beta", 1.0),
+    "softmax": lambda y, p: 1.0 / max(1, y.shape[_softmax_dim(p, y)]),
+    "softmin": lambda y, p: 1.0 / max(1, y.shape[_softmax_dim(p, y)]),
+    "log_softmax": lambda y, p: -math.log(max(1, y.shape[_softmax_dim(p, y)])),
+    "hardtanh": lambda y, p: max(0.0, p.get("min_val", -1.0)),
+}
+
+
 def _row_max_above(limit_fn: Callable[[float], float]) -> Callable[[Tensor, dict[str, Any], float], Tensor]:
     return lambda y, p, eps: y.amax(dim=_softmax_dim(p, y)) > limit_fn(eps)
 
@@ -157,15 +219,27 @@ _SATURATED: dict[str, Callable[[Tensor, dict[str, Any], float], Tensor]] = {
     # GLU: a * sigmoid(b); the gate b is the second half of the input along ``dim``.
     "glu": lambda x, p, eps: x.chunk(2, dim=p.get("dim", -1))[1].abs() > math.log((1.0 - eps) / eps),
 }
+def _tail_threshold(name: str, p: dict[str, Any], eps: float) -> float:
+    return smooth_tail_threshold("gelu_tanh" if name == "gelu" and p.get("approximate") == "tanh" else name, eps)
+
+
 for _name in ("gelu", "silu", "mish", "hardswish"):
-    _SATURATED[_name] = (
-        lambda n: lambda x, p, eps: x
-        < smooth_tail_threshold("gelu_tanh" if n == "gelu" and p.get("approximate") == "tanh" else n, eps)
-    )(_name)
+    _SATURATED[_name] = (lambda n: lambda x, p, eps: x < _tail_threshold(n, p, eps))(_name)
+
+# Float forms of the commonest saturation tests (sigmoid, tanh and the smooth tails).
+_SATURATED_INDICATOR: dict[str, Callable[[Tensor, dict[str, Any], float], Tensor]] = {
+    "sigmoid": lambda y, p, eps: _outside(y, 0.5, 0.5 - eps),
+    "tanh": lambda y, p, eps: _outside(y, 0.0, 1.0 - eps),
+    "elu": lambda y, p, eps: below(y, eps - p.get("alpha", 1.0)),
+    "selu": lambda y, p, eps: below(y, 1.0507009873554805 * (eps - 1.6732632423543772)),
+    **{n: (lambda n: lambda x, p, eps: below(x, _tail_threshold(n, p, eps)))(n) for n in ("gelu", "silu", "mish", "hardswish")},
+}
 
 
 def _kind(name: str, family: str, firing: str, saturation: str | None = None, **kw: Any) -> ActivationKind:
-    _ACTIVE.setdefault(name, _gt(0.0))
+    if name not in _ACTIVE:
+        _ACTIVE[name] = _gt(0.0)
+        _FIRING_THRESHOLD[name] = lambda y, p: 0.0
     return ActivationKind(name, family, firing, saturation, **kw)
 
 

@@ -39,7 +39,7 @@ from act_diagnostics.core.kinds import (
     module_kind,
     module_params,
 )
-from act_diagnostics.core.pack import reduce_to_host, totals_to_stats
+from act_diagnostics.core.pack import reduce_to_host, reset_states, share_buffer, shared_view, totals_to_stats
 from act_diagnostics.core.sites import Site, call_name, default_unit_dim, functional_base
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.core.state import SiteState, input_moments
@@ -546,6 +546,8 @@ class ActivationMonitor:
         grad_names = [n for n, st in zip(names, states) if st.grad_sample is not None]
         samples = [self.states[n].out_sample for n in sample_names] + [self.states[n].grad_sample for n in grad_names]
         with self._no_torch_function():
+            if states and shared_view(states) is None:
+                share_buffer(states, device)  # new sites, or a device move: one buffer again
             totals, host_samples = reduce_to_host(states, names, device, all_gather, samples)  # type: ignore[arg-type]
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
         snap = Snapshot(
@@ -557,7 +559,7 @@ class ActivationMonitor:
             grad_samples=dict(zip(grad_names, host_samples[len(sample_names) :])),
         )
         if reset:
-            for st in states:
-                st.reset()
+            with self._no_torch_function():
+                reset_states(states)
             self.window_steps = 0
         return snap

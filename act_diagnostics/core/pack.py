@@ -1,10 +1,15 @@
-"""Pack every site's window totals into one tensor: one collective and one host copy per log step.
+"""Every site's window totals in one tensor: one collective and one host copy per log step.
 
-Layout, per site in a fixed order: ``[counters..., sums..., max, min, unit_active..., unit_saturated...]``.
-:class:`Layout` records, for each column, how it combines across processes (sum, max or min), so a
-distributed strategy can all-gather the packed vector once and combine it with
-:func:`combine_gathered`. Histogram samples are rank-local and travel in a second part of the same
-host copy, never through the collective.
+Each :class:`SiteState` keeps its device totals in one flat vector, ``[sums..., max_abs,
+unit_active..., unit_saturated...]``; its host counters are Python ints. :func:`share_buffer` places
+the device totals of all sites consecutively in one buffer, so that a log step reads them as a
+single view (no concatenation) and :func:`reset_states` zeroes them with one op.
+
+For a collective, :func:`pack_states` puts the counters in front, ``[counters of every site...,
+device totals of every site...]``; :class:`Layout` records how each column combines across
+processes (sum, or max for max |value|), so a distributed strategy can all-gather the packed vector
+once and combine it with :func:`combine_gathered`. Histogram samples are rank-local and travel in a
+second part of the same host copy, never through the collective.
 """
 
 from __future__ import annotations
@@ -13,20 +18,23 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from act_diagnostics.core.state import COUNTERS, N_SUMS, SiteState
 from act_diagnostics.core.snapshot import SiteStats, window_stats
+from act_diagnostics.core.state import COUNTERS, MAX_ABS, N_SUMS, SiteState
 
 SUM_NAMES = ("sum", "sumsq", "grad_sumsq", "sat_rows", "nonfinite", "in_sum", "in_sumsq", "param_grad_sq")
 assert len(SUM_NAMES) == N_SUMS
 
-OP_SUM, OP_MAX, OP_MIN = 0, 1, 2
+OP_SUM, OP_MAX = 0, 1
 
 
 @dataclass
 class Span:
+    """Where one site's device totals sit in the totals part of the packed vector."""
+
     site: str
     offset: int
     n_units: int
@@ -34,24 +42,24 @@ class Span:
 
     @property
     def size(self) -> int:
-        return len(COUNTERS) + N_SUMS + 2 + self.n_units * (2 if self.has_saturated_units else 1)
+        return N_SUMS + 1 + self.n_units * (2 if self.has_saturated_units else 1)
 
 
 class Layout:
-    """Where each site's totals sit in the packed vector, and how each column combines."""
+    """The packed vector: every site's counters, then every site's device totals."""
 
     def __init__(self, spans: list[Span]) -> None:
         self.spans = spans
-        self.size = sum(span.size for span in spans)
+        self.n_counters = len(spans) * len(COUNTERS)
+        self.totals_size = sum(span.size for span in spans)
+        self.size = self.n_counters + self.totals_size
 
     @functools.cached_property
     def ops(self) -> Tensor:
-        """int8 per column: OP_SUM / OP_MAX / OP_MIN. Built only when a collective needs it."""
+        """int8 per column of the packed vector: OP_SUM or OP_MAX. Built only for a collective."""
         ops = torch.full((self.size,), OP_SUM, dtype=torch.int8)
         for span in self.spans:
-            j = span.offset + len(COUNTERS) + N_SUMS
-            ops[j] = OP_MAX
-            ops[j + 1] = OP_MIN
+            ops[self.n_counters + span.offset + MAX_ABS] = OP_MAX
         return ops
 
 
@@ -64,55 +72,88 @@ def make_layout(names: Sequence[str], states: Sequence[SiteState]) -> Layout:
     return Layout(spans)
 
 
-def pack_states(states: Sequence[SiteState], device: torch.device) -> Tensor:
-    """One float64 (float32 on MPS) vector of every site's totals, on ``device``. No host sync."""
+# ---------------------------------------------------------------------------------------- one buffer
+def shared_view(states: Sequence[SiteState]) -> Tensor | None:
+    """The states' device totals as one view, if they lie consecutively in one buffer (else None)."""
+    if not states:
+        return None
+    first = states[0].totals
+    base = first._base if first._base is not None else first
+    start = end = first.storage_offset()
+    for st in states:
+        t = st.totals
+        if (t._base if t._base is not None else t) is not base or t.storage_offset() != end:
+            return None
+        end += t.numel()
+    return base.view(-1)[start:end] if base.dim() == 1 else None
+
+
+def share_buffer(states: Sequence[SiteState], device: torch.device) -> None:
+    """Move the states' device totals, values kept, into consecutive views of one new buffer."""
+    if not states:
+        return
+    dtype = states[0].totals.dtype
+    with torch.inference_mode(False):
+        data = torch.cat([st.totals.to(device, dtype) for st in states])
+    offset = 0
+    for st in states:
+        st.bind(data[offset : offset + st.totals_size])
+        offset += st.totals_size
+
+
+def device_totals(states: Sequence[SiteState], device: torch.device) -> Tensor:
+    """Every site's device totals, in order, as one vector on ``device`` (a view when shared)."""
+    view = shared_view(states)
+    if view is not None and view.device == device:
+        return view
     if not states:
         return torch.zeros(0, dtype=torch.float64, device=device)
-    dtype = states[0].sums.dtype
+    dtype = states[0].totals.dtype
+    return torch.cat([st.totals.to(device, dtype) for st in states])
+
+
+def reset_states(states: Sequence[SiteState]) -> None:
+    """Start a new window for every state: one zero_ when their totals share a buffer."""
+    view = shared_view(states)
+    if view is not None:
+        view.zero_()
+    for st in states:
+        st.reset(totals=view is None)
+
+
+def _counters(states: Sequence[SiteState]) -> list[int]:
+    return [c for st in states for c in st.counters]
+
+
+def pack_states(states: Sequence[SiteState], device: torch.device) -> Tensor:
+    """The vector a collective sees: counters, then device totals, on ``device``. No host sync."""
+    totals = device_totals(states, device)
     # Host counters go over in one small host-to-device copy (never a sync on the way back).
-    counters = torch.tensor([c for st in states for c in st.counters], dtype=dtype).to(device, non_blocking=True)
-    parts: list[Tensor] = []
-    k = len(COUNTERS)
-    for i, st in enumerate(states):
-        parts.append(counters[i * k : (i + 1) * k])
-        parts.append(st.sums.to(device, dtype))
-        parts.append(torch.stack((st.max, st.min)).to(device, dtype))
-        parts.append(st.unit_active.to(device, dtype))
-        if st.unit_saturated is not None:
-            parts.append(st.unit_saturated.to(device, dtype))
-    return torch.cat(parts)
+    counters = torch.tensor(_counters(states), dtype=totals.dtype).to(device, non_blocking=True)
+    return torch.cat((counters, totals))
 
 
 def combine_gathered(gathered: Tensor, ops: Tensor) -> Tensor:
     """Combine an all-gathered ``(world_size, N)`` packed tensor column by column."""
     ops = ops.to(gathered.device)
-    out = gathered.sum(0)
-    out = torch.where(ops == OP_MAX, gathered.amax(0), out)
-    return torch.where(ops == OP_MIN, gathered.amin(0), out)
+    return torch.where(ops == OP_MAX, gathered.amax(0), gathered.sum(0))
 
 
-def unpack(host: Sequence[float], layout: Layout) -> dict[str, dict]:
-    """Split a host copy of the packed vector back into per-site totals."""
+def unpack(counters: Sequence[float], totals: np.ndarray, layout: Layout) -> dict[str, dict]:
+    """Split host copies of the counters and of the device totals back into per-site totals."""
     out: dict[str, dict] = {}
     k = len(COUNTERS)
-    for span in layout.spans:
-        v = host[span.offset : span.offset + span.size]
-        counters = {name: int(round(v[i])) for i, name in enumerate(COUNTERS)}
-        sums = {name: float(v[k + i]) for i, name in enumerate(SUM_NAMES)}
-        j = k + N_SUMS
-        mx, mn = float(v[j]), float(v[j + 1])
-        j += 2
+    for i, span in enumerate(layout.spans):
+        c = counters[i * k : (i + 1) * k]
+        v = totals[span.offset : span.offset + span.size]
+        units = v[MAX_ABS + 1 :]
         # Unit counts stay floats: exact integers, or NaN when a NaN output reached a sign count.
-        active = v[j : j + span.n_units]  # already Python floats (tolist)
-        j += span.n_units
-        saturated = v[j : j + span.n_units] if span.has_saturated_units else None
         out[span.site] = {
-            "counters": counters,
-            "sums": sums,
-            "max_value": mx,
-            "min_value": mn,
-            "unit_active": active,
-            "unit_saturated": saturated,
+            "counters": {name: int(round(c[j])) for j, name in enumerate(COUNTERS)},
+            "sums": dict(zip(SUM_NAMES, v[:N_SUMS].tolist())),
+            "max_abs": float(v[MAX_ABS]),
+            "unit_active": units[: span.n_units],
+            "unit_saturated": units[span.n_units :] if span.has_saturated_units else None,
         }
     return out
 
@@ -124,23 +165,31 @@ def reduce_to_host(
     all_gather: Callable[[Tensor], Tensor] | None = None,
     samples: Sequence[Tensor] = (),
 ) -> tuple[dict[str, dict], list[list[float]]]:
-    """Pack, optionally combine across processes, and copy to the host once.
+    """Optionally combine across processes, then copy every total to the host once.
 
-    ``all_gather`` maps a 1-D tensor to a ``(world_size, N)`` tensor (one collective). ``samples``
-    are rank-local histogram samples copied in the same transfer.
+    ``all_gather`` maps a 1-D tensor to a ``(world_size, N)`` tensor (one collective); without it
+    the counters never leave the host and the device totals are read as they lie (one shared
+    buffer: no packing op). ``samples`` are rank-local histogram samples copied in the same transfer.
     """
     layout = make_layout(names, states)
-    packed = pack_states(states, device)
-    if all_gather is not None and packed.numel():
-        packed = combine_gathered(all_gather(packed), layout.ops)
+    if all_gather is not None and layout.size:
+        packed = combine_gathered(all_gather(pack_states(states, device)), layout.ops)
+        n_counters = layout.n_counters
+    else:
+        packed = device_totals(states, device)
+        n_counters = 0
     sizes = [int(s.numel()) for s in samples]
     if sizes:
         packed = torch.cat([packed] + [s.to(packed.device, packed.dtype) for s in samples])
-    host = packed.cpu().tolist()  # the one device-to-host copy of the log step
-    totals = unpack(host[: layout.size], layout)
-    out_samples, offset = [], layout.size
+    # The one device-to-host copy of the log step; copied again on the host, because on the CPU
+    # .cpu() returns the shared buffer itself, which the next window zeroes.
+    host = np.array(packed.cpu().numpy(), dtype=np.float64)
+    counters = host[:n_counters].tolist() if n_counters else _counters(states)
+    end = n_counters + layout.totals_size
+    totals = unpack(counters, host[n_counters:end], layout)
+    out_samples, offset = [], end
     for n in sizes:
-        out_samples.append(host[offset : offset + n])
+        out_samples.append(host[offset : offset + n].tolist())
         offset += n
     return totals, out_samples
 

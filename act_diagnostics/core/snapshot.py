@@ -8,8 +8,11 @@ against hand-computed values without any hooks.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from act_diagnostics.core.sites import Site
 
@@ -99,17 +102,18 @@ def _ratio(num: float, den: float) -> float | None:
 def window_stats(
     counters: dict[str, int],
     sums: dict[str, float],
-    max_value: float,
-    min_value: float,
-    unit_active: list[float],
-    unit_saturated: list[float] | None,
+    max_abs: float,
+    unit_active: Sequence[float] | np.ndarray,
+    unit_saturated: Sequence[float] | np.ndarray | None,
     dead_unit_rate: float = DEAD_UNIT_RATE,
     saturated_unit_rate: float = SATURATED_UNIT_RATE,
 ) -> SiteStats:
-    """Derive one site's window statistics from its reduced totals."""
+    """Derive one site's window statistics from its reduced totals (per-unit counts as a list or
+    a numpy array: the per-unit arithmetic is vectorised)."""
     n = counters["elements"]
     sampled = counters["sampled"]
-    units = len(unit_active)
+    active = np.asarray(unit_active, dtype=np.float64)
+    units = int(active.size)
     s = SiteStats(calls=counters["calls"], elements=n, sampled=sampled, units=units)
     if n > 0:
         mean = sums["sum"] / n
@@ -119,19 +123,20 @@ def window_stats(
         var = mean_sq - mean * mean
         # Cancellation can leave a tiny negative variance for near-constant outputs.
         s.std = math.sqrt(max(var, 0.0)) if math.isfinite(var) else float("nan")
-        s.max_abs = max(abs(max_value), abs(min_value))
-        s.nonfinite = not (math.isfinite(max_value) and math.isfinite(min_value) and math.isfinite(sums["sum"]))
+        s.max_abs = max_abs
+        s.nonfinite = not (math.isfinite(max_abs) and math.isfinite(sums["sum"]))
     if sampled > 0 and units > 0:
-        per_unit = sampled / units
-        s.firing_rate = sum(unit_active) / sampled
-        s.unit_firing = [a / per_unit for a in unit_active]
-        s.dead_fraction = sum(1 for r in s.unit_firing if r < dead_unit_rate) / units
+        rates = active * (units / sampled)
+        s.firing_rate = float(active.sum()) / sampled
+        s.unit_firing = rates.tolist()
+        # NaN rates (a NaN output reached a count) compare False: not dead, as with plain floats.
+        s.dead_fraction = int(np.count_nonzero(rates < dead_unit_rate)) / units
         if unit_saturated is not None and counters["sat_total"] > 0:
             # Saturation may have been read on fewer calls than firing (an inplace GELU/SiLU call
             # has no pre-activation left): per-unit saturation divides by its own sample count.
-            per_unit_sat = counters["sat_total"] / units
-            s.saturation = sum(unit_saturated) / counters["sat_total"]
-            s.saturated_units = sum(1 for c in unit_saturated if c / per_unit_sat > saturated_unit_rate) / units
+            sat = np.asarray(unit_saturated, dtype=np.float64)
+            s.saturation = float(sat.sum()) / counters["sat_total"]
+            s.saturated_units = int(np.count_nonzero(sat * (units / counters["sat_total"]) > saturated_unit_rate)) / units
     if unit_saturated is None and counters["sat_total"] > 0:
         s.saturation = sums["sat_rows"] / counters["sat_total"]
     if counters["detail_elements"] > 0:

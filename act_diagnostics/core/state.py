@@ -7,12 +7,14 @@ Design (see docs/statistics.md):
   :func:`act_diagnostics.core.pack.pack_states` concatenates every site's state and copies it once.
 * Totals are reducible across processes by sum (or max / min), so a single collective per log step
   serves DDP.
-* Moments (sum, sum of squares, min, max) read the whole output: they are single cheap passes. The
-  firing and saturation masks, which allocate a temporary and dominate the cost on the CPU, read at
-  most ``sample_elements`` elements per call, taken as the leading rows of the batch dimension.
+* Moments (sum, sum of squares, max |value|) read the whole output: they are single cheap passes.
+  The firing and saturation masks, which allocate a temporary and dominate the cost on the CPU, read
+  at most ``sample_elements`` elements per call, taken as the leading rows of the batch dimension.
   Rates are ratios over what was read (``sampled``), moments over everything (``elements``).
-* Float sums and exact counts share one float64 vector (exact for integers below 2**53); per-unit
-  counts are int64. Inputs in bf16/fp16 (autocast) are read in float32.
+* A site's device totals are one flat vector, ``[sums..., max_abs, unit_active..., unit_saturated...]``
+  in float64 (exact for counts below 2**53); the monitor places every site's vector in one shared
+  buffer (:func:`act_diagnostics.core.pack.share_buffer`), so a log step packs and resets all of
+  them with one op each. Inputs in bf16/fp16 (autocast) are read in float32.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from act_diagnostics.core.kinds import ActivationKind
 # Columns of SiteState.sums (float64, reduced by sum across processes).
 SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ = range(8)
 N_SUMS = 8
+# Offset of max |value| in a site's device totals (reduced by max); the per-unit counts follow it.
+MAX_ABS = N_SUMS
 # Host-side integer counters, in this order (reduced by sum).
 COUNTERS = (
     "calls",
@@ -42,6 +46,8 @@ COUNTERS = (
 )
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Float32 sums of 0/1 values are exact below 2**24 per unit and call.
+_EXACT_FLOAT_COUNT = 2**24
 
 
 def accumulator_dtype(device: torch.device) -> torch.dtype:
@@ -50,13 +56,17 @@ def accumulator_dtype(device: torch.device) -> torch.dtype:
 
 
 def unit_counts(mask: Tensor, unit_dim: int) -> Tensor:
-    """Count True entries of ``mask`` per unit (index along ``unit_dim``), as int32 or int64.
+    """Count the set entries of ``mask`` per unit (index along ``unit_dim``).
 
+    ``mask`` is bool, or a float 0/1 indicator (see :meth:`ActivationKind.active_indicator`).
     A bool mask is summed as uint8 into int32, about twice as fast as bool into int64 on the CPU
-    (exact up to 2**31 samples per unit and call).
+    (exact up to 2**31 samples per unit and call); an indicator is summed in float32 below 2**24
+    elements (exact), else in float64, and is again several times faster than a bool mask.
     """
     if mask.dim() == 0:
-        return mask.reshape(1).to(torch.int64)
+        return mask.reshape(1).to(torch.float64 if mask.is_floating_point() else torch.int64)
+    if mask.is_floating_point():
+        return unit_sums(mask, unit_dim, torch.float32 if mask.numel() < _EXACT_FLOAT_COUNT else torch.float64)
     return unit_sums(mask.view(torch.uint8) if mask.dtype == torch.bool else mask, unit_dim, torch.int32)
 
 
@@ -74,9 +84,6 @@ def unit_sums(t: Tensor, unit_dim: int, dtype: torch.dtype) -> Tensor:
         lead *= size
     return t.reshape(lead, t.shape[unit_dim], -1).sum(2, dtype=dtype).sum(0)
 
-
-# Float32 sums of 0/1 values are exact below 2**24 per unit and call.
-_EXACT_FLOAT_COUNT = 2**24
 
 
 def leading_rows(t: Tensor, max_elements: int | None) -> Tensor:
@@ -117,9 +124,9 @@ class SiteState:
     eps: float
     histogram_samples: int = 0
     counters: list[int] = field(init=False)
+    totals: Tensor = field(init=False)  # the flat device vector; the fields below are views of it
     sums: Tensor = field(init=False)
-    max: Tensor = field(init=False)
-    min: Tensor = field(init=False)
+    max_abs: Tensor = field(init=False)
     unit_active: Tensor = field(init=False)
     unit_saturated: Tensor | None = field(init=False)
     out_sample: Tensor | None = field(init=False, default=None)
@@ -131,58 +138,55 @@ class SiteState:
         self._allocate(self.device)
 
     # -- allocation -------------------------------------------------------------------------
+    @property
+    def totals_size(self) -> int:
+        """Length of the device totals: sums, max |value|, per-unit firing (and saturation) counts."""
+        return N_SUMS + 1 + self.n_units * (2 if self.elementwise_saturation else 1)
+
     def _allocate(self, device: torch.device) -> None:
+        self.counters = [0] * len(COUNTERS)
+        self.out_sample = None
+        self.grad_sample = None
         # Totals must be normal tensors even when the first call runs under inference_mode
         # (inference tensors cannot be updated inplace outside it).
         with torch.inference_mode(False):
-            self._allocate_tensors(device)
+            self.bind(torch.zeros(self.totals_size, dtype=accumulator_dtype(device), device=device))
 
-    def _allocate_tensors(self, device: torch.device) -> None:
-        self.device = device
-        dtype = accumulator_dtype(device)
-        self.counters = [0] * len(COUNTERS)
-        self.sums = torch.zeros(N_SUMS, dtype=dtype, device=device)
-        self.max = torch.full((), float("-inf"), dtype=dtype, device=device)
-        self.min = torch.full((), float("inf"), dtype=dtype, device=device)
+    def bind(self, totals: Tensor) -> None:
+        """Keep the device totals in ``totals`` (a 1-D tensor, often a view of a shared buffer)."""
+        if totals.shape != (self.totals_size,):
+            raise ValueError(f"totals must have shape ({self.totals_size},), got {tuple(totals.shape)}")
+        self.totals = totals
+        self.device = totals.device
         # Views kept once so a hook adds into them without an indexing op per call.
-        self._moments = self.sums[SUM : SUMSQ + 1]
-        self._grad = self.sums[GRAD_SUMSQ]
+        self.sums = totals[:N_SUMS]
+        self._moments = totals[SUM : SUMSQ + 1]
+        self._grad = totals[GRAD_SUMSQ]
+        self.max_abs = totals[MAX_ABS]
         # Per-unit counts in the accumulator dtype: exact integers below 2**53 (2**24 on MPS),
         # and a float32 per-call count adds without a cast op.
-        self.unit_active = torch.zeros(self.n_units, dtype=dtype, device=device)
+        units = MAX_ABS + 1
+        self.unit_active = totals[units : units + self.n_units]
         self.unit_saturated = (
-            torch.zeros(self.n_units, dtype=torch.int64, device=device) if self.elementwise_saturation else None
+            totals[units + self.n_units : units + 2 * self.n_units] if self.elementwise_saturation else None
         )
-        self.out_sample = None
-        self.grad_sample = None
 
-    def reset(self) -> None:
-        """Start a new window (called after each snapshot)."""
+    def reset(self, totals: bool = True) -> None:
+        """Start a new window (called after each snapshot). ``totals=False`` leaves the device
+        totals to the caller, which zeroes a shared buffer for every site in one op."""
         self.counters = [0] * len(COUNTERS)
-        self.sums.zero_()
-        self.max.fill_(float("-inf"))
-        self.min.fill_(float("inf"))
-        self.unit_active.zero_()
-        if self.unit_saturated is not None:
-            self.unit_saturated.zero_()
+        if totals:
+            self.totals.zero_()  # max |value| restarts at 0: |y| >= 0, and NaN still propagates
         self.out_sample = None
         self.grad_sample = None
 
     def to(self, device: torch.device) -> None:
-        """Follow the model to another device, keeping the window's totals."""
+        """Follow the model to another device, keeping the window's totals (in a buffer of its own;
+        the monitor shares one again at the next snapshot)."""
         if device == self.device:
             return
-        dtype = accumulator_dtype(device)
-        sums, mx, mn = self.sums.to(device, dtype), self.max.to(device, dtype), self.min.to(device, dtype)
-        active, sat, counters = self.unit_active.to(device), self.unit_saturated, list(self.counters)
-        self._allocate(device)
-        self.sums.copy_(sums)
-        self.max.copy_(mx)
-        self.min.copy_(mn)
-        self.unit_active.copy_(active)
-        if sat is not None and self.unit_saturated is not None:
-            self.unit_saturated.copy_(sat.to(device))
-        self.counters = counters
+        with torch.inference_mode(False):
+            self.bind(self.totals.to(device, accumulator_dtype(device)))
 
     # -- per call ---------------------------------------------------------------------------
     def observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
@@ -205,9 +209,13 @@ class SiteState:
         flat = flat_float(y)
         c[1] += flat.numel()
         self._moments.add_(torch.stack((flat.sum(), torch.dot(flat, flat))))
-        lo, hi = torch.aminmax(flat)
-        torch.maximum(self.max, hi, out=self.max)
-        torch.minimum(self.min, lo, out=self.min)
+        kind, params = self.kind, self.params
+        if kind.sign_firing:  # output >= 0 (or NaN): its maximum is its largest |value|
+            peak = flat.max()
+        else:
+            lo, hi = torch.aminmax(flat)
+            peak = torch.maximum(hi, lo.neg_())
+        torch.maximum(self.max_abs, peak, out=self.max_abs)
 
         ndim = y.dim()
         unit_dim = self.unit_dim % ndim if ndim else 0
@@ -217,22 +225,18 @@ class SiteState:
             x_sample = x if x is None or sample is y else x[: sample.shape[0]]
         else:
             sample, x_sample = y, x
-        kind, params = self.kind, self.params
         one_unit = self.n_units == 1  # the whole output is one unit (e.g. a (batch,) probability)
         if one_unit or sample.shape[unit_dim] == self.n_units:
-            if kind.sign_firing and not one_unit and sample.numel() < _EXACT_FLOAT_COUNT:
-                # Output >= 0 (ReLU, ReLU6): sign(y) is 1 where firing, else 0. Several times
-                # cheaper on the CPU than building and counting a bool mask. A NaN output makes
-                # its unit's count NaN: that window is reported non-finite anyway.
-                self.unit_active.add_(unit_sums(sample.sign(), unit_dim, torch.float32))
-            else:
-                mask = kind.active(sample, params)
-                self.unit_active.add_(mask.sum().reshape(1) if one_unit else unit_counts(mask, unit_dim))
+            # Float 0/1 indicators where the kind has one: several times cheaper on the CPU than
+            # building and counting a bool mask. A NaN output makes its unit's count NaN: that
+            # window is reported non-finite anyway.
+            active = kind.active_indicator(sample, params)
+            self.unit_active.add_(active.sum().reshape(1) if one_unit else unit_counts(active, unit_dim))
             c[2] += sample.numel()
             # The smooth family's flat negative tail (GELU, SiLU, ...) is informational (no rule
             # judges it) and costs a second mask over the input: read it on detail steps only.
             tail_only = kind.family == "smooth" and kind.saturation_reads == "input"
-            saturated = None if tail_only and not detail else kind.saturated(x_sample, sample, params, self.eps)
+            saturated = None if tail_only and not detail else kind.saturated_indicator(x_sample, sample, params, self.eps)
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
                     self.unit_saturated.add_(saturated.sum().reshape(1) if one_unit else unit_counts(saturated, unit_dim))

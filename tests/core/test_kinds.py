@@ -300,3 +300,38 @@ def test_smooth_tail_follows_eps() -> None:
     x = T([(t1 + t5) / 2], dtype=torch.float64)
     assert saturated("silu", F.silu(x), x=x, eps=0.01) == [False]
     assert saturated("silu", F.silu(x), x=x, eps=0.05) == [True]
+
+
+# ---------------------------------------------------------------- float indicators
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_float_indicators_agree_with_the_masks(kind: str, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, 10, generator=gen) * 4).to(dtype)
+    # Outputs spread over every region the tests distinguish, with exact zeros and bounds.
+    y = torch.cat([x, torch.rand(64, 10, generator=gen).to(dtype), torch.zeros(2, 10, dtype=dtype), torch.ones(2, 10, dtype=dtype)])
+    if kind in ("relu", "relu6"):
+        y = y.clamp(min=0)  # the sign shortcut relies on the output being >= 0
+    params = {"dim": -1} if KINDS[kind].per_row else {}
+    spec = KINDS[kind]
+    mask = spec.active(y, params)
+    indicator = spec.active_indicator(y, params)
+    assert indicator.shape == mask.shape
+    assert torch.equal(indicator.to(torch.float64), mask.to(torch.float64)), kind
+    xin = torch.cat([x, x[:68]]) if spec.saturation_reads == "input" else None
+    sat = spec.saturated(xin, y, params, EPS)
+    fast = spec.saturated_indicator(xin, y, params, EPS)
+    assert (sat is None) == (fast is None)
+    if sat is not None:
+        assert torch.equal(fast.to(torch.float64), sat.to(torch.float64)), kind
+
+
+def test_indicator_is_float_where_it_pays_and_never_counts_nan() -> None:
+    y = torch.tensor([[-1.0, 0.0, 2.0, float("nan")]])
+    assert KINDS["gelu"].active_indicator(y, {}).dtype == torch.float32
+    assert KINDS["sigmoid"].saturated_indicator(None, y, {}, EPS).dtype == torch.float32
+    assert KINDS["gelu"].active_indicator(y, {}).tolist()[0][:3] == [0.0, 0.0, 1.0]
+    # relu(NaN) is 0 on some backends and NaN on others: either way NaN is never counted as firing.
+    nan_entry = float(KINDS["gelu"].active_indicator(y, {})[0, 3])
+    assert math.isnan(nan_entry) or nan_entry == 0.0
+    assert KINDS["threshold"].active_indicator(y, {}).dtype == torch.bool  # no float form

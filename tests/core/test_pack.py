@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from act_diagnostics.core.kinds import KINDS
-from act_diagnostics.core.pack import OP_MAX, OP_MIN, OP_SUM, combine_gathered, make_layout, pack_states, reduce_to_host
-from act_diagnostics.core.pack import totals_to_stats
+from act_diagnostics.core.pack import OP_MAX, OP_SUM, combine_gathered, make_layout, pack_states, reduce_to_host
+from act_diagnostics.core.pack import reset_states, share_buffer, shared_view, totals_to_stats
 from act_diagnostics.core.state import COUNTERS, N_SUMS, SiteState
 
 
@@ -65,23 +65,72 @@ def test_layout_ops_per_column() -> None:
     st = SiteState(KINDS["sigmoid"], {}, -1, 3, torch.device("cpu"), None, 0.01)
     st2 = SiteState(KINDS["relu"], {}, -1, 4, torch.device("cpu"), None, 0.01)
     layout = make_layout(["a", "b"], [st, st2])
-    k = len(COUNTERS) + N_SUMS
     ops = layout.ops.tolist()
-    assert ops[k] == OP_MAX and ops[k + 1] == OP_MIN
-    assert all(op == OP_SUM for op in ops[:k] + ops[k + 2 : layout.spans[0].size])
-    assert layout.spans[0].size == k + 2 + 2 * 3  # active and saturated per unit
-    assert layout.spans[1].size == k + 2 + 4  # relu: no saturation counts
-    assert layout.size == layout.spans[0].size + layout.spans[1].size
+    counters = 2 * len(COUNTERS)
+    assert layout.n_counters == counters and all(op == OP_SUM for op in ops[:counters])
+    first = ops[counters : counters + layout.spans[0].size]
+    assert first[N_SUMS] == OP_MAX  # max |value|
+    assert all(op == OP_SUM for i, op in enumerate(first) if i != N_SUMS)
+    assert layout.spans[0].size == N_SUMS + 1 + 2 * 3  # active and saturated per unit
+    assert layout.spans[1].size == N_SUMS + 1 + 4  # relu: no saturation counts
+    assert layout.size == counters + layout.spans[0].size + layout.spans[1].size
     assert pack_states([st, st2], torch.device("cpu")).numel() == layout.size
 
 
 def test_combine_gathered_columns() -> None:
-    gathered = torch.tensor([[1.0, 5.0, 3.0], [2.0, 4.0, -1.0], [3.0, 6.0, 0.0]], dtype=torch.float64)
-    ops = torch.tensor([OP_SUM, OP_MAX, OP_MIN], dtype=torch.int8)
-    assert combine_gathered(gathered, ops).tolist() == [6.0, 6.0, -1.0]
+    gathered = torch.tensor([[1.0, 5.0], [2.0, 4.0], [3.0, 6.0]], dtype=torch.float64)
+    ops = torch.tensor([OP_SUM, OP_MAX], dtype=torch.int8)
+    assert combine_gathered(gathered, ops).tolist() == [6.0, 6.0]
 
 
-def test_rank_without_data_does_not_disturb_max_and_min() -> None:
+def _observed(n: int) -> list[SiteState]:
+    states = [SiteState(KINDS["tanh" if i % 2 else "relu"], {}, -1, 3 + i, torch.device("cpu"), None, 0.01) for i in range(n)]
+    for i, st in enumerate(states):
+        st.observe(None, torch.tanh(torch.randn(4, 3 + i)) * (i + 1), False)
+    return states
+
+
+def test_shared_buffer_keeps_values_and_is_read_as_one_view() -> None:
+    states = _observed(3)
+    names = ["a", "b", "c"]
+    before, _ = reduce_to_host(states, names, torch.device("cpu"))
+    assert shared_view(states) is None  # three separate buffers
+    share_buffer(states, torch.device("cpu"))
+    view = shared_view(states)
+    assert view is not None and view.numel() == sum(st.totals_size for st in states)
+    after, _ = reduce_to_host(states, names, torch.device("cpu"))
+    assert totals_to_stats(after) == totals_to_stats(before)
+    # A hook's update lands in the shared buffer.
+    states[1].observe(None, torch.full((2, 4), 0.5), False)
+    assert float(view[states[0].totals_size + N_SUMS]) == pytest.approx(max(float(states[1].max_abs), 0.5))
+    # A state that moves out (e.g. a device change) breaks the view; the values stay right.
+    states[2].bind(states[2].totals.clone())
+    assert shared_view(states) is None
+    assert totals_to_stats(reduce_to_host(states, names, torch.device("cpu"))[0])["c"] == totals_to_stats(after)["c"]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_reset_states_starts_a_new_window(shared: bool) -> None:
+    states = _observed(2)
+    if shared:
+        share_buffer(states, torch.device("cpu"))
+    reset_states(states)
+    assert all(st.counters == [0] * len(COUNTERS) and not st.totals.any() for st in states)
+    stats = totals_to_stats(reduce_to_host(states, ["a", "b"], torch.device("cpu"))[0])
+    assert stats["a"].calls == 0 and stats["a"].mean is None
+
+
+def test_host_copy_is_not_the_buffer_the_next_window_zeroes() -> None:
+    states = _observed(1)
+    share_buffer(states, torch.device("cpu"))
+    states[0].observe(None, torch.ones(2, 3), False)
+    totals, _ = reduce_to_host(states, ["a"], torch.device("cpu"))
+    active = totals["a"]["unit_active"].copy()
+    reset_states(states)
+    assert (totals["a"]["unit_active"] == active).all() and active.sum() > 0
+
+
+def test_rank_without_data_does_not_disturb_max_abs() -> None:
     busy = SiteState(KINDS["relu"], {}, -1, 2, torch.device("cpu"), None, 0.01)
     idle = SiteState(KINDS["relu"], {}, -1, 2, torch.device("cpu"), None, 0.01)
     busy.observe(None, torch.tensor([[3.0, 0.0]]), False)
