@@ -223,8 +223,16 @@ def _tail_threshold(name: str, p: dict[str, Any], eps: float) -> float:
     return smooth_tail_threshold("gelu_tanh" if name == "gelu" and p.get("approximate") == "tanh" else name, eps)
 
 
-for _name in ("gelu", "silu", "mish", "hardswish"):
-    _SATURATED[_name] = (lambda n: lambda x, p, eps: x < _tail_threshold(n, p, eps))(_name)
+def _tail_mask(name: str) -> Callable[[Tensor, dict[str, Any], float], Tensor]:
+    return lambda x, p, eps: x < _tail_threshold(name, p, eps)
+
+
+def _tail_indicator(name: str) -> Callable[[Tensor, dict[str, Any], float], Tensor]:
+    return lambda x, p, eps: below(x, _tail_threshold(name, p, eps))
+
+
+_SMOOTH_TAILS = ("gelu", "silu", "mish", "hardswish")
+_SATURATED.update({name: _tail_mask(name) for name in _SMOOTH_TAILS})
 
 # Float forms of the commonest saturation tests (sigmoid, tanh and the smooth tails).
 _SATURATED_INDICATOR: dict[str, Callable[[Tensor, dict[str, Any], float], Tensor]] = {
@@ -232,7 +240,7 @@ _SATURATED_INDICATOR: dict[str, Callable[[Tensor, dict[str, Any], float], Tensor
     "tanh": lambda y, p, eps: _outside(y, 0.0, 1.0 - eps),
     "elu": lambda y, p, eps: below(y, eps - p.get("alpha", 1.0)),
     "selu": lambda y, p, eps: below(y, 1.0507009873554805 * (eps - 1.6732632423543772)),
-    **{n: (lambda n: lambda x, p, eps: below(x, _tail_threshold(n, p, eps)))(n) for n in ("gelu", "silu", "mish", "hardswish")},
+    **{name: _tail_indicator(name) for name in _SMOOTH_TAILS},
 }
 
 
