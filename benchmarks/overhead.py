@@ -129,6 +129,8 @@ class Act(Bare):
         self.due, self.detail = plan.log, plan.detail
         if plan.measure:
             self.mon.begin_step(detail=plan.detail)
+        else:
+            self.mon.pause()  # on_train_batch_start of a step the callback does not measure
 
     def after_forward(self, step: int) -> None:
         self.mon.stop_tracing()  # on_before_backward

@@ -191,6 +191,26 @@ def test_automatic_measurement_schedule(tmp_path):
     assert cb.monitor.steps == 22
 
 
+def test_unmeasured_steps_run_the_bare_model(tmp_path):
+    """Steps the schedule skips carry no hook at all; measured ones carry them again."""
+
+    class HookCounter(pl.Callback):  # runs after ActivationDiagnostics in the callback list
+        def __init__(self) -> None:
+            self.counts: list[int] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.counts.append(hook_count(pl_module))
+
+    cb = ActivationDiagnostics(log_every_n_steps=20, verbose=False, report=False, rules=False)
+    counter = HookCounter()
+    t = trainer(tmp_path, cb, loggers=[], max_epochs=-1, max_steps=12)
+    t.callbacks.append(counter)
+    t.fit(Net(), loader(n=1024))
+    hooked = [i for i, n in enumerate(counter.counts) if n]
+    assert hooked == list(range(0, 12, 2))  # measured: every second step
+    assert cb.monitor.steps == 6 and hook_count(t.lightning_module) == 0
+
+
 def test_eval_stages_add_validation_batches(tmp_path):
     model = Net()
     cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, eval_stages=["validate"])

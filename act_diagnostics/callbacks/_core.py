@@ -320,11 +320,19 @@ class DiagnosticsCallbackCore:
         self._batch_log, self._batch_detail = plan.log, plan.detail
         if plan.measure:
             self._begin_batch()
+        else:
+            self._pause_batch()
 
     @_guarded
     def _begin_batch(self) -> None:
         if self.monitor is not None:
             self.monitor.begin_step(detail=self._batch_detail)
+
+    @_guarded
+    def _pause_batch(self) -> None:
+        # A step that is not measured runs the bare model: no hook is called at all.
+        if self.monitor is not None:
+            self.monitor.pause()
 
     @_guarded
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:

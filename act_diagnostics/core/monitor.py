@@ -12,9 +12,12 @@ Torch only; the Lightning callbacks drive it through :meth:`begin_step`, :meth:`
         snap = mon.snapshot()       # one device-to-host copy
     print(snap.stats["net.1"].firing_rate)
 
-Lifecycle: :meth:`attach` registers every hook and is idempotent; :meth:`detach` removes them all
-and is safe to call twice. Hooks never raise into training: an internal error disables the monitor
-with one warning (see :attr:`failure`).
+Lifecycle: :meth:`attach` is idempotent; hooks are registered by the first measured step
+(:meth:`begin_step`), :meth:`pause` removes them until the next one (the callback pauses on steps
+it does not measure, so those run the bare model), and :meth:`detach` removes them all and is safe
+to call twice. After the first steps only the activation modules and the model itself carry hooks,
+unless functional sites need the owner names. Hooks never raise into training: an internal error
+disables the monitor with one warning (see :attr:`failure`).
 """
 
 from __future__ import annotations
@@ -98,7 +101,9 @@ class ActivationMonitor:
         self.window_steps = 0
         self.failure: BaseException | None = None
         self.losses_seen: dict[str, dict[str, Any]] = {}
-        self._handles: list[Any] = []
+        self._handles: list[Any] = []  # the model's pre-hook and the activation modules' hooks
+        self._structure_handles: list[Any] = []  # every other module's hooks, while needed
+        self._activation_modules: list[nn.Module] = []
         self._names: dict[int, str] = {}
         self._owner_stack: list[str] = []
         self._calls: dict[str, int] = {}
@@ -117,31 +122,55 @@ class ActivationMonitor:
         return self._attached
 
     def attach(self) -> "ActivationMonitor":
-        """Register every hook. Calling it again while attached does nothing."""
+        """Attach to the model. Calling it again while attached does nothing.
+
+        Hooks are registered when a step is measured (:meth:`begin_step`) and stay until
+        :meth:`pause` or :meth:`detach`, so steps that are not measured run the bare model.
+        """
         if self._attached:
             return self
-        cfg = self.config
-        for name, module in self.model.named_modules():
-            self._names[id(module)] = name
-            kind = module_kind(module)
-            if kind is not None:
-                self._handles.append(module.register_forward_pre_hook(self._activation_pre_hook))
-                self._handles.append(module.register_forward_hook(self._activation_hook, always_call=True))
-            elif cfg.functional or module is self.model or _has_params(module) or not any(True for _ in module.children()):
-                self._handles.append(module.register_forward_pre_hook(self._module_pre_hook))
-                self._handles.append(module.register_forward_hook(self._module_hook, always_call=True))
+        self._names = {id(module): name for name, module in self.model.named_modules()}
+        self._activation_modules = [m for m in self.model.modules() if module_kind(m) is not None]
         self._attached = True
         return self
 
     def detach(self) -> None:
         """Remove every hook and leave the tracer. Safe to call twice, and after a failure."""
         self._stop_tracer()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self.pause()
         self._attached = False
         self.enabled = False
         self._clear_step_refs()
+
+    def pause(self) -> None:
+        """Remove the hooks until the next measured step (the monitor stays attached)."""
+        for handle in self._handles + self._structure_handles:
+            handle.remove()
+        self._handles.clear()
+        self._structure_handles.clear()
+
+    def _install_hooks(self, structure: bool) -> None:
+        """Register what this step needs. Always: a pre-hook on the model (a new forward pass)
+        and the hooks of activation modules. With ``structure`` (the first steps, or while
+        functional sites are traced): every other module too, for layer links and owner names."""
+        if not self._handles:
+            # prepend: a new pass must be marked before any other pre-hook of the model runs.
+            self._handles.append(self.model.register_forward_pre_hook(self._model_pre_hook, prepend=True))
+            for module in self._activation_modules:
+                self._handles.append(module.register_forward_pre_hook(self._activation_pre_hook))
+                self._handles.append(module.register_forward_hook(self._activation_hook, always_call=True))
+        if structure and not self._structure_handles:
+            cfg = self.config
+            for module in self.model.modules():
+                if module_kind(module) is not None:
+                    continue
+                if cfg.functional or module is self.model or _has_params(module) or not any(True for _ in module.children()):
+                    self._structure_handles.append(module.register_forward_pre_hook(self._module_pre_hook))
+                    self._structure_handles.append(module.register_forward_hook(self._module_hook, always_call=True))
+        elif not structure and self._structure_handles:
+            for handle in self._structure_handles:
+                handle.remove()
+            self._structure_handles.clear()
 
     def __enter__(self) -> "ActivationMonitor":
         self.attach()
@@ -168,10 +197,13 @@ class ActivationMonitor:
         self.activation_depth = 0
         self._owner_stack.clear()
         self._calls.clear()
-        # The tracer costs a Python call per torch op. After the first steps it is needed only
-        # if functional sites were found (a functional call first made later is not seen).
+        # The tracer and the hooks on every module cost a Python call per torch op and per module.
+        # After the first steps they are needed only if functional sites were found (a functional
+        # call first made later is not seen).
         discovering = self.steps < max(1, self.config.structure_steps)
-        if self.tracking_structure or (self.config.functional and (discovering or self._functional_sites)):
+        tracing = self.config.functional and (discovering or self._functional_sites)
+        self._install_hooks(structure=self.tracking_structure or tracing)
+        if self.tracking_structure or tracing:
             self._start_tracer()
 
     def stop_tracing(self) -> None:
@@ -235,17 +267,20 @@ class ActivationMonitor:
         return torch._C.DisableTorchFunction() if self._tracer_on else nullcontext()
 
     # ------------------------------------------------------------------ module hooks
+    def _model_pre_hook(self, module: nn.Module, args: tuple) -> None:
+        if not self.enabled:
+            return
+        # A new forward pass of the whole model: call positions restart, and the previous pass's
+        # tensors (its loss is computed by now) are let go, so gradient accumulation over many
+        # micro-batches in one step does not keep every micro-batch alive.
+        self._calls.clear()
+        self._owner_stack.clear()
+        self._produced.clear()
+        self._layer_out.clear()
+
     def _module_pre_hook(self, module: nn.Module, args: tuple) -> None:
         if not self.enabled:
             return
-        if module is self.model:
-            # A new forward pass of the whole model: call positions restart, and the previous
-            # pass's tensors (its loss is computed by now) are let go, so gradient accumulation
-            # over many micro-batches in one step does not keep every micro-batch alive.
-            self._calls.clear()
-            self._owner_stack.clear()
-            self._produced.clear()
-            self._layer_out.clear()
         self._owner_stack.append(self._names.get(id(module), ""))
         if self.tracking_structure and self._produced and _has_params(module):
             for arg in args:

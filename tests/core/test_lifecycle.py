@@ -42,8 +42,9 @@ class Mixed(nn.Module):
 def test_detach_removes_every_hook_and_mode(train_step) -> None:
     model = Mixed()
     mon = ActivationMonitor(model).attach()
-    assert not _no_hooks(model)
+    assert _no_hooks(model)  # registered by the first measured step
     mon.begin_step()
+    assert not _no_hooks(model)
     assert _mode_stack() == [mon._tracer]
     model(torch.randn(2, 4))
     mon.detach()  # mid-step
@@ -355,3 +356,58 @@ def test_user_mode_left_above_the_tracer_is_not_disturbed() -> None:
     model(torch.randn(2, 4))  # the disabled tracer passes calls through
     mon.detach()
     assert _mode_stack() == [] and _no_hooks(model)
+
+
+class ModulesOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Dropout(0.0), nn.Linear(8, 2))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _hooked(model: nn.Module) -> set[str]:
+    return {name for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks}
+
+
+def test_after_discovery_only_activations_and_the_model_carry_hooks(train_step) -> None:
+    model = ModulesOnly()
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step()  # discovery: the layers are hooked too, to link them to the activations
+    assert {"", "net.0", "net.1", "net.2", "net.3", "net.5"} <= _hooked(model)
+    model(torch.randn(3, 4)).sum().backward()
+    mon.end_step()
+    for _ in range(4):
+        train_step(mon, model, torch.randn(3, 4))
+    mon.begin_step()
+    assert _hooked(model) == {"", "net.1", "net.3"}  # no functional site: no owner names needed
+    model(torch.randn(3, 4)).sum().backward()
+    mon.end_step()
+    snap = mon.snapshot()
+    assert snap.stats["net.1"].calls == 6 and snap.stats["net.3"].calls == 6
+    mon.detach()
+
+
+def test_functional_sites_keep_the_owner_hooks(train_step) -> None:
+    model = Mixed()
+    mon = ActivationMonitor(model).attach()
+    for _ in range(4):
+        train_step(mon, model, torch.randn(2, 4))
+    mon.begin_step()
+    assert {"fc1", "fc2"} <= _hooked(model)  # owner names for ':relu' and ':softmax'
+    mon.end_step()
+    mon.detach()
+
+
+def test_pause_runs_the_bare_model_and_the_next_step_measures_again(train_step) -> None:
+    model = ModulesOnly()
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(3, 4))
+    mon.pause()
+    assert _no_hooks(model) and mon.attached
+    model(torch.randn(3, 4)).sum().backward()  # an unmeasured step
+    train_step(mon, model, torch.randn(3, 4))
+    assert mon.snapshot().stats["net.1"].calls == 2
+    mon.detach()
+    assert _no_hooks(model)
