@@ -20,8 +20,9 @@ Args:
     heatmaps: write layers x steps images of dead fraction and saturation to TensorBoard.
     histogram_samples: values per site kept for each histogram.
     saturation_eps: saturation margin, e.g. sigmoid below eps or above 1 - eps.
-    sample_elements: firing/saturation masks read at most this many elements per call (leading
-        batch rows); None reads everything. Moments always read everything.
+    sample_elements: every per-element statistic (rates, moments, extrema, gradient RMS) reads at
+        most this many elements per call, the leading batch rows; None reads everything. Detail
+        steps count non-finite values over the whole output.
     unit_dim: dimension that indexes units; None: channel dim 1 for conv outputs, else the last.
     rules: judge statistics and structure with the rules (see docs/rules).
     disable_rules: rule ids to switch off, e.g. ``["saturation"]``.

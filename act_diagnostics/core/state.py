@@ -7,10 +7,10 @@ Design (see docs/statistics.md):
   :func:`act_diagnostics.core.pack.pack_states` concatenates every site's state and copies it once.
 * Totals are reducible across processes by sum (or max / min), so a single collective per log step
   serves DDP.
-* Moments (sum, sum of squares, max |value|) read the whole output: they are single cheap passes.
-  The firing and saturation masks, which allocate a temporary and dominate the cost on the CPU, read
-  at most ``sample_elements`` elements per call, taken as the leading rows of the batch dimension.
-  Rates are ratios over what was read (``sampled``), moments over everything (``elements``).
+* Every per-element statistic (moments, max |value|, firing and saturation, the output gradient)
+  reads at most ``sample_elements`` elements per call, the leading rows of the batch dimension, so
+  a call costs the same whatever the size of its output. Detail steps count non-finite values over
+  the whole output.
 * A site's device totals are one flat vector, ``[sums..., max_abs, unit_active..., unit_saturated...]``
   in float64 (exact for counts below 2**53); the monitor places every site's vector in one shared
   buffer (:func:`act_diagnostics.core.pack.share_buffer`), so a log step packs and resets all of
@@ -206,7 +206,16 @@ class SiteState:
         # An inplace activation returns its input: then the pre-activation is gone.
         if x is y:
             x = None
-        flat = flat_float(y)
+        ndim = y.dim()
+        unit_dim = self.unit_dim % ndim if ndim else 0
+        # Everything per element reads the leading rows of dim 0 (at most ``sample_elements``),
+        # unless dim 0 holds the units (then everything): a bounded cost per call.
+        if unit_dim != 0:
+            sample = leading_rows(y, self.sample_elements)
+            x_sample = x if x is None or sample is y else x[: sample.shape[0]]
+        else:
+            sample, x_sample = y, x
+        flat = flat_float(sample)
         c[1] += flat.numel()
         self._moments.add_(torch.stack((flat.sum(), torch.dot(flat, flat))))
         kind, params = self.kind, self.params
@@ -217,14 +226,6 @@ class SiteState:
             peak = torch.maximum(hi, lo.neg_())
         torch.maximum(self.max_abs, peak, out=self.max_abs)
 
-        ndim = y.dim()
-        unit_dim = self.unit_dim % ndim if ndim else 0
-        # Rates read the leading rows of dim 0, unless dim 0 holds the units (then everything).
-        if unit_dim != 0:
-            sample = leading_rows(y, self.sample_elements)
-            x_sample = x if x is None or sample is y else x[: sample.shape[0]]
-        else:
-            sample, x_sample = y, x
         one_unit = self.n_units == 1  # the whole output is one unit (e.g. a (batch,) probability)
         if one_unit or sample.shape[unit_dim] == self.n_units:
             # Float 0/1 indicators where the kind has one: several times cheaper on the CPU than
@@ -248,7 +249,9 @@ class SiteState:
             self.unit_mismatch += 1
 
         if detail:
-            # x - x is NaN exactly where x is NaN/Inf; float ops are ~6x cheaper on the CPU than a bool mask.
+            # The whole output, on detail steps. x - x is NaN exactly where x is NaN/Inf; float
+            # ops are ~6x cheaper on the CPU than a bool mask.
+            flat = flat_float(y)
             self.sums[NONFINITE].add_(torch.nan_to_num(flat - flat, nan=1.0).sum())
             c[6] += flat.numel()
             if self.histogram_samples:
@@ -263,13 +266,15 @@ class SiteState:
         self.counters[7] += n
 
     def observe_grad(self, g: Tensor, detail: bool) -> None:
-        """Add the gradient with respect to this site's output (called from a tensor hook)."""
+        """Add the gradient with respect to this site's output (called from a tensor hook); it reads
+        the same leading rows as the output's statistics."""
         if g.numel() == 0:
             return
         if g.device != self.device:
             self.to(g.device)
+        unit_dim = self.unit_dim % g.dim() if g.dim() else 0
         with torch.no_grad():
-            flat = flat_float(g)
+            flat = flat_float(leading_rows(g, self.sample_elements) if unit_dim != 0 else g)
             self._grad.add_(torch.dot(flat, flat))
         self.counters[4] += 1
         self.counters[5] += flat.numel()

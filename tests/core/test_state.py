@@ -211,15 +211,25 @@ def test_unit_counts_helper() -> None:
     assert unit_counts(torch.tensor(True), 0).tolist() == [1]
 
 
-def test_sample_elements_caps_rates_but_not_moments() -> None:
+def test_sample_elements_bounds_every_per_element_statistic() -> None:
     x = -torch.ones(1000, 10)
     x[:10] = 1.0  # only the leading 10 rows fire
+    x[500, 3] = 1e6  # outside the sample: a NaN or a spike there is seen on detail steps only
     st = make_state("relu", 10, sample=100)
     st.observe(x, F.relu(x), False)
+    g = torch.zeros(1000, 10)
+    g[:10] = 2.0
+    st.observe_grad(g, False)
     s = stats(st)
-    assert s.sampled == 100 and s.elements == 10_000
+    assert s.sampled == 100 and s.elements == 100
     assert s.firing_rate == 1.0  # read on the leading 100 elements (10 rows)
-    assert s.mean == pytest.approx(0.01)  # over everything
+    assert s.mean == 1.0 and s.max_abs == 1.0  # moments and extrema read the same rows
+    assert s.grad_rms == 2.0  # and so does the gradient
+    st.reset()
+    x[500, 3] = float("nan")
+    st.observe(x, F.relu(x), True)  # a detail step reads the whole output for non-finite values
+    s = stats(st)
+    assert s.nonfinite_share == pytest.approx(1 / 10_000) and not s.nonfinite
     assert leading_rows(x, 25).shape == (2, 10)
     assert leading_rows(x, 5).shape == (1, 10)  # at least one row
     assert leading_rows(x, None) is x
