@@ -8,9 +8,11 @@ candidate :class:`Finding` objects. It does not debounce or deduplicate: the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import numpy as np
 
 from act_diagnostics.core.sites import Site
 from act_diagnostics.core.snapshot import SiteStats, Snapshot
@@ -104,21 +106,23 @@ class SamplePool:
 
     Statistical rules judge a site only over ``minimum`` samples per unit (rules.md: windows of
     >= 1k samples); a short window (logging every step, a small batch) is added to the next ones.
+    Values are pooled as numpy arrays: a wide layer pooled at every log step costs one vector op.
     """
 
     def __init__(self) -> None:
-        self._pools: dict[str, tuple[list[float], float]] = {}
+        self._pools: dict[str, tuple[np.ndarray, float]] = {}
 
-    def add(self, site: str, values: list[float], weight: float, minimum: float) -> tuple[list[float] | None, float]:
+    def add(self, site: str, values: Sequence[float] | np.ndarray, weight: float, minimum: float) -> tuple[np.ndarray | None, float]:
         """Add one window's ``values`` seen over ``weight`` samples; the pooled means once
         ``minimum`` samples were seen (and start over), else None. Also returns the samples seen."""
-        sums, seen = self._pools.get(site, ([0.0] * len(values), 0.0))
-        if len(sums) != len(values):  # the site changed width: start over
-            sums, seen = [0.0] * len(values), 0.0
-        sums = [s + v * weight for s, v in zip(sums, values)]
+        v = np.asarray(values, dtype=np.float64)
+        sums, seen = self._pools.get(site, (np.zeros_like(v), 0.0))
+        if sums.shape != v.shape:  # the site changed width: start over
+            sums, seen = np.zeros_like(v), 0.0
+        sums = sums + v * weight
         seen += weight
         if seen < minimum:
             self._pools[site] = (sums, seen)
             return None, seen
         self._pools.pop(site, None)
-        return [s / seen for s in sums], seen
+        return sums / seen, seen

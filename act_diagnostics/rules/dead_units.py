@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from act_diagnostics.rules.base import Rule, RuleContext, SamplePool, pct, samples_per_unit
 from act_diagnostics.rules.finding import Finding
 
@@ -71,7 +73,7 @@ class DeadUnits(Rule):
             if rates is None:
                 ctx.hold(site.name)
                 continue
-            dead = [j for j, r in enumerate(rates) if r < self.t["unit_rate"]]
+            dead = np.flatnonzero(rates < self.t["unit_rate"]).tolist()
             early_step, early = self._early.setdefault(site.name, (ctx.step, dead))
             fraction = len(dead) / len(rates)
             if fraction < self.t["warn_fraction"]:
@@ -98,12 +100,12 @@ class DeadUnits(Rule):
 
     def _judged_rates(
         self, ctx: RuleContext, name: str, firing: list[float], per_unit: float
-    ) -> tuple[list[float] | None, float]:
+    ) -> tuple[np.ndarray | None, float]:
         """Per-unit firing rates over enough samples, or None while still pooling windows."""
         if ctx.preflight:
             ok = per_unit >= self.t["preflight_min_samples"]
-            return (list(firing) if ok else None), per_unit
-        return self._pool.add(name, list(firing), per_unit, self.t["min_samples"])
+            return (np.asarray(firing, dtype=np.float64) if ok else None), per_unit
+        return self._pool.add(name, firing, per_unit, self.t["min_samples"])
 
     def state_dict(self) -> dict[str, Any]:
         # Pools are a partial window and are dropped; the born-dead reference must survive resume.

@@ -84,7 +84,7 @@ class Saturation(Rule):
         if ctx.preflight:
             return (units, share, per_unit) if per_unit >= self.t["preflight_min_samples"] else None
         means, seen = self._pool.add(name, [units, share], per_unit, self.t["min_samples"])
-        return None if means is None else (means[0], means[1], seen)
+        return None if means is None else (float(means[0]), float(means[1]), seen)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -116,3 +116,15 @@ def test_a_failing_rule_is_disabled_not_raised(monkeypatch):
     with pytest.warns(RuntimeWarning, match="rule dead-units failed"):
         engine.evaluate(dead(8, 1), preflight=True)
     assert engine.evaluate(dead(8, 2), preflight=True) == []
+
+
+def test_sample_pool_weights_windows_until_enough_samples() -> None:
+    from act_diagnostics.rules.base import SamplePool
+
+    pool = SamplePool()
+    assert pool.add("s", [1.0, 0.0], 300, 1000) == (None, 300)
+    means, seen = pool.add("s", [0.0, 0.0], 700, 1000)
+    assert seen == 1000 and means.tolist() == [0.3, 0.0]
+    assert pool.add("s", [1.0], 600, 1000) == (None, 600)  # a new window starts the pool over
+    means, seen = pool.add("s", [0.5, 0.5, 0.5], 2000, 1000)  # the site changed width
+    assert seen == 2000 and means.tolist() == [0.5, 0.5, 0.5]
