@@ -12,6 +12,8 @@ Args:
     include: glob patterns of site names to watch (e.g. ``["encoder.*"]``); None watches all.
     exclude: glob patterns of site names to skip.
     kinds: activation kinds or families to watch (e.g. ``["relu", "sigmoid"]``); None watches all.
+        A name that is both, like ``"relu"``, is the kind; ``"family:relu"`` adds LeakyReLU, PReLU,
+        ReLU6 and the rest of the family (``"smooth"`` alone names the GELU/SiLU/ELU family).
     functional: also watch functional activations (needs a TorchFunctionMode during the step).
     gradients: measure gradient RMS at each activation output (a tensor hook per output).
     histograms: write output histograms to TensorBoard on detail steps (log steps at least 10

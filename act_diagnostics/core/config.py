@@ -52,11 +52,12 @@ class MonitorConfig:
         self.include = _check_patterns("include", self.include)
         self.exclude = _check_patterns("exclude", self.exclude)
         kinds = _check_patterns("kinds", self.kinds)
-        unknown = [k for k in kinds if k not in KINDS and k not in FAMILIES]
+        unknown = [k for k in kinds if k not in KINDS and k not in FAMILIES and k.removeprefix("family:") not in FAMILIES]
         if unknown:
             raise ValueError(
                 f"`kinds` entries must be activation kinds or families; got {unknown}. "
-                f"Kinds: {', '.join(KINDS)}. Families: {', '.join(FAMILIES)}"
+                f"Kinds: {', '.join(KINDS)}. Families: {', '.join(FAMILIES)} "
+                "(a name that is also a kind, like 'relu', selects the kind; 'family:relu' the family)"
             )
         self.kinds = kinds
         for name in ("functional", "gradients"):
@@ -76,3 +77,13 @@ class MonitorConfig:
             raise ValueError(f"`structure_steps` must be an int >= 0, got {self.structure_steps!r}")
         if not isinstance(self.dead_unit_rate, (int, float)) or not 0.0 <= self.dead_unit_rate < 1.0:
             raise ValueError(f"`dead_unit_rate` must be in [0, 1), got {self.dead_unit_rate!r}")
+
+
+def selects(kinds: tuple[str, ...] | list[str], kind: str, family: str) -> bool:
+    """Whether the ``kinds`` option selects an activation of ``kind`` in ``family``.
+
+    A name that is both a kind and a family ("relu", "sigmoid", "tanh", "softmax") selects the
+    kind only; ``"family:<name>"`` selects a whole family, as does a family name that is no kind
+    ("smooth", "bounded", "gate", "other").
+    """
+    return kind in kinds or f"family:{family}" in kinds or (family in kinds and family not in KINDS)

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from act_diagnostics.core.config import MonitorConfig
+from act_diagnostics.core.config import MonitorConfig, selects
 from act_diagnostics.core.kinds import (
     FUNCTIONAL_KINDS,
     KINDS,
@@ -404,7 +404,7 @@ class ActivationMonitor:
             return False
         if any(fnmatch.fnmatchcase(site.name, p) for p in cfg.exclude):
             return False
-        if cfg.kinds and site.kind not in cfg.kinds and site.family not in cfg.kinds:
+        if cfg.kinds and not selects(cfg.kinds, site.kind, site.family):
             return False
         return True
 

@@ -192,6 +192,22 @@ def test_include_exclude_and_kinds(make_mlp) -> None:
     assert sites(kinds=["tanh"]) == [":tanh"]
 
 
+def test_kind_names_select_the_kind_and_family_names_the_family() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.LeakyReLU(), nn.Linear(4, 4), nn.GELU(), nn.Sigmoid())
+
+    def sites(kinds):
+        with ActivationMonitor(model, kinds=kinds) as mon:
+            model(torch.randn(2, 4))
+        return list(mon.sites)
+
+    assert sites(["relu"]) == ["1"]  # the kind, not LeakyReLU
+    assert sites(["family:relu"]) == ["1", "3"]
+    assert sites(["smooth"]) == ["5"]  # a family that is no kind
+    assert sites(["family:sigmoid", "leaky_relu"]) == ["3", "6"]
+    with pytest.raises(ValueError, match="'family:relu' the family"):
+        ActivationMonitor(model, kinds=["family:swish"])
+
+
 def test_calls_outside_training_steps_are_not_counted(make_mlp, train_step) -> None:
     model = make_mlp(4, 2)
     mon = ActivationMonitor(model).attach()
