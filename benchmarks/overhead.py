@@ -9,8 +9,9 @@ Variants (plain torch loop, SGD, batches made in advance, torch.set_num_threads(
 
 * ``act every``    ActivationMonitor driven as the callback drives it, statistics every step
                    (begin_step / stop_tracing / measure_param_grads / end_step / snapshot);
-* ``act default``  the callback's defaults at Lightning's default interval (50 steps): the log step
-                   and every 5th step between (``measure_every_n_steps=None``, automatic);
+* ``act default``  the callback's defaults at Lightning's default interval (50 steps): after the
+                   first window (measured on every step, untimed warm-up), the log step and every
+                   10th step between (``measure_every_n_steps=None``, automatic);
 * ``act default /1`` the same interval, measuring every step (``measure_every_n_steps=1``);
 * ``fastai``       fastai ActivationStats re-implemented: a hook on every module with parameters,
                    mean, std and share near zero (<= 0.05) with three ``.item()`` per module per step;
@@ -19,7 +20,8 @@ Variants (plain torch loop, SGD, batches made in advance, torch.set_num_threads(
                    (rules on, no logger) against a bare Trainer (MLP only).
 
 Each run first takes a few untimed warm-up steps (the monitor learns the structure in its first two
-steps, and the pre-flight snapshot is taken at step 0), then times N steps; for the default interval
+steps, and the pre-flight snapshot is taken at step 0; default-interval variants warm up through
+their first, densely measured window), then times N steps; for the default interval
 N is a multiple of 50, so each timed window holds exactly one log step.
 """
 
@@ -39,10 +41,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from act_diagnostics.callbacks.schedule import StepSchedule, automatic_measure_every  # noqa: E402
+from act_diagnostics.callbacks.schedule import StepSchedule  # noqa: E402
 from act_diagnostics.core.monitor import ActivationMonitor  # noqa: E402
 
 WARMUP = 3
+# The default schedule measures every step of its first window (initialisation faults), then about
+# 5 steps per window: the default-interval variants warm up through that first window, so their
+# figure is the steady state. The first window costs what "act default /1" costs, once per run.
+STEADY_WARMUP = 50
 BLOCK = 10  # steps per interleaved block
 DEFAULT_INTERVAL = 50  # Trainer(log_every_n_steps=50)
 
@@ -50,7 +56,7 @@ DEFAULT_INTERVAL = 50  # Trainer(log_every_n_steps=50)
 # ---------------------------------------------------------------------------------------- models
 def mlp() -> tuple[nn.Module, Callable[[], tuple]]:
     layers: list[nn.Module] = []
-    for i in range(8):
+    for _ in range(8):
         layers += [nn.Linear(512, 512), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(512, 10))
     return model, lambda: (torch.randn(256, 512), torch.randint(0, 10, (256,)))
@@ -107,12 +113,12 @@ class Bare:
 class Act(Bare):
     """ActivationMonitor driven exactly as the Lightning callback drives it."""
 
-    def __init__(self, model: nn.Module, interval: int, measure_every: int = 1) -> None:
+    def __init__(self, model: nn.Module, interval: int, measure_every: int | None = 1) -> None:
         super().__init__(model)
         self.interval = interval
-        self.measure_every = measure_every  # ActivationDiagnostics(measure_every_n_steps=...)
+        self.measure_every = measure_every  # ActivationDiagnostics(measure_every_n_steps=...); None: automatic
         self.name = "act every" if interval == 1 else "act default"
-        if interval > 1 and measure_every != automatic_measure_every(interval):
+        if interval > 1 and measure_every is not None:
             self.name += f" /{measure_every}"
         self.mon = ActivationMonitor(model)
         self.schedule = StepSchedule(interval, measure_every)  # the callback's own schedule
@@ -217,7 +223,7 @@ def run_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: list, varia
 
 
 # ---------------------------------------------------------------------------------------- Lightning
-def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: int) -> float:
+def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: int, warmup: int = WARMUP) -> float:
     import pytorch_lightning as pl
 
     from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
@@ -238,7 +244,7 @@ def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: 
         start = end = 0.0
 
         def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-            if trainer.global_step == WARMUP:
+            if trainer.global_step == warmup:
                 self.start = time.perf_counter()
 
         def on_train_batch_end(self, *args: Any) -> None:
@@ -250,7 +256,7 @@ def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: 
         # warn=False: the benchmark's default-initialised MLP has born-dead units (a true finding)
         # and the warnings would only clutter the output; the rules still run.
         callbacks.insert(0, ActivationDiagnostics(log_every_n_steps=interval, report=False, verbose=False, warn=False))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=WARMUP + steps, logger=False, callbacks=callbacks,
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False, callbacks=callbacks,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     trainer.fit(Module(), loader)
@@ -268,24 +274,25 @@ def measure(model_name: str, rounds: int, with_lightning: bool) -> dict[str, lis
     every: list[Callable[[], Bare]] = [lambda: Act(model, 1), lambda: FastaiStats(model)]
     if any(isinstance(m, (nn.ReLU, nn.GELU)) for m in model.modules()):
         every.append(lambda: Naive(model))
-    groups: list[tuple[int, list[Callable[[], Bare]]]] = [
-        (n_every, every),
+    groups: list[tuple[int, int, list[Callable[[], Bare]]]] = [
+        (n_every, WARMUP, every),
         (
             DEFAULT_INTERVAL,
+            STEADY_WARMUP,
             [
-                lambda: Act(model, DEFAULT_INTERVAL, measure_every=automatic_measure_every(DEFAULT_INTERVAL)),
+                lambda: Act(model, DEFAULT_INTERVAL, measure_every=None),
                 lambda: Act(model, DEFAULT_INTERVAL, measure_every=1),
             ],
         ),
     ]
     ratios: dict[str, list[float]] = {}
     for r in range(rounds):
-        for steps, makers in groups:
+        for steps, warmup, makers in groups:
             variants = [Bare(model)] + [make() for make in makers]
             k = r % len(variants)
             variants = variants[k:] + variants[:k]  # rotate: no variant always runs first
             for v in variants:  # untimed: structure learning and the pre-flight snapshot
-                run_steps(model, opt, batches, v, WARMUP)
+                run_steps(model, opt, batches, v, warmup)
             # Blocks of ``BLOCK`` steps, variants interleaved, so load from other users of a shared
             # machine falls on all of them alike; each variant's step count (and so its schedule
             # of log steps) continues across blocks.
@@ -297,11 +304,12 @@ def measure(model_name: str, rounds: int, with_lightning: bool) -> dict[str, lis
                 if name != "bare":
                     ratios.setdefault(name, []).append(t / times["bare"])
         if with_lightning:
-            for label, interval, steps in (("PL every", 1, n_every), ("PL default", DEFAULT_INTERVAL, DEFAULT_INTERVAL)):
+            pl_runs = (("PL every", 1, n_every, WARMUP), ("PL default", DEFAULT_INTERVAL, DEFAULT_INTERVAL, STEADY_WARMUP))
+            for label, interval, steps, warmup in pl_runs:
                 pair = [("bare", None), (label, interval)]
                 if r % 2:
                     pair.reverse()
-                t = {name: run_lightning(model, batches, iv, steps) for name, iv in pair}
+                t = {name: run_lightning(model, batches, iv, steps, warmup) for name, iv in pair}
                 ratios.setdefault(label, []).append(t[label] / t["bare"])
         print(f"  {model_name} round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in ratios.items()), flush=True)
     return ratios

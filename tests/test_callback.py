@@ -182,13 +182,13 @@ def test_bad_arguments(kwargs, error, match):
 
 
 def test_automatic_measurement_schedule(tmp_path):
-    """measure_every_n_steps=None: about 10 measured steps per window, plus every log step."""
+    """measure_every_n_steps=None: every step of the first window, then about 5 per window."""
     cb = ActivationDiagnostics(log_every_n_steps=20, verbose=False, report=False, rules=False)
     t = trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv")], max_epochs=-1, max_steps=40)
     t.fit(Net(), loader(n=1024))
-    assert cb._measure_every(t) == 2
-    # Even steps 0..38 (20 of them) and the odd log steps 19 and 39.
-    assert cb.monitor.steps == 22
+    assert cb._measure_every(t) == 4
+    # Steps 0..19 (the first window), then 20, 24, 28, 32, 36 and the log step 39.
+    assert cb.monitor.steps == 26
 
 
 def test_unmeasured_steps_run_the_bare_model(tmp_path):
@@ -201,14 +201,14 @@ def test_unmeasured_steps_run_the_bare_model(tmp_path):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             self.counts.append(hook_count(pl_module))
 
-    cb = ActivationDiagnostics(log_every_n_steps=20, verbose=False, report=False, rules=False)
+    cb = ActivationDiagnostics(log_every_n_steps=10, verbose=False, report=False, rules=False)
     counter = HookCounter()
-    t = trainer(tmp_path, cb, loggers=[], max_epochs=-1, max_steps=12)
+    t = trainer(tmp_path, cb, loggers=[], max_epochs=-1, max_steps=24)
     t.callbacks.append(counter)
     t.fit(Net(), loader(n=1024))
     hooked = [i for i, n in enumerate(counter.counts) if n]
-    assert hooked == list(range(0, 12, 2))  # measured: every second step
-    assert cb.monitor.steps == 6 and hook_count(t.lightning_module) == 0
+    assert hooked == [*range(10), 10, 12, 14, 16, 18, 19, 20, 22]  # dense first window, then every 2nd
+    assert cb.monitor.steps == len(hooked) and hook_count(t.lightning_module) == 0
 
 
 def test_eval_stages_add_validation_batches(tmp_path):

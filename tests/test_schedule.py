@@ -7,11 +7,16 @@ def plans(schedule: StepSchedule, steps: int):
     return [schedule.plan(s) for s in range(steps)]
 
 
-def test_default_interval_measures_every_fifth_step_and_every_log_step():
-    p = plans(StepSchedule(50), 100)
-    assert [s for s, x in enumerate(p) if x.log] == [0, 49, 99]
-    assert [s for s, x in enumerate(p) if x.measure] == sorted({*range(0, 100, 5), 49, 99})
-    assert [s for s, x in enumerate(p) if x.detail] == [0, 49, 99]
+def test_default_interval_measures_the_first_window_densely_then_every_tenth_step():
+    p = plans(StepSchedule(50), 150)
+    assert [s for s, x in enumerate(p) if x.log] == [0, 49, 99, 149]
+    assert [s for s, x in enumerate(p) if x.measure] == sorted({*range(50), *range(50, 150, 10), 99, 149})
+    assert [s for s, x in enumerate(p) if x.detail] == [0, 49, 99, 149]
+
+
+def test_an_explicit_measure_every_has_no_dense_start():
+    p = plans(StepSchedule(50, measure_every=5), 60)
+    assert [s for s, x in enumerate(p) if x.measure] == sorted({*range(0, 60, 5), 49})
 
 
 def test_logging_every_step_keeps_detail_sparse():
@@ -33,4 +38,4 @@ def test_same_step_asked_twice_gets_the_same_plan():
 
 
 def test_automatic_measure_every():
-    assert [automatic_measure_every(i) for i in (1, 9, 10, 50, 100)] == [1, 1, 1, 5, 10]
+    assert [automatic_measure_every(i) for i in (1, 4, 5, 50, 100)] == [1, 1, 1, 10, 20]

@@ -118,7 +118,7 @@ class DiagnosticsCallbackCore:
         ):
             raise ValueError(
                 "`measure_every_n_steps` must be a positive int (1: every step) or None "
-                f"(automatic: {MEASURED_STEPS_PER_WINDOW} measured steps per window), got {measure_every_n_steps!r}"
+                f"(automatic: {MEASURED_STEPS_PER_WINDOW} measured steps per window after the first), got {measure_every_n_steps!r}"
             )
         if log_every_n_steps is not None and (
             isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1

@@ -35,9 +35,10 @@ Args:
     verbose: print the end-of-fit summary table.
     eval_stages: also measure ``"validate"``, ``"test"`` or ``"predict"`` batches (no gradients).
     measure_every_n_steps: between log steps measure only every n-th training step (log steps
-        always); 1 measures every step. None (default) measures about 10 steps per window: every
-        5th step at the default interval of 50, every step when logging every step or every few
-        steps. Windows hold the measured steps; rates are unbiased (see docs/performance.md).
+        always); 1 measures every step. None (default) measures every step of the first window,
+        where initialisation faults show, then about 5 steps per window: every 10th step at the
+        default interval of 50, every step when logging every step or every few steps. Windows
+        hold the measured steps; rates are unbiased (see docs/performance.md).
 
 Raises:
     ValueError / TypeError: for an invalid argument, naming it, the value and the valid choices.

@@ -2,7 +2,8 @@
 
 * **log step**: every ``interval``-th step (and step 0, the pre-flight): reduce, judge, write.
 * **measured step**: log steps, and every ``measure_every``-th step between them. Automatic
-  (``measure_every=None``): about MEASURED_STEPS_PER_WINDOW measured steps per window.
+  (``measure_every=None``): every step of the first window, where initialisation faults show
+  (born-dead units, a wrong output activation), then about MEASURED_STEPS_PER_WINDOW per window.
 * **detail step**: a log step at least DETAIL_MIN_STEPS after the previous detail step (and step 0):
   histograms, pre-activation moments, feeding-layer gradient norms, non-finite counts.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# With measure_every=None a window measures about this many steps (plus its log step): at
-# Lightning's default interval of 50, every 5th step. Ten batches give each unit of a layer
-# >= 1000 samples at batch size 100, the dead-unit rule's minimum (rules.md), at a fifth of the cost.
-MEASURED_STEPS_PER_WINDOW = 10
+# With measure_every=None a window after the first measures about this many steps (plus its log
+# step): at Lightning's default interval of 50, every 10th step. Six batches give each unit of a
+# layer >= 1000 samples at batch size 170, the dead-unit rule's minimum (rules.md); smaller batches
+# pool windows. Faults that develop during training (dying units, growing activations) develop over
+# many windows, so the steady state samples them; the first window is measured on every step.
+MEASURED_STEPS_PER_WINDOW = 5
 # Detail steps are log steps at least this many steps apart: every log step at intervals >= 10,
 # so logging every step stays cheap.
 DETAIL_MIN_STEPS = 10
@@ -34,6 +37,7 @@ class StepSchedule:
     def __init__(self, interval: int, measure_every: int | None = None, preflight: bool = True) -> None:
         self.interval = interval
         self.measure_every = measure_every if measure_every is not None else automatic_measure_every(interval)
+        self.dense_first_window = measure_every is None
         self.preflight = preflight
         self.last_detail = -1
         self._last: tuple[int, StepPlan] | None = None
@@ -45,7 +49,8 @@ class StepSchedule:
         detail = log and (step == 0 or self.last_detail < 0 or step - self.last_detail >= DETAIL_MIN_STEPS)
         if detail:
             self.last_detail = step
-        plan = StepPlan(log=log, measure=log or step % self.measure_every == 0, detail=detail)
+        dense = self.dense_first_window and step < self.interval
+        plan = StepPlan(log=log, measure=log or dense or step % self.measure_every == 0, detail=detail)
         self._last = (step, plan)
         return plan
 

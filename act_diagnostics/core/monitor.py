@@ -198,10 +198,10 @@ class ActivationMonitor:
         self._owner_stack.clear()
         self._calls.clear()
         # The tracer and the hooks on every module cost a Python call per torch op and per module.
-        # After the first steps they are needed only if functional sites were found (a functional
-        # call first made later is not seen).
+        # After the first steps they are needed only if functional sites were found, and on detail
+        # steps, which look for a functional call first made later (a branch taken late in training).
         discovering = self.steps < max(1, self.config.structure_steps)
-        tracing = self.config.functional and (discovering or self._functional_sites)
+        tracing = self.config.functional and (discovering or self._functional_sites or detail)
         self._install_hooks(structure=self.tracking_structure or tracing)
         if self.tracking_structure or tracing:
             self._start_tracer()

@@ -411,3 +411,30 @@ def test_pause_runs_the_bare_model_and_the_next_step_measures_again(train_step) 
     assert mon.snapshot().stats["net.1"].calls == 2
     mon.detach()
     assert _no_hooks(model)
+
+
+def test_a_functional_call_first_made_late_is_found_on_a_detail_step(train_step) -> None:
+    class Late(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.Tanh()
+            self.late = False
+
+        def forward(self, x):
+            h = self.act(self.fc(x))
+            return F.silu(h) if self.late else h
+
+    model = Late()
+    mon = ActivationMonitor(model).attach()
+    for _ in range(4):
+        train_step(mon, model, torch.randn(3, 4))
+    assert list(mon.sites) == ["act"] and not mon._tracer_on
+    model.late = True
+    train_step(mon, model, torch.randn(3, 4))  # not a detail step: the tracer is off
+    assert list(mon.sites) == ["act"]
+    train_step(mon, model, torch.randn(3, 4), detail=True)
+    assert list(mon.sites) == ["act", ":silu"]
+    train_step(mon, model, torch.randn(3, 4))  # from now on traced on every measured step
+    assert mon.snapshot().stats[":silu"].calls == 2
+    mon.detach()

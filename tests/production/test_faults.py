@@ -101,7 +101,7 @@ def test_nan_and_inf_inputs_become_a_non_finite_finding(tmp_path):
         ({"unit_dim": "1"}, TypeError, r"`unit_dim` must be an int or None .*got '1'"),
         ({"include": 5}, TypeError, r"`include` must be a string or a list of strings .*got 5"),
         ({"disable_rules": ["nope"]}, ValueError, r"`disable_rules` got unknown rule id\(s\) \['nope'\]; valid ids: .*dead-units"),
-        ({"measure_every_n_steps": 0}, ValueError, r"`measure_every_n_steps` must be a positive int \(1: every step\) or None \(automatic: 10 measured steps per window\), got 0"),
+        ({"measure_every_n_steps": 0}, ValueError, r"`measure_every_n_steps` must be a positive int \(1: every step\) or None \(automatic: 5 measured steps per window after the first\), got 0"),
         ({"disable_rules": 3}, TypeError, r"`disable_rules` must be a list of rule ids or None, got 3"),
         ({"thresholds": {"dead-units.bogus": 1}}, ValueError, r"'dead-units.bogus' .*valid keys: dead-units.unit_rate"),
     ],

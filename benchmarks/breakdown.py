@@ -1,0 +1,96 @@
+"""Where a monitored training step spends its extra time: wall time inside each monitor hook.
+
+    python benchmarks/breakdown.py                 # MLP, statistics every step
+    python benchmarks/breakdown.py --model transformer --steps 200
+
+Runs the benchmark's bare loop and its "act every" variant (ActivationMonitor driven as the
+callback drives it, log_every_n_steps=1) in alternating blocks of 10 steps, and times every call
+of the monitor's hooks with ``time.perf_counter``. Prints ms per step: the bare step, the
+monitored step, and each hook's share of the difference. What the hooks do not account for is
+the slowdown of the model's own ops (caches, the intra-op thread pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import overhead  # noqa: E402
+
+from act_diagnostics.core.monitor import ActivationMonitor  # noqa: E402
+
+HOOKS = (
+    "_activation_hook",
+    "_activation_pre_hook",
+    "_grad_hook",
+    "_model_pre_hook",
+    "_module_pre_hook",
+    "_module_hook",
+    "call_functional",
+    "measure_param_grads",
+    "snapshot",
+    "begin_step",
+    "end_step",
+)
+
+
+def timed(totals: dict[str, float], name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="mlp", choices=list(overhead.MODELS))
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per variant (multiple of 10)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sample-elements", type=int, default=None, help="override the monitor's sample_elements")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    totals: dict[str, float] = {}
+    for name in HOOKS:  # class attributes: the monitor's hooks are bound when they are registered
+        setattr(ActivationMonitor, name, timed(totals, name, getattr(ActivationMonitor, name)))
+
+    torch.manual_seed(0)
+    build, _ = overhead.MODELS[args.model]
+    model, make_batch = build()
+    batches = [make_batch() for _ in range(4)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bare, act = overhead.Bare(model), overhead.Act(model, 1)
+    if args.sample_elements is not None:
+        act.mon = ActivationMonitor(model, sample_elements=args.sample_elements)
+    for variant in (bare, act):
+        overhead.run_steps(model, opt, batches, variant, overhead.WARMUP)
+    totals.clear()
+    t_bare = t_act = 0.0
+    for _ in range(max(1, args.steps // overhead.BLOCK)):
+        t_bare += overhead.run_steps(model, opt, batches, bare, overhead.BLOCK)
+        t_act += overhead.run_steps(model, opt, batches, act, overhead.BLOCK)
+    n = max(1, args.steps // overhead.BLOCK) * overhead.BLOCK
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.model}, {n} steps per variant")
+    print(f"bare step {t_bare / n * 1e3:.2f} ms, monitored {t_act / n * 1e3:.2f} ms "
+          f"(ratio {t_act / t_bare:.3f}, +{(t_act - t_bare) / n * 1e3:.2f} ms)")
+    sites = max(1, len(act.mon.sites))
+    for name, total in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:22s} {total / n * 1e3:7.3f} ms/step  ({total / n / sites * 1e6:6.1f} us per site)")
+
+
+if __name__ == "__main__":
+    main()
