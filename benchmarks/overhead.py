@@ -1,7 +1,7 @@
 """Training-step overhead of act_diagnostics and of two peers, measured side by side on the CPU.
 
-    python benchmarks/overhead.py            # about two minutes on 2 cores
-    python benchmarks/overhead.py --rounds 5 --models mlp
+    python benchmarks/overhead.py            # about 10 minutes on 2 cores (3 rounds)
+    python benchmarks/overhead.py --rounds 5 --models mlp transformer --windows 4 --no-lightning
 
 Ratio = monitored / bare training time over the same steps, in the same round; variants run in a
 rotated order each round; the figure is the median of the per-round ratios (min-max, rounds).
@@ -264,7 +264,7 @@ def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: 
 
 
 # ---------------------------------------------------------------------------------------- driver
-def measure(model_name: str, rounds: int, with_lightning: bool) -> dict[str, list[float]]:
+def measure(model_name: str, rounds: int, with_lightning: bool, windows: int = 1) -> dict[str, list[float]]:
     build, n_every = MODELS[model_name]
     torch.manual_seed(0)
     model, make_batch = build()
@@ -277,7 +277,7 @@ def measure(model_name: str, rounds: int, with_lightning: bool) -> dict[str, lis
     groups: list[tuple[int, int, list[Callable[[], Bare]]]] = [
         (n_every, WARMUP, every),
         (
-            DEFAULT_INTERVAL,
+            windows * DEFAULT_INTERVAL,
             STEADY_WARMUP,
             [
                 lambda: Act(model, DEFAULT_INTERVAL, measure_every=None),
@@ -304,7 +304,7 @@ def measure(model_name: str, rounds: int, with_lightning: bool) -> dict[str, lis
                 if name != "bare":
                     ratios.setdefault(name, []).append(t / times["bare"])
         if with_lightning:
-            pl_runs = (("PL every", 1, n_every, WARMUP), ("PL default", DEFAULT_INTERVAL, DEFAULT_INTERVAL, STEADY_WARMUP))
+            pl_runs = (("PL every", 1, n_every, WARMUP), ("PL default", DEFAULT_INTERVAL, windows * DEFAULT_INTERVAL, STEADY_WARMUP))
             for label, interval, steps, warmup in pl_runs:
                 pair = [("bare", None), (label, interval)]
                 if r % 2:
@@ -331,11 +331,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning-trainer variant")
+    parser.add_argument("--windows", type=int, default=1, help="timed windows of 50 steps per round at the default interval")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     _quiet_lightning()
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, warm-up {WARMUP} steps", flush=True)
-    results = {m: measure(m, args.rounds, with_lightning=(m == "mlp" and not args.no_lightning)) for m in args.models}
+    results = {m: measure(m, args.rounds, with_lightning=(m == "mlp" and not args.no_lightning), windows=args.windows) for m in args.models}
     names = ["act every", "act default", "act default /1", "PL every", "PL default", "fastai", "naive"]
     print("\n| variant | " + " | ".join(args.models) + " |")
     print("|---|" + "---|" * len(args.models))

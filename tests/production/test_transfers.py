@@ -1,5 +1,5 @@
 """Device-to-host transfers made through act_diagnostics: none on non-log steps, a constant number
-(<= 2: one ``.cpu()`` and its ``.tolist()``) per log step, whatever the model's depth."""
+(<= 2: one ``.cpu()`` and its ``.numpy()``) per log step, whatever the model's depth."""
 
 from __future__ import annotations
 
