@@ -189,6 +189,13 @@ class SiteState:
             self.bind(self.totals.to(device, accumulator_dtype(device)))
 
     # -- per call ---------------------------------------------------------------------------
+    def _sample(self, t: Tensor) -> Tensor:
+        """What every per-element statistic of a call reads: the leading rows of dim 0 (at most
+        ``sample_elements``), or everything when dim 0 holds the units. A bounded cost per call."""
+        if t.dim() and self.unit_dim % t.dim() == 0:
+            return t
+        return leading_rows(t, self.sample_elements)
+
     def observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
         """Add one forward call's output ``y`` (and its input ``x``, when intact) to the window."""
         # no_grad instead of two detach() calls: one dispatcher op fewer per tensor, and the
@@ -206,15 +213,9 @@ class SiteState:
         # An inplace activation returns its input: then the pre-activation is gone.
         if x is y:
             x = None
-        ndim = y.dim()
-        unit_dim = self.unit_dim % ndim if ndim else 0
-        # Everything per element reads the leading rows of dim 0 (at most ``sample_elements``),
-        # unless dim 0 holds the units (then everything): a bounded cost per call.
-        if unit_dim != 0:
-            sample = leading_rows(y, self.sample_elements)
-            x_sample = x if x is None or sample is y else x[: sample.shape[0]]
-        else:
-            sample, x_sample = y, x
+        unit_dim = self.unit_dim % y.dim() if y.dim() else 0
+        sample = self._sample(y)
+        x_sample = x if x is None or sample is y else x[: sample.shape[0]]
         flat = flat_float(sample)
         c[1] += flat.numel()
         self._moments.add_(torch.stack((flat.sum(), torch.dot(flat, flat))))
@@ -272,9 +273,8 @@ class SiteState:
             return
         if g.device != self.device:
             self.to(g.device)
-        unit_dim = self.unit_dim % g.dim() if g.dim() else 0
         with torch.no_grad():
-            flat = flat_float(leading_rows(g, self.sample_elements) if unit_dim != 0 else g)
+            flat = flat_float(self._sample(g))
             self._grad.add_(torch.dot(flat, flat))
         self.counters[4] += 1
         self.counters[5] += flat.numel()
