@@ -581,8 +581,10 @@ class ActivationMonitor:
         grad_names = [n for n, st in zip(names, states) if st.grad_sample is not None]
         samples = [self.states[n].out_sample for n in sample_names] + [self.states[n].grad_sample for n in grad_names]
         with self._no_torch_function():
-            if states and shared_view(states) is None:
-                share_buffer(states, device)  # new sites, or a device move: one buffer again
+            # New sites, or a device move: one buffer again. A model split across devices keeps a
+            # buffer per site (moving them would only make each site move back at its next call).
+            if states and shared_view(states) is None and all(st.device == device for st in states):
+                share_buffer(states, device)
             totals, host_samples = reduce_to_host(states, names, device, all_gather, samples)  # type: ignore[arg-type]
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
         snap = Snapshot(
