@@ -152,14 +152,8 @@ def below(t: Tensor, c: float) -> Tensor:
 
 def _outside(t: Tensor, centre: float, half_width: float) -> Tensor:
     """1.0 where ``|t - centre| > half_width``."""
-    d = torch.sub(t, centre) if centre else t.abs()
-    if centre:
-        d.abs_()
+    d = torch.sub(t, centre).abs_() if centre else t.abs()
     return d.sub_(half_width).relu_().sign_()
-
-
-def _gt(value: float) -> Callable[[Tensor, dict[str, Any]], Tensor]:
-    return lambda y, p: y > value
 
 
 def _softmax_dim(p: dict[str, Any], y: Tensor) -> int:
@@ -169,21 +163,7 @@ def _softmax_dim(p: dict[str, Any], y: Tensor) -> int:
     return int(dim)
 
 
-_ACTIVE: dict[str, Callable[[Tensor, dict[str, Any]], Tensor]] = {
-    # F.threshold replaces x <= threshold by ``value``; that value is not firing, even above the bound.
-    "threshold": lambda y, p: (y > p.get("threshold", 0.0)) & (y != p.get("value", 0.0)),
-    "sigmoid": _gt(0.5),
-    "hardsigmoid": _gt(0.5),
-    "logsigmoid": _gt(math.log(0.5)),
-    "softplus": lambda y, p: y > math.log(2.0) / p.get("beta", 1.0),
-    "softmax": lambda y, p: y > 1.0 / max(1, y.shape[_softmax_dim(p, y)]),
-    "softmin": lambda y, p: y > 1.0 / max(1, y.shape[_softmax_dim(p, y)]),
-    "log_softmax": lambda y, p: y > -math.log(max(1, y.shape[_softmax_dim(p, y)])),
-    "hardtanh": lambda y, p: y > max(0.0, p.get("min_val", -1.0)),
-}
-
-
-# Firing thresholds of the ``output > c`` kinds, for :meth:`ActivationKind.active_indicator`.
+# Firing thresholds of the ``output > c`` kinds: the bool mask and the float indicator both read them.
 _FIRING_THRESHOLD: dict[str, Callable[[Tensor, dict[str, Any]], float]] = {
     "sigmoid": lambda y, p: 0.5,
     "hardsigmoid": lambda y, p: 0.5,
@@ -193,6 +173,17 @@ _FIRING_THRESHOLD: dict[str, Callable[[Tensor, dict[str, Any]], float]] = {
     "softmin": lambda y, p: 1.0 / max(1, y.shape[_softmax_dim(p, y)]),
     "log_softmax": lambda y, p: -math.log(max(1, y.shape[_softmax_dim(p, y)])),
     "hardtanh": lambda y, p: max(0.0, p.get("min_val", -1.0)),
+}
+
+
+def _mask_above(threshold: Callable[[Tensor, dict[str, Any]], float]) -> Callable[[Tensor, dict[str, Any]], Tensor]:
+    return lambda y, p: y > threshold(y, p)
+
+
+_ACTIVE: dict[str, Callable[[Tensor, dict[str, Any]], Tensor]] = {
+    # F.threshold replaces x <= threshold by ``value``; that value is not firing, even above the bound.
+    "threshold": lambda y, p: (y > p.get("threshold", 0.0)) & (y != p.get("value", 0.0)),
+    **{name: _mask_above(fn) for name, fn in _FIRING_THRESHOLD.items()},
 }
 
 
@@ -209,10 +200,6 @@ _SATURATED: dict[str, Callable[[Tensor, dict[str, Any], float], Tensor]] = {
     "softsign": lambda y, p, eps: y.abs() > 1.0 - math.sqrt(eps),
     "logsigmoid": lambda y, p, eps: y > math.log1p(-eps),
     "softplus": lambda y, p, eps: y < -math.log1p(-eps) / p.get("beta", 1.0),
-    "elu": lambda y, p, eps: y < eps - p.get("alpha", 1.0),
-    "celu": lambda y, p, eps: y < p.get("alpha", 1.0) * (eps - 1.0),
-    # SELU: lambda * alpha * (exp(x) - 1), derivative relative to the linear branch alpha*exp(x).
-    "selu": lambda y, p, eps: y < 1.0507009873554805 * (eps - 1.6732632423543772),
     "softmax": _row_max_above(lambda eps: 1.0 - eps),
     "softmin": _row_max_above(lambda eps: 1.0 - eps),
     "log_softmax": _row_max_above(lambda eps: math.log1p(-eps)),
@@ -223,31 +210,43 @@ def _tail_threshold(name: str, p: dict[str, Any], eps: float) -> float:
     return smooth_tail_threshold("gelu_tanh" if name == "gelu" and p.get("approximate") == "tanh" else name, eps)
 
 
-def _tail_mask(name: str) -> Callable[[Tensor, dict[str, Any], float], Tensor]:
-    return lambda x, p, eps: x < _tail_threshold(name, p, eps)
+def _tail(name: str) -> Callable[[dict[str, Any], float], float]:
+    return lambda p, eps: _tail_threshold(name, p, eps)
 
 
-def _tail_indicator(name: str) -> Callable[[Tensor, dict[str, Any], float], Tensor]:
-    return lambda x, p, eps: below(x, _tail_threshold(name, p, eps))
+# Saturation as ``value < bound``: the output's negative tail (ELU family) or, for the smooth
+# family, the pre-activation's flat tail. The bool mask and the float indicator both read them.
+_SATURATED_BELOW: dict[str, Callable[[dict[str, Any], float], float]] = {
+    "elu": lambda p, eps: eps - p.get("alpha", 1.0),
+    "celu": lambda p, eps: p.get("alpha", 1.0) * (eps - 1.0),
+    # SELU: lambda * alpha * (exp(x) - 1), derivative relative to the linear branch alpha*exp(x).
+    "selu": lambda p, eps: 1.0507009873554805 * (eps - 1.6732632423543772),
+    **{name: _tail(name) for name in ("gelu", "silu", "mish", "hardswish")},
+}
 
 
-_SMOOTH_TAILS = ("gelu", "silu", "mish", "hardswish")
-_SATURATED.update({name: _tail_mask(name) for name in _SMOOTH_TAILS})
+def _mask_below(bound: Callable[[dict[str, Any], float], float]) -> Callable[[Tensor, dict[str, Any], float], Tensor]:
+    return lambda t, p, eps: t < bound(p, eps)
 
-# Float forms of the commonest saturation tests (sigmoid, tanh and the smooth tails).
+
+def _indicator_below(bound: Callable[[dict[str, Any], float], float]) -> Callable[[Tensor, dict[str, Any], float], Tensor]:
+    return lambda t, p, eps: below(t, bound(p, eps))
+
+
+_SATURATED.update({name: _mask_below(bound) for name, bound in _SATURATED_BELOW.items()})
+
+# Float forms of the commonest saturation tests (sigmoid, tanh and the tails above).
 _SATURATED_INDICATOR: dict[str, Callable[[Tensor, dict[str, Any], float], Tensor]] = {
     "sigmoid": lambda y, p, eps: _outside(y, 0.5, 0.5 - eps),
     "tanh": lambda y, p, eps: _outside(y, 0.0, 1.0 - eps),
-    "elu": lambda y, p, eps: below(y, eps - p.get("alpha", 1.0)),
-    "selu": lambda y, p, eps: below(y, 1.0507009873554805 * (eps - 1.6732632423543772)),
-    **{name: _tail_indicator(name) for name in _SMOOTH_TAILS},
+    **{name: _indicator_below(bound) for name, bound in _SATURATED_BELOW.items()},
 }
 
 
 def _kind(name: str, family: str, firing: str, saturation: str | None = None, **kw: Any) -> ActivationKind:
     if name not in _ACTIVE:
-        _ACTIVE[name] = _gt(0.0)
         _FIRING_THRESHOLD[name] = lambda y, p: 0.0
+        _ACTIVE[name] = _mask_above(_FIRING_THRESHOLD[name])
     return ActivationKind(name, family, firing, saturation, **kw)
 
 
