@@ -104,6 +104,7 @@ class ActivationMonitor:
         self._handles: list[Any] = []  # the model's pre-hook and the activation modules' hooks
         self._structure_handles: list[Any] = []  # every other module's hooks, while needed
         self._activation_modules: list[nn.Module] = []
+        self._structure_modules: list[nn.Module] = []
         self._names: dict[int, str] = {}
         self._owner_stack: list[str] = []
         self._calls: dict[str, int] = {}
@@ -131,6 +132,14 @@ class ActivationMonitor:
             return self
         self._names = {id(module): name for name, module in self.model.named_modules()}
         self._activation_modules = [m for m in self.model.modules() if module_kind(m) is not None]
+        # Modules whose hooks link layers to sites and name the owners of functional calls.
+        functional = self.config.functional
+        self._structure_modules = [
+            m
+            for m in self.model.modules()
+            if module_kind(m) is None
+            and (functional or m is self.model or _has_params(m) or not any(True for _ in m.children()))
+        ]
         self._attached = True
         return self
 
@@ -160,13 +169,9 @@ class ActivationMonitor:
                 self._handles.append(module.register_forward_pre_hook(self._activation_pre_hook))
                 self._handles.append(module.register_forward_hook(self._activation_hook, always_call=True))
         if structure and not self._structure_handles:
-            cfg = self.config
-            for module in self.model.modules():
-                if module_kind(module) is not None:
-                    continue
-                if cfg.functional or module is self.model or _has_params(module) or not any(True for _ in module.children()):
-                    self._structure_handles.append(module.register_forward_pre_hook(self._module_pre_hook))
-                    self._structure_handles.append(module.register_forward_hook(self._module_hook, always_call=True))
+            for module in self._structure_modules:
+                self._structure_handles.append(module.register_forward_pre_hook(self._module_pre_hook))
+                self._structure_handles.append(module.register_forward_hook(self._module_hook, always_call=True))
         elif not structure and self._structure_handles:
             for handle in self._structure_handles:
                 handle.remove()
