@@ -300,17 +300,9 @@ class DiagnosticsCallbackCore:
         Parameter gradients need nothing: they are read in on_before_optimizer_step, unscaled."""
         precision = getattr(getattr(trainer, "strategy", None), "precision_plugin", None)
         scaler = getattr(precision, "scaler", None)
-        mon = self.monitor
-        if scaler is None or mon is None or getattr(mon, "_unscaled_by", None) is scaler:
-            return
-        measure = mon._grad_hook
-
-        def unscaled(state: Any, detail: bool, grad: torch.Tensor) -> None:
-            scale = getattr(scaler, "_scale", None)  # a device tensor, updated in place by the scaler
-            measure(state, detail, grad if scale is None else grad.float() / scale)
-
-        mon._grad_hook = unscaled  # type: ignore[method-assign]
-        mon._unscaled_by = scaler  # type: ignore[attr-defined]
+        if scaler is not None and self.monitor is not None:
+            # The scale is a device tensor the scaler updates in place: reading it costs no sync.
+            self.monitor.grad_scale = lambda: getattr(scaler, "_scale", None)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         # The schedule is kept even when disabled: a disabled rank still answers the rank check.

@@ -110,6 +110,8 @@ class ActivationMonitor:
         self._calls: dict[str, int] = {}
         self._skipped: set[str] = set()
         self._pending_input: dict[int, tuple[Tensor, int]] = {}
+        # Returns the loss scale that backward ran with (float16 AMP's GradScaler), or None.
+        self.grad_scale: Callable[[], Tensor | float | None] | None = None
         self._produced: dict[int, tuple[str, str, Tensor]] = {}
         self._layer_out: dict[int, tuple[str, str, Tensor]] = {}
         self._tracer = ActivationTracer(self)
@@ -484,7 +486,7 @@ class ActivationMonitor:
             return
         try:
             with torch._C.DisableTorchFunction():
-                state.observe_grad(grad, detail)
+                state.observe_grad(grad, detail, None if self.grad_scale is None else self.grad_scale())
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 

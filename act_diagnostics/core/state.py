@@ -78,7 +78,7 @@ def unit_sums(t: Tensor, unit_dim: int, dtype: torch.dtype) -> Tensor:
     """
     unit_dim = unit_dim % t.dim()
     if unit_dim == t.dim() - 1:
-        return t.reshape(-1, t.shape[-1]).sum(0, dtype=dtype)
+        return (t if t.dim() == 2 else t.reshape(-1, t.shape[-1])).sum(0, dtype=dtype)
     lead = 1
     for size in t.shape[:unit_dim]:
         lead *= size
@@ -198,10 +198,12 @@ class SiteState:
 
     def observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
         """Add one forward call's output ``y`` (and its input ``x``, when intact) to the window."""
-        # no_grad instead of two detach() calls: one dispatcher op fewer per tensor, and the
-        # out= reductions below must never see a tensor that requires grad.
-        with torch.no_grad():
-            self._observe(x, y, detail)
+        # An inplace activation returns its input: then the pre-activation is gone. Only the kinds
+        # whose saturation reads the pre-activation use it.
+        x = None if x is None or x is y or self.kind.saturation_reads != "input" else x.detach()
+        # Detached aliases rather than a no_grad block: no autograd records, and inside a training
+        # step entering and leaving the grad mode costs as much as a small op.
+        self._observe(x, y.detach(), detail)
 
     def _observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
         c = self.counters
@@ -210,9 +212,6 @@ class SiteState:
             return
         if y.device != self.device:
             self.to(y.device)
-        # An inplace activation returns its input: then the pre-activation is gone.
-        if x is y:
-            x = None
         unit_dim = self.unit_dim % y.dim() if y.dim() else 0
         sample = self._sample(y)
         x_sample = x if x is None or sample is y else x[: sample.shape[0]]
@@ -266,16 +265,18 @@ class SiteState:
         self.sums[IN_SUM : IN_SUMSQ + 1].add_(moments)
         self.counters[7] += n
 
-    def observe_grad(self, g: Tensor, detail: bool) -> None:
+    def observe_grad(self, g: Tensor, detail: bool, scale: Tensor | float | None = None) -> None:
         """Add the gradient with respect to this site's output (called from a tensor hook); it reads
-        the same leading rows as the output's statistics."""
+        the same leading rows as the output's statistics. ``scale``: the loss scale of float16
+        AMP (a device tensor or a float), divided out of the sample only, never the whole gradient."""
         if g.numel() == 0:
             return
         if g.device != self.device:
             self.to(g.device)
-        with torch.no_grad():
-            flat = flat_float(self._sample(g))
-            self._grad.add_(torch.dot(flat, flat))
+        flat = flat_float(self._sample(g.detach() if g.requires_grad else g))  # requires grad under create_graph
+        if scale is not None:
+            flat = flat / (scale.to(flat.dtype) if isinstance(scale, Tensor) else scale)
+        self._grad.add_(torch.dot(flat, flat))
         self.counters[4] += 1
         self.counters[5] += flat.numel()
         if detail and self.histogram_samples:

@@ -179,6 +179,19 @@ def test_grad_rms_and_param_grad_norm() -> None:
     assert stats(st).grad_nonfinite is True
 
 
+def test_loss_scale_is_divided_out_of_the_sampled_gradient() -> None:
+    g = torch.randn(1000, 4)
+    scale = torch.tensor([2.0**16])
+    expected = g[:100].pow(2).mean().sqrt().item()  # sample 400 elements: the leading 100 rows
+    plain, as_tensor, as_float = (make_state("relu", 4, sample=400, hist=16) for _ in range(3))
+    plain.observe_grad(g, True)
+    as_tensor.observe_grad(g * scale, True, scale)  # the GradScaler's device tensor
+    as_float.observe_grad(g * scale, True, 2.0**16)  # GradScaler.get_scale()
+    for st in (plain, as_tensor, as_float):
+        assert stats(st).grad_rms == pytest.approx(expected, rel=1e-6)
+        assert torch.allclose(st.grad_sample, plain.grad_sample)
+
+
 def test_unit_dim_one_for_conv_outputs() -> None:
     x = torch.randn(4, 3, 5, 5)
     x[:, 1] = -1.0  # channel 1 never fires
