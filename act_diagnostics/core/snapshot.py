@@ -36,6 +36,8 @@ class SiteStats:
     dead_fraction: float | None = None
     saturation: float | None = None
     saturated_units: float | None = None
+    # Elements the saturation test read (fewer than ``sampled`` where it runs on detail steps only).
+    saturation_samples: int = 0
     mean: float | None = None
     std: float | None = None
     rms: float | None = None
@@ -137,6 +139,7 @@ def window_stats(
             sat = np.asarray(unit_saturated, dtype=np.float64)
             s.saturation = float(sat.sum()) / counters["sat_total"]
             s.saturated_units = int(np.count_nonzero(sat * (units / counters["sat_total"]) > saturated_unit_rate)) / units
+    s.saturation_samples = counters["sat_total"]
     if unit_saturated is None and counters["sat_total"] > 0:
         s.saturation = sums["sat_rows"] / counters["sat_total"]
     if counters["detail_elements"] > 0:

@@ -234,8 +234,8 @@ class SiteState:
             active = kind.active_indicator(sample, params)
             self.unit_active.add_(active.sum().reshape(1) if one_unit else unit_counts(active, unit_dim))
             c[2] += sample.numel()
-            # The smooth family's flat negative tail (GELU, SiLU, ...) is informational (no rule
-            # judges it) and costs a second mask over the input: read it on detail steps only.
+            # The smooth family's flat negative tail (GELU, SiLU, ...) costs a second mask over the
+            # input: read it on detail steps only (the near-dead-units rule pools windows).
             tail_only = kind.family == "smooth" and kind.saturation_reads == "input"
             saturated = None if tail_only and not detail else kind.saturated_indicator(x_sample, sample, params, self.eps)
             if saturated is not None:

@@ -29,6 +29,7 @@ from act_diagnostics.rules.dead_units import DeadUnits
 from act_diagnostics.rules.exploding_activations import ExplodingActivations
 from act_diagnostics.rules.exploding_gradient import ExplodingGradient
 from act_diagnostics.rules.finding import Finding, emit_warning, severity_rank
+from act_diagnostics.rules.near_dead import NearDeadUnits
 from act_diagnostics.rules.non_finite import NonFinite
 from act_diagnostics.rules.output_activation import OutputActivationMismatch
 from act_diagnostics.rules.saturating_hidden import SaturatingHiddenActivation
@@ -43,6 +44,7 @@ RULES: tuple[type[Rule], ...] = (
     SaturatingHiddenActivation,
     SignalPropagation,
     DeadUnits,
+    NearDeadUnits,
     Saturation,
     VanishingGradient,
     ExplodingGradient,

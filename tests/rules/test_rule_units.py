@@ -85,6 +85,40 @@ def test_saturation_skips_gates_and_outputs():
     assert engine.findings == []
 
 
+# ---------------------------------------------------------------- near-dead-units
+def tail_snapshot(units: float, step: int = 100, per_unit: int = 2000, kind: str = "gelu", **site_kw):
+    st = SiteStats(calls=1, elements=16000, sampled=16000, units=8, saturation=units, saturated_units=units,
+                   saturation_samples=8 * per_unit, rms=0.9, max_abs=1.0)
+    return make_snapshot([(make_site("ffn.act", kind, family="smooth" if kind != "tanh" else "tanh", **site_kw), st)], step=step)
+
+
+@pytest.mark.parametrize("units,expected", [(0.375, "info"), (0.5, "warning"), (1.0, "warning"), (0.25, None)])
+def test_near_dead_units_thresholds(units, expected):
+    engine = only("near-dead-units")
+    assert engine.evaluate(tail_snapshot(units, step=100)) == []  # debounced: two windows
+    engine.evaluate(tail_snapshot(units, step=200))
+    assert [f.severity for f in engine.findings] == ([expected] if expected else [])
+    if expected:
+        f = engine.findings[0]
+        assert f.evidence["near_dead_units"] == round(units * 8) and "Kaiming" in f.recommendation
+
+
+def test_near_dead_units_counts_tail_tests_not_firing_samples():
+    # The tail of GELU is read on detail steps only: 256 tail tests per unit per window, although
+    # firing was read on 2000. 1000 are reached in the fourth window, the next judged one confirms.
+    engine = only("near-dead-units")
+    fired = [bool(engine.evaluate(tail_snapshot(1.0, step=s, per_unit=256))) for s in range(1, 9)]
+    assert fired == [False] * 7 + [True]
+
+
+def test_near_dead_units_only_smooth_hidden_sites():
+    engine = only("near-dead-units")
+    for step in (100, 200):
+        engine.evaluate(tail_snapshot(1.0, step=step, kind="tanh"))  # saturation's business
+        engine.evaluate(tail_snapshot(1.0, step=step, consumers={"output"}))  # a head
+    assert engine.findings == []
+
+
 # ---------------------------------------------------------------- saturating-hidden-activation
 def stack(kind: str, hidden: int, **last_kw):
     pairs = [(make_site(f"a{i}", kind, index=i), relu_stats([0.5] * 8)) for i in range(hidden)]

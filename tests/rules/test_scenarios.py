@@ -148,3 +148,33 @@ def test_saturated_tanh_by_hand():
     s = fresh("saturated_tanh_mlp")
     (first, _) = outputs_of(s.model, s.inputs, nn.Tanh)
     assert float((first.abs() > 0.99).float().mean()) > 0.5
+
+
+def test_near_dead_gelu_units_flagged_and_confirmed_by_hand():
+    from act_diagnostics.core import ActivationMonitor
+    from act_diagnostics.core.kinds import smooth_tail_threshold
+    from act_diagnostics.rules import RULE_IDS, RuleEngine
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        model[0].bias[:20] = -20.0  # 20 of 32 units: pre-activations far below GELU's flat tail
+    x = torch.randn(512, 16)
+    with torch.no_grad():
+        in_tail = (model[0](x) < smooth_tail_threshold("gelu")).float().mean(0)
+    by_hand = float((in_tail > 0.99).float().mean())
+    assert by_hand == 20 / 32
+    engine = RuleEngine(disable=[r for r in RULE_IDS if r != "near-dead-units"])
+    mon = ActivationMonitor(model).attach()
+    try:
+        for window in range(2):  # two steps of 512 rows: 1024 tail tests per unit per window
+            for _ in range(2):
+                mon.begin_step(detail=True)  # GELU's tail is read on detail steps
+                model(x).sum().backward()
+                mon.end_step()
+            engine.evaluate(mon.snapshot(step=window))
+    finally:
+        mon.detach()
+    (f,) = engine.findings
+    assert (f.rule, f.site, f.severity) == ("near-dead-units", "1", "warning")
+    assert f.evidence["near_dead_fraction"] == pytest.approx(by_hand) and f.evidence["near_dead_units"] == 20
