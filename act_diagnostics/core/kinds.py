@@ -331,6 +331,27 @@ NAMED_MODULE_KINDS: dict[str, str] = {
 }
 
 
+# The values an activation can output, (low, high), for the kinds a regression head commonly
+# ends in; a regression target outside it can never be fitted (rules.md, output activation
+# mismatch: "output range vs target range"). Limits an output only approaches count as inside.
+_OUTPUT_RANGE: dict[str, Callable[[dict[str, Any]], tuple[float, float]]] = {
+    "sigmoid": lambda p: (0.0, 1.0),
+    "hardsigmoid": lambda p: (0.0, 1.0),
+    "tanh": lambda p: (-1.0, 1.0),
+    "softsign": lambda p: (-1.0, 1.0),
+    "hardtanh": lambda p: (float(p.get("min_val", -1.0)), float(p.get("max_val", 1.0))),
+    "relu": lambda p: (0.0, math.inf),
+    "relu6": lambda p: (0.0, 6.0),
+    "softplus": lambda p: (0.0, math.inf),
+}
+
+
+def output_range(kind: str, params: dict[str, Any]) -> tuple[float, float] | None:
+    """(low, high) of the outputs of ``kind``, or None where it is unbounded or not tabulated."""
+    fn = _OUTPUT_RANGE.get(kind)
+    return None if fn is None else fn(params)
+
+
 def module_kind(module: nn.Module) -> str | None:
     """Kind name of an activation module, or None when ``module`` is not an activation."""
     for cls in _MODULE_LOOKUP_ORDER:

@@ -41,12 +41,13 @@ from act_diagnostics.core.kinds import (
     functional_params,
     module_kind,
     module_params,
+    output_range,
 )
 from act_diagnostics.core.pack import reduce_to_host, reset_states, share_buffer, shared_view, totals_to_stats
 from act_diagnostics.core.sites import Site, call_name, default_unit_dim, functional_base
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.core.state import SiteState, input_moments
-from act_diagnostics.core.tracer import ActivationTracer
+from act_diagnostics.core.tracer import REGRESSION_LOSSES, ActivationTracer
 
 
 class MonitorFailure(RuntimeWarning):
@@ -547,6 +548,18 @@ class ActivationMonitor:
         if isinstance(target, Tensor):
             info["target_shape"] = list(target.shape)
             info["target_dtype"] = str(target.dtype).replace("torch.", "")
+
+    def note_targets(self, site: str, loss: str, target: Any) -> None:
+        """A site's output is the prediction of a regression loss: count the float targets its
+        activation can never output (rules: output-activation-mismatch)."""
+        state, info = self.states.get(site), self.sites.get(site)
+        if loss not in REGRESSION_LOSSES or state is None or info is None:
+            return
+        if not isinstance(target, Tensor) or not target.is_floating_point() or not target.numel():
+            return
+        bounds = output_range(info.kind, info.params)
+        if bounds is not None:
+            state.observe_targets(target, *bounds)
 
     def _note_layer_consumer(self, site: str, module: nn.Module) -> None:
         if site in self.sites:

@@ -25,7 +25,7 @@ from torch import Tensor
 from act_diagnostics.core.snapshot import SiteStats, window_stats
 from act_diagnostics.core.state import COUNTERS, MAX_ABS, N_SUMS, SiteState
 
-SUM_NAMES = ("sum", "sumsq", "grad_sumsq", "sat_rows", "nonfinite", "in_sum", "in_sumsq", "param_grad_sq")
+SUM_NAMES = ("sum", "sumsq", "grad_sumsq", "sat_rows", "nonfinite", "in_sum", "in_sumsq", "param_grad_sq", "target_outside")
 assert len(SUM_NAMES) == N_SUMS
 
 OP_SUM, OP_MAX = 0, 1

@@ -48,6 +48,8 @@ class SiteStats:
     grad_rms: float | None = None
     grad_nonfinite: bool = False
     param_grad_norm: float | None = None
+    # Share of the regression targets this output can never reach (outside its activation's range).
+    target_outside: float | None = None
     unit_firing: list[float] = field(default_factory=list, repr=False)
 
     def scalars(self) -> dict[str, float]:
@@ -152,6 +154,8 @@ def window_stats(
         g = sums["grad_sumsq"] / counters["grad_elements"]
         s.grad_rms = math.sqrt(g) if math.isfinite(g) else float("nan")
         s.grad_nonfinite = not math.isfinite(g)
+    if counters.get("targets", 0) > 0:
+        s.target_outside = sums["target_outside"] / counters["targets"]
     if counters["param_grad_steps"] > 0:
         p = sums["param_grad_sq"] / counters["param_grad_steps"]
         s.param_grad_norm = math.sqrt(p) if math.isfinite(p) else float("nan")

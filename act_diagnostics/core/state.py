@@ -28,8 +28,8 @@ from torch import Tensor
 from act_diagnostics.core.kinds import ActivationKind
 
 # Columns of SiteState.sums (float64, reduced by sum across processes).
-SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ = range(8)
-N_SUMS = 8
+SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ, TARGET_OUTSIDE = range(9)
+N_SUMS = 9
 # Offset of max |value| in a site's device totals (reduced by max); the per-unit counts follow it.
 MAX_ABS = N_SUMS
 # Host-side integer counters, in this order (reduced by sum).
@@ -43,6 +43,7 @@ COUNTERS = (
     "detail_elements",
     "in_elements",
     "param_grad_steps",
+    "targets",
 )
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -286,6 +287,15 @@ class SiteState:
         """Squared gradient norm of the parameters of the layer feeding this site (log steps)."""
         self.sums[PARAM_GRAD_SQ].add_(sq.to(self.sums.device, self.sums.dtype))
         self.counters[8] += 1
+
+    def observe_targets(self, target: Tensor, low: float, high: float) -> None:
+        """Count the regression targets that this site's output (a model output fed to the loss)
+        can never reach: below ``low`` or above ``high``. On the device, no sync."""
+        t = target.detach()
+        if t.device != self.device:
+            self.to(t.device)
+        self.sums[TARGET_OUTSIDE].add_((t < low).sum() + (t > high).sum())
+        self.counters[9] += t.numel()
 
 
 def _strided_sample(flat: Tensor, n: int) -> Tensor:

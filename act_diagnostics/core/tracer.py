@@ -43,6 +43,9 @@ LOSS_FUNCTIONS: dict[Any, str] = {
     F.ctc_loss: "ctc_loss",
 }
 
+# Losses whose target is a value the prediction should reach (not a class or a probability).
+REGRESSION_LOSSES = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+
 # Ops after which a tensor still carries the same values (shape changes, copies, dropout).
 _SAME_VALUES = {
     Tensor.view,
@@ -120,3 +123,5 @@ class ActivationTracer(TorchFunctionMode):
             if source is not None:
                 site, via = source
                 mon.add_consumer(site, f"loss:{loss}" + (f"({via})" if via else ""))
+                if not via:
+                    mon.note_targets(site, loss, args[1] if len(args) > 1 else kwargs.get("target"))

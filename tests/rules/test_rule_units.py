@@ -85,6 +85,22 @@ def test_saturation_skips_gates_and_outputs():
     assert engine.findings == []
 
 
+# ---------------------------------------------------------------- output-activation-mismatch: target range
+@pytest.mark.parametrize(
+    "kind,loss,share,expected",
+    [("sigmoid", "mse_loss", 0.3, "error"), ("tanh", "l1_loss", 0.05, "warning"), ("relu", "huber_loss", 0.1, "error"),
+     ("sigmoid", "mse_loss", 0.005, None), ("sigmoid", "binary_cross_entropy", 0.3, None), ("gelu", "mse_loss", 0.3, None)],
+)
+def test_output_range_against_regression_targets(kind, loss, share, expected):
+    site = make_site("head", kind, consumers={"output", f"loss:{loss}"})
+    stats = SiteStats(calls=1, elements=64, sampled=64, units=8, target_outside=share, rms=0.5, max_abs=1.0)
+    findings = only("output-activation-mismatch").evaluate(make_snapshot([(site, stats)]), preflight=True)
+    assert [f.severity for f in findings] == ([expected] if expected else [])
+    if expected:
+        assert findings[0].evidence["target_outside"] == share and findings[0].evidence["loss"] == loss
+        assert "outside the" in findings[0].message and "no activation" in findings[0].recommendation
+
+
 # ---------------------------------------------------------------- near-dead-units
 def tail_snapshot(units: float, step: int = 100, per_unit: int = 2000, kind: str = "gelu", **site_kw):
     st = SiteStats(calls=1, elements=16000, sampled=16000, units=8, saturation=units, saturated_units=units,

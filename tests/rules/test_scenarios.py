@@ -178,3 +178,36 @@ def test_near_dead_gelu_units_flagged_and_confirmed_by_hand():
     (f,) = engine.findings
     assert (f.rule, f.site, f.severity) == ("near-dead-units", "1", "warning")
     assert f.evidence["near_dead_fraction"] == pytest.approx(by_hand) and f.evidence["near_dead_units"] == 20
+
+
+@pytest.mark.parametrize(
+    "head,make_target",
+    [(nn.Sigmoid, lambda: torch.randn(256, 1) * 3), (nn.ReLU, lambda: torch.rand(256, 1) - 0.5),
+     (nn.Sigmoid, lambda: torch.randn(256, 1) * 0.2 + 0.5), (nn.Sigmoid, lambda: torch.rand(256, 1))],
+)
+def test_regression_targets_out_of_the_output_range_confirmed_by_hand(head, make_target):
+    import torch.nn.functional as F
+
+    from act_diagnostics.core import ActivationMonitor
+    from act_diagnostics.core.kinds import output_range
+    from act_diagnostics.rules import RULE_IDS, RuleEngine
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1), head())
+    x, target = torch.randn(256, 4), make_target()
+    low, high = output_range("sigmoid" if head is nn.Sigmoid else "relu", {})
+    by_hand = float(((target < low) | (target > high)).float().mean())
+    engine = RuleEngine(disable=[r for r in RULE_IDS if r != "output-activation-mismatch"])
+    mon = ActivationMonitor(model).attach()
+    try:
+        mon.begin_step(detail=True)  # the first steps track structure: losses and their targets
+        F.mse_loss(model(x), target).backward()
+        mon.end_step()
+        snap = mon.snapshot(step=0)
+    finally:
+        mon.detach()
+    assert snap.stats["3"].target_outside == pytest.approx(by_hand)
+    expected = "error" if by_hand >= 0.1 else "warning" if by_hand > 0.01 else None
+    assert [(f.site, f.severity, f.evidence["loss"]) for f in engine.evaluate(snap, preflight=True)] == (
+        [("3", expected, "mse_loss")] if expected else []
+    )
