@@ -1,7 +1,8 @@
-"""Training-step overhead of act_diagnostics and of two peers, measured side by side on the CPU.
+"""Training-step overhead of act_diagnostics and of two peers, measured side by side.
 
     python benchmarks/overhead.py            # about 10 minutes on 2 cores (3 rounds)
     python benchmarks/overhead.py --rounds 5 --models mlp transformer --windows 4 --no-lightning
+    python benchmarks/overhead.py --device cuda   # on a GPU: each timed block ends with a synchronize
 
 Ratio = monitored / bare training time over the same steps, in the same round; variants run in a
 rotated order each round; the figure is the median of the per-round ratios (min-max, rounds).
@@ -201,9 +202,17 @@ class Naive(Bare):
             h.remove()
 
 
+def synchronize(model: nn.Module) -> None:
+    """Wait for the model's device (a no-op on the CPU): a timed block must include its kernels."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: list, variant: Bare, steps: int) -> float:
     """``steps`` training steps with ``variant``'s hooks attached; returns seconds."""
     variant.attach()
+    synchronize(model)
     t0 = time.perf_counter()
     for _ in range(steps):
         step = variant.step
@@ -217,6 +226,7 @@ def run_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: list, varia
         opt.zero_grad(set_to_none=True)
         variant.after(step)
         variant.step += 1
+    synchronize(model)
     elapsed = time.perf_counter() - t0
     variant.detach()
     return elapsed
@@ -245,9 +255,11 @@ def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: 
 
         def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
             if trainer.global_step == warmup:
+                synchronize(model)
                 self.start = time.perf_counter()
 
         def on_train_batch_end(self, *args: Any) -> None:
+            synchronize(model)
             self.end = time.perf_counter()
 
     clock = Clock()
@@ -256,7 +268,8 @@ def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: 
         # warn=False: the benchmark's default-initialised MLP has born-dead units (a true finding)
         # and the warnings would only clutter the output; the rules still run.
         callbacks.insert(0, ActivationDiagnostics(log_every_n_steps=interval, report=False, verbose=False, warn=False))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False, callbacks=callbacks,
+    accelerator = "gpu" if next(model.parameters()).is_cuda else "cpu"
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=warmup + steps, logger=False, callbacks=callbacks,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     trainer.fit(Module(), loader)
@@ -264,11 +277,14 @@ def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: 
 
 
 # ---------------------------------------------------------------------------------------- driver
-def measure(model_name: str, rounds: int, with_lightning: bool, windows: int = 1) -> dict[str, list[float]]:
+def measure(
+    model_name: str, rounds: int, with_lightning: bool, windows: int = 1, device: str = "cpu"
+) -> dict[str, list[float]]:
     build, n_every = MODELS[model_name]
     torch.manual_seed(0)
     model, make_batch = build()
-    batches = [make_batch() for _ in range(4)]
+    model.to(device)
+    batches = [tuple(t.to(device) for t in make_batch()) for _ in range(4)]
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     # (timed steps, variants): the default interval needs a window holding exactly one log step.
     every: list[Callable[[], Bare]] = [lambda: Act(model, 1), lambda: FastaiStats(model)]
@@ -332,11 +348,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning-trainer variant")
     parser.add_argument("--windows", type=int, default=1, help="timed windows of 50 steps per round at the default interval")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     _quiet_lightning()
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, warm-up {WARMUP} steps", flush=True)
-    results = {m: measure(m, args.rounds, with_lightning=(m == "mlp" and not args.no_lightning), windows=args.windows) for m in args.models}
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{args.threads} threads"
+    print(f"torch {torch.__version__}, {args.device} ({where}), {args.rounds} rounds, warm-up {WARMUP} steps", flush=True)
+    results = {
+        m: measure(m, args.rounds, with_lightning=(m == "mlp" and not args.no_lightning), windows=args.windows, device=args.device)
+        for m in args.models
+    }
     names = ["act every", "act default", "act default /1", "PL every", "PL default", "fastai", "naive"]
     print("\n| variant | " + " | ".join(args.models) + " |")
     print("|---|" + "---|" * len(args.models))
