@@ -111,6 +111,9 @@ class ActivationMonitor:
         self._calls: dict[str, int] = {}
         self._skipped: set[str] = set()
         self._pending_input: dict[int, tuple[Tensor, int]] = {}
+        # Module sites called this pass with no gradient to hook (a reentrant checkpoint's first
+        # forward runs under no_grad): their re-run in backward carries the gradient instead.
+        self._awaiting_grad: dict[int, list[SiteState]] = {}
         # Returns the loss scale that backward ran with (float16 AMP's GradScaler), or None.
         self.grad_scale: Callable[[], Tensor | float | None] | None = None
         self._produced: dict[int, tuple[str, str, Tensor]] = {}
@@ -234,6 +237,7 @@ class ActivationMonitor:
         self._produced.clear()
         self._layer_out.clear()
         self._pending_input.clear()
+        self._awaiting_grad.clear()
 
     def _start_tracer(self) -> None:
         if not self._tracer_on:
@@ -285,6 +289,7 @@ class ActivationMonitor:
         self._owner_stack.clear()
         self._produced.clear()
         self._layer_out.clear()
+        self._awaiting_grad.clear()
 
     def _module_pre_hook(self, module: nn.Module, args: tuple) -> None:
         if not self.enabled:
@@ -335,10 +340,13 @@ class ActivationMonitor:
 
     def _activation_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         self.activation_depth = max(0, self.activation_depth - 1)
-        if not self.enabled or _in_backward():
+        if not self.enabled:
             return
         y = _first_tensor(output)
         if y is None:
+            return
+        if _in_backward():  # activation checkpointing re-runs forward: measured once already
+            self._hook_rerun_grad(module, y)
             return
         try:
             with self._no_torch_function():
@@ -350,6 +358,20 @@ class ActivationMonitor:
                 x = args[0] if args and isinstance(args[0], Tensor) else None
                 pending = self._pending_input.pop(id(module), None)
                 self._observe(name, state, x, y, pending)
+                if self.config.gradients and not (y.requires_grad and torch.is_grad_enabled()):
+                    self._awaiting_grad.setdefault(id(module), []).append(state)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _hook_rerun_grad(self, module: nn.Module, y: Tensor) -> None:
+        """A reentrant checkpoint re-runs its region in backward with grad enabled: the re-run
+        output's gradient is the one the first, no_grad forward could not give. Non-reentrant
+        checkpointing hooks the first forward, so nothing waits for its re-run."""
+        waiting = self._awaiting_grad.get(id(module))
+        if not waiting or not y.requires_grad:
+            return
+        try:
+            y.register_hook(partial(self._grad_hook, waiting.pop(0), self.detail))
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 

@@ -115,21 +115,27 @@ def test_manual_optimization_two_optimizers(tmp_path):
 
 
 class Checkpointed(Classifier):
-    def __init__(self, use_checkpoint: bool) -> None:
+    def __init__(self, use_checkpoint: bool, reentrant: bool = False) -> None:
         super().__init__(net=mlp(depth=3))
         self.use_checkpoint = use_checkpoint
+        self.reentrant = reentrant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         body, head = self.net[:-1], self.net[-1]
-        h = checkpoint(body, x, use_reentrant=False) if self.use_checkpoint else body(x)
+        if not self.use_checkpoint:
+            return F.gelu(head(body(x)))
+        # A reentrant checkpoint needs an input that requires grad, or its region gets no gradient.
+        h = checkpoint(body, x.requires_grad_(self.reentrant), use_reentrant=self.reentrant)
         return F.gelu(head(h))
 
 
-def test_activation_checkpointing_counts_once(tmp_path):
-    """The forward re-run during backward is not measured again."""
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_counts_once(tmp_path, reentrant):
+    """The forward re-run during backward is not measured again; a reentrant checkpoint's first
+    forward runs under no_grad, so its re-run gives the gradient (grad_rms as without checkpoint)."""
     torch.manual_seed(0)
     plain_model = Checkpointed(False)
-    ckpt_model = Checkpointed(True)
+    ckpt_model = Checkpointed(True, reentrant)
     ckpt_model.load_state_dict(plain_model.state_dict())
     plain, _, _ = _fit(tmp_path / "a", plain_model, cb={"log_every_n_steps": 2}, max_steps=4)
     ckpt, _, _ = _fit(tmp_path / "b", ckpt_model, cb={"log_every_n_steps": 2}, max_steps=4)
