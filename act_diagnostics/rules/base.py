@@ -126,3 +126,14 @@ class SamplePool:
             return None, seen
         self._pools.pop(site, None)
         return sums / seen, seen
+
+    def judged(
+        self, preflight: bool, site: str, values: Sequence[float] | np.ndarray, weight: float, t: Mapping[str, float]
+    ) -> tuple[np.ndarray | None, float]:
+        """What a statistical rule judges, and over how many samples per unit: in the pre-flight
+        check this window's values, if it saw ``t["preflight_min_samples"]``; in training the
+        values pooled until ``t["min_samples"]`` were seen. None while there are too few."""
+        if preflight:
+            ok = weight >= t["preflight_min_samples"]
+            return (np.asarray(values, dtype=np.float64) if ok else None), weight
+        return self.add(site, values, weight, t["min_samples"])

@@ -69,7 +69,7 @@ class DeadUnits(Rule):
         for site, stats in ctx.snapshot.ordered():
             if site.kind not in DEAD_KINDS or not stats.unit_firing or stats.nonfinite:  # NaN never fires
                 continue
-            rates, samples = self._judged_rates(ctx, site.name, stats.unit_firing, samples_per_unit(stats))
+            rates, samples = self._pool.judged(ctx.preflight, site.name, stats.unit_firing, samples_per_unit(stats), self.t)
             if rates is None:
                 ctx.hold(site.name)
                 continue
@@ -97,15 +97,6 @@ class DeadUnits(Rule):
                 )
             )  # fmt: skip
         return out
-
-    def _judged_rates(
-        self, ctx: RuleContext, name: str, firing: list[float], per_unit: float
-    ) -> tuple[np.ndarray | None, float]:
-        """Per-unit firing rates over enough samples, or None while still pooling windows."""
-        if ctx.preflight:
-            ok = per_unit >= self.t["preflight_min_samples"]
-            return (np.asarray(firing, dtype=np.float64) if ok else None), per_unit
-        return self._pool.add(name, firing, per_unit, self.t["min_samples"])
 
     def state_dict(self) -> dict[str, Any]:
         # Pools are a partial window and are dropped; the born-dead reference must survive resume.

@@ -61,11 +61,11 @@ class NearDeadUnits(Rule):
             if site.family not in FAMILIES or not is_hidden(site) or stats.nonfinite or not finite(stats.saturated_units):
                 continue
             per_unit = stats.saturation_samples / stats.units if stats.units else 0.0
-            judged = self._judged(ctx, site.name, float(stats.saturated_units), per_unit)
-            if judged is None:
+            means, samples = self._pool.judged(ctx.preflight, site.name, [stats.saturated_units], per_unit, self.t)
+            if means is None:
                 ctx.hold(site.name)
                 continue
-            share, samples = judged
+            share = float(means[0])
             if share <= self.t["info_fraction"]:
                 continue
             severity = "warning" if share >= self.t["warn_fraction"] else "info"
@@ -82,12 +82,6 @@ class NearDeadUnits(Rule):
                 )
             )  # fmt: skip
         return out
-
-    def _judged(self, ctx: RuleContext, name: str, share: float, per_unit: float) -> tuple[float, float] | None:
-        if ctx.preflight:
-            return (share, per_unit) if per_unit >= self.t["preflight_min_samples"] else None
-        means, seen = self._pool.add(name, [share], per_unit, self.t["min_samples"])
-        return None if means is None else (float(means[0]), seen)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -56,11 +56,13 @@ class Saturation(Rule):
         for site, stats in ctx.snapshot.ordered():
             if site.family not in FAMILIES or not is_hidden(site) or stats.nonfinite or not finite(stats.saturated_units):
                 continue
-            judged = self._judged(ctx, site.name, stats.saturated_units, stats.saturation or 0.0, samples_per_unit(stats))
-            if judged is None:
+            means, samples = self._pool.judged(
+                ctx.preflight, site.name, [stats.saturated_units, stats.saturation or 0.0], samples_per_unit(stats), self.t
+            )
+            if means is None:
                 ctx.hold(site.name)
                 continue
-            units, share, samples = judged
+            units, share = float(means[0]), float(means[1])
             if units <= self.t["warn_fraction"] and share <= self.t["warn_share"]:
                 continue
             severity = "error" if max(units, share) >= self.t["error_fraction"] else "warning"
@@ -77,14 +79,6 @@ class Saturation(Rule):
                 )
             )  # fmt: skip
         return out
-
-    def _judged(
-        self, ctx: RuleContext, name: str, units: float, share: float, per_unit: float
-    ) -> tuple[float, float, float] | None:
-        if ctx.preflight:
-            return (units, share, per_unit) if per_unit >= self.t["preflight_min_samples"] else None
-        means, seen = self._pool.add(name, [units, share], per_unit, self.t["min_samples"])
-        return None if means is None else (float(means[0]), float(means[1]), seen)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
