@@ -18,6 +18,11 @@ it does not measure, so those run the bare model), and :meth:`detach` removes th
 to call twice. After the first steps only the activation modules and the model itself carry hooks,
 unless functional sites need the owner names. Hooks never raise into training: an internal error
 disables the monitor with one warning (see :attr:`failure`).
+
+With float16 AMP (a ``GradScaler``) in a hand-written loop, set ``mon.grad_scale`` to a function
+returning the scale backward ran with (``scaler.get_scale``, or ``lambda: scaler._scale`` to avoid
+a host sync): activation gradients are divided by it before they are measured. The Lightning
+callback does this itself.
 """
 
 from __future__ import annotations
