@@ -86,6 +86,25 @@ def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def _local_shard(grad: Tensor) -> tuple[Tensor, int] | None:
+    """A parameter gradient as a plain local tensor, and over how many ranks its elements are
+    sharded. FSDP2 keeps gradients as DTensors sharded over the mesh: each rank adds its shard's
+    squared norm times the shard count, so the sum over ranks divided by the summed step count
+    (what the cross-rank reduction computes) is the full gradient's squared norm. A gradient with
+    pending partial sums has no meaningful local norm: None."""
+    grad = grad.detach()
+    placements = getattr(grad, "placements", None)
+    if placements is None:
+        return grad, 1
+    count = 1
+    for size, placement in zip(grad.device_mesh.shape, placements):
+        if placement.is_partial():
+            return None
+        if placement.is_shard():
+            count *= size
+    return grad.to_local(), count
+
+
 class ActivationMonitor:
     """Watches every activation site of ``model``; see the module docstring for use."""
 
@@ -529,24 +548,27 @@ class ActivationMonitor:
         try:
             modules = dict(self.model.named_modules())
             grads: list[Tensor] = []
+            shards: list[int] = []
             owners: list[SiteState] = []
             for name, site in self.sites.items():
                 layer = modules.get(site.feeding_layer) if site.feeding_layer is not None else None
                 if layer is None:
                     continue
                 for p in layer.parameters(recurse=False):
-                    if p.grad is not None:
-                        grads.append(p.grad.detach())
+                    local = _local_shard(p.grad) if p.grad is not None else None
+                    if local is not None:
+                        grads.append(local[0])
+                        shards.append(local[1])
                         owners.append(self.states[name])
             if not grads:
                 return
             with self._no_torch_function():
                 norms = torch._foreach_norm([g.float() if g.dtype in (torch.float16, torch.bfloat16) else g for g in grads])
                 by_state: dict[int, list[Tensor]] = {}
-                for state, n in zip(owners, norms):
-                    by_state.setdefault(id(state), []).append(n)
+                for state, n, k in zip(owners, norms, shards):
+                    by_state.setdefault(id(state), []).append(n.double().pow(2) * k)
                 for state in {id(s): s for s in owners}.values():
-                    state.observe_param_grad_sq(torch.stack(by_state[id(state)]).double().pow(2).sum())
+                    state.observe_param_grad_sq(torch.stack(by_state[id(state)]).sum())
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
