@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from act_diagnostics.core import ActivationMonitor, MonitorConfig, MonitorFailure, Site, SiteStats, Snapshot
+from act_diagnostics.core import ActivationMonitor, MonitorConfig, MonitorFailure, Site, SiteStats, Snapshot, UnmeasuredModules
 
 __version__ = "0.1.0"
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Finding",
     "MonitorConfig",
     "MonitorFailure",
+    "UnmeasuredModules",
     "Site",
     "SiteStats",
     "Snapshot",

@@ -2,7 +2,7 @@
 
 from act_diagnostics.core.config import MonitorConfig
 from act_diagnostics.core.kinds import KINDS, ActivationKind
-from act_diagnostics.core.monitor import ActivationMonitor, MonitorFailure
+from act_diagnostics.core.monitor import ActivationMonitor, MonitorFailure, UnmeasuredModules
 from act_diagnostics.core.sites import Site
 from act_diagnostics.core.snapshot import LOGGED_STATS, SiteStats, Snapshot
 
@@ -13,6 +13,7 @@ __all__ = [
     "ActivationMonitor",
     "MonitorConfig",
     "MonitorFailure",
+    "UnmeasuredModules",
     "Site",
     "SiteStats",
     "Snapshot",

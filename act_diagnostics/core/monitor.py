@@ -59,6 +59,10 @@ class MonitorFailure(RuntimeWarning):
     """Issued once when an internal error disables the monitor; training goes on."""
 
 
+class UnmeasuredModules(UserWarning):
+    """Issued once at attach for submodules that cannot be measured (TorchScript: no Python hooks)."""
+
+
 def _first_tensor(value: Any) -> Tensor | None:
     if isinstance(value, Tensor):
         return value
@@ -111,6 +115,11 @@ class ActivationMonitor:
     def __init__(self, model: nn.Module, config: MonitorConfig | None = None, **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise TypeError(
+                "`model` is a TorchScript module, which cannot carry the Python hooks act_diagnostics "
+                "measures with: pass the eager nn.Module (script it after the diagnostic run)"
+            )
         if config is not None and options:
             raise TypeError("pass either `config` or keyword options, not both")
         self.model = model
@@ -161,12 +170,25 @@ class ActivationMonitor:
         if self._attached:
             return self
         self._names = {id(module): name for name, module in self.model.named_modules()}
-        self._activation_modules = [m for m in self.model.modules() if module_kind(m) is not None]
+        # TorchScript submodules take no Python hooks, and their ops bypass the tracer.
+        scripted = {id(m) for m in self.model.modules() if isinstance(m, torch.jit.ScriptModule)}
+        eager = [m for m in self.model.modules() if id(m) not in scripted]
+        if scripted:
+            names = [n for n, m in self.model.named_modules() if id(m) in scripted]
+            tops = [n for n in names if not any(n.startswith(f"{p}.") for p in names)]
+            warnings.warn(
+                f"act_diagnostics cannot measure inside TorchScript submodules ({', '.join(tops[:5])}"
+                f"{', ...' if len(tops) > 5 else ''}): they take no Python hooks. The rest of the model is "
+                "measured; keep the diagnostic run eager to see their activations.",
+                UnmeasuredModules,
+                stacklevel=2,
+            )
+        self._activation_modules = [m for m in eager if module_kind(m) is not None]
         # Modules whose hooks link layers to sites and name the owners of functional calls.
         functional = self.config.functional
         self._structure_modules = [
             m
-            for m in self.model.modules()
+            for m in eager
             if module_kind(m) is None
             and (functional or m is self.model or _has_params(m) or not any(True for _ in m.children()))
         ]

@@ -438,3 +438,27 @@ def test_a_functional_call_first_made_late_is_found_on_a_detail_step(train_step)
     train_step(mon, model, torch.randn(3, 4))  # from now on traced on every measured step
     assert mon.snapshot().stats[":silu"].calls == 2
     mon.detach()
+
+
+def test_torchscript_submodules_are_skipped_with_one_warning_and_the_rest_measured() -> None:
+    from act_diagnostics.core import UnmeasuredModules
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), torch.jit.script(nn.Sequential(nn.Linear(8, 8), nn.Tanh())), nn.Linear(8, 2))
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        mon = ActivationMonitor(model).attach()
+        for _ in range(3):
+            mon.begin_step(detail=True)
+            model(torch.randn(5, 4)).sum().backward()
+            mon.end_step()
+        snap = mon.snapshot()
+        mon.detach()
+    ours = [r for r in records if r.category.__module__.startswith("act_diagnostics")]
+    assert [r.category for r in ours] == [UnmeasuredModules] and "(2)" in str(ours[0].message)
+    assert mon.failure is None and sorted(snap.stats) == ["1"] and snap.stats["1"].calls == 3
+    assert _no_hooks(model)
+
+
+def test_a_torchscript_model_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="TorchScript"):
+        ActivationMonitor(torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU())))
