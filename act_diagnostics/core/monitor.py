@@ -90,6 +90,12 @@ def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def _rank_zero() -> bool:
+    """Whether this process should warn: warnings come from rank zero only under torch.distributed."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def _local_shard(grad: Tensor) -> tuple[Tensor, int] | None:
     """A parameter gradient as a plain local tensor, and over how many ranks its elements are
     sharded. FSDP2 keeps gradients as DTensors sharded over the mesh: each rank adds its shard's
@@ -173,7 +179,7 @@ class ActivationMonitor:
         # TorchScript submodules take no Python hooks, and their ops bypass the tracer.
         scripted = {id(m) for m in self.model.modules() if isinstance(m, torch.jit.ScriptModule)}
         eager = [m for m in self.model.modules() if id(m) not in scripted]
-        if scripted:
+        if scripted and _rank_zero():
             names = [n for n, m in self.model.named_modules() if id(m) in scripted]
             tops = [n for n in names if not any(n.startswith(f"{p}.") for p in names)]
             warnings.warn(
@@ -273,10 +279,32 @@ class ActivationMonitor:
         if self.enabled:
             self.steps += 1
             self.window_steps += 1
+            if self.steps == max(1, self.config.structure_steps) and not self.states and self.failure is None:
+                self._warn_nothing_found()
         self.enabled = False
         self.detail = False
         self.tracking_structure = False
         self._clear_step_refs()
+
+    def _warn_nothing_found(self) -> None:
+        """Discovery is over and no site was found: say so, and why it may be, rather than report
+        a clean run that measured nothing."""
+        if not _rank_zero():
+            return
+        reasons = []
+        recurrent = [n for n, m in self.model.named_modules() if isinstance(m, nn.RNNBase)]
+        if recurrent:
+            reasons.append(f"recurrent modules ({', '.join(recurrent[:3])}) compute their gates inside fused kernels, which no hook can see")
+        if self._skipped:
+            reasons.append(f"{len(self._skipped)} activation site(s) were left out by the kinds/include/exclude options")
+        if not reasons:
+            reasons.append("the model called no activation module or function act_diagnostics knows (docs/statistics.md lists them)")
+        warnings.warn(
+            f"act_diagnostics found no activation site to measure in {type(self.model).__name__} after "
+            f"{self.steps} step(s): {'; '.join(reasons)}. Nothing will be measured or reported.",
+            UnmeasuredModules,
+            stacklevel=2,
+        )
 
     def _clear_step_refs(self) -> None:
         # No activation tensor may outlive its step.

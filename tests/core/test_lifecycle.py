@@ -462,3 +462,30 @@ def test_torchscript_submodules_are_skipped_with_one_warning_and_the_rest_measur
 def test_a_torchscript_model_is_refused_with_a_clear_error() -> None:
     with pytest.raises(TypeError, match="TorchScript"):
         ActivationMonitor(torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU())))
+
+
+@pytest.mark.parametrize("case", ["lstm", "filtered"])
+def test_a_model_with_nothing_to_measure_says_why_once(case: str) -> None:
+    from act_diagnostics.core import UnmeasuredModules
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    model = Recurrent() if case == "lstm" else nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(3, 5, 4) if case == "lstm" else torch.randn(3, 4)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        mon = ActivationMonitor(model, kinds=None if case == "lstm" else ["sigmoid"]).attach()
+        for _ in range(4):
+            mon.begin_step()
+            model(x).sum().backward()
+            mon.end_step()
+        mon.detach()
+    ours = [str(r.message) for r in records if r.category is UnmeasuredModules]
+    assert len(ours) == 1 and "no activation site" in ours[0]
+    assert ("rnn" in ours[0] and "fused kernels" in ours[0]) if case == "lstm" else "kinds/include/exclude" in ours[0]
