@@ -45,6 +45,7 @@ HOOKS = (
     "_module_pre_hook",
     "_module_hook",
     "call_functional",
+    "_consumer_pre_hook",
     "measure_param_grads",
     "snapshot",
     "begin_step",
@@ -75,7 +76,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     totals: dict[str, float] = {}
     for name in HOOKS:  # class attributes: the monitor's hooks are bound when they are registered
-        setattr(ActivationMonitor, name, timed(totals, name, getattr(ActivationMonitor, name)))
+        if hasattr(ActivationMonitor, name):
+            setattr(ActivationMonitor, name, timed(totals, name, getattr(ActivationMonitor, name)))
 
     torch.manual_seed(0)
     build, _ = overhead.MODELS[args.model]
@@ -116,7 +118,8 @@ def ops_inside_hooks(model: torch.nn.Module, opt: torch.optim.Optimizer, batches
         return wrapper
 
     for name in HOOKS:
-        setattr(ActivationMonitor, name, labelled(name, getattr(ActivationMonitor, name)))
+        if hasattr(ActivationMonitor, name):
+            setattr(ActivationMonitor, name, labelled(name, getattr(ActivationMonitor, name)))
     act.mon.pause()  # hooks are bound at registration: register the labelled ones
     steps = 50
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -1,0 +1,102 @@
+"""Functional sites read at the pre-hook of the module their output goes into (no tracer on
+measured steps after discovery): the same statistics as the tracer's, and a changed flow sends
+them back to the tracer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from act_diagnostics.core import ActivationMonitor
+
+
+class Encoder(nn.Module):
+    """torch's encoder layer: F.gelu's output goes straight into a dedicated Dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).mean(1))
+
+
+def _train(model: nn.Module, mon: ActivationMonitor, steps: int, detail_every: int = 4) -> list:
+    torch.manual_seed(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    snaps, modes = [], []
+    for step in range(steps):
+        mon.begin_step(detail=step % detail_every == 0)
+        modes.append((mon._tracer_on, len(mon._consumer_handles)))
+        loss = F.cross_entropy(model(torch.randn(8, 5, 16)), torch.randint(0, 3, (8,)))
+        mon.stop_tracing()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        mon.end_step()
+        snaps.append(mon.snapshot(step=step))
+    mon.detach()
+    return snaps, modes
+
+
+def test_consumer_reads_equal_the_tracer_reads() -> None:
+    torch.manual_seed(0)
+    model = Encoder()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fast, fast_modes = _train(model, ActivationMonitor(model).attach(), 9)
+    model.load_state_dict(state)
+    traced_mon = ActivationMonitor(model).attach()
+    traced_mon._eligible_consumers = lambda: None  # the tracer on every measured step
+    traced, traced_modes = _train(model, traced_mon, 9)
+    # After the two discovery steps, steps that are not detail steps run without the tracer.
+    assert fast_modes[5] == (False, 2) and fast_modes[4] == (True, 0) and traced_modes[5] == (True, 0)
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())  # detached
+    for a, b in zip(fast, traced):
+        assert sorted(a.stats) == sorted(b.stats) == ["encoder.layers.0:gelu", "encoder.layers.1:gelu"]
+        for name in a.stats:
+            got, want = asdict(a.stats[name]), asdict(b.stats[name])
+            for key, value in want.items():
+                if value is None or isinstance(value, bool):
+                    assert got[key] == value, (a.step, name, key)
+                else:
+                    assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-12), (a.step, name, key)
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.drop, self.fc2 = nn.Linear(4, 8), nn.Dropout(0.0), nn.Linear(8, 2)
+        self.scale = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.fc1(x))
+        if self.scale:  # a flow the first steps never saw: the Dropout gets h * 2, not the GELU output
+            h = h * 2
+        return self.fc2(self.drop(h))
+
+
+def test_a_changed_flow_sends_functional_sites_back_to_the_tracer() -> None:
+    torch.manual_seed(0)
+    model, x = Branchy(), torch.randn(16, 4)
+    mon = ActivationMonitor(model).attach()
+    maxima = []
+    for step in range(6):
+        model.scale = step == 3
+        with torch.no_grad():
+            expected = F.gelu(model.fc1(x)).abs().max().item()
+        mon.begin_step()
+        model(x).sum().backward()
+        mon.end_step()
+        if step >= 2:
+            assert mon._consumers_ok == (step < 3)  # the mismatch at step 3 turns the consumer reads off
+        snap = mon.snapshot(step=step)
+        maxima.append((snap.stats[":gelu"].calls, snap.stats[":gelu"].max_abs, expected))
+    mon.detach()
+    assert [calls for calls, _, _ in maxima] == [1, 1, 1, 0, 1, 1]  # h * 2 is never read as the GELU
+    assert all(m == pytest.approx(e) for calls, m, e in maxima if calls)
