@@ -577,6 +577,8 @@ class ActivationMonitor:
         cfg = self.config
         self.sites[name] = site
         self._functional_sites = self._functional_sites or site.source == "functional"
+        if site.source == "functional":
+            self._consumers_ok = False  # a functional call first made now has no learned consumer
         state = SiteState(
             KINDS[site.kind],
             site.params,

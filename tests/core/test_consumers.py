@@ -100,3 +100,29 @@ def test_a_changed_flow_sends_functional_sites_back_to_the_tracer() -> None:
     mon.detach()
     assert [calls for calls, _, _ in maxima] == [1, 1, 1, 0, 1, 1]  # h * 2 is never read as the GELU
     assert all(m == pytest.approx(e) for calls, m, e in maxima if calls)
+
+
+class LateBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.drop, self.fc2 = nn.Linear(4, 8), nn.Dropout(0.0), nn.Linear(8, 2)
+        self.late = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(F.gelu(self.fc1(x)))
+        return self.fc2(F.silu(h) if self.late else h)  # a functional call first made late
+
+
+def test_a_functional_call_first_made_late_is_measured_on_every_later_step() -> None:
+    torch.manual_seed(0)
+    model, x = LateBranch(), torch.randn(16, 4)
+    mon = ActivationMonitor(model).attach()
+    for step in range(8):
+        model.late = step >= 3
+        mon.begin_step(detail=step == 4)  # found by the tracer on the next detail step
+        model(x).sum().backward()
+        mon.end_step()
+    snap = mon.snapshot()
+    mon.detach()
+    assert not mon._consumers_ok
+    assert snap.stats[":silu"].calls == 4 and snap.stats[":gelu"].calls == 8  # steps 4-7; every step
