@@ -90,6 +90,17 @@ def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def _toggle(handles: list[Any], wanted: bool, register: Callable[[], list[Any]]) -> None:
+    """Register a group of hooks (``register`` returns their handles) if wanted and absent, or
+    remove them if present and not wanted."""
+    if wanted and not handles:
+        handles.extend(register())
+    elif not wanted and handles:
+        for handle in handles:
+            handle.remove()
+        handles.clear()
+
+
 def _rank_zero() -> bool:
     """Whether this process should warn: warnings come from rank zero only under torch.distributed."""
     dist = torch.distributed
@@ -229,28 +240,25 @@ class ActivationMonitor:
     def _install_hooks(self, structure: bool, consumers: bool = False) -> None:
         """Register what this step needs. Always: a pre-hook on the model (a new forward pass)
         and the hooks of activation modules. With ``structure`` (the first steps, or while
-        functional sites are traced): every other module too, for layer links and owner names."""
+        functional sites are traced): every other module too, for layer links and owner names.
+        With ``consumers``: a pre-hook on each module a functional site's output goes into."""
         if not self._handles:
             # prepend: a new pass must be marked before any other pre-hook of the model runs.
             self._handles.append(self.model.register_forward_pre_hook(self._model_pre_hook, prepend=True))
             for module in self._activation_modules:
                 self._handles.append(module.register_forward_pre_hook(self._activation_pre_hook))
                 self._handles.append(module.register_forward_hook(self._activation_hook, always_call=True))
-        if structure and not self._structure_handles:
-            for module in self._structure_modules:
-                self._structure_handles.append(module.register_forward_pre_hook(self._module_pre_hook))
-                self._structure_handles.append(module.register_forward_hook(self._module_hook, always_call=True))
-        elif not structure and self._structure_handles:
-            for handle in self._structure_handles:
-                handle.remove()
-            self._structure_handles.clear()
-        if consumers and not self._consumer_handles:
-            for module, _, _ in self._consumers.values():
-                self._consumer_handles.append(module.register_forward_pre_hook(self._consumer_pre_hook))
-        elif not consumers and self._consumer_handles:
-            for handle in self._consumer_handles:
-                handle.remove()
-            self._consumer_handles.clear()
+        _toggle(self._structure_handles, structure, lambda: [
+            handle
+            for module in self._structure_modules
+            for handle in (
+                module.register_forward_pre_hook(self._module_pre_hook),
+                module.register_forward_hook(self._module_hook, always_call=True),
+            )
+        ])  # fmt: skip
+        _toggle(self._consumer_handles, consumers, lambda: [
+            module.register_forward_pre_hook(self._consumer_pre_hook) for module, _, _ in self._consumers.values()
+        ])  # fmt: skip
 
     def __enter__(self) -> "ActivationMonitor":
         self.attach()
@@ -384,27 +392,24 @@ class ActivationMonitor:
         # micro-batches in one step does not keep every micro-batch alive.
         self._calls.clear()
         self._owner_stack.clear()
-        self._produced.clear()
-        self._layer_out.clear()
-        self._awaiting_grad.clear()
-        self._functional_out.clear()
+        self._clear_step_refs()
 
     def _module_pre_hook(self, module: nn.Module, args: tuple) -> None:
         if not self.enabled:
             return
         self._owner_stack.append(self._names.get(id(module), ""))
-        if self.tracking_structure:
-            self._module_calls[id(module)] = self._module_calls.get(id(module), 0) + 1
-        if self.tracking_structure and self._produced:
-            if _has_params(module):
-                for arg in args:
-                    source = self.produced_by(arg)
-                    if source is not None:
-                        self._note_layer_consumer(source[0], module)
-            out = self._functional_out.get(id(args[0])) if args else None
-            if out is not None and out[1] is args[0]:  # the first module the output goes into
-                del self._functional_out[id(args[0])]
-                self._seen_consumers.setdefault(out[0], []).append(module)
+        if not self.tracking_structure:
+            return
+        self._module_calls[id(module)] = self._module_calls.get(id(module), 0) + 1
+        if self._produced and _has_params(module):
+            for arg in args:
+                source = self.produced_by(arg)
+                if source is not None:
+                    self._note_layer_consumer(source[0], module)
+        out = self._functional_out.get(id(args[0])) if args else None
+        if out is not None and out[1] is args[0]:  # the first module the output goes into
+            del self._functional_out[id(args[0])]
+            self._seen_consumers.setdefault(out[0], []).append(module)
 
     def _module_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         if not self.enabled:
