@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from act_diagnostics.core.snapshot import SiteStats, window_stats
-from act_diagnostics.core.state import COUNTERS, MAX_ABS, N_SUMS, SiteState
+from act_diagnostics.core.state import COUNTERS, MAX_ABS, N_SUMS, SiteState, totals_size
 
 SUM_NAMES = ("sum", "sumsq", "grad_sumsq", "sat_rows", "nonfinite", "in_sum", "in_sumsq", "param_grad_sq", "target_outside")
 assert len(SUM_NAMES) == N_SUMS
@@ -42,7 +42,7 @@ class Span:
 
     @property
     def size(self) -> int:
-        return N_SUMS + 1 + self.n_units * (2 if self.has_saturated_units else 1)
+        return totals_size(self.n_units, self.has_saturated_units)
 
 
 class Layout:

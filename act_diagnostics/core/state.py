@@ -51,6 +51,11 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _EXACT_FLOAT_COUNT = 2**24
 
 
+def totals_size(n_units: int, saturated_units: bool) -> int:
+    """Length of a site's device totals: sums, max |value|, per-unit firing (and saturation) counts."""
+    return N_SUMS + 1 + n_units * (2 if saturated_units else 1)
+
+
 def accumulator_dtype(device: torch.device) -> torch.dtype:
     """float64 where the device has it; MPS has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
@@ -141,8 +146,7 @@ class SiteState:
     # -- allocation -------------------------------------------------------------------------
     @property
     def totals_size(self) -> int:
-        """Length of the device totals: sums, max |value|, per-unit firing (and saturation) counts."""
-        return N_SUMS + 1 + self.n_units * (2 if self.elementwise_saturation else 1)
+        return totals_size(self.n_units, self.elementwise_saturation)
 
     def _allocate(self, device: torch.device) -> None:
         self.counters = [0] * len(COUNTERS)

@@ -118,10 +118,11 @@ class ActivationTracer(TorchFunctionMode):
         elif func in LOSS_FUNCTIONS:
             loss = LOSS_FUNCTIONS[func]
             prediction = args[0] if args else kwargs.get("input")
+            target = args[1] if len(args) > 1 else kwargs.get("target")
             source = mon.produced_by(prediction)
-            mon.note_loss(loss, prediction, args[1] if len(args) > 1 else kwargs.get("target"))
+            mon.note_loss(loss, prediction, target)
             if source is not None:
                 site, via = source
                 mon.add_consumer(site, f"loss:{loss}" + (f"({via})" if via else ""))
                 if not via:
-                    mon.note_targets(site, loss, args[1] if len(args) > 1 else kwargs.get("target"))
+                    mon.note_targets(site, loss, target)
