@@ -62,6 +62,13 @@ def smooth_tail_threshold(fn_name: str, eps: float = SMOOTH_TAIL_DERIVATIVE) -> 
     return fine[1] if fine is not None else bracket[1]
 
 
+def prepare_thresholds(eps: float) -> None:
+    """Compute every smooth tail threshold for ``eps`` now (about 10 ms, once per process): the
+    computation reads values back to the host, which a hook inside a training step must not do."""
+    for name in _SMOOTH_FUNCTIONS:
+        smooth_tail_threshold(name, eps)
+
+
 def _identity(t: Tensor) -> Tensor:
     return t
 
@@ -94,6 +101,11 @@ class ActivationKind:
     def unit_saturation(self) -> bool:
         """Saturation is judged per element, so per-unit saturation counts exist."""
         return self.name in _SATURATED and not self.per_row and self.name != "glu"
+
+    @property
+    def has_saturation(self) -> bool:
+        """A saturation test exists (per element, per softmax row or per GLU gate)."""
+        return self.name in _SATURATED
 
     def active(self, y: Tensor, params: dict[str, Any]) -> Tensor:
         """Boolean mask of outputs that count as firing."""

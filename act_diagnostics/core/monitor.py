@@ -47,6 +47,7 @@ from act_diagnostics.core.kinds import (
     module_kind,
     module_params,
     output_range,
+    prepare_thresholds,
 )
 from act_diagnostics.core.pack import reduce_to_host, reset_states, share_buffer, shared_view, totals_to_stats
 from act_diagnostics.core.sites import Site, call_name, default_unit_dim, functional_base
@@ -210,6 +211,7 @@ class ActivationMonitor:
                 stacklevel=2,
             )
         self._activation_modules = [m for m in eager if module_kind(m) is not None]
+        prepare_thresholds(self.config.saturation_eps)
         # Modules whose hooks link layers to sites and name the owners of functional calls.
         functional = self.config.functional
         self._structure_modules = [
