@@ -155,6 +155,7 @@ class ActivationMonitor:
         self.losses_seen: dict[str, dict[str, Any]] = {}
         self._handles: list[Any] = []  # the model's pre-hook and the activation modules' hooks
         self._structure_handles: list[Any] = []  # every other module's hooks, while needed
+        self._input_handles: list[Any] = []  # activation modules' pre-hooks, while needed
         self._activation_modules: list[nn.Module] = []
         self._structure_modules: list[nn.Module] = []
         self._names: dict[int, str] = {}
@@ -233,23 +234,26 @@ class ActivationMonitor:
 
     def pause(self) -> None:
         """Remove the hooks until the next measured step (the monitor stays attached)."""
-        for handle in self._handles + self._structure_handles + self._consumer_handles:
-            handle.remove()
-        self._handles.clear()
-        self._structure_handles.clear()
-        self._consumer_handles.clear()
+        for group in (self._handles, self._input_handles, self._structure_handles, self._consumer_handles):
+            for handle in group:
+                handle.remove()
+            group.clear()
 
-    def _install_hooks(self, structure: bool, consumers: bool = False) -> None:
+    def _install_hooks(self, structure: bool, inputs: bool, consumers: bool = False) -> None:
         """Register what this step needs. Always: a pre-hook on the model (a new forward pass)
-        and the hooks of activation modules. With ``structure`` (the first steps, or while
+        and the forward hooks of activation modules. With ``inputs`` (detail steps, and while the
+        tracer runs): their pre-hooks too, for pre-activation moments and for telling the tracer
+        it is inside an activation module. With ``structure`` (the first steps, or while
         functional sites are traced): every other module too, for layer links and owner names.
         With ``consumers``: a pre-hook on each module a functional site's output goes into."""
         if not self._handles:
             # prepend: a new pass must be marked before any other pre-hook of the model runs.
             self._handles.append(self.model.register_forward_pre_hook(self._model_pre_hook, prepend=True))
             for module in self._activation_modules:
-                self._handles.append(module.register_forward_pre_hook(self._activation_pre_hook))
                 self._handles.append(module.register_forward_hook(self._activation_hook, always_call=True))
+        _toggle(self._input_handles, inputs, lambda: [
+            module.register_forward_pre_hook(self._activation_pre_hook) for module in self._activation_modules
+        ])  # fmt: skip
         _toggle(self._structure_handles, structure, lambda: [
             handle
             for module in self._structure_modules
@@ -295,7 +299,7 @@ class ActivationMonitor:
         # pre-hook on training steps that are not detail steps: no tracer, no hooks on every module.
         consumers = self._consumers_ok and not discovering and not detail and torch.is_grad_enabled()
         tracing = self.config.functional and (discovering or (self._functional_sites and not consumers) or detail)
-        self._install_hooks(structure=self.tracking_structure or tracing, consumers=consumers)
+        self._install_hooks(structure=self.tracking_structure or tracing, inputs=tracing or detail, consumers=consumers)
         if self.tracking_structure or tracing:
             self._start_tracer()
 

@@ -140,7 +140,14 @@ class SiteState:
     unit_mismatch: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self.elementwise_saturation = self.kind.unit_saturation
+        kind = self.kind
+        self.elementwise_saturation = kind.unit_saturation
+        # Fixed per kind; looked up once, as every measured call would otherwise.
+        self._reads_input = kind.saturation_reads == "input"
+        self._saturation = kind.has_saturation
+        # The smooth family's flat negative tail (GELU, SiLU, ...) costs a second mask over the
+        # input: it is read on detail steps only (the near-dead-units rule pools windows).
+        self._tail_only = kind.family == "smooth" and self._reads_input
         self._allocate(self.device)
 
     # -- allocation -------------------------------------------------------------------------
@@ -205,7 +212,7 @@ class SiteState:
         """Add one forward call's output ``y`` (and its input ``x``, when intact) to the window."""
         # An inplace activation returns its input: then the pre-activation is gone. Only the kinds
         # whose saturation reads the pre-activation use it.
-        x = None if x is None or x is y or self.kind.saturation_reads != "input" else x.detach()
+        x = None if x is None or x is y or not self._reads_input else x.detach()
         # Detached aliases rather than a no_grad block: no autograd records, and inside a training
         # step entering and leaving the grad mode costs as much as a small op.
         self._observe(x, y.detach(), detail)
@@ -239,10 +246,11 @@ class SiteState:
             active = kind.active_indicator(sample, params)
             self.unit_active.add_(active.sum().reshape(1) if one_unit else unit_counts(active, unit_dim))
             c[2] += sample.numel()
-            # The smooth family's flat negative tail (GELU, SiLU, ...) costs a second mask over the
-            # input: read it on detail steps only (the near-dead-units rule pools windows).
-            tail_only = kind.family == "smooth" and kind.saturation_reads == "input"
-            saturated = None if tail_only and not detail else kind.saturated_indicator(x_sample, sample, params, self.eps)
+            saturated = (
+                kind.saturated_indicator(x_sample, sample, params, self.eps)
+                if self._saturation and (detail or not self._tail_only)
+                else None
+            )
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
                     self.unit_saturated.add_(saturated.sum().reshape(1) if one_unit else unit_counts(saturated, unit_dim))

@@ -389,6 +389,33 @@ def test_after_discovery_only_activations_and_the_model_carry_hooks(train_step) 
     mon.detach()
 
 
+def test_activation_pre_hooks_only_on_steps_that_read_inputs(train_step) -> None:
+    """Pre-activation moments are a detail-step statistic: plain measured steps run the
+    activation modules without a pre-hook, detail steps with one, and read the moments."""
+    model = ModulesOnly()
+    mon = ActivationMonitor(model).attach()
+    for _ in range(3):
+        train_step(mon, model, torch.randn(3, 4))
+    mon.snapshot()
+    relu, tanh = model.net[1], model.net[3]
+    mon.begin_step()  # plain measured step
+    assert not relu._forward_pre_hooks and not tanh._forward_pre_hooks
+    assert relu._forward_hooks and tanh._forward_hooks
+    model(torch.randn(3, 4)).sum().backward()
+    mon.end_step()
+    assert mon.snapshot().stats["net.3"].input_std is None
+    mon.begin_step(detail=True)
+    assert relu._forward_pre_hooks and tanh._forward_pre_hooks
+    model(torch.randn(3, 4)).sum().backward()
+    mon.end_step()
+    assert mon.snapshot().stats["net.3"].input_std is not None
+    mon.begin_step()  # and off again
+    assert not relu._forward_pre_hooks
+    mon.end_step()
+    mon.detach()
+    assert _no_hooks(model)
+
+
 def test_functional_sites_keep_the_owner_hooks(train_step) -> None:
     model = Mixed()
     mon = ActivationMonitor(model).attach()
