@@ -55,6 +55,11 @@ from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.core.state import SiteState, input_moments
 from act_diagnostics.core.tracer import REGRESSION_LOSSES, ActivationTracer
 
+# A window's measured steps after its first DEFER_AFTER_STEPS defer each call's results to one
+# fold per site at the snapshot (SiteState.deferred). A fold costs about what two steps of adds
+# cost, so a window logged every step or two never defers.
+DEFER_AFTER_STEPS = 2
+
 
 class MonitorFailure(RuntimeWarning):
     """Issued once when an internal error disables the monitor; training goes on."""
@@ -183,6 +188,7 @@ class ActivationMonitor:
         self._functional_out: dict[int, tuple[str, Tensor]] = {}  # discovery: this pass's functional outputs
         self._module_calls: dict[int, int] = {}  # discovery: calls of each module
         self._attached = False
+        self._deferred = False  # this step's sites defer their results (DEFER_AFTER_STEPS)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -287,6 +293,11 @@ class ActivationMonitor:
             return
         self.enabled = True
         self.detail = detail
+        deferred = self.window_steps >= DEFER_AFTER_STEPS
+        if deferred != self._deferred:
+            self._deferred = deferred
+            for st in self.states.values():
+                st.deferred = deferred
         self.tracking_structure = self.steps < self.config.structure_steps
         self.activation_depth = 0
         self._owner_stack.clear()
@@ -455,29 +466,38 @@ class ActivationMonitor:
             self._fail(exc)
 
     def _activation_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self.activation_depth = max(0, self.activation_depth - 1)
+        # The hot path of every measured step: plain checks first, no context manager when no
+        # tracer runs, and the site-creation closure only for a call not seen before.
+        if self.activation_depth:
+            self.activation_depth -= 1
         if not self.enabled:
             return
-        y = _first_tensor(output)
+        y = output if isinstance(output, Tensor) else _first_tensor(output)
         if y is None:
             return
         if _in_backward():  # activation checkpointing re-runs forward: measured once already
             self._hook_rerun_grad(module, y)
             return
         try:
-            with self._no_torch_function():
-                base = self._names.get(id(module), type(module).__name__)
-                name = self._next_call(base)
-                state = self._state_for(name, lambda: self._new_module_site(name, module, y, args))
-                if state is None:
-                    return
-                x = args[0] if args and isinstance(args[0], Tensor) else None
-                pending = self._pending_input.pop(id(module), None)
-                self._observe(name, state, x, y, pending)
-                if self.config.gradients and not (y.requires_grad and torch.is_grad_enabled()):
-                    self._awaiting_grad.setdefault(id(module), []).append(state)
+            if self._tracer_on:  # our statistics must not pass through the tracer (or anyone's)
+                with torch._C.DisableTorchFunction():
+                    self._measure_module_call(module, args, y)
+            else:
+                self._measure_module_call(module, args, y)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
+
+    def _measure_module_call(self, module: nn.Module, args: tuple, y: Tensor) -> None:
+        name = self._next_call(self._names.get(id(module), type(module).__name__))
+        state = self.states.get(name)
+        if state is None:
+            state = self._state_for(name, lambda: self._new_module_site(name, module, y, args))
+            if state is None:
+                return
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        pending = self._pending_input.pop(id(module), None) if self.detail else None
+        if not self._observe(name, state, x, y, pending) and self.config.gradients:
+            self._awaiting_grad.setdefault(id(module), []).append(state)
 
     def _hook_rerun_grad(self, module: nn.Module, y: Tensor) -> None:
         """A reentrant checkpoint re-runs its region in backward with grad enabled: the re-run
@@ -487,7 +507,7 @@ class ActivationMonitor:
         if not waiting or not y.requires_grad:
             return
         try:
-            y.register_hook(partial(self._grad_hook, waiting.pop(0), self.detail))
+            self._hook_grad(y, waiting.pop(0))
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
@@ -600,6 +620,7 @@ class ActivationMonitor:
             cfg.saturation_eps,
             cfg.histogram_samples,
         )
+        state.deferred = self._deferred
         self.states[name] = state
         return state
 
@@ -670,14 +691,36 @@ class ActivationMonitor:
     # ------------------------------------------------------------------ measuring
     def _observe(
         self, name: str, state: SiteState, x: Tensor | None, y: Tensor, pending: tuple[Tensor, int] | None
-    ) -> None:
+    ) -> bool:
+        """Measure one call; False if its output carries no gradient (a no_grad forward)."""
         if self.tracking_structure:
             self._note_structure(name, x, y)
         state.observe(x, y, self.detail)
         if pending is not None:
             state.observe_input_totals(*pending)
-        if self.config.gradients and y.requires_grad and torch.is_grad_enabled():
+        if not (y.requires_grad and torch.is_grad_enabled()):
+            return False
+        if self.config.gradients:
+            self._hook_grad(y, state)
+        return True
+
+    def _hook_grad(self, y: Tensor, state: SiteState) -> None:
+        """Measure the gradient with respect to ``y`` when backward reaches it.
+
+        A pre-hook on the node that made ``y`` receives the same gradient as a hook on ``y`` (a
+        hook on a tensor later changed inplace receives its old value's gradient too) and costs
+        less to register. Views keep the tensor hook: autograd may rebuild their node.
+        """
+        node = y.grad_fn
+        if node is None or y._is_view():
             y.register_hook(partial(self._grad_hook, state, self.detail))
+        else:
+            node.register_prehook(partial(self._grad_prehook, state, self.detail, y.output_nr))
+
+    def _grad_prehook(self, state: SiteState, detail: bool, index: int, grads: tuple[Tensor | None, ...]) -> None:
+        grad = grads[index]
+        if grad is not None:
+            self._grad_hook(state, detail, grad)
 
     def _grad_hook(self, state: SiteState, detail: bool, grad: Tensor) -> None:
         if self.failure is not None:

@@ -171,6 +171,8 @@ def reduce_to_host(
     the counters never leave the host and the device totals are read as they lie (one shared
     buffer: no packing op). ``samples`` are rank-local histogram samples copied in the same transfer.
     """
+    for st in states:
+        st.fold()
     layout = make_layout(names, states)
     if all_gather is not None and layout.size:
         packed = combine_gathered(all_gather(pack_states(states, device)), layout.ops)

@@ -15,6 +15,12 @@ Design (see docs/statistics.md):
   in float64 (exact for counts below 2**53); the monitor places every site's vector in one shared
   buffer (:func:`act_diagnostics.core.pack.share_buffer`), so a log step packs and resets all of
   them with one op each. Inputs in bf16/fp16 (autocast) are read in float32.
+* With ``deferred`` set (by the monitor, after a window's first measured steps), a call's results
+  (sum, sum of squares, max |value|, per-unit counts, the gradient's sum of squares) are kept as
+  they come and added to the totals in one go (:meth:`SiteState.fold`) at the snapshot, or when a
+  site holds FOLD_CALLS calls or FOLD_UNIT_COUNTS counts: inside a training step each dispatched
+  op costs microseconds whatever its size, and adding every result costs as many ops as
+  computing them.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ COUNTERS = (
 )
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# A site folds its deferred results into its totals at least every FOLD_CALLS calls, and once it
+# holds FOLD_UNIT_COUNTS per-unit counts (256 KiB in float32): this bounds what it keeps between
+# snapshots.
+FOLD_CALLS = 64
+FOLD_UNIT_COUNTS = 2**16
 # Float32 sums of 0/1 values are exact below 2**24 per unit and call.
 _EXACT_FLOAT_COUNT = 2**24
 
@@ -138,6 +149,8 @@ class SiteState:
     out_sample: Tensor | None = field(init=False, default=None)
     grad_sample: Tensor | None = field(init=False, default=None)
     unit_mismatch: int = field(init=False, default=0)
+    # Keep each call's results until fold() instead of adding them (see the module docstring).
+    deferred: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         kind = self.kind
@@ -148,6 +161,15 @@ class SiteState:
         # The smooth family's flat negative tail (GELU, SiLU, ...) costs a second mask over the
         # input: it is read on detail steps only (the near-dead-units rule pools windows).
         self._tail_only = kind.family == "smooth" and self._reads_input
+        # Deferred per-call results: sums, sums of squares, max |value|, per-unit firing and
+        # saturation counts; gradient sums of squares.
+        self._sums: list[Tensor] = []
+        self._squares: list[Tensor] = []
+        self._peaks: list[Tensor] = []
+        self._active: list[Tensor] = []
+        self._saturated: list[Tensor] = []
+        self._deferred_units = 0
+        self._grad_squares: list[Tensor] = []
         self._allocate(self.device)
 
     # -- allocation -------------------------------------------------------------------------
@@ -183,9 +205,36 @@ class SiteState:
             totals[units + self.n_units : units + 2 * self.n_units] if self.elementwise_saturation else None
         )
 
+    def fold(self) -> None:
+        """Add the deferred per-call results to the totals: a few ops, however many calls."""
+        dtype = self.totals.dtype
+        for deferred, total in ((self._active, self.unit_active), (self._saturated, self.unit_saturated)):
+            if deferred and total is not None:
+                total.add_(torch.stack(deferred).sum(0, dtype=dtype))  # exact: integer counts in float64
+            deferred.clear()
+        self._deferred_units = 0
+        if self._sums:
+            k = len(self._sums)
+            self._moments.add_(torch.stack(self._sums + self._squares).view(2, k).sum(1, dtype=dtype))
+            torch.maximum(self.max_abs, torch.stack(self._peaks).amax().to(dtype), out=self.max_abs)
+            self._sums.clear()
+            self._squares.clear()
+            self._peaks.clear()
+        if self._grad_squares:
+            self._grad.add_(torch.stack(self._grad_squares).sum(dtype=dtype))
+            self._grad_squares.clear()
+
+    @property
+    def folded(self) -> bool:
+        """Nothing waits to be added to the totals."""
+        return not (self._sums or self._active or self._saturated or self._grad_squares)
+
     def reset(self, totals: bool = True) -> None:
         """Start a new window (called after each snapshot). ``totals=False`` leaves the device
         totals to the caller, which zeroes a shared buffer for every site in one op."""
+        for deferred in (self._sums, self._squares, self._peaks, self._active, self._saturated, self._grad_squares):
+            deferred.clear()  # empty after a snapshot, which folds first; else the old window's
+        self._deferred_units = 0
         self.counters = [0] * len(COUNTERS)
         if totals:
             self.totals.zero_()  # max |value| restarts at 0: |y| >= 0, and NaN still propagates
@@ -198,6 +247,7 @@ class SiteState:
         if device == self.device:
             return
         with torch.inference_mode(False):
+            self.fold()
             self.bind(self.totals.to(device, accumulator_dtype(device)))
 
     # -- per call ---------------------------------------------------------------------------
@@ -215,9 +265,7 @@ class SiteState:
         x = None if x is None or x is y or not self._reads_input else x.detach()
         # Detached aliases rather than a no_grad block: no autograd records, and inside a training
         # step entering and leaving the grad mode costs as much as a small op.
-        self._observe(x, y.detach(), detail)
-
-    def _observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
+        y = y.detach()
         c = self.counters
         c[0] += 1
         if y.numel() == 0:  # empty batch: counted as a call, nothing to measure
@@ -229,14 +277,21 @@ class SiteState:
         x_sample = x if x is None or sample is y else x[: sample.shape[0]]
         flat = flat_float(sample)
         c[1] += flat.numel()
-        self._moments.add_(torch.stack((flat.sum(), torch.dot(flat, flat))))
+        total, squares = flat.sum(), torch.dot(flat, flat)
         kind, params = self.kind, self.params
         if kind.sign_firing:  # output >= 0 (or NaN): its maximum is its largest |value|
             peak = flat.max()
         else:
             lo, hi = torch.aminmax(flat)
             peak = torch.maximum(hi, lo.neg_())
-        torch.maximum(self.max_abs, peak, out=self.max_abs)
+        deferred = self.deferred
+        if deferred:
+            self._sums.append(total)
+            self._squares.append(squares)
+            self._peaks.append(peak)
+        else:
+            self._moments.add_(torch.stack((total, squares)))
+            torch.maximum(self.max_abs, peak, out=self.max_abs)
 
         one_unit = self.n_units == 1  # the whole output is one unit (e.g. a (batch,) probability)
         if one_unit or sample.shape[unit_dim] == self.n_units:
@@ -244,7 +299,12 @@ class SiteState:
             # building and counting a bool mask. A NaN output makes its unit's count NaN: that
             # window is reported non-finite anyway.
             active = kind.active_indicator(sample, params)
-            self.unit_active.add_(active.sum().reshape(1) if one_unit else unit_counts(active, unit_dim))
+            counts = active.sum().reshape(1) if one_unit else unit_counts(active, unit_dim)
+            if deferred:
+                self._active.append(counts)
+                self._deferred_units += counts.numel()
+            else:
+                self.unit_active.add_(counts)
             c[2] += sample.numel()
             saturated = (
                 kind.saturated_indicator(x_sample, sample, params, self.eps)
@@ -253,13 +313,20 @@ class SiteState:
             )
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
-                    self.unit_saturated.add_(saturated.sum().reshape(1) if one_unit else unit_counts(saturated, unit_dim))
+                    counts = saturated.sum().reshape(1) if one_unit else unit_counts(saturated, unit_dim)
+                    if deferred:
+                        self._saturated.append(counts)
+                        self._deferred_units += counts.numel()
+                    else:
+                        self.unit_saturated.add_(counts)
                     c[3] += sample.numel()
                 else:  # softmax rows, or GLU's gate half
                     self.sums[SAT_ROWS].add_(saturated.sum())
                     c[3] += saturated.numel()
         else:
             self.unit_mismatch += 1
+        if deferred and (len(self._sums) >= FOLD_CALLS or self._deferred_units >= FOLD_UNIT_COUNTS):
+            self.fold()
 
         if detail:
             # The whole output, on detail steps. x - x is NaN exactly where x is NaN/Inf; float
@@ -289,7 +356,13 @@ class SiteState:
         flat = flat_float(self._sample(g.detach() if g.requires_grad else g))  # requires grad under create_graph
         if scale is not None:
             flat = flat / (scale.to(flat.dtype) if isinstance(scale, Tensor) else scale)
-        self._grad.add_(torch.dot(flat, flat))
+        squares = torch.dot(flat, flat)
+        if self.deferred:
+            self._grad_squares.append(squares)
+            if len(self._grad_squares) >= FOLD_CALLS:
+                self.fold()
+        else:
+            self._grad.add_(squares)
         self.counters[4] += 1
         self.counters[5] += flat.numel()
         if detail and self.histogram_samples:

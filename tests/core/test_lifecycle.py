@@ -416,6 +416,35 @@ def test_activation_pre_hooks_only_on_steps_that_read_inputs(train_step) -> None
     assert _no_hooks(model)
 
 
+def test_a_window_defers_results_after_its_first_steps(train_step) -> None:
+    """A window folds each site's results once, from its third measured step on; a window logged
+    every step adds them call by call (a fold per step would cost more). Same statistics."""
+    from act_diagnostics.core.monitor import DEFER_AFTER_STEPS
+
+    torch.manual_seed(0)
+    model = ModulesOnly()
+    mon = ActivationMonitor(model).attach()
+    xs = [torch.randn(3, 4) for _ in range(DEFER_AFTER_STEPS + 3)]
+    windows, modes = [], []
+    for _ in range(2):
+        for x in xs:
+            mon.begin_step()
+            modes.append([st.deferred for st in mon.states.values()])
+            model(x).sum().backward()
+            mon.end_step()
+        assert not all(st.folded for st in mon.states.values())
+        windows.append(mon.snapshot())
+    assert modes[DEFER_AFTER_STEPS - 1] == [False, False] and modes[DEFER_AFTER_STEPS] == [True, True]
+    assert modes[len(xs)] == [False, False]  # a new window starts adding call by call
+    train_step(mon, model, xs[0])
+    assert not any(st.deferred for st in mon.states.values())
+    for name in ("net.1", "net.3"):  # same data, same weights: the same statistics
+        a, b = windows[0].stats[name], windows[1].stats[name]
+        assert (b.calls, b.unit_firing, b.saturation, b.max_abs) == (a.calls, a.unit_firing, a.saturation, a.max_abs)
+        assert b.mean == pytest.approx(a.mean, rel=1e-9) and b.grad_rms == pytest.approx(a.grad_rms, rel=1e-9)
+    mon.detach()
+
+
 def test_functional_sites_keep_the_owner_hooks(train_step) -> None:
     model = Mixed()
     mon = ActivationMonitor(model).attach()

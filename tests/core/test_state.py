@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from act_diagnostics.core.kinds import KINDS, smooth_tail_threshold
 from act_diagnostics.core.pack import reduce_to_host, totals_to_stats
 from act_diagnostics.core.snapshot import SiteStats, window_stats
-from act_diagnostics.core.state import COUNTERS, SiteState, leading_rows, unit_counts
+from act_diagnostics.core.state import COUNTERS, FOLD_CALLS, FOLD_UNIT_COUNTS, SiteState, leading_rows, unit_counts
 
 EPS = 0.01
 
@@ -362,3 +362,56 @@ def test_relu_fast_firing_count_equals_the_mask(shape, unit_dim, dtype) -> None:
         st.observe(x, y, False)
         expected = unit_counts(y > 0, unit_dim)
         assert st.unit_active.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    "kind, shape, unit_dim",
+    [("relu", (6, 5), -1), ("tanh", (4, 3, 7), -1), ("gelu", (6, 5), -1), ("softmax", (6, 5), -1),
+     ("sigmoid", (6,), -1), ("leaky_relu", (2, 4, 3, 3), 1)],
+)
+def test_deferred_results_fold_to_the_same_totals(kind: str, shape, unit_dim: int) -> None:
+    """Deferring each call's results to a fold changes when they are added, never what: the
+    folded totals equal those added call by call, over more calls than one fold holds."""
+    torch.manual_seed(0)
+    n_units = 1 if len(shape) == 1 else shape[unit_dim]
+    params = {"dim": -1} if kind == "softmax" else {}
+    direct, deferred = make_state(kind, n_units, unit_dim, params=params), make_state(kind, n_units, unit_dim, params=params)
+    deferred.deferred = True
+    fn = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "softmax": lambda t: F.softmax(t * 4, -1),
+          "sigmoid": lambda t: torch.sigmoid(t * 4), "leaky_relu": F.leaky_relu}[kind]
+    for i in range(FOLD_CALLS + 7):
+        x = torch.randn(shape) * 3
+        y, g = fn(x), torch.randn(shape)
+        for st in (direct, deferred):
+            st.observe(x, y, detail=i % 10 == 0)
+            st.observe_grad(g, detail=False)
+        assert len(deferred._sums) < FOLD_CALLS and len(deferred._grad_squares) < FOLD_CALLS
+    assert not deferred.folded  # the last calls wait for the snapshot, which folds them
+    a, b = stats(direct), stats(deferred)
+    assert deferred.folded
+    assert b.unit_firing == a.unit_firing and b.saturation == a.saturation  # exact counts
+    assert b.saturated_units == a.saturated_units and b.max_abs == a.max_abs
+    for field in ("mean", "std", "grad_rms"):
+        assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-12)
+
+
+def test_deferred_unit_counts_are_bounded() -> None:
+    """A wide layer folds its deferred per-unit counts before they exceed FOLD_UNIT_COUNTS."""
+    units = FOLD_UNIT_COUNTS // 8
+    st = make_state("relu", units)
+    st.deferred = True
+    for _ in range(20):
+        st.observe(None, F.relu(torch.randn(2, units)), detail=False)
+        assert st._deferred_units < FOLD_UNIT_COUNTS and len(st._active) < 8
+    assert stats(st).calls == 20
+
+
+def test_reset_discards_deferred_results() -> None:
+    st = make_state("relu", 3)
+    st.deferred = True
+    st.observe(None, torch.ones(4, 3), detail=False)
+    st.reset()
+    assert st.folded
+    st.observe(None, torch.zeros(4, 3), detail=False)
+    s = stats(st)
+    assert (s.calls, s.firing_rate, s.max_abs) == (1, 0.0, 0.0)
