@@ -166,6 +166,7 @@ class SiteState:
         self._sums: list[Tensor] = []
         self._squares: list[Tensor] = []
         self._peaks: list[Tensor] = []
+        self._lows: list[Tensor] = []  # minima, for kinds whose output can be negative
         self._active: list[Tensor] = []
         self._saturated: list[Tensor] = []
         self._deferred_units = 0
@@ -216,10 +217,12 @@ class SiteState:
         if self._sums:
             k = len(self._sums)
             self._moments.add_(torch.stack(self._sums + self._squares).view(2, k).sum(1, dtype=dtype))
-            torch.maximum(self.max_abs, torch.stack(self._peaks).amax().to(dtype), out=self.max_abs)
-            self._sums.clear()
-            self._squares.clear()
-            self._peaks.clear()
+            peak = torch.stack(self._peaks).amax()
+            if self._lows:
+                peak = torch.maximum(peak, torch.stack(self._lows).amin().neg_())
+            torch.maximum(self.max_abs, peak.to(dtype), out=self.max_abs)
+            for deferred in (self._sums, self._squares, self._peaks, self._lows):
+                deferred.clear()
         if self._grad_squares:
             self._grad.add_(torch.stack(self._grad_squares).sum(dtype=dtype))
             self._grad_squares.clear()
@@ -232,7 +235,7 @@ class SiteState:
     def reset(self, totals: bool = True) -> None:
         """Start a new window (called after each snapshot). ``totals=False`` leaves the device
         totals to the caller, which zeroes a shared buffer for every site in one op."""
-        for deferred in (self._sums, self._squares, self._peaks, self._active, self._saturated, self._grad_squares):
+        for deferred in (self._sums, self._squares, self._peaks, self._lows, self._active, self._saturated, self._grad_squares):
             deferred.clear()  # empty after a snapshot, which folds first; else the old window's
         self._deferred_units = 0
         self.counters = [0] * len(COUNTERS)
@@ -279,18 +282,21 @@ class SiteState:
         c[1] += flat.numel()
         total, squares = flat.sum(), torch.dot(flat, flat)
         kind, params = self.kind, self.params
-        if kind.sign_firing:  # output >= 0 (or NaN): its maximum is its largest |value|
-            peak = flat.max()
-        else:
-            lo, hi = torch.aminmax(flat)
-            peak = torch.maximum(hi, lo.neg_())
         deferred = self.deferred
+        if kind.sign_firing:  # output >= 0 (or NaN): its maximum is its largest |value|
+            peak, low = flat.max(), None
+        else:
+            low, peak = torch.aminmax(flat)
         if deferred:
             self._sums.append(total)
             self._squares.append(squares)
             self._peaks.append(peak)
+            if low is not None:
+                self._lows.append(low)  # max |value| = max(max, -min), taken at the fold
         else:
             self._moments.add_(torch.stack((total, squares)))
+            if low is not None:
+                peak = torch.maximum(peak, low.neg_())
             torch.maximum(self.max_abs, peak, out=self.max_abs)
 
         one_unit = self.n_units == 1  # the whole output is one unit (e.g. a (batch,) probability)
