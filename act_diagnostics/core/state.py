@@ -304,13 +304,7 @@ class SiteState:
             # Float 0/1 indicators where the kind has one: several times cheaper on the CPU than
             # building and counting a bool mask. A NaN output makes its unit's count NaN: that
             # window is reported non-finite anyway.
-            active = kind.active_indicator(sample, params)
-            counts = active.sum().reshape(1) if one_unit else unit_counts(active, unit_dim)
-            if deferred:
-                self._active.append(counts)
-                self._deferred_units += counts.numel()
-            else:
-                self.unit_active.add_(counts)
+            self._count_units(kind.active_indicator(sample, params), one_unit, unit_dim, self._active, self.unit_active)
             c[2] += sample.numel()
             saturated = (
                 kind.saturated_indicator(x_sample, sample, params, self.eps)
@@ -319,12 +313,7 @@ class SiteState:
             )
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
-                    counts = saturated.sum().reshape(1) if one_unit else unit_counts(saturated, unit_dim)
-                    if deferred:
-                        self._saturated.append(counts)
-                        self._deferred_units += counts.numel()
-                    else:
-                        self.unit_saturated.add_(counts)
+                    self._count_units(saturated, one_unit, unit_dim, self._saturated, self.unit_saturated)
                     c[3] += sample.numel()
                 else:  # softmax rows, or GLU's gate half
                     self.sums[SAT_ROWS].add_(saturated.sum())
@@ -342,6 +331,15 @@ class SiteState:
             c[6] += flat.numel()
             if self.histogram_samples:
                 self.out_sample = _strided_sample(flat, self.histogram_samples)
+
+    def _count_units(self, indicator: Tensor, one_unit: bool, unit_dim: int, deferred: list[Tensor], total: Tensor) -> None:
+        """Count one call's set entries per unit into ``total``, or keep them in ``deferred``."""
+        counts = indicator.sum().reshape(1) if one_unit else unit_counts(indicator, unit_dim)
+        if self.deferred:
+            deferred.append(counts)
+            self._deferred_units += counts.numel()
+        else:
+            total.add_(counts)
 
     def observe_input_totals(self, moments: Tensor, n: int) -> None:
         """Pre-activation sum and sum of squares of one call (detail steps only), measured before
