@@ -335,7 +335,7 @@ class SiteState:
     def _count_units(self, indicator: Tensor, one_unit: bool, unit_dim: int, deferred: list[Tensor], total: Tensor) -> None:
         """Count one call's set entries per unit into ``total``, or keep them in ``deferred``."""
         counts = indicator.sum().reshape(1) if one_unit else unit_counts(indicator, unit_dim)
-        if self.deferred:
+        if self.deferred and self.n_units <= FOLD_UNIT_COUNTS // 4:  # wider: a fold per call or two
             deferred.append(counts)
             self._deferred_units += counts.numel()
         else:

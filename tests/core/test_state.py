@@ -407,6 +407,17 @@ def test_deferred_unit_counts_are_bounded() -> None:
     assert stats(st).calls == 20
 
 
+def test_very_wide_sites_add_their_counts_directly() -> None:
+    """Counts of a site wider than a quarter of the budget would fold every few calls: added."""
+    units = FOLD_UNIT_COUNTS // 2
+    st = make_state("relu", units)
+    st.deferred = True
+    y = F.relu(torch.randn(2, units))
+    st.observe(None, y, detail=False)
+    assert not st._active and len(st._sums) == 1
+    assert stats(st).unit_firing == (y > 0).float().mean(0).tolist()
+
+
 def test_reset_discards_deferred_results() -> None:
     st = make_state("relu", 3)
     st.deferred = True
