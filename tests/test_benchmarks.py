@@ -1,0 +1,42 @@
+"""The benchmark tools' own logic (their timings are never asserted: see docs/performance.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _in_git_checkout() -> bool:
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, check=False)
+    except OSError:
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _in_git_checkout(), reason="compare.py exports a git ref")
+def test_compare_imports_the_ref_as_its_own_package(tmp_path, monkeypatch) -> None:
+    import compare
+
+    from act_diagnostics.core.monitor import ActivationMonitor
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # export_ref adds the export folder
+    modules = dict(sys.modules)
+    try:
+        monitor, schedule = compare.export_ref("HEAD", tmp_path)
+        assert monitor is not ActivationMonitor
+        assert monitor.__module__ == "act_ref.core.monitor" and schedule.__module__ == "act_ref.callbacks.schedule"
+        sources = list((tmp_path / "act_ref").rglob("*.py"))
+        assert sources and not any("act_diagnostics" in p.read_text() for p in sources)
+        with pytest.raises(SystemExit, match="no-such-ref"):
+            compare.export_ref("no-such-ref", tmp_path / "other")
+    finally:
+        for name in set(sys.modules) - set(modules):
+            if name == "act_ref" or name.startswith("act_ref."):
+                del sys.modules[name]
