@@ -169,8 +169,9 @@ class SiteState:
         self._lows: list[Tensor] = []  # minima, for kinds whose output can be negative
         self._active: list[Tensor] = []
         self._saturated: list[Tensor] = []
-        self._deferred_units = 0
         self._grad_squares: list[Tensor] = []
+        self._deferred_lists = (self._sums, self._squares, self._peaks, self._lows, self._active, self._saturated, self._grad_squares)
+        self._deferred_units = 0
         self._allocate(self.device)
 
     # -- allocation -------------------------------------------------------------------------
@@ -212,8 +213,6 @@ class SiteState:
         for deferred, total in ((self._active, self.unit_active), (self._saturated, self.unit_saturated)):
             if deferred and total is not None:
                 total.add_(torch.stack(deferred).sum(0, dtype=dtype))  # exact: integer counts in float64
-            deferred.clear()
-        self._deferred_units = 0
         if self._sums:
             k = len(self._sums)
             self._moments.add_(torch.stack(self._sums + self._squares).view(2, k).sum(1, dtype=dtype))
@@ -221,23 +220,24 @@ class SiteState:
             if self._lows:
                 peak = torch.maximum(peak, torch.stack(self._lows).amin().neg_())
             torch.maximum(self.max_abs, peak.to(dtype), out=self.max_abs)
-            for deferred in (self._sums, self._squares, self._peaks, self._lows):
-                deferred.clear()
         if self._grad_squares:
             self._grad.add_(torch.stack(self._grad_squares).sum(dtype=dtype))
-            self._grad_squares.clear()
+        self._discard_deferred()
+
+    def _discard_deferred(self) -> None:
+        for deferred in self._deferred_lists:
+            deferred.clear()
+        self._deferred_units = 0
 
     @property
     def folded(self) -> bool:
         """Nothing waits to be added to the totals."""
-        return not (self._sums or self._active or self._saturated or self._grad_squares)
+        return not any(self._deferred_lists)
 
     def reset(self, totals: bool = True) -> None:
         """Start a new window (called after each snapshot). ``totals=False`` leaves the device
         totals to the caller, which zeroes a shared buffer for every site in one op."""
-        for deferred in (self._sums, self._squares, self._peaks, self._lows, self._active, self._saturated, self._grad_squares):
-            deferred.clear()  # empty after a snapshot, which folds first; else the old window's
-        self._deferred_units = 0
+        self._discard_deferred()  # empty after a snapshot, which folds first; else the old window's
         self.counters = [0] * len(COUNTERS)
         if totals:
             self.totals.zero_()  # max |value| restarts at 0: |y| >= 0, and NaN still propagates
