@@ -168,15 +168,17 @@ class ActivationMonitor:
         self._calls: dict[str, int] = {}
         self._skipped: set[str] = set()
         self._pending_input: dict[int, tuple[Tensor, int]] = {}
-        # Module sites called this pass with no gradient to hook (a reentrant checkpoint's first
-        # forward runs under no_grad): their re-run in backward carries the gradient instead.
-        self._awaiting_grad: dict[int, list[SiteState]] = {}
+        # Sites called this pass with no gradient to hook (a reentrant checkpoint's first forward
+        # runs under no_grad): their re-run in backward carries the gradient instead. Keyed by
+        # id(module) for module sites, by the call's base name for functional ones.
+        self._awaiting_grad: dict[int | str, list[SiteState]] = {}
         # Returns the loss scale that backward ran with (float16 AMP's GradScaler), or None.
         self.grad_scale: Callable[[], Tensor | float | None] | None = None
         self._produced: dict[int, tuple[str, str, Tensor]] = {}
         self._layer_out: dict[int, tuple[str, str, Tensor]] = {}
         self._tracer = ActivationTracer(self)
         self._tracer_on = False
+        self._rerun_tracer_module: nn.Module | None = None  # see _enter_rerun_tracer
         self._functional_sites = False
         # Functional sites measured without the tracer (see _learn_consumers): the module each
         # one's output goes straight into -> (site, the grad_fn type of the activation's output).
@@ -360,6 +362,7 @@ class ActivationMonitor:
         self._pending_input.clear()
         self._awaiting_grad.clear()
         self._functional_out.clear()
+        self._rerun_tracer_module = None  # backward is over: autograd dropped its mode stack
 
     def _start_tracer(self) -> None:
         if not self._tracer_on:
@@ -415,6 +418,10 @@ class ActivationMonitor:
         if not self.enabled:
             return
         self._owner_stack.append(self._names.get(id(module), ""))
+        if _in_backward():  # a checkpoint's re-run: not a call of its own
+            if self._rerun_tracer_module is None and any(isinstance(key, str) for key in self._awaiting_grad):
+                self._enter_rerun_tracer(module)
+            return
         if not self.tracking_structure:
             return
         self._module_calls[id(module)] = self._module_calls.get(id(module), 0) + 1
@@ -433,6 +440,10 @@ class ActivationMonitor:
             return
         if self._owner_stack:
             self._owner_stack.pop()
+        if _in_backward():
+            if self._rerun_tracer_module is module:
+                self._exit_rerun_tracer()
+            return
         if not self.tracking_structure:
             return
         try:
@@ -514,6 +525,11 @@ class ActivationMonitor:
     # ------------------------------------------------------------------ functional calls
     def call_functional(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """Run a functional activation seen by the tracer and measure it."""
+        if _in_backward():  # a checkpoint's re-run: measured once already, but may owe a gradient
+            y = func(*args, **kwargs)
+            if self.enabled and isinstance(y, Tensor):
+                self._hook_rerun_functional(func, y)
+            return y
         x = args[0] if args else kwargs.get("input")
         pending = None
         if self.detail and isinstance(x, Tensor) and x.numel() and self.failure is None:
@@ -522,20 +538,51 @@ class ActivationMonitor:
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
         y = func(*args, **kwargs)
-        if not self.enabled or not isinstance(y, Tensor) or _in_backward():
+        if not self.enabled or not isinstance(y, Tensor):
             return y
         try:
             owner = self._owner_stack[-1] if self._owner_stack else ""
-            name = self._next_call(functional_base(owner, functional_name(func)))
+            base = functional_base(owner, functional_name(func))
+            name = self._next_call(base)
             state = self._state_for(name, lambda: self._new_functional_site(name, owner, func, args, kwargs, x, y))
             if state is not None:
-                self._observe(name, state, x if isinstance(x, Tensor) else None, y, pending)
+                if not self._observe(name, state, x if isinstance(x, Tensor) else None, y, pending) and self.config.gradients:
+                    self._awaiting_grad.setdefault(base, []).append(state)
                 if self.tracking_structure:
                     self._seen_grad_fn.setdefault(name, []).append(type(y.grad_fn) if y.grad_fn is not None else None)
                     self._functional_out[id(y)] = (name, y)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
         return y
+
+    def _enter_rerun_tracer(self, module: nn.Module) -> None:
+        """Put the tracer on the function-mode stack for one module's re-run in backward.
+
+        Autograd runs backward with an empty function-mode stack, so the tracer of the forward
+        pass cannot see a reentrant checkpoint's re-run; functional calls made inside a module of
+        that re-run are seen this way, and their gradient read (:meth:`_hook_rerun_functional`)."""
+        self._tracer.__enter__()
+        self._rerun_tracer_module = module
+
+    def _exit_rerun_tracer(self) -> None:
+        self._rerun_tracer_module = None
+        stack = torch.overrides._get_current_function_mode_stack()
+        if stack and stack[-1] is self._tracer:  # never pop a mode that is not ours
+            self._tracer.__exit__(None, None, None)
+
+    def _hook_rerun_functional(self, func: Callable[..., Any], y: Tensor) -> None:
+        """The functional counterpart of :meth:`_hook_rerun_grad`: the re-run call is matched to
+        the first call of the same function under the same module that still awaits a gradient."""
+        if not y.requires_grad:
+            return
+        owner = self._owner_stack[-1] if self._owner_stack else ""
+        waiting = self._awaiting_grad.get(functional_base(owner, functional_name(func)))
+        if not waiting:
+            return
+        try:
+            self._hook_grad(y, waiting.pop(0))
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
 
     def _learn_consumers(self) -> None:
         """After discovery: for every functional site, the one module its output went straight

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn as nn
@@ -235,33 +237,51 @@ def test_no_grad_forward_inside_a_step_is_measured_without_gradients(make_mlp) -
     assert snap.stats["1"].calls == 1 and snap.stats["1"].grad_rms is None
 
 
-class Checkpointed(nn.Module):
-    def __init__(self, reentrant: bool) -> None:
+class CheckpointedBody(nn.Module):
+    def __init__(self) -> None:
         super().__init__()
-        self.reentrant = reentrant
         self.block = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 4))
-        self.fc = nn.Linear(4, 4)
-
-    def inner(self, x):
-        return F.relu(self.block(x))
 
     def forward(self, x):
+        return F.relu(self.block(x))  # a functional call inside the checkpointed region
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool | None) -> None:
+        super().__init__()
+        self.reentrant = reentrant  # None: no checkpoint
+        self.inner = CheckpointedBody()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if self.reentrant is None:
+            return self.fc(self.inner(x))
         return self.fc(checkpoint(self.inner, x, use_reentrant=self.reentrant))
 
 
-@pytest.mark.parametrize("reentrant", [False, True])
-def test_activation_checkpointing_does_not_double_count(reentrant: bool, train_step) -> None:
+def _checkpointed_snapshot(reentrant: bool | None, train_step) -> Any:
+    torch.manual_seed(0)
     model = Checkpointed(reentrant)
     mon = ActivationMonitor(model).attach()
-    x = torch.randn(3, 4, requires_grad=reentrant)
+    x = torch.randn(3, 4, requires_grad=bool(reentrant))  # a reentrant region needs an input with grad
     for _ in range(2):
         train_step(mon, model, x)
     snap = mon.snapshot()
     mon.detach()
-    assert list(snap.sites) == ["block.1", ":relu"]
+    return snap
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_does_not_double_count(reentrant: bool, train_step) -> None:
+    """The re-run in backward is not measured again. A reentrant region's first forward runs under
+    no_grad: the module's and the functional call's gradients come from their re-run instead."""
+    plain = _checkpointed_snapshot(None, train_step)
+    snap = _checkpointed_snapshot(reentrant, train_step)
+    assert list(snap.sites) == ["inner.block.1", "inner:relu"]
     assert all(st.calls == 2 and st.elements == 2 * 12 for st in snap.stats.values())
-    if not reentrant:
-        assert all(st.grad_rms is not None for st in snap.stats.values())
+    for name, st in snap.stats.items():
+        assert st.grad_rms is not None and st.grad_rms > 0, name
+        assert st.grad_rms == pytest.approx(plain.stats[name].grad_rms, rel=1e-6), name
 
 
 def test_gate_consumer() -> None:
@@ -417,7 +437,7 @@ def test_first_smooth_saturation_inside_checkpoint_or_no_grad(context: str) -> N
     snap = mon.snapshot()
     mon.detach()
     assert mon.failure is None
-    assert snap.stats["block.1"].saturation is not None
+    assert snap.stats["inner.block.1"].saturation is not None
 
 
 def test_inference_mode_forward_inside_a_step_after_normal_steps(make_mlp, train_step) -> None:

@@ -114,25 +114,38 @@ def test_manual_optimization_two_optimizers(tmp_path):
     assert cb.failure is None
 
 
+class SiLUBlock(nn.Module):
+    """A module calling a functional activation, as most transformer MLP blocks do."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.body(x))
+
+
 class Checkpointed(Classifier):
     def __init__(self, use_checkpoint: bool, reentrant: bool = False) -> None:
         super().__init__(net=mlp(depth=3))
         self.use_checkpoint = use_checkpoint
         self.reentrant = reentrant
+        self.block = SiLUBlock(self.net[:-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        body, head = self.net[:-1], self.net[-1]
+        head = self.net[-1]
         if not self.use_checkpoint:
-            return F.gelu(head(body(x)))
+            return F.gelu(head(self.block(x)))
         # A reentrant checkpoint needs an input that requires grad, or its region gets no gradient.
-        h = checkpoint(body, x.requires_grad_(self.reentrant), use_reentrant=self.reentrant)
+        h = checkpoint(self.block, x.requires_grad_(self.reentrant), use_reentrant=self.reentrant)
         return F.gelu(head(h))
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_activation_checkpointing_counts_once(tmp_path, reentrant):
     """The forward re-run during backward is not measured again; a reentrant checkpoint's first
-    forward runs under no_grad, so its re-run gives the gradient (grad_rms as without checkpoint)."""
+    forward runs under no_grad, so its re-run gives the gradient (grad_rms as without checkpoint),
+    for the ReLU modules and for the F.silu called inside the checkpointed module alike."""
     torch.manual_seed(0)
     plain_model = Checkpointed(False)
     ckpt_model = Checkpointed(True, reentrant)
@@ -141,7 +154,7 @@ def test_activation_checkpointing_counts_once(tmp_path, reentrant):
     ckpt, _, _ = _fit(tmp_path / "b", ckpt_model, cb={"log_every_n_steps": 2}, max_steps=4)
     assert ckpt.failure is None
     a, b = plain.last_snapshot.stats, ckpt.last_snapshot.stats
-    assert sorted(a) == sorted(b)
+    assert sorted(a) == sorted(b) and "block:silu" in a
     for name in a:
         assert b[name].calls == a[name].calls and b[name].elements == a[name].elements, name
         assert b[name].firing_rate == pytest.approx(a[name].firing_rate)
