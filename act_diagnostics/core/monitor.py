@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from act_diagnostics.core.attention import ATTENTION, attention_probabilities
 from act_diagnostics.core.config import MonitorConfig, selects
 from act_diagnostics.core.kinds import (
     FUNCTIONAL_KINDS,
@@ -569,6 +570,28 @@ class ActivationMonitor:
         stack = torch.overrides._get_current_function_mode_stack()
         if stack and stack[-1] is self._tracer:  # never pop a mode that is not ours
             self._tracer.__exit__(None, None, None)
+
+    def call_attention(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Run ``F.scaled_dot_product_attention``; on detail and discovery steps, measure its
+        attention weights, recomputed for a sample (:mod:`attention`), as a softmax site
+        ``<owner>:attention``. Those weights carry no gradient: the site has no ``grad_rms``."""
+        out = func(*args, **kwargs)
+        if not (self.enabled and (self.detail or self.tracking_structure)) or self.failure is not None or _in_backward():
+            return out
+        try:
+            probs = attention_probabilities(args, kwargs, self.config.sample_elements)
+            if probs is None:
+                return out
+            owner = self._owner_stack[-1] if self._owner_stack else ""
+            name = self._next_call(functional_base(owner, ATTENTION))
+            state = self._state_for(
+                name, lambda: self._make_site(name, "softmax", "attention", owner, functional_name(func), None, probs, {"dim": -1})
+            )
+            if state is not None:
+                state.observe(None, probs, self.detail)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+        return out
 
     def _hook_rerun_functional(self, func: Callable[..., Any], y: Tensor) -> None:
         """The functional counterpart of :meth:`_hook_rerun_grad`: the re-run call is matched to

@@ -22,7 +22,7 @@ class Site:
     name: str
     kind: str
     family: str
-    source: str  # "module" or "functional"
+    source: str  # "module", "functional" or "attention" (F.scaled_dot_product_attention weights)
     owner: str  # module path whose forward made the call ("" is the root module)
     module_type: str  # class name of the activation module, or the function's name
     index: int  # order of first call in the forward pass: 0 is closest to the input

@@ -90,6 +90,8 @@ class ActivationTracer(TorchFunctionMode):
         mon = self.monitor
         if func in FUNCTIONAL_KINDS and mon.enabled and mon.functional and mon.activation_depth == 0:
             return mon.call_functional(func, args, kwargs)
+        if func is F.scaled_dot_product_attention and mon.functional:
+            return mon.call_attention(func, args, kwargs)
         if mon.tracking_structure:
             return self._track(func, args, kwargs)
         return func(*args, **kwargs)

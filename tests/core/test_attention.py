@@ -1,0 +1,165 @@
+"""Attention weights of F.scaled_dot_product_attention: recomputed for a sample on detail steps and
+measured as a softmax site; checked against softmax(q k^T * scale + mask) written out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from act_diagnostics.core import ActivationMonitor
+from act_diagnostics.core.attention import attention_probabilities
+from test_lifecycle import CountTransfers
+
+
+def _reference(q, k, mask=None, causal=False, scale=None, gqa=False):
+    """softmax(q k^T * scale + mask) of the first batch element, all heads: (H, L, S)."""
+    q0, k0 = q[0].float(), k[0].float()
+    if gqa:
+        k0 = k0.repeat_interleave(q0.shape[0] // k0.shape[0], dim=0)
+    scores = q0 @ k0.transpose(-2, -1) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+    L, S = scores.shape[-2:]
+    if causal:
+        scores = scores.masked_fill(~torch.ones(L, S, dtype=torch.bool).tril(), float("-inf"))
+    if mask is not None:
+        m = mask.expand(q.shape[0], q0.shape[0], L, S)[0]
+        scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
+    return torch.softmax(scores, -1)
+
+
+def _qkv(heads=4, kv_heads=None, L=6, S=6, E=8, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, heads, L, E, generator=g).to(dtype)
+    k = torch.randn(2, kv_heads or heads, S, E, generator=g).to(dtype)
+    return q, k, torch.randn(2, kv_heads or heads, S, E, generator=g).to(dtype)
+
+
+def test_plain_and_scaled() -> None:
+    q, k, v = _qkv(S=5)
+    assert torch.allclose(attention_probabilities((q, k, v), {}, None), _reference(q, k), atol=1e-6)
+    got = attention_probabilities((q, k, v), {"scale": 0.7}, None)
+    assert torch.allclose(got, _reference(q, k, scale=0.7), atol=1e-6)
+    assert not torch.allclose(got, _reference(q, k), atol=1e-3)  # the scale is used
+
+
+def test_causal_and_masks() -> None:
+    q, k, v = _qkv()
+    got = attention_probabilities((q, k, v, None, 0.0, True), {}, None)
+    assert torch.allclose(got, _reference(q, k, causal=True), atol=1e-6)
+    assert torch.all(got[:, 0, 0] == 1.0) and torch.all(got[:, 0, 1:] == 0.0)  # the first query sees one key
+    bool_mask = torch.rand(6, 6, generator=torch.Generator().manual_seed(1)) > 0.3
+    bool_mask[:, 0] = True  # every query sees a key
+    got = attention_probabilities((q, k, v), {"attn_mask": bool_mask}, None)
+    assert torch.allclose(got, _reference(q, k, mask=bool_mask), atol=1e-6)
+    float_mask = torch.randn(2, 1, 6, 6)  # per batch element, broadcast over heads
+    got = attention_probabilities((q, k, v, float_mask), {}, None)
+    assert torch.allclose(got, _reference(q, k, mask=float_mask), atol=1e-6)
+
+
+def test_a_query_that_sees_no_key_is_zero_not_nan() -> None:
+    q, k, v = _qkv()
+    mask = torch.ones(6, 6, dtype=torch.bool)
+    mask[2] = False  # padding: query 2 sees nothing
+    got = attention_probabilities((q, k, v), {"attn_mask": mask}, None)
+    assert torch.isfinite(got).all() and torch.all(got[:, 2] == 0)
+    assert torch.allclose(got[:, 3], _reference(q, k, mask=mask)[:, 3], atol=1e-6)
+    q[0, 0, 0, 0] = float("nan")  # a real NaN still shows
+    assert torch.isnan(attention_probabilities((q, k, v), {"attn_mask": mask}, None)).any()
+
+
+def test_grouped_query_attention_and_low_precision() -> None:
+    q, k, v = _qkv(heads=4, kv_heads=2)
+    got = attention_probabilities((q, k, v), {"enable_gqa": True}, None)
+    assert got.shape == (4, 6, 6) and torch.allclose(got, _reference(q, k, gqa=True), atol=1e-6)
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+    got = attention_probabilities((qb, kb, vb), {"enable_gqa": True}, None)
+    assert got.dtype == torch.float32 and torch.allclose(got, _reference(qb, kb, gqa=True), atol=1e-6)
+
+
+def test_row_budget_and_three_dim_inputs() -> None:
+    q, k, v = _qkv(heads=4, L=10, S=6)
+    got = attention_probabilities((q, k, v), {}, 4 * 6 * 3)  # three query rows fit
+    assert got.shape == (4, 3, 6) and torch.allclose(got, _reference(q, k)[:, :3], atol=1e-6)
+    assert attention_probabilities((q, k, v), {}, 1).shape == (4, 1, 6)  # at least one row
+    q3, k3 = q[:, 0], k[:, 0]  # (N, L, E): no head dimension
+    got = attention_probabilities((q3, k3, v[:, 0]), {}, None)
+    assert got.shape == (1, 10, 6) and torch.allclose(got[0], _reference(q3.unsqueeze(1), k3.unsqueeze(1))[0], atol=1e-6)
+    assert attention_probabilities((q[:0], k[:0], v[:0]), {}, None) is None  # empty batch
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.qkv, self.out, self.heads = nn.Linear(d, 3 * d), nn.Linear(d, d), heads
+
+    def forward(self, x):
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        self.last_qk = (q.detach(), k.detach())
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = Attention()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(self.attn(x)))).mean(1)
+
+
+def _run(model, steps, detail_steps, monitor=True):
+    torch.manual_seed(1)
+    mon = ActivationMonitor(model, structure_steps=1).attach() if monitor else None
+    losses, peaked = [], []
+    for i in range(steps):
+        if mon:
+            mon.begin_step(detail=i in detail_steps)
+        loss = model(torch.randn(3, 8, 16)).pow(2).mean()
+        loss.backward()
+        losses.append(loss.detach())
+        if mon:
+            mon.end_step()
+        if i in detail_steps or i == 0:
+            ref = _reference(*model.attn.last_qk, causal=True)
+            peaked.append((ref.amax(-1) > 1 - mon.config.saturation_eps).float().mean() if mon else None)
+    snap = mon.snapshot() if mon else None
+    if mon:
+        mon.detach()
+    return snap, losses, peaked, mon
+
+
+def test_monitor_measures_attention_on_detail_and_discovery_steps_only() -> None:
+    torch.manual_seed(0)
+    model = Block()
+    plain = Block()
+    plain.load_state_dict(model.state_dict())
+    snap, losses, peaked, mon = _run(model, 5, detail_steps={3})
+    _, plain_losses, _, _ = _run(plain, 5, detail_steps={3}, monitor=False)
+    assert [float(a) for a in losses] == [float(b) for b in plain_losses]  # training is untouched
+    site, st = snap.sites["attn:attention"], snap.stats["attn:attention"]
+    assert (site.kind, site.source, site.n_units) == ("softmax", "attention", 8)
+    assert st.calls == 2  # step 0 (discovery) and step 3 (detail)
+    assert st.saturation == pytest.approx(float(sum(peaked) / len(peaked)))  # peaked rows, hand-computed
+    assert st.max_abs == pytest.approx(1.0) and st.grad_rms is None  # the causal first row is one-hot
+    assert snap.stats[":gelu"].calls == 5
+    assert mon._consumers_ok  # the attention site does not bring the tracer back on every step
+
+
+def test_attention_makes_no_host_sync(monkeypatch) -> None:
+    model = Block()
+    mon = ActivationMonitor(model, structure_steps=1).attach()
+    counter = CountTransfers(monkeypatch)
+    for i in range(3):
+        mon.begin_step(detail=i == 1)
+        model(torch.randn(3, 8, 16)).pow(2).mean().backward()
+        mon.end_step()
+    during_steps = counter.count
+    monkeypatch.undo()
+    mon.detach()
+    assert during_steps == 0 and "attn:attention" in mon.sites
