@@ -1,13 +1,15 @@
 """The README demo: deliberately flawed models train under Lightning, and act_diagnostics says why.
 
-Four short runs on the CPU (models and data from :mod:`act_diagnostics.scenarios`, built in code,
+Five short runs on the CPU (models and data from :mod:`act_diagnostics.scenarios`, built in code,
 nothing downloaded), each with its own TensorBoard log under ``--logdir``:
 
 1. ``deep_sigmoid_mlp``: ten Sigmoid layers; saturating hidden activations, vanishing gradient.
 2. ``dying_relu_mlp``: healthy Kaiming ReLU units killed during training by a learning rate far
    too high (told apart from units born dead).
 3. ``softmax_into_cross_entropy``: a Softmax head fed to ``F.cross_entropy``, which expects logits.
-4. ``deep_sigmoid_mlp_fixed``: run 1 after following the advice (GELU, Kaiming init), same data and
+4. ``collapsed_attention``: a small transformer whose ``F.scaled_dot_product_attention`` scores are
+   scaled by 16 instead of 1/sqrt(head_dim): nearly one-hot attention rows.
+5. ``deep_sigmoid_mlp_fixed``: run 1 after following the advice (GELU, Kaiming init), same data and
    steps: no warnings, and a lower loss.
 """
 
@@ -23,7 +25,7 @@ import torch
 
 from act_diagnostics.scenarios import SCENARIOS, Setup
 
-DEMO_SCENARIOS = ("deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "deep_sigmoid_mlp_fixed")
+DEMO_SCENARIOS = ("deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed")
 BEFORE_AFTER = ("deep_sigmoid_mlp", "deep_sigmoid_mlp_fixed")
 
 

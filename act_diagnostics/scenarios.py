@@ -156,6 +156,44 @@ def prenorm_gelu_transformer(g: torch.Generator) -> Setup:
     return Setup(PreNormTransformer(), x, y, F.cross_entropy, lr=1e-3, optimizer="adam", batch_size=32)
 
 
+class SdpaBlock(nn.Module):
+    """A pre-norm block whose attention calls F.scaled_dot_product_attention (causal) directly."""
+
+    def __init__(self, d: int, heads: int, scale: float | None) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, scale
+        self.norm, self.qkv, self.proj = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(x)
+
+
+class SdpaTransformer(nn.Module):
+    """Blocks with their own attention, as most current transformer code writes it."""
+
+    def __init__(self, d: int = 32, heads: int = 4, classes: int = 5, blocks: int = 2, scale: float | None = None) -> None:
+        super().__init__()
+        self.embed = nn.Linear(d, d)
+        self.blocks = nn.ModuleList(SdpaBlock(d, heads, scale) for _ in range(blocks))
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h.mean(1))
+
+
+def sdpa_transformer(g: torch.Generator) -> Setup:
+    x, y = _sequences(g, 1024, 8, 32, 5)
+    return Setup(SdpaTransformer(), x, y, F.cross_entropy, lr=1e-3, optimizer="adam", batch_size=32)
+
+
 class ResidualSiluGatedNet(nn.Module):
     """Residual SiLU blocks with sigmoid (squeeze-excitation style) gates and a sigmoid binary head."""
 
@@ -197,6 +235,12 @@ def lstm_gelu_head(g: torch.Generator) -> Setup:
 
 
 # ---------------------------------------------------------------------------- faulty models
+def collapsed_attention(g: torch.Generator) -> Setup:
+    """Attention scores scaled by 16 instead of 1/sqrt(head_dim): nearly one-hot attention rows"""
+    x, y = _sequences(g, 1024, 8, 32, 5)
+    return Setup(SdpaTransformer(scale=16.0), x, y, F.cross_entropy, lr=1e-3, optimizer="adam", batch_size=32)
+
+
 def deep_sigmoid_mlp(g: torch.Generator) -> Setup:
     """Ten sigmoid layers (Glorot & Bengio 2010): saturating hidden activations, vanishing gradient."""
     x, y = _classes(g, 2048, 32, 10)
@@ -306,6 +350,7 @@ SCENARIOS: dict[str, Scenario] = {
         _s(kaiming_relu_mlp, True),
         _s(bn_relu_cnn, True),
         _s(prenorm_gelu_transformer, True),
+        _s(sdpa_transformer, True),
         _s(residual_silu_gated_net, True),
         _s(lstm_gelu_head, True),
         _s(deep_sigmoid_mlp_fixed, True),
@@ -320,6 +365,7 @@ SCENARIOS: dict[str, Scenario] = {
         _s(nan_producing, False, ("non-finite",), steps=5),
         _s(poorly_initialised_mlp, False, ("signal-propagation",), steps=5),
         _s(saturated_tanh_mlp, False, ("saturation",), steps=60),
+        _s(collapsed_attention, False, ("attention-collapse",), steps=60),
     ]
 }
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.rules.activation_loss import ActivationLossMismatch
+from act_diagnostics.rules.attention_collapse import AttentionCollapse
 from act_diagnostics.rules.base import Rule, RuleContext
 from act_diagnostics.rules.dead_units import DeadUnits
 from act_diagnostics.rules.exploding_activations import ExplodingActivations
@@ -46,6 +47,7 @@ RULES: tuple[type[Rule], ...] = (
     DeadUnits,
     NearDeadUnits,
     Saturation,
+    AttentionCollapse,
     VanishingGradient,
     ExplodingGradient,
     ExplodingActivations,

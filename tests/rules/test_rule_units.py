@@ -249,3 +249,47 @@ def test_softmax_cross_entropy_loss_floor():
 def test_output_activation_mismatch(kind, loss, n_units, severity):
     found = only("output-activation-mismatch").evaluate(head(kind, loss, n_units))
     assert [f.severity for f in found] == ([severity] if severity else [])
+
+
+# ---------------------------------------------------------------- attention-collapse
+def attention_snapshot(share: float | None, rows: int = 512, step: int = 100, source: str = "attention"):
+    site = make_site("blocks.0.attn:attention", "softmax", n_units=16, consumers=set())
+    site.source = source
+    stats = SiteStats(calls=1, elements=rows * 16, sampled=rows * 16, units=16, saturation=share, rms=0.3, max_abs=1.0)
+    stats.saturation_samples = rows if share is not None else 0
+    return make_snapshot([(site, stats)], step=step)
+
+
+@pytest.mark.parametrize("share,expected", [(0.95, "error"), (0.9, "error"), (0.6, "warning"), (0.5, None), (0.2, None)])
+def test_attention_collapse_thresholds(share, expected):
+    engine = only("attention-collapse")
+    assert engine.evaluate(attention_snapshot(share)) == []  # debounced: the first window only arms it
+    found = engine.evaluate(attention_snapshot(share, step=200))
+    assert [f.severity for f in found] == ([expected] if expected else [])
+    if expected:
+        f = found[0]
+        assert (f.rule, f.site) == ("attention-collapse", "blocks.0.attn:attention")
+        assert f.evidence == {"peaked_rows": share, "rows": 512, "keys": 16}
+        assert "QK-LayerNorm" in f.recommendation and "single key" in f.message
+
+
+def test_attention_collapse_reads_attention_sites_only_and_holds_windows_without_a_sample():
+    engine = only("attention-collapse")
+    for step in (100, 200, 300):  # a softmax site that is not attention weights (an output, say)
+        assert engine.evaluate(attention_snapshot(1.0, step=step, source="functional")) == []
+    engine = only("attention-collapse")
+    engine.evaluate(attention_snapshot(0.8, step=100))
+    assert engine.evaluate(attention_snapshot(None, step=200)) == []  # no detail step: held, streak kept
+    (f,) = engine.evaluate(attention_snapshot(0.8, step=300))
+    assert f.severity == "warning" and f.step == 300
+
+
+def test_attention_collapse_pools_few_rows_and_judges_preflight_on_one_batch():
+    engine = only("attention-collapse")
+    for step in (100, 200, 300):  # 100 rows a window: 256 are reached in the third
+        assert engine.evaluate(attention_snapshot(0.8, rows=100, step=step)) == []
+    (f,) = engine.evaluate(attention_snapshot(0.8, rows=300, step=400))
+    assert f.evidence["rows"] == 300
+    (pre,) = only("attention-collapse").evaluate(attention_snapshot(0.95, rows=48, step=0), preflight=True)
+    assert pre.severity == "error" and "at initialisation" in pre.message
+    assert only("attention-collapse").evaluate(attention_snapshot(0.95, rows=16, step=0), preflight=True) == []
