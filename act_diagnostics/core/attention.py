@@ -1,22 +1,30 @@
-"""The attention weights of ``F.scaled_dot_product_attention``, recomputed for a sample.
+"""Attention weights, recomputed for a sample: ``F.scaled_dot_product_attention`` and
+``F.multi_head_attention_forward`` (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``).
 
 Fused attention never materialises its softmax, so no hook can read it. On the steps that read
-details, the monitor recomputes the probabilities ``softmax(q k^T * scale + mask)`` (before
-dropout) for the leading batch elements, all heads, within ``max_elements`` weights, in float32
-under ``no_grad``: a few small ops that leave the training computation untouched.
-Rows that see at most one key are zeros (see :func:`attention_probabilities`).
+details, the monitor recomputes the weights (before dropout) for the leading batch elements, all
+heads, within ``max_elements`` weights, in float32 under ``no_grad``: a few small ops that leave
+the training computation untouched. Rows that see at most one key are zeros: they have no choice
+to make (see :func:`attention_probabilities`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Site names end in ``:attention`` (``blocks.0.attn:attention``): one per call position.
 ATTENTION = "attention"
+_NOT_ALLOWED = float("-inf")  # the score of a key a mask blocks
+# At most this many weights per call (and at most the monitor's sample_elements): a quarter of the
+# default sample. With 64 keys and 4 heads that is still 1024 query rows per call, four times what
+# the attention-collapse rule needs to judge, at a quarter of the cost of recomputing 2**18.
+SAMPLE_WEIGHTS = 2**16
 
 
 def sdpa_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -61,16 +69,83 @@ def attention_probabilities(args: tuple, kwargs: dict, max_elements: int | None)
         scores = torch.matmul(q4, k4.transpose(-2, -1)) * scale
         if a["is_causal"]:  # torch's causal mask is aligned to the top left: query i sees keys <= i
             allowed = torch.ones(rows, keys, dtype=torch.bool, device=scores.device).tril()
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            scores = scores.masked_fill(~allowed, _NOT_ALLOWED)
         if isinstance(mask, Tensor):
             m = _four_d(mask.detach().broadcast_to(*q.shape[:-1], keys))[:n, :, :rows]
-            scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
+            scores = scores.masked_fill(~m, _NOT_ALLOWED) if m.dtype == torch.bool else scores + m.float()
         probs = torch.softmax(scores, dim=-1)
         # A row that sees no key is NaN here (kernels differ on it): padding, not a fault. A row
         # that sees one key is one-hot by construction (the first row under a causal mask): no
         # choice, not a peaked one. Both are zeros. (NaN scores count as seen: a real NaN shows.)
         if a["is_causal"] or isinstance(mask, Tensor):
-            probs = torch.where((scores != float("-inf")).sum(-1, keepdim=True) > 1, probs, 0.0)
+            probs = torch.where((scores != _NOT_ALLOWED).sum(-1, keepdim=True) > 1, probs, 0.0)
         elif keys <= 1:
             probs = torch.zeros_like(probs)
     return probs.reshape(n * heads, rows, keys)
+
+
+_MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
+
+
+def _mha_allowed(mask: Tensor) -> Tensor:
+    """Which keys an nn.MultiheadAttention mask lets through: a bool mask blocks where True (the
+    opposite of SDPA's convention), a float mask blocks with -inf."""
+    return ~mask if mask.dtype == torch.bool else mask != _NOT_ALLOWED
+
+
+def mha_probabilities(func: Any, args: tuple, kwargs: dict, max_elements: int | None) -> Tensor | None:
+    """Attention weights (batch elements x heads, query rows, keys) of one
+    ``F.multi_head_attention_forward`` call, for the leading batch elements that fit in
+    ``max_elements`` weights (at least one): the call is repeated on that sample with
+    ``need_weights=True``, per head, without dropout, under ``no_grad``."""
+    bound = _MHA_SIGNATURE.bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = dict(bound.arguments)
+    query, key = a["query"], a["key"]
+    if not isinstance(query, Tensor) or not isinstance(key, Tensor) or query.numel() == 0 or key.numel() == 0:
+        return None
+    heads = int(a["num_heads"])
+    batched = query.dim() == 3  # (L, N, E); unbatched (L, E)
+    n = 1
+    if batched:
+        per_element = heads * query.shape[0] * (key.shape[0] + 2)  # +2: bias_k, add_zero_attn
+        n = query.shape[1] if max_elements is None else max(1, min(query.shape[1], max_elements // per_element))
+        for name in ("query", "key", "value"):
+            a[name] = a[name][:, :n]
+        if isinstance(a["key_padding_mask"], Tensor):
+            a["key_padding_mask"] = a["key_padding_mask"][:n]
+        for name in ("attn_mask", "static_k", "static_v"):
+            if isinstance(a[name], Tensor) and a[name].dim() == 3:  # (N * heads, ...)
+                a[name] = a[name][: n * heads]
+    a.update(need_weights=True, average_attn_weights=False, dropout_p=0.0, training=False)
+    with torch.no_grad():
+        _, weights = func(**a)
+        weights = weights.float().reshape(n, heads, *weights.shape[-2:])
+        rows, keys = weights.shape[-2:]
+        allowed = None
+        if isinstance(a["attn_mask"], Tensor):
+            m = _mha_allowed(a["attn_mask"])
+            allowed = m.reshape(n, heads, *m.shape[-2:]) if m.dim() == 3 else m.expand(n, heads, *m.shape)
+        if isinstance(a["key_padding_mask"], Tensor):
+            p = _mha_allowed(a["key_padding_mask"]).reshape(n, 1, 1, -1)
+            allowed = p if allowed is None else allowed & p
+        if allowed is not None:
+            if allowed.shape[-1] < keys:  # bias_k / add_zero_attn append keys every query sees
+                extra = torch.ones(*allowed.shape[:-1], keys - allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+                allowed = torch.cat((allowed.expand(n, heads, rows, -1), extra), dim=-1)
+            weights = torch.where(allowed.sum(-1, keepdim=True) > 1, weights, 0.0)
+        elif keys <= 1:
+            weights = torch.zeros_like(weights)
+    return weights.reshape(n * heads, rows, keys)
+
+
+def read_attention(func: Any, args: tuple, kwargs: dict, max_elements: int | None) -> Tensor | None:
+    """The sampled attention weights of one call of a function in :data:`ATTENTION_FUNCTIONS`,
+    at most :data:`SAMPLE_WEIGHTS` (and ``max_elements``) of them."""
+    max_elements = SAMPLE_WEIGHTS if max_elements is None else min(max_elements, SAMPLE_WEIGHTS)
+    if func is F.multi_head_attention_forward:
+        return mha_probabilities(func, args, kwargs, max_elements)
+    return attention_probabilities(args, kwargs, max_elements)
+
+
+ATTENTION_FUNCTIONS = frozenset({F.scaled_dot_product_attention, F.multi_head_attention_forward})

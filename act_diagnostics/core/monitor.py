@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from act_diagnostics.core.attention import ATTENTION, attention_probabilities
+from act_diagnostics.core.attention import ATTENTION, read_attention
 from act_diagnostics.core.config import MonitorConfig, selects
 from act_diagnostics.core.kinds import (
     FUNCTIONAL_KINDS,
@@ -180,6 +180,7 @@ class ActivationMonitor:
         self._tracer = ActivationTracer(self)
         self._tracer_on = False
         self._rerun_tracer_module: nn.Module | None = None  # see _enter_rerun_tracer
+        self._attention_ok = True  # False once a call's attention weights could not be recomputed
         self._functional_sites = False
         # Functional sites measured without the tracer (see _learn_consumers): the module each
         # one's output goes straight into -> (site, the grad_fn type of the activation's output).
@@ -572,17 +573,32 @@ class ActivationMonitor:
             self._tracer.__exit__(None, None, None)
 
     def call_attention(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        """Run ``F.scaled_dot_product_attention``; on detail and discovery steps, measure its
-        attention weights, recomputed for a sample (:mod:`attention`), as a softmax site
-        ``<owner>:attention``. Those weights carry no gradient: the site has no ``grad_rms``."""
+        """Run an attention function (``F.scaled_dot_product_attention``, or the
+        ``F.multi_head_attention_forward`` of ``nn.MultiheadAttention``); on detail and discovery
+        steps, measure its attention weights, recomputed for a sample (:mod:`attention`), as a
+        softmax site ``<owner>:attention``. Those weights carry no gradient: no ``grad_rms``."""
         out = func(*args, **kwargs)
-        if not (self.enabled and (self.detail or self.tracking_structure)) or self.failure is not None or _in_backward():
+        if not (self.enabled and (self.detail or self.tracking_structure)) or not self._attention_ok:
+            return out
+        if self.failure is not None or _in_backward():
+            return out
+        owner = self._owner_stack[-1] if self._owner_stack else ""
+        try:
+            probs = read_attention(func, args, kwargs, self.config.sample_elements)
+        except Exception as exc:  # noqa: BLE001 - an input the recomputation does not handle
+            self._attention_ok = False
+            if _rank_zero():
+                warnings.warn(
+                    f"act_diagnostics cannot recompute the attention weights of {functional_name(func)} in "
+                    f"{owner or type(self.model).__name__} ({type(exc).__name__}: {exc}); attention weights are not "
+                    "measured from now on. Training and the other sites are unaffected.",
+                    UnmeasuredModules,
+                    stacklevel=2,
+                )
+            return out
+        if probs is None:
             return out
         try:
-            probs = attention_probabilities(args, kwargs, self.config.sample_elements)
-            if probs is None:
-                return out
-            owner = self._owner_stack[-1] if self._owner_stack else ""
             name = self._next_call(functional_base(owner, ATTENTION))
             state = self._state_for(
                 name, lambda: self._make_site(name, "softmax", "attention", owner, functional_name(func), None, probs, {"dim": -1})

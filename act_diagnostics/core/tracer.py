@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from act_diagnostics.core.attention import ATTENTION_FUNCTIONS
 from act_diagnostics.core.kinds import FUNCTIONAL_KINDS
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class ActivationTracer(TorchFunctionMode):
         mon = self.monitor
         if func in FUNCTIONAL_KINDS and mon.enabled and mon.functional and mon.activation_depth == 0:
             return mon.call_functional(func, args, kwargs)
-        if func is F.scaled_dot_product_attention and mon.functional:
+        if func in ATTENTION_FUNCTIONS and mon.functional:
             return mon.call_attention(func, args, kwargs)
         if mon.tracking_structure:
             return self._track(func, args, kwargs)

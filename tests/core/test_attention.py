@@ -1,5 +1,6 @@
-"""Attention weights of F.scaled_dot_product_attention: recomputed for a sample on detail steps and
-measured as a softmax site; checked against softmax(q k^T * scale + mask) written out by hand."""
+"""Attention weights of F.scaled_dot_product_attention and nn.MultiheadAttention: recomputed for a
+sample on detail steps and measured as a softmax site; checked against the weights written out by
+hand (SDPA) and against the ones nn.MultiheadAttention returns itself."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from act_diagnostics.core import ActivationMonitor
-from act_diagnostics.core.attention import attention_probabilities
+from act_diagnostics.core.attention import attention_probabilities, mha_probabilities
+from act_diagnostics.core.monitor import UnmeasuredModules
 from test_lifecycle import CountTransfers
 
 
@@ -173,3 +176,124 @@ def test_attention_makes_no_host_sync(monkeypatch) -> None:
     monkeypatch.undo()
     mon.detach()
     assert during_steps == 0 and "attn:attention" in mon.sites
+
+
+# ---------------------------------------------------------------- nn.MultiheadAttention
+class _Capture(TorchFunctionMode):
+    """Records the arguments of F.multi_head_attention_forward calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[tuple, dict]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.multi_head_attention_forward:
+            self.calls.append((args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _mha_case(mha: nn.MultiheadAttention, x: torch.Tensor, **call_kwargs):
+    """(what mha_probabilities reads from the call nn.MultiheadAttention makes, the weights that
+    nn.MultiheadAttention itself returns in eval mode, per head, as (N * H, L, S))."""
+    with _Capture() as capture:
+        mha(x, x, x, need_weights=False, **call_kwargs)
+    (args, kwargs), = capture.calls
+    got = mha_probabilities(F.multi_head_attention_forward, args, kwargs, None)
+    mha.eval()
+    with torch.no_grad():
+        _, want = mha(x, x, x, need_weights=True, average_attn_weights=False, **call_kwargs)
+    mha.train()
+    return got, want.reshape(-1, *want.shape[-2:])
+
+
+def test_multihead_attention_weights_match_its_own() -> None:
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, dropout=0.5, batch_first=True)  # dropout: not in the weights
+    x = torch.randn(3, 5, 16)
+    got, want = _mha_case(mha, x)
+    assert got.shape == (12, 5, 5) and torch.allclose(got, want, atol=1e-6)
+    causal = nn.Transformer.generate_square_subsequent_mask(5)  # float, -inf above the diagonal
+    padding = torch.zeros(3, 5)
+    padding[1, 3:] = float("-inf")  # the second element's last two keys are padding
+    got, want = _mha_case(mha, x, attn_mask=causal, key_padding_mask=padding)
+    assert torch.all(got.reshape(3, 4, 5, 5)[:, :, 0] == 0)  # the first query sees one key
+    assert torch.allclose(got.reshape(3, 4, 5, 5)[:, :, 1:], want.reshape(3, 4, 5, 5)[:, :, 1:], atol=1e-6)
+    bool_mask = torch.zeros(5, 5, dtype=torch.bool)
+    bool_mask[:, 3] = True  # True: blocked (nn.MultiheadAttention's convention)
+    got, want = _mha_case(mha, x, attn_mask=bool_mask)
+    assert torch.all(got[..., 3] == 0) and torch.allclose(got, want, atol=1e-6)
+
+
+def test_multihead_attention_extra_keys_sequence_first_and_budget() -> None:
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 2, add_bias_kv=True, add_zero_attn=True)  # (L, N, E), two extra keys
+    x = torch.randn(6, 4, 16)
+    got, want = _mha_case(mha, x)
+    assert got.shape == (8, 6, 8) and torch.allclose(got, want, atol=1e-6)
+    with _Capture() as capture:
+        mha(x, x, x, need_weights=False)
+    (args, kwargs), = capture.calls
+    small = mha_probabilities(F.multi_head_attention_forward, args, kwargs, 2 * 6 * 8 * 2)  # two elements fit
+    assert small.shape == (4, 6, 8) and torch.allclose(small, want[:4], atol=1e-6)
+
+
+class EncoderModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.1, batch_first=True)  # dropout: RNG in use
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).mean(1))
+
+
+def test_transformer_encoder_attention_is_a_site_and_training_is_untouched() -> None:
+    def run(monitor: bool):
+        torch.manual_seed(0)
+        model = EncoderModel()
+        mon = ActivationMonitor(model, structure_steps=1).attach() if monitor else None
+        losses = []
+        for i in range(4):
+            if mon:
+                mon.begin_step(detail=i == 2)
+            loss = model(torch.randn(3, 6, 16)).pow(2).mean()
+            loss.backward()
+            losses.append(float(loss.detach()))
+            if mon:
+                mon.end_step()
+        snap = mon.snapshot() if mon else None
+        if mon:
+            mon.detach()
+        return losses, snap
+
+    plain, _ = run(False)
+    losses, snap = run(True)
+    assert losses == plain  # same dropout masks: the recomputation draws no random numbers
+    names = [n for n in snap.sites if snap.sites[n].source == "attention"]
+    assert names == ["encoder.layers.0.self_attn:attention", "encoder.layers.1.self_attn:attention"]
+    for name in names:
+        st = snap.stats[name]
+        assert st.calls == 2 and st.elements == 2 * 3 * 4 * 6 * 6 and st.saturation_samples == 2 * 3 * 4 * 6
+        assert st.mean == pytest.approx(1 / 6)  # every row sums to one over 6 keys
+
+
+def test_an_attention_call_that_cannot_be_read_stops_attention_only(monkeypatch) -> None:
+    import act_diagnostics.core.monitor as monitor_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("unexpected input")
+
+    monkeypatch.setattr(monitor_module, "read_attention", broken)
+    model = Block()
+    mon = ActivationMonitor(model, structure_steps=1).attach()
+    with pytest.warns(UnmeasuredModules, match="cannot recompute the attention weights.*unexpected input") as record:
+        for _ in range(3):
+            mon.begin_step(detail=True)
+            model(torch.randn(3, 8, 16)).pow(2).mean().backward()
+            mon.end_step()
+    snap = mon.snapshot()
+    mon.detach()
+    assert len([r for r in record if issubclass(r.category, UnmeasuredModules)]) == 1
+    assert mon.failure is None and snap.stats[":gelu"].calls == 3 and not any(":attention" in n for n in snap.sites)

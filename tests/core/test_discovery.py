@@ -119,7 +119,8 @@ def test_transformer_encoder_functional_activation_in_training(activation: str, 
     snap = mon.snapshot()
     mon.detach()
     names = [f"0.layers.0:{fn}", f"0.layers.1:{fn}"]
-    assert list(snap.sites) == names
+    # in forward order, after each layer's self-attention weights (tests/core/test_attention.py)
+    assert list(snap.sites) == ["0.layers.0.self_attn:attention", names[0], "0.layers.1.self_attn:attention", names[1]]
     for i, name in enumerate(names):
         site = snap.sites[name]
         assert site.kind == fn and site.n_units == 32 and site.unit_dim == 2
