@@ -4,7 +4,10 @@ Uses the ``lightning.pytorch`` flavour (``from act_diagnostics.lightning import 
 activations of ``nn.TransformerEncoderLayer`` are *functional* (``F.relu`` / ``F.gelu`` called in
 its forward), so module hooks alone would miss them; act_diagnostics finds them as sites named
 ``encoder.layers.0:gelu``, ``encoder.layers.1:gelu``, ... and pairs the head's logits with the
-``F.cross_entropy`` loss. The data is synthetic (noisy repeating patterns): nothing is downloaded.
+``F.cross_entropy`` loss. The causal self-attention weights, which ``nn.MultiheadAttention`` never
+returns here, are recomputed for a sample on detail steps: ``encoder.layers.0.self_attn:attention``
+(judged by the attention-collapse rule). The data is synthetic (noisy repeating patterns): nothing
+is downloaded.
 
     python examples/transformer_lm.py            # 150 steps, well under a minute on CPU
     python examples/transformer_lm.py --fast     # a smoke run

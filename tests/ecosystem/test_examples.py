@@ -41,6 +41,7 @@ def test_transformer_lm_functional_activations(tmp_path: Path) -> None:
     sites = callback.last_snapshot.sites
     assert {"encoder.layers.0:gelu", "encoder.layers.1:gelu"} <= set(sites)
     assert all(sites[n].source == "functional" for n in ("encoder.layers.0:gelu", "encoder.layers.1:gelu"))
+    assert sites["encoder.layers.1.self_attn:attention"].source == "attention"
 
 
 def test_sigmoid_mlp_before_after(tmp_path: Path) -> None:
