@@ -489,7 +489,7 @@ class ActivationMonitor:
         if y is None:
             return
         if _in_backward():  # activation checkpointing re-runs forward: measured once already
-            self._hook_rerun_grad(module, y)
+            self._hook_rerun_grad(id(module), y)
             return
         try:
             if self._tracer_on:  # our statistics must not pass through the tracer (or anyone's)
@@ -512,11 +512,12 @@ class ActivationMonitor:
         if not self._observe(name, state, x, y, pending) and self.config.gradients:
             self._awaiting_grad.setdefault(id(module), []).append(state)
 
-    def _hook_rerun_grad(self, module: nn.Module, y: Tensor) -> None:
+    def _hook_rerun_grad(self, key: int | str, y: Tensor) -> None:
         """A reentrant checkpoint re-runs its region in backward with grad enabled: the re-run
-        output's gradient is the one the first, no_grad forward could not give. Non-reentrant
-        checkpointing hooks the first forward, so nothing waits for its re-run."""
-        waiting = self._awaiting_grad.get(id(module))
+        output's gradient is the one the first, no_grad forward could not give. ``key`` is the
+        first call's key in ``_awaiting_grad`` (id(module), or a functional call's base name).
+        Non-reentrant checkpointing hooks the first forward, so nothing waits for its re-run."""
+        waiting = self._awaiting_grad.get(key)
         if not waiting or not y.requires_grad:
             return
         try:
@@ -525,12 +526,17 @@ class ActivationMonitor:
             self._fail(exc)
 
     # ------------------------------------------------------------------ functional calls
+    @property
+    def _owner(self) -> str:
+        """The module whose forward is running (the root module is "")."""
+        return self._owner_stack[-1] if self._owner_stack else ""
+
     def call_functional(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """Run a functional activation seen by the tracer and measure it."""
         if _in_backward():  # a checkpoint's re-run: measured once already, but may owe a gradient
             y = func(*args, **kwargs)
-            if self.enabled and isinstance(y, Tensor):
-                self._hook_rerun_functional(func, y)
+            if self.enabled and isinstance(y, Tensor):  # matched to the first call under the same module
+                self._hook_rerun_grad(functional_base(self._owner, functional_name(func)), y)
             return y
         x = args[0] if args else kwargs.get("input")
         pending = None
@@ -543,7 +549,7 @@ class ActivationMonitor:
         if not self.enabled or not isinstance(y, Tensor):
             return y
         try:
-            owner = self._owner_stack[-1] if self._owner_stack else ""
+            owner = self._owner
             base = functional_base(owner, functional_name(func))
             name = self._next_call(base)
             state = self._state_for(name, lambda: self._new_functional_site(name, owner, func, args, kwargs, x, y))
@@ -562,7 +568,7 @@ class ActivationMonitor:
 
         Autograd runs backward with an empty function-mode stack, so the tracer of the forward
         pass cannot see a reentrant checkpoint's re-run; functional calls made inside a module of
-        that re-run are seen this way, and their gradient read (:meth:`_hook_rerun_functional`)."""
+        that re-run are seen this way, and their gradient read (:meth:`_hook_rerun_grad`)."""
         self._tracer.__enter__()
         self._rerun_tracer_module = module
 
@@ -582,7 +588,7 @@ class ActivationMonitor:
             return out
         if self.failure is not None or _in_backward():
             return out
-        owner = self._owner_stack[-1] if self._owner_stack else ""
+        owner = self._owner
         try:
             probs = read_attention(func, args, kwargs, self.config.sample_elements)
         except Exception as exc:  # noqa: BLE001 - an input the recomputation does not handle
@@ -608,20 +614,6 @@ class ActivationMonitor:
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
         return out
-
-    def _hook_rerun_functional(self, func: Callable[..., Any], y: Tensor) -> None:
-        """The functional counterpart of :meth:`_hook_rerun_grad`: the re-run call is matched to
-        the first call of the same function under the same module that still awaits a gradient."""
-        if not y.requires_grad:
-            return
-        owner = self._owner_stack[-1] if self._owner_stack else ""
-        waiting = self._awaiting_grad.get(functional_base(owner, functional_name(func)))
-        if not waiting:
-            return
-        try:
-            self._hook_grad(y, waiting.pop(0))
-        except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
 
     def _learn_consumers(self) -> None:
         """After discovery: for every functional site, the one module its output went straight
