@@ -57,10 +57,12 @@ def attention_probabilities(args: tuple, kwargs: dict, max_elements: int | None)
     q4, k4 = _four_d(q.detach()), _four_d(k.detach())
     batch, heads, length, keys = q4.shape[0], q4.shape[1], q4.shape[2], k4.shape[2]
     per_element = heads * length * keys
-    if max_elements is None or per_element <= max_elements:
-        n, rows = (batch if max_elements is None else max(1, min(batch, max_elements // per_element))), length
-    else:
-        n, rows = 1, max(1, min(length, max_elements // max(1, heads * keys)))
+    if max_elements is None:
+        n, rows = batch, length
+    elif per_element <= max_elements:
+        n, rows = min(batch, max_elements // per_element), length
+    else:  # one element is too many: its first query rows
+        n, rows = 1, max(1, max_elements // (heads * keys))
     q4, k4 = q4[:n, :, :rows].float(), k4[:n].float()
     if a["enable_gqa"] and k4.shape[1] != heads:
         k4 = k4.repeat_interleave(heads // k4.shape[1], dim=1)  # grouped-query attention: shared key heads
