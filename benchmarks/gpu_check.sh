@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print(torch.__version__, torch.cuda.get_device_name(0))"
-python -m pytest -q -p no:cacheprovider tests/core/test_devices.py
+python -m pytest -q -p no:cacheprovider tests/core/test_devices.py  # statistics and attention weights
 python benchmarks/overhead.py --device cuda --rounds 3 --windows 4 --models mlp transformer "$@"

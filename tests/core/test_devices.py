@@ -50,3 +50,17 @@ def test_statistics_on_the_device_equal_float64_by_hand(device: str) -> None:
         assert s.unit_firing == pytest.approx(firing[name](y).double().mean(0).tolist(), abs=1e-12)
         assert s.grad_rms == pytest.approx(g.pow(2).mean().sqrt().item(), rel=1e-5)
     assert snap.stats["5"].target_outside == 0.0  # sigmoid head, targets in [0, 1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_attention_weights_on_the_device_equal_float64_by_hand(device: str) -> None:
+    from act_diagnostics.core.attention import attention_probabilities
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
+    mask = torch.rand(6, 6) > 0.3
+    mask[:, :2] = True  # every query sees at least two keys
+    got = attention_probabilities(tuple(t.to(device) for t in (q, k, v)), {"attn_mask": mask.to(device)}, None)
+    scores = (q.double() @ k.double().transpose(-2, -1)) / 8**0.5
+    want = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1).reshape(8, 6, 6)
+    assert got.device.type == device and torch.allclose(got.cpu().double(), want, atol=1e-5)
