@@ -10,6 +10,7 @@ to make (see :func:`attention_probabilities`).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from typing import Any
@@ -67,7 +68,10 @@ def attention_probabilities(args: tuple, kwargs: dict, max_elements: int | None)
     if a["enable_gqa"] and k4.shape[1] != heads:
         k4 = k4.repeat_interleave(heads // k4.shape[1], dim=1)  # grouped-query attention: shared key heads
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
-    with torch.no_grad():
+    # float32 even under autocast, which would run the matmul in bfloat16 / float16: three
+    # significant digits are too few to tell a weight of 0.995 from one of 0.985.
+    no_autocast = torch.is_autocast_enabled(q.device.type)
+    with torch.no_grad(), torch.autocast(q.device.type, enabled=False) if no_autocast else contextlib.nullcontext():
         scores = torch.matmul(q4, k4.transpose(-2, -1)) * scale
         if a["is_causal"]:  # torch's causal mask is aligned to the top left: query i sees keys <= i
             allowed = torch.ones(rows, keys, dtype=torch.bool, device=scores.device).tril()

@@ -85,6 +85,13 @@ def test_grouped_query_attention_and_low_precision() -> None:
     assert got.dtype == torch.float32 and torch.allclose(got, _reference(qb, kb, gqa=True), atol=1e-6)
 
 
+def test_float32_under_autocast() -> None:
+    q, k, v = _qkv()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention_probabilities((q, k, v), {}, None)
+    assert got.dtype == torch.float32 and torch.allclose(got, _reference(q, k), atol=1e-6)
+
+
 def test_sample_budget_and_three_dim_inputs() -> None:
     q, k, v = _qkv(heads=4, L=10, S=6)  # 240 weights per batch element
     ref = _reference(q, k)
