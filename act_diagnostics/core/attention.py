@@ -80,14 +80,20 @@ def attention_probabilities(args: tuple, kwargs: dict, max_elements: int | None)
             m = _four_d(mask.detach().broadcast_to(*q.shape[:-1], keys))[:n, :, :rows]
             scores = scores.masked_fill(~m, _NOT_ALLOWED) if m.dtype == torch.bool else scores + m.float()
         probs = torch.softmax(scores, dim=-1)
-        # A row that sees no key is NaN here (kernels differ on it): padding, not a fault. A row
-        # that sees one key is one-hot by construction (the first row under a causal mask): no
-        # choice, not a peaked one. Both are zeros. (NaN scores count as seen: a real NaN shows.)
-        if a["is_causal"] or isinstance(mask, Tensor):
-            probs = torch.where((scores != _NOT_ALLOWED).sum(-1, keepdim=True) > 1, probs, 0.0)
-        elif keys <= 1:
-            probs = torch.zeros_like(probs)
+        # NaN scores count as seen: a real NaN shows.
+        seen = (scores != _NOT_ALLOWED).sum(-1, keepdim=True) if a["is_causal"] or isinstance(mask, Tensor) else None
+        probs = _without_forced_rows(probs, seen)
     return probs.reshape(n * heads, rows, keys)
+
+
+def _without_forced_rows(weights: Tensor, seen: Tensor | None) -> Tensor:
+    """``weights`` with zeros in the rows that see at most one key (``seen``: keys each row sees,
+    None when every row sees all of them). A row that sees no key is NaN (kernels differ on it):
+    padding, not a fault. A row that sees one key is one-hot by construction (the first row under a
+    causal mask): no choice, not a peaked one."""
+    if seen is not None:
+        return torch.where(seen > 1, weights, 0.0)
+    return torch.zeros_like(weights) if weights.shape[-1] <= 1 else weights
 
 
 _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
@@ -128,20 +134,17 @@ def mha_probabilities(func: Any, args: tuple, kwargs: dict, max_elements: int | 
         _, weights = func(**a)
         weights = weights.float().reshape(n, heads, *weights.shape[-2:])
         rows, keys = weights.shape[-2:]
-        allowed = None
+        allowed: Tensor | None = None
         if isinstance(a["attn_mask"], Tensor):
             m = _mha_allowed(a["attn_mask"])
             allowed = m.reshape(n, heads, *m.shape[-2:]) if m.dim() == 3 else m.expand(n, heads, *m.shape)
         if isinstance(a["key_padding_mask"], Tensor):
             p = _mha_allowed(a["key_padding_mask"]).reshape(n, 1, 1, -1)
             allowed = p if allowed is None else allowed & p
-        if allowed is not None:
-            if allowed.shape[-1] < keys:  # bias_k / add_zero_attn append keys every query sees
-                extra = torch.ones(*allowed.shape[:-1], keys - allowed.shape[-1], dtype=torch.bool, device=allowed.device)
-                allowed = torch.cat((allowed.expand(n, heads, rows, -1), extra), dim=-1)
-            weights = torch.where(allowed.sum(-1, keepdim=True) > 1, weights, 0.0)
-        elif keys <= 1:
-            weights = torch.zeros_like(weights)
+        if allowed is not None and allowed.shape[-1] < keys:  # bias_k / add_zero_attn append keys every query sees
+            extra = torch.ones(*allowed.shape[:-1], keys - allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+            allowed = torch.cat((allowed.expand(n, heads, rows, -1), extra), dim=-1)
+        weights = _without_forced_rows(weights, None if allowed is None else allowed.sum(-1, keepdim=True))
     return weights.reshape(n * heads, rows, keys)
 
 
