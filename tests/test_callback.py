@@ -119,6 +119,36 @@ def test_tensorboard_tags_read_back(fitted):
     assert all(0.0 < r < 1.0 for r in rates)
 
 
+def test_tensorboard_gets_one_event_per_log_step(fitted):
+    # Each event is a hand-off to TensorBoard's writer thread: a log step's scalars and
+    # histograms travel together (outputs/tensorboard.py).
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tmp_path, _, cb, _ = fitted
+    (path,) = glob.glob(str(tmp_path / "tb" / "**" / "events.*"), recursive=True)
+    ours = {}
+    for event in EventFileLoader(path).Load():
+        tags = [v.tag for v in event.summary.value if v.tag.startswith("act/")]
+        if tags:
+            assert event.step not in ours, f"two events at step {event.step}"
+            ours[event.step] = tags
+    assert sorted(ours) == [0, 3, 7, 11, 15]
+    # Every scalar of the step is in its event, with the histograms on detail steps.
+    logged = {f"act/{site_tag(site)}/{k}" for site, st in cb.last_snapshot.stats.items() for k in st.scalars()}
+    assert logged <= set(ours[15])
+    assert "act/act/output" in ours[0]
+
+
+def test_tensorboard_logger_prefix_is_kept(tmp_path):
+    torch.manual_seed(0)
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False)
+    tb = TensorBoardLogger(str(tmp_path), name="tb", prefix="run")
+    trainer(tmp_path, cb, loggers=[tb], max_steps=8).fit(Net(), loader())
+    tags = event_accumulator(tmp_path).Tags()["scalars"]
+    # As TensorBoardLogger.log_metrics names them: prefix, "-", tag.
+    assert "run-act/act/firing_rate" in tags and "act/act/firing_rate" not in tags
+
+
 def test_csv_logger_receives_scalars(fitted):
     tmp_path, _, _, _ = fitted
     (path,) = glob.glob(str(tmp_path / "csv" / "**" / "metrics.csv"), recursive=True)

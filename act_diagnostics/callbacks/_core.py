@@ -43,7 +43,7 @@ from act_diagnostics.core.config import (
 from act_diagnostics.core.monitor import ActivationMonitor, MonitorFailure
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.outputs.scalars import log_to_loggers, snapshot_scalars
-from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_writer
+from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_tensorboard, logger_prefix
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -170,6 +170,7 @@ class DiagnosticsCallbackCore:
         self.last_snapshot: Snapshot | None = None
         self.report_dir: str | None = None
         self._tb: TensorBoardExtras | None = None
+        self._tb_logger: Any = None  # the TensorBoard logger whose scalars go through self._tb
         self._disabled = False
         self._failure: BaseException | None = None
         self._batch_step = 0  # index of the step being run, as Lightning's loggers count steps
@@ -437,14 +438,17 @@ class DiagnosticsCallbackCore:
         if not self._rank_zero(trainer):
             return
         loggers = list(getattr(trainer, "loggers", []) or [])
-        log_to_loggers(loggers, snapshot_scalars(snap), step)
-        if self._tb is None:
-            writer = find_writer(loggers)
+        if not any(lg is self._tb_logger for lg in loggers):  # first log step, or another trainer's loggers
+            found = find_tensorboard(loggers)
+            self._tb_logger, writer = found if found is not None else (None, None)
             self._tb = TensorBoardExtras(
-                writer, histograms=self.histograms, grad_histograms=self.grad_histograms, heatmaps=self.heatmaps
+                writer, histograms=self.histograms, grad_histograms=self.grad_histograms, heatmaps=self.heatmaps,
+                scalar_prefix=logger_prefix(self._tb_logger),
             ) if writer is not None else None
+        scalars = snapshot_scalars(snap)
+        log_to_loggers([lg for lg in loggers if lg is not self._tb_logger], scalars, step)
         if self._tb is not None:
-            self._tb.write_snapshot(snap, step)
+            self._tb.write_snapshot(snap, step, scalars)  # one event: scalars, histograms, images
         if new:
             if self.warn:
                 from act_diagnostics.rules import emit_warning
@@ -466,7 +470,9 @@ class DiagnosticsCallbackCore:
             report.write_json(os.path.join(self.report_dir, "report.json"))
             report.write_markdown(os.path.join(self.report_dir, "report.md"))
         if self._tb is not None:
-            self._tb.write_text(report.markdown_table(), max(0, int(trainer.global_step) - 1), tag="act_diagnostics/report")
+            last_step = max(0, int(trainer.global_step) - 1)
+            self._tb.finish(max(last_step, self._last_logged_step))
+            self._tb.write_text(report.markdown_table(), last_step, tag="act_diagnostics/report")
             self._tb.flush()
         if self.verbose:
             print(report.console_table())  # noqa: T201 - the end-of-fit summary is for the console

@@ -31,6 +31,10 @@ LEGEND_TEXT_TAG = "act_diagnostics/heatmap_rows"
 
 # Bounded history: 128 columns keep a readable picture; older windows are merged pairwise.
 DEFAULT_MAX_COLUMNS = 128
+# Every image holds the whole history, so one every few windows loses nothing; the last one is
+# written at the end of fit. Rendering and encoding the images cost about as much as all scalars
+# of a log step (docs/performance.md, "What logging costs").
+IMAGE_EVERY_WINDOWS = 10
 # Pixel geometry: a row is tall enough for the 5-pixel digits with a margin.
 CELL_HEIGHT = 8
 TARGET_WIDTH = 384  # pixels for the cell area; each column gets TARGET_WIDTH // columns, clamped
@@ -220,36 +224,67 @@ def _image_support() -> bool:
 
 
 class HeatmapWriter:
-    """Keeps one :class:`HeatmapHistory` per statistic and writes them to a SummaryWriter.
+    """Keeps one :class:`HeatmapHistory` per statistic and renders them for TensorBoard.
 
-    ``write(snapshot, step)`` is called on every log step: it appends the window and writes one
-    image per statistic (tags :data:`IMAGE_TAG`) plus the row legend when the rows changed. Any
-    failure turns the heatmaps off with one warning; it never stops the other outputs.
+    ``summaries(snapshot, step)`` is called on every log step: it appends the window and returns
+    TensorBoard summary values to write with the step's other values: one image per statistic (tags
+    :data:`IMAGE_TAG`) on the first window and every ``image_every`` windows after it, plus the row
+    legend when the rows changed. ``final(step)`` returns the images of the whole history if
+    windows were added since the last ones (the end of fit). Any failure turns the heatmaps off
+    with one warning; it never stops the other outputs.
     """
 
-    def __init__(self, writer: Any, stats: Iterable[str] = HEATMAP_STATS, max_columns: int = DEFAULT_MAX_COLUMNS) -> None:
-        self.writer = writer
+    def __init__(
+        self, stats: Iterable[str] = HEATMAP_STATS, max_columns: int = DEFAULT_MAX_COLUMNS, image_every: int = IMAGE_EVERY_WINDOWS
+    ) -> None:
+        if not isinstance(image_every, int) or isinstance(image_every, bool) or image_every < 1:
+            raise ValueError(f"`image_every` must be a positive int, got {image_every!r}")
         self.histories = {stat: HeatmapHistory(stat, max_columns=max_columns) for stat in stats}
         self.enabled = _image_support()
+        self.image_every = image_every
+        self._windows = 0
+        self._drawn = 0  # windows shown in the last images written
         self._legend_rows: list[str] = []
 
     def add(self, snapshot: Any, step: int) -> None:
         order = [site.name for site, _ in snapshot.ordered()]
         for stat, history in self.histories.items():
             history.add(step, {site.name: getattr(st, stat, None) for site, st in snapshot.ordered()}, order=order)
+        self._windows += 1
 
-    def write(self, snapshot: Any, step: int) -> None:
+    def summaries(self, snapshot: Any, step: int) -> list[Any]:
         if not self.enabled:
-            return
+            return []
+        return self._guarded(lambda: self._add_and_draw(snapshot, step))
+
+    def final(self, step: int) -> list[Any]:
+        if not self.enabled or self._drawn == self._windows:
+            return []
+        return self._guarded(lambda: self._draw(step))
+
+    def _add_and_draw(self, snapshot: Any, step: int) -> list[Any]:
+        self.add(snapshot, step)
+        return self._draw(step) if (self._windows - 1) % self.image_every == 0 else []
+
+    def _draw(self, step: int) -> list[Any]:
+        from torch.utils.tensorboard import summary
+
+        values = [
+            summary.image(IMAGE_TAG.format(stat=stat), history.image(), dataformats="CHW").value[0]
+            for stat, history in self.histories.items()
+        ]
+        self._drawn = self._windows
+        rows = next(iter(self.histories.values())).rows if self.histories else []
+        if rows != self._legend_rows:
+            spans = next(iter(self.histories.values())).spans
+            values.extend(summary.text(LEGEND_TEXT_TAG, legend_markdown(rows, spans)).value)
+            self._legend_rows = list(rows)
+        return values
+
+    def _guarded(self, draw: Any) -> list[Any]:
         try:
-            self.add(snapshot, step)
-            for stat, history in self.histories.items():
-                self.writer.add_image(IMAGE_TAG.format(stat=stat), history.image(), step, dataformats="CHW")
-            rows = next(iter(self.histories.values())).rows if self.histories else []
-            if rows != self._legend_rows:
-                spans = next(iter(self.histories.values())).spans
-                self.writer.add_text(LEGEND_TEXT_TAG, legend_markdown(rows, spans), step)
-                self._legend_rows = list(rows)
+            return draw()
         except Exception as exc:  # noqa: BLE001 - a picture must never cost the run its diagnostics
             self.enabled = False
-            warnings.warn(f"act_diagnostics: heatmap images turned off after an error ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"act_diagnostics: heatmap images turned off after an error ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=3)
+            return []

@@ -1,8 +1,14 @@
 """TensorBoard extras: histograms, a custom-scalars dashboard, layers x steps heatmaps and findings as text.
 
-Works with any logger whose ``experiment`` is a ``torch.utils.tensorboard.SummaryWriter`` (both
-Lightning flavours' TensorBoardLogger). Scalars themselves go through every logger
-(:mod:`act_diagnostics.outputs.scalars`); this module only adds what TensorBoard alone can show.
+Works with a TensorBoardLogger (either Lightning flavour) whose ``experiment`` is a
+``torch.utils.tensorboard.SummaryWriter``. The other loggers receive the scalars through
+``log_metrics`` (:mod:`act_diagnostics.outputs.scalars`); the TensorBoard logger receives them here,
+in the same single event as the step's histograms and images.
+
+One event per log step: ``SummaryWriter`` hands every event to its writer thread through a queue
+of 10, so on a busy CPU each ``add_scalar`` costs about 0.1 ms, mostly waiting for that thread.
+A Summary holds any number of values, so all of a log step's values go into one
+(docs/performance.md, "What logging costs").
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import numpy as np
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.outputs.heatmap import HeatmapWriter
 from act_diagnostics.outputs.scalars import TAG_PREFIX, site_tag
+
+# Lightning's loggers join a logger's ``prefix`` to each metric name with this character.
+LOGGER_JOIN_CHAR = "-"
 
 # Charts of the dashboard: title -> the statistic whose per-site curves share it.
 DASHBOARD_CHARTS = {
@@ -30,15 +39,29 @@ LAYOUT_CATEGORY = "act_diagnostics"
 FINDINGS_TEXT_TAG = "act_diagnostics/findings"
 
 
-def find_writer(loggers: Iterable[Any]) -> Any | None:
-    """The SummaryWriter of the first TensorBoard logger, or None."""
+def find_tensorboard(loggers: Iterable[Any]) -> tuple[Any, Any] | None:
+    """The first TensorBoard logger with a torch ``SummaryWriter`` and that writer, or None."""
+    from torch.utils.tensorboard import SummaryWriter
+
     for logger in loggers:
         if type(logger).__name__ != "TensorBoardLogger":
             continue
         writer = getattr(logger, "experiment", None)
-        if writer is not None and hasattr(writer, "add_custom_scalars"):
-            return writer
+        if isinstance(writer, SummaryWriter):
+            return logger, writer
     return None
+
+
+def find_writer(loggers: Iterable[Any]) -> Any | None:
+    """The SummaryWriter of the first TensorBoard logger, or None."""
+    found = find_tensorboard(loggers)
+    return found[1] if found is not None else None
+
+
+def logger_prefix(logger: Any) -> str:
+    """What a Lightning logger puts before each metric name (its ``prefix`` argument and "-")."""
+    prefix = getattr(logger, "_prefix", "") or ""
+    return f"{prefix}{getattr(logger, 'LOGGER_JOIN_CHAR', LOGGER_JOIN_CHAR)}" if prefix else ""
 
 
 def dashboard_layout() -> dict[str, dict[str, list]]:
@@ -50,14 +73,20 @@ def dashboard_layout() -> dict[str, dict[str, list]]:
 
 
 class TensorBoardExtras:
-    """Writes the TensorBoard-only views for one run."""
+    """Writes a run's TensorBoard views: per log step one event with its scalars (when the
+    TensorBoard logger's scalars are routed here), histograms and heatmap images."""
 
-    def __init__(self, writer: Any, histograms: bool = True, grad_histograms: bool = False, heatmaps: bool = True) -> None:
+    def __init__(
+        self, writer: Any, histograms: bool = True, grad_histograms: bool = False, heatmaps: bool = True, scalar_prefix: str = ""
+    ) -> None:
         self.writer = writer
         self.histograms = histograms
         self.grad_histograms = grad_histograms
+        self.scalar_prefix = scalar_prefix
+        # add_histogram's default edges, as an array once: numpy converts a list on every call.
+        self._bins = np.asarray(writer.default_bins, dtype=np.float64)
         # Layers x steps images of dead fraction and saturation (outputs/heatmap.py).
-        self.heatmaps = HeatmapWriter(writer) if heatmaps else None
+        self.heatmaps = HeatmapWriter() if heatmaps else None
         self._layout_written = False
 
     def write_layout(self) -> None:
@@ -65,19 +94,36 @@ class TensorBoardExtras:
             self.writer.add_custom_scalars(dashboard_layout())
             self._layout_written = True
 
-    def write_snapshot(self, snapshot: Snapshot, step: int) -> None:
+    def write_snapshot(self, snapshot: Snapshot, step: int, scalars: dict[str, float] | None = None) -> None:
+        """One event for the log step: ``scalars`` (tag -> value, as for ``log_metrics``), the
+        histograms of the step's samples and, when due, the heatmap images."""
+        from torch.utils.tensorboard import summary
+
         self.write_layout()
+        values = [summary.scalar(self.scalar_prefix + tag, value).value[0] for tag, value in (scalars or {}).items()]
         if self.heatmaps is not None:
-            self.heatmaps.write(snapshot, step)
-        if not self.histograms:
-            return
-        views = [("output", snapshot.out_samples)] + ([("grad", snapshot.grad_samples)] if self.grad_histograms else [])
-        for suffix, samples in views:
-            for name, values in samples.items():
-                finite = np.asarray(values, dtype=np.float64)
-                finite = finite[np.isfinite(finite)]  # NaN/Inf are reported as findings, not binned
-                if finite.size:
-                    self.writer.add_histogram(f"{TAG_PREFIX}/{site_tag(name)}/{suffix}", finite, step)
+            values += self.heatmaps.summaries(snapshot, step)
+        if self.histograms:
+            views = [("output", snapshot.out_samples)] + ([("grad", snapshot.grad_samples)] if self.grad_histograms else [])
+            for suffix, samples in views:
+                for name, sample in samples.items():
+                    finite = np.asarray(sample, dtype=np.float64)
+                    finite = finite[np.isfinite(finite)]  # NaN/Inf are reported as findings, not binned
+                    if finite.size:
+                        tag = f"{TAG_PREFIX}/{site_tag(name)}/{suffix}"
+                        values += summary.histogram(tag, finite, self._bins).value
+        self._write(values, step)
+
+    def finish(self, step: int) -> None:
+        """End of fit: the heatmap images of the whole run, if windows came after the last ones."""
+        if self.heatmaps is not None:
+            self._write(self.heatmaps.final(step), step)
+
+    def _write(self, values: list[Any], step: int) -> None:
+        if values:
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            self.writer._get_file_writer().add_summary(Summary(value=values), step)
 
     def write_text(self, markdown: str, step: int, tag: str = FINDINGS_TEXT_TAG) -> None:
         self.writer.add_text(tag, markdown, step)

@@ -64,8 +64,10 @@ def test_images_in_the_event_file(tmp_path: Path) -> None:
     acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "tensors": 0}).Reload()
     for stat in hm.HEATMAP_STATS:
         images = acc.Images(hm.IMAGE_TAG.format(stat=stat))
-        assert [im.step for im in images] == [0, 3, 7, 11, 15]
-        last = images[-1]
+        # Five windows (steps 0, 3, 7, 11, 15): images of the first, then of all five at the end of fit.
+        assert [im.step for im in images] == [0, 15]
+        first, last = images
+        assert last.width > first.width  # five columns against one
         assert last.height == 4 * hm.CELL_HEIGHT + hm.COLORBAR_HEIGHT + 8
         decoded = np.asarray(pil.open(io.BytesIO(last.encoded_image_string)).convert("RGB"))
         assert decoded.shape == (last.height, last.width, 3)
@@ -84,3 +86,28 @@ def test_heatmaps_can_be_switched_off(tmp_path: Path) -> None:
     acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "scalars": 0}).Reload()
     assert acc.Tags()["images"] == []
     assert acc.Tags()["scalars"]  # everything else is still written
+
+
+class _Snap:
+    """The part of a Snapshot that HeatmapWriter reads."""
+
+    def __init__(self, dead: float) -> None:
+        site = type("Site", (), {"name": "net.1"})()
+        self._pairs = [(site, type("Stats", (), {"dead_fraction": dead, "saturation": None})())]
+
+    def ordered(self) -> list:
+        return self._pairs
+
+
+def test_images_every_few_windows_and_the_last_at_the_end() -> None:
+    pytest.importorskip("PIL.Image")
+    writer = hm.HeatmapWriter(image_every=3)
+    drawn = [step for step in range(7) if writer.summaries(_Snap(step / 10), step)]
+    assert drawn == [0, 3, 6]  # windows 1, 4 and 7
+    assert writer.final(7) == []  # nothing new since the last images
+    writer.summaries(_Snap(0.9), 7)
+    values = writer.final(8)
+    assert sorted(v.tag for v in values) == sorted(hm.IMAGE_TAG.format(stat=s) for s in hm.HEATMAP_STATS)
+    assert writer.final(9) == []
+    with pytest.raises(ValueError, match="`image_every` must be a positive int, got 0"):
+        hm.HeatmapWriter(image_every=0)
