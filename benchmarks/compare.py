@@ -3,6 +3,7 @@
     python benchmarks/compare.py HEAD~3                        # MLP, every step measured, logged every 50
     python benchmarks/compare.py main --model transformer --rounds 12 --interval 1
     python benchmarks/compare.py HEAD~3 --fixed                # fixed cost per site: small model, one row
+    python benchmarks/compare.py HEAD~3 --lightning --tensorboard --interval 1   # the callbacks, with a logger
 
 On a shared machine the load moves a run's figures by more than most changes to the code do. So
 the package at REF (exported with ``git archive`` into a temporary folder and imported under the
@@ -60,6 +61,38 @@ def export_ref(ref: str, into: Path) -> tuple[type, type]:
     monitor = importlib.import_module(f"{REF_NAME}.core.monitor").ActivationMonitor
     schedule = importlib.import_module(f"{REF_NAME}.callbacks.schedule").StepSchedule
     return monitor, schedule
+
+
+def ref_callback() -> type:
+    """The exported ref's Lightning callback (after :func:`export_ref`)."""
+    return importlib.import_module(f"{REF_NAME}.callbacks.pl_callback").ActivationDiagnostics
+
+
+def compare_lightning(rounds: int, interval: int, tensorboard: bool) -> dict[str, list[float]]:
+    """Lightning Trainers on the MLP: bare, the ref's callback, the working tree's; ``steps``
+    timed steps after the first window (a multiple of the interval: whole windows)."""
+    from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
+
+    overhead._quiet_lightning()
+    build, _ = overhead.MODELS["mlp"]
+    torch.manual_seed(0)
+    model, make_batch = build()
+    batches = [make_batch() for _ in range(4)]
+    steps = max(50, interval) // interval * interval
+    warmup = max(overhead.WARMUP, interval)
+    setups = [("bare", None, None), ("ref", interval, ref_callback()), ("new", interval, ActivationDiagnostics)]
+    ratios: dict[str, list[float]] = {"ref": [], "new": [], "new/ref": []}
+    for r in range(rounds):
+        k = r % len(setups)
+        times = {
+            name: overhead.run_lightning(model, batches, iv, steps, warmup, tensorboard=tensorboard, callback_class=cls)
+            for name, iv, cls in setups[k:] + setups[:k]
+        }
+        ratios["ref"].append(times["ref"] / times["bare"])
+        ratios["new"].append(times["new"] / times["bare"])
+        ratios["new/ref"].append(times["new"] / times["ref"])
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.3f}" for n, v in ratios.items()), flush=True)
+    return ratios
 
 
 class Driven(overhead.Act):
@@ -139,6 +172,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fixed", action="store_true", help="fixed cost per site and measured step instead")
     parser.add_argument("--activation", default="ReLU", help="--fixed: an activation module of torch.nn")
+    parser.add_argument("--lightning", action="store_true", help="MLP in Lightning Trainers: the callbacks instead of the monitors")
+    parser.add_argument("--tensorboard", action="store_true", help="--lightning: with a TensorBoardLogger")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,8 +187,13 @@ def main() -> None:
             print(f"{args.activation}: extra us per site and measured step, minimum of {rounds} rounds: "
                   f"ref {us['ref']:.1f}, new {us['new']:.1f}, new/ref {us['new'] / us['ref']:.3f}")
             return
-        ratios = compare_steps(args.model, args.rounds, args.interval, ref)
-    print(f"\n{args.model}, every step measured, logged every {args.interval}, {args.rounds} rounds (median, min-max):")
+        if args.lightning:
+            ratios = compare_lightning(args.rounds, args.interval, args.tensorboard)
+            what = f"mlp, Lightning{' + TensorBoard' if args.tensorboard else ''}, callback defaults"
+        else:
+            ratios = compare_steps(args.model, args.rounds, args.interval, ref)
+            what = f"{args.model}, every step measured"
+    print(f"\n{what}, logged every {args.interval}, {args.rounds} rounds (median, min-max):")
     for name, values in ratios.items():
         print(f"  {name:8s} {statistics.median(values):.3f} ({min(values):.2f}-{max(values):.2f})")
 

@@ -18,7 +18,9 @@ Variants (plain torch loop, SGD, batches made in advance, torch.set_num_threads(
                    mean, std and share near zero (<= 0.05) with three ``.item()`` per module per step;
 * ``naive``        one hook per activation module: ``(out > 0).float().mean().item()``;
 * ``PL every`` / ``PL default``: a Lightning Trainer with the ActivationDiagnostics callback
-                   (rules on, no logger) against a bare Trainer (MLP only).
+                   (rules on, no logger) against a bare Trainer (MLP only);
+* ``PL+TB every`` / ``PL+TB default``: the same, both Trainers with a TensorBoardLogger (Lightning's
+                   default logger): scalars, histograms and heatmap images are written too.
 
 Each run first takes a few untimed warm-up steps (the monitor learns the structure in its first two
 steps, and the pre-flight snapshot is taken at step 0; default-interval variants warm up through
@@ -233,10 +235,20 @@ def run_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: list, varia
 
 
 # ---------------------------------------------------------------------------------------- Lightning
-def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: int, warmup: int = WARMUP) -> float:
+def run_lightning(
+    model: nn.Module, batches: list, interval: int | None, steps: int, warmup: int = WARMUP,
+    tensorboard: bool = False, callback_class: type | None = None,
+) -> float:
+    """Seconds for ``steps`` Lightning steps after ``warmup``; ``interval`` None: no callback.
+    ``tensorboard``: a TensorBoardLogger in a temporary folder (else no logger)."""
+    import tempfile
+
     import pytorch_lightning as pl
+    from pytorch_lightning.loggers import TensorBoardLogger
 
     from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
+
+    ActivationDiagnostics = callback_class or ActivationDiagnostics  # noqa: N806 - compare.py passes another version
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:
@@ -269,10 +281,12 @@ def run_lightning(model: nn.Module, batches: list, interval: int | None, steps: 
         # and the warnings would only clutter the output; the rules still run.
         callbacks.insert(0, ActivationDiagnostics(log_every_n_steps=interval, report=False, verbose=False, warn=False))
     accelerator = "gpu" if next(model.parameters()).is_cuda else "cpu"
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=warmup + steps, logger=False, callbacks=callbacks,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
-    trainer.fit(Module(), loader)
+    with tempfile.TemporaryDirectory() as log_dir:
+        logger = TensorBoardLogger(log_dir, name="bench") if tensorboard else False
+        trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=warmup + steps, logger=logger, callbacks=callbacks,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+        trainer.fit(Module(), loader)
     return clock.end - clock.start
 
 
@@ -320,13 +334,15 @@ def measure(
                 if name != "bare":
                     ratios.setdefault(name, []).append(t / times["bare"])
         if with_lightning:
-            pl_runs = (("PL every", 1, n_every, WARMUP), ("PL default", DEFAULT_INTERVAL, windows * DEFAULT_INTERVAL, STEADY_WARMUP))
-            for label, interval, steps, warmup in pl_runs:
-                pair = [("bare", None), (label, interval)]
-                if r % 2:
-                    pair.reverse()
-                t = {name: run_lightning(model, batches, iv, steps, warmup) for name, iv in pair}
-                ratios.setdefault(label, []).append(t[label] / t["bare"])
+            for tb in (False, True):
+                pl_runs = (("every", 1, n_every, WARMUP), ("default", DEFAULT_INTERVAL, windows * DEFAULT_INTERVAL, STEADY_WARMUP))
+                for kind, interval, steps, warmup in pl_runs:
+                    label = f"PL{'+TB' if tb else ''} {kind}"
+                    pair = [("bare", None), (label, interval)]
+                    if r % 2:
+                        pair.reverse()
+                    t = {name: run_lightning(model, batches, iv, steps, warmup, tensorboard=tb) for name, iv in pair}
+                    ratios.setdefault(label, []).append(t[label] / t["bare"])
         print(f"  {model_name} round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in ratios.items()), flush=True)
     return ratios
 
@@ -360,7 +376,7 @@ def main() -> None:
         m: measure(m, args.rounds, with_lightning=(m == "mlp" and not args.no_lightning), windows=args.windows, device=args.device)
         for m in args.models
     }
-    names = ["act every", "act default", "act default /1", "PL every", "PL default", "fastai", "naive"]
+    names = ["act every", "act default", "act default /1", "PL every", "PL default", "PL+TB every", "PL+TB default", "fastai", "naive"]
     print("\n| variant | " + " | ".join(args.models) + " |")
     print("|---|" + "---|" * len(args.models))
     for name in names:
