@@ -40,3 +40,27 @@ def test_compare_imports_the_ref_as_its_own_package(tmp_path, monkeypatch) -> No
         for name in set(sys.modules) - set(modules):
             if name == "act_ref" or name.startswith("act_ref."):
                 del sys.modules[name]
+
+
+def test_lightning_variant_with_tensorboard_runs_the_callback(monkeypatch) -> None:
+    import overhead
+    import torch
+    import torch.nn as nn
+
+    from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
+
+    made = []
+
+    class Counting(ActivationDiagnostics):
+        def __init__(self, **kw) -> None:
+            super().__init__(**kw)
+            made.append(self)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    batches = [(torch.randn(16, 4), torch.randint(0, 2, (16,))) for _ in range(4)]
+    seconds = overhead.run_lightning(model, batches, 1, 3, warmup=1, tensorboard=True, callback_class=Counting)
+    assert seconds > 0
+    (callback,) = made
+    assert callback.last_snapshot is not None and callback.last_snapshot.step == 3  # logged every step
+    assert callback._tb is not None  # the TensorBoard logger was found and written to
