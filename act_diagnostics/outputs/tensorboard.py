@@ -97,10 +97,13 @@ class TensorBoardExtras:
     def write_snapshot(self, snapshot: Snapshot, step: int, scalars: dict[str, float] | None = None) -> None:
         """One event for the log step: ``scalars`` (tag -> value, as for ``log_metrics``), the
         histograms of the step's samples and, when due, the heatmap images."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import summary
 
         self.write_layout()
-        values = [summary.scalar(self.scalar_prefix + tag, value).value[0] for tag, value in (scalars or {}).items()]
+        # What add_scalar writes (summary.scalar's simple_value), at a quarter of its cost.
+        prefix = self.scalar_prefix
+        values = [Summary.Value(tag=prefix + tag, simple_value=float(value)) for tag, value in (scalars or {}).items()]
         if self.heatmaps is not None:
             values += self.heatmaps.summaries(snapshot, step)
         if self.histograms:
