@@ -149,6 +149,16 @@ def test_tensorboard_logger_prefix_is_kept(tmp_path):
     assert "run-act/act/firing_rate" in tags and "act/act/firing_rate" not in tags
 
 
+def test_tensorboard_writer_without_file_writer_is_an_ordinary_logger(tmp_path, monkeypatch):
+    from act_diagnostics.outputs.tensorboard import find_tensorboard, logger_prefix
+
+    tb = TensorBoardLogger(str(tmp_path), name="tb")
+    assert find_tensorboard([CSVLogger(str(tmp_path)), tb]) == (tb, tb.experiment)
+    monkeypatch.setattr(type(tb.experiment), "_get_file_writer", None)
+    assert find_tensorboard([tb]) is None  # its scalars then go through log_metrics
+    assert logger_prefix(tb) == "" and logger_prefix(TensorBoardLogger(str(tmp_path), prefix="p")) == "p-"
+
+
 def test_csv_logger_receives_scalars(fitted):
     tmp_path, _, _, _ = fitted
     (path,) = glob.glob(str(tmp_path / "csv" / "**" / "metrics.csv"), recursive=True)

@@ -40,22 +40,21 @@ FINDINGS_TEXT_TAG = "act_diagnostics/findings"
 
 
 def find_tensorboard(loggers: Iterable[Any]) -> tuple[Any, Any] | None:
-    """The first TensorBoard logger with a torch ``SummaryWriter`` and that writer, or None."""
+    """The first TensorBoard logger with a torch ``SummaryWriter`` and that writer, or None.
+
+    The events are written through the writer's own FileWriter (``_get_file_writer``, there since
+    torch 1.1); a writer without it is treated as any other logger (scalars through
+    ``log_metrics``, no extras) rather than failing at the first log step.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
     for logger in loggers:
         if type(logger).__name__ != "TensorBoardLogger":
             continue
         writer = getattr(logger, "experiment", None)
-        if isinstance(writer, SummaryWriter):
+        if isinstance(writer, SummaryWriter) and callable(getattr(writer, "_get_file_writer", None)):
             return logger, writer
     return None
-
-
-def find_writer(loggers: Iterable[Any]) -> Any | None:
-    """The SummaryWriter of the first TensorBoard logger, or None."""
-    found = find_tensorboard(loggers)
-    return found[1] if found is not None else None
 
 
 def logger_prefix(logger: Any) -> str:
