@@ -139,6 +139,22 @@ def test_tensorboard_gets_one_event_per_log_step(fitted):
     assert "act/act/output" in ours[0]
 
 
+def test_histograms_have_few_equal_width_buckets(fitted):
+    # Small records: TensorBoard's writer checksums each one in pure Python without TensorFlow.
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    from act_diagnostics.outputs.tensorboard import HISTOGRAM_BUCKETS
+
+    tmp_path, _, _, _ = fitted
+    (path,) = glob.glob(str(tmp_path / "tb" / "**" / "events.*"), recursive=True)
+    histos = [v.histo for e in LegacyEventFileLoader(path).Load() for v in e.summary.value if v.tag == "act/act/output"]
+    assert histos
+    for h in histos:
+        assert 1 < len(h.bucket) <= HISTOGRAM_BUCKETS + 1 and sum(h.bucket) == h.num > 0
+        widths = [b - a for a, b in zip(h.bucket_limit[:-2], h.bucket_limit[1:-1])]
+        assert max(widths) == pytest.approx(min(widths), rel=1e-6)
+
+
 def test_tensorboard_logger_prefix_is_kept(tmp_path):
     torch.manual_seed(0)
     cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False)

@@ -229,7 +229,7 @@ class HeatmapWriter:
     ``summaries(snapshot, step)`` is called on every log step: it appends the window and returns
     TensorBoard summary values to write with the step's other values: one image per statistic (tags
     :data:`IMAGE_TAG`) on the first window and every ``image_every`` windows after it, plus the row
-    legend when the rows changed. ``final(step)`` returns the images of the whole history if
+    legend when the rows changed. ``final()`` returns the images of the whole history if
     windows were added since the last ones (the end of fit). Any failure turns the heatmaps off
     with one warning; it never stops the other outputs.
     """
@@ -257,16 +257,16 @@ class HeatmapWriter:
             return []
         return self._guarded(lambda: self._add_and_draw(snapshot, step))
 
-    def final(self, step: int) -> list[Any]:
+    def final(self) -> list[Any]:
         if not self.enabled or self._drawn == self._windows:
             return []
-        return self._guarded(lambda: self._draw(step))
+        return self._guarded(self._draw)
 
     def _add_and_draw(self, snapshot: Any, step: int) -> list[Any]:
         self.add(snapshot, step)
-        return self._draw(step) if (self._windows - 1) % self.image_every == 0 else []
+        return self._draw() if (self._windows - 1) % self.image_every == 0 else []
 
-    def _draw(self, step: int) -> list[Any]:
+    def _draw(self) -> list[Any]:
         from torch.utils.tensorboard import summary
 
         values = [

@@ -24,6 +24,11 @@ from act_diagnostics.outputs.scalars import TAG_PREFIX, site_tag
 
 # Lightning's loggers join a logger's ``prefix`` to each metric name with this character.
 LOGGER_JOIN_CHAR = "-"
+# Equal-width buckets over a sample's finite range, as TensorBoard's own histogram summaries use
+# (tensorboard.plugins.histogram.summary_v2.DEFAULT_BUCKET_COUNT). add_histogram's default, 1549
+# fixed edges, left about 300 non-empty buckets per site: without TensorFlow installed, TensorBoard's
+# writer thread checksums every record in pure Python, 14.6 ms for 8 such histograms against 1.6 ms.
+HISTOGRAM_BUCKETS = 30
 
 # Charts of the dashboard: title -> the statistic whose per-site curves share it.
 DASHBOARD_CHARTS = {
@@ -82,8 +87,6 @@ class TensorBoardExtras:
         self.histograms = histograms
         self.grad_histograms = grad_histograms
         self.scalar_prefix = scalar_prefix
-        # add_histogram's default edges, as an array once: numpy converts a list on every call.
-        self._bins = np.asarray(writer.default_bins, dtype=np.float64)
         # Layers x steps images of dead fraction and saturation (outputs/heatmap.py).
         self.heatmaps = HeatmapWriter() if heatmaps else None
         self._layout_written = False
@@ -113,13 +116,13 @@ class TensorBoardExtras:
                     finite = finite[np.isfinite(finite)]  # NaN/Inf are reported as findings, not binned
                     if finite.size:
                         tag = f"{TAG_PREFIX}/{site_tag(name)}/{suffix}"
-                        values += summary.histogram(tag, finite, self._bins).value
+                        values += summary.histogram(tag, finite, HISTOGRAM_BUCKETS).value
         self._write(values, step)
 
     def finish(self, step: int) -> None:
         """End of fit: the heatmap images of the whole run, if windows came after the last ones."""
         if self.heatmaps is not None:
-            self._write(self.heatmaps.final(step), step)
+            self._write(self.heatmaps.final(), step)
 
     def _write(self, values: list[Any], step: int) -> None:
         if values:

@@ -104,10 +104,10 @@ def test_images_every_few_windows_and_the_last_at_the_end() -> None:
     writer = hm.HeatmapWriter(image_every=3)
     drawn = [step for step in range(7) if writer.summaries(_Snap(step / 10), step)]
     assert drawn == [0, 3, 6]  # windows 1, 4 and 7
-    assert writer.final(7) == []  # nothing new since the last images
+    assert writer.final() == []  # nothing new since the last images
     writer.summaries(_Snap(0.9), 7)
-    values = writer.final(8)
+    values = writer.final()
     assert sorted(v.tag for v in values) == sorted(hm.IMAGE_TAG.format(stat=s) for s in hm.HEATMAP_STATS)
-    assert writer.final(9) == []
+    assert writer.final() == []
     with pytest.raises(ValueError, match="`image_every` must be a positive int, got 0"):
         hm.HeatmapWriter(image_every=0)
