@@ -54,10 +54,16 @@ class VanishingGradient(Rule):
         if not (autotrainer or tiny):
             return []
         shrink = g_last / g_first if g_first > 0 else float("inf")
-        msg = (
-            f"the gradient at '{first.name}' is {shrink:.3g}x smaller than at '{last.name}' "
-            f"(RMS {g_first:.2e} vs {g_last:.2e}, {len(chain)} activation layers): early layers barely learn"
-        )
+        if g_first > 0:
+            msg = (
+                f"the gradient at '{first.name}' is {shrink:.3g}x smaller than at '{last.name}' "
+                f"(RMS {g_first:.2e} vs {g_last:.2e}, {len(chain)} activation layers): early layers barely learn"
+            )
+        else:  # "infx smaller" says less than this
+            msg = (
+                f"no gradient reaches '{first.name}' (RMS 0 there, {g_last:.2e} at '{last.name}', "
+                f"{len(chain)} activation layers): early layers do not learn"
+            )
         return [
             self.finding(
                 ctx, first.name, "warning", msg, FIX,

@@ -167,6 +167,13 @@ def test_vanishing_gradient_ratio_and_absolute():
     assert f.site == "act0" and f.evidence["shrink_factor"] == pytest.approx(1e5)
     assert twice(only("vanishing-gradient"), chain("sigmoid", [1e-5, 1e-4, 1e-3, 2e-3])) == []  # ratio 5e-3
     assert twice(only("vanishing-gradient"), chain("relu", [1e-3, 1e-3, 1e-3])) == []
+    assert "x smaller" in f.message
+
+
+def test_vanishing_gradient_says_when_no_gradient_arrives():
+    (f,) = twice(only("vanishing-gradient"), chain("relu", [0.0, 1e-3, 2e-1]))
+    assert f.message.startswith("no gradient reaches 'act0' (RMS 0 there, 2.00e-01 at 'act2'")
+    assert "inf" not in f.message and f.evidence["shrink_factor"] == float("inf")
 
 
 def test_exploding_gradient_growth():
