@@ -248,7 +248,7 @@ def run_lightning(
 
     from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
 
-    ActivationDiagnostics = callback_class or ActivationDiagnostics  # noqa: N806 - compare.py passes another version
+    callback = callback_class or ActivationDiagnostics  # compare.py passes another version's
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:
@@ -279,7 +279,7 @@ def run_lightning(
     if interval is not None:
         # warn=False: the benchmark's default-initialised MLP has born-dead units (a true finding)
         # and the warnings would only clutter the output; the rules still run.
-        callbacks.insert(0, ActivationDiagnostics(log_every_n_steps=interval, report=False, verbose=False, warn=False))
+        callbacks.insert(0, callback(log_every_n_steps=interval, report=False, verbose=False, warn=False))
     accelerator = "gpu" if next(model.parameters()).is_cuda else "cpu"
     with tempfile.TemporaryDirectory() as log_dir:
         logger = TensorBoardLogger(log_dir, name="bench") if tensorboard else False
