@@ -175,6 +175,17 @@ def test_tensorboard_writer_without_file_writer_is_an_ordinary_logger(tmp_path, 
     assert logger_prefix(tb) == "" and logger_prefix(TensorBoardLogger(str(tmp_path), prefix="p")) == "p-"
 
 
+def test_a_second_trainer_gets_its_own_tensorboard_events(tmp_path):
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False)
+    model = Net()
+    for name in ("first", "second"):
+        tb = TensorBoardLogger(str(tmp_path), name=name)
+        trainer(tmp_path, cb, loggers=[tb], max_steps=8).fit(model, loader())
+        acc = EventAccumulator(tb.log_dir, size_guidance={"scalars": 0, "histograms": 0}).Reload()
+        assert "act/act/firing_rate" in acc.Tags()["scalars"], name
+        assert "act/act/output" in acc.Tags()["histograms"], name  # not into the first run's writer
+
+
 def test_csv_logger_receives_scalars(fitted):
     tmp_path, _, _, _ = fitted
     (path,) = glob.glob(str(tmp_path / "csv" / "**" / "metrics.csv"), recursive=True)
