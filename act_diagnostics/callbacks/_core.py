@@ -392,14 +392,20 @@ class DiagnosticsCallbackCore:
             self.monitor.detach()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if self.monitor is None:
+        mon = self.monitor
+        if mon is None:
             return
-        self.monitor.detach()
-        try:  # keep what was measured up to the failure
-            if not self._disabled:
+        try:  # keep what was measured up to the failure, the failing step included
+            if not self._disabled and mon.failure is None:
+                mon.end_step()  # the failing step may have stopped inside its forward or backward
+                if mon.window_steps > 0:
+                    # Rank-local: another rank may never reach this point, so no collective here.
+                    self._publish(trainer, max(self._step_index(trainer), self._last_logged_step + 1), False, gather=False)
                 self._finish(trainer)
         except Exception:  # noqa: BLE001 - the user's exception is the one that matters
             pass
+        finally:
+            mon.detach()
 
     # Evaluation stages are measured only when asked (eval_stages); they add to the window.
     def _eval_batch_start(self) -> None:
@@ -419,13 +425,14 @@ class DiagnosticsCallbackCore:
     on_predict_batch_end = _eval_hook("predict", start=False)
 
     # ------------------------------------------------------------------ publishing
-    def _publish(self, trainer: Any, step: int, preflight: bool) -> None:
+    def _publish(self, trainer: Any, step: int, preflight: bool, gather: bool = True) -> None:
+        """Reduce the window (across ranks when ``gather``), judge it, and write it out (rank zero)."""
         assert self.monitor is not None
-        gather = None
-        if self._world_size(trainer) > 1 and self._ranks_agree(trainer, healthy=self.monitor.failure is None):
-            gather = self._all_gather(trainer)
-        snap = self.monitor.snapshot(step=step, all_gather=gather)
-        if gather is not None:
+        all_gather = None
+        if gather and self._world_size(trainer) > 1 and self._ranks_agree(trainer, healthy=self.monitor.failure is None):
+            all_gather = self._all_gather(trainer)
+        snap = self.monitor.snapshot(step=step, all_gather=all_gather)
+        if all_gather is not None:
             # DDP averages gradients across ranks, so the loss being trained is the mean of the ranks'
             # losses and each rank's activation gradients are world_size times those of that loss.
             world = self._world_size(trainer)
@@ -470,8 +477,9 @@ class DiagnosticsCallbackCore:
             report.write_json(os.path.join(self.report_dir, "report.json"))
             report.write_markdown(os.path.join(self.report_dir, "report.md"))
         if self._tb is not None:
-            last_step = max(0, int(trainer.global_step) - 1)
-            self._tb.finish(max(last_step, self._last_logged_step))
+            # The step the loggers use (not global_step, which counts every optimizer's steps).
+            last_step = max(0, self._step_index(trainer) - 1, self._last_logged_step)
+            self._tb.finish(last_step)
             self._tb.write_text(report.markdown_table(), last_step, tag="act_diagnostics/report")
             self._tb.flush()
         if self.verbose:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,31 @@ def test_user_exception_leaves_no_hook_and_no_function_mode(tmp_path):
     # a fresh fit re-attaches cleanly (no pile-up) and removes everything again
     trainer(tmp_path, [cb], max_steps=2).fit(Classifier(net=model.net), loader())
     assert hook_count(model) == 0
+
+
+class NaNLossAtStep6(Classifier):
+    """Training stops with the user's own error once the loss goes NaN (a common guard)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.global_step >= 6:
+            batch = (batch[0] * float("inf"), batch[1])
+        loss = super().training_step(batch, batch_idx)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()}")
+        return loss
+
+
+def test_a_failing_run_reports_its_last_window_and_the_failing_step(tmp_path):
+    """What was measured after the last log step, the failing step included, is judged and
+    written: the NaN that stopped the run is in the report (the old code dropped it)."""
+    cb = diagnostics(log_every_n_steps=5, measure_every_n_steps=1, report=True)
+    with pytest.raises(FloatingPointError):
+        trainer(tmp_path, [cb], max_steps=20).fit(NaNLossAtStep6(), loader())
+    assert [(f.rule, f.step) for f in cb.report.findings if f.rule == "non-finite"] == [("non-finite", 6)]
+    assert cb.last_snapshot is not None and cb.last_snapshot.step == 6 and cb.monitor.window_steps == 0
+    assert not cb.monitor.attached
+    report = (Path(cb.report_dir) / "report.json").read_text()
+    assert '"non-finite"' in report
 
 
 def _fit_recording(tmp_path: Any, cb: Any, model: pl.LightningModule | None = None, max_steps: int = 6, data: Any = None):

@@ -114,6 +114,20 @@ def test_manual_optimization_two_optimizers(tmp_path):
     assert cb.failure is None
 
 
+def test_manual_optimization_ends_tensorboard_at_the_logged_step(tmp_path):
+    """The end-of-fit report text and heatmaps sit at the loggers' last step (3), not at
+    global_step - 1 (7), which counts both optimizers' steps."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = TensorBoardLogger(str(tmp_path), name="tb")
+    _fit(tmp_path, TwoOptimizers(), cb={"log_every_n_steps": 2}, max_steps=8, logger=tb)
+    acc = EventAccumulator(tb.log_dir, size_guidance={"tensors": 0, "images": 0, "scalars": 0}).Reload()
+    assert max(e.step for e in acc.Scalars("act/a.1/firing_rate")) == 3
+    assert [e.step for e in acc.Tensors("act_diagnostics/report/text_summary")] == [3]
+    assert max(e.step for tag in acc.Tags()["images"] for e in acc.Images(tag)) == 3
+
+
 class SiLUBlock(nn.Module):
     """A module calling a functional activation, as most transformer MLP blocks do."""
 
