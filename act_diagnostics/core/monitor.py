@@ -486,7 +486,7 @@ class ActivationMonitor:
         if not self.enabled:
             return
         y = output if isinstance(output, Tensor) else _first_tensor(output)
-        if y is None:
+        if y is None or not y.is_floating_point():
             return
         if _in_backward():  # activation checkpointing re-runs forward: measured once already
             self._hook_rerun_grad(id(module), y)
@@ -546,7 +546,8 @@ class ActivationMonitor:
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
         y = func(*args, **kwargs)
-        if not self.enabled or not isinstance(y, Tensor):
+        # Integer or bool outputs (torch.relu on indices, a clamp of positions) are not activations.
+        if not self.enabled or not isinstance(y, Tensor) or not y.is_floating_point():
             return y
         try:
             owner = self._owner

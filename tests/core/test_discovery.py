@@ -101,6 +101,28 @@ def test_functional_call_in_the_root_forward() -> None:
     assert list(mon.sites) == [":tanh"] and mon.sites[":tanh"].owner == ""
 
 
+def test_integer_outputs_are_not_sites(train_step) -> None:
+    """torch.relu / clamp-like calls on integer tensors (positions, indices) are not activations:
+    no site, no false dead-unit finding, and the real call keeps the name ':relu'."""
+
+    class Positions(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.act = nn.Linear(4, 4), nn.ReLU()
+
+        def forward(self, x):
+            offsets = torch.relu(torch.arange(x.shape[1]) - 100)  # int64, all zeros
+            return torch.relu(self.fc(x)) + self.act(offsets) + offsets
+
+    model = Positions()
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(3, 4))
+    snap = mon.snapshot()
+    mon.detach()
+    assert list(mon.sites) == [":relu"]
+    assert snap.stats[":relu"].calls == 1 and snap.stats[":relu"].unit_firing is not None
+
+
 def test_functional_false_ignores_functional_calls() -> None:
     model = nn.Sequential(Functional())
     with ActivationMonitor(model, functional=False) as mon:
