@@ -60,6 +60,12 @@ class Rule:
     def evaluate(self, ctx: RuleContext) -> list[Finding]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def topic(self, finding: Finding) -> str:
+        """What ``finding`` is about, for debouncing and deduplication: its site, or ``"*"`` for a
+        whole-model rule (``per_site = False``). A rule with several independent whole-model
+        findings names each one."""
+        return finding.site if self.per_site else "*"
+
     def finding(
         self, ctx: RuleContext, site: str, severity: Severity, message: str, recommendation: str, **evidence: Any
     ) -> Finding:

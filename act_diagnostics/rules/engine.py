@@ -134,7 +134,7 @@ class RuleEngine:
                 continue
             seen = set()
             for finding in candidates:
-                key = (rule.id, finding.site if rule.per_site else "*")
+                key = (rule.id, rule.topic(finding))
                 seen.add(key)
                 self._streaks[key] = self._streaks.get(key, 0) + 1
                 if not preflight and self._streaks[key] < rule.windows:
@@ -150,7 +150,7 @@ class RuleEngine:
         return new
 
     def _is_news(self, rule: Rule, finding: Finding) -> bool:
-        key = (rule.id, finding.site if rule.per_site else "*")
+        key = (rule.id, rule.topic(finding))
         rank = severity_rank(finding.severity)
         value = finding.evidence.get(rule.primary) if rule.primary else None
         value = float(value) if isinstance(value, (int, float)) else None

@@ -46,5 +46,9 @@ class SaturatingHiddenActivation(Rule):
                 f"{family} is used in {len(sites)} hidden layer(s) of a {depth}-layer stack ({names}); "
                 f"{family} saturates and shrinks gradients with depth"
             )
-            out.append(self.finding(ctx, sites[0].name, severity, msg, FIX, sites=len(sites), depth=depth))
+            out.append(self.finding(ctx, sites[0].name, severity, msg, FIX, family=family, sites=len(sites), depth=depth))
         return out
+
+    def topic(self, finding: Finding) -> str:
+        # Sigmoid and tanh layers of one model are two findings, each reported once.
+        return f"*{finding.evidence.get('family', '')}"

@@ -150,6 +150,18 @@ def test_saturating_hidden_activation_depth_and_family():
     assert only("saturating-hidden-activation").evaluate(stack("relu", 3)) == []
 
 
+def test_saturating_hidden_activation_reports_sigmoid_and_tanh_each_once():
+    """Tanh layers followed by sigmoid layers are two findings; neither hides the other, and
+    neither repeats in the next window."""
+    kinds = ["tanh"] * 3 + ["sigmoid"] * 3
+    pairs = [(make_site(f"a{i}", kind, index=i), relu_stats([0.5] * 8)) for i, kind in enumerate(kinds)]
+    engine = only("saturating-hidden-activation")
+    first = engine.evaluate(make_snapshot(pairs))
+    assert sorted(f.evidence["family"] for f in first) == ["sigmoid", "tanh"]
+    assert engine.evaluate(make_snapshot(pairs, step=200)) == []
+    assert len(engine.findings) == 2
+
+
 def test_saturating_hidden_activation_ignores_gates():
     pairs = [(make_site(f"g{i}", "sigmoid", index=i, consumers={"mul"}, consumer_layer_types=set()), relu_stats([0.5] * 8)) for i in range(4)]
     assert only("saturating-hidden-activation").evaluate(make_snapshot(pairs)) == []
