@@ -40,7 +40,7 @@ from act_diagnostics.core.config import (
     DEFAULT_SATURATION_EPS,
     MonitorConfig,
 )
-from act_diagnostics.core.monitor import ActivationMonitor, MonitorFailure
+from act_diagnostics.core.monitor import ActivationMonitor, MonitorFailure, compiled_modules
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.outputs.scalars import log_to_loggers, snapshot_scalars
 from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_tensorboard, logger_prefix
@@ -510,12 +510,7 @@ def _is_compiled(module: Any) -> bool:
     keeps ``_compiler_ctx``) or one holding a compiled submodule."""
     if getattr(module, "_compiler_ctx", None):
         return True
-    try:
-        from torch._dynamo.eval_frame import OptimizedModule
-    except ImportError:  # pragma: no cover - torch without dynamo
-        return False
-    modules = module.modules() if hasattr(module, "modules") else ()
-    return isinstance(module, OptimizedModule) or any(isinstance(m, OptimizedModule) for m in modules)
+    return isinstance(module, torch.nn.Module) and bool(compiled_modules(module))
 
 
 def _log_dir(trainer: Any) -> str:

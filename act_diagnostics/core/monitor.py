@@ -88,6 +88,20 @@ def _tensors(value: Any) -> list[Tensor]:
     return []
 
 
+def compiled_modules(model: nn.Module) -> list[str]:
+    """Names of ``model``'s torch.compile'd modules: ``torch.compile(m)`` wrappers, and modules
+    compiled in place with ``m.compile()`` (the root is ``"<model>"``)."""
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:  # pragma: no cover - torch without dynamo
+        OptimizedModule = ()  # noqa: N806
+    return [
+        name or "<model>"
+        for name, m in model.named_modules()
+        if isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None
+    ]
+
+
 def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False))
 
@@ -143,6 +157,13 @@ class ActivationMonitor:
             raise TypeError(
                 "`model` is a TorchScript module, which cannot carry the Python hooks act_diagnostics "
                 "measures with: pass the eager nn.Module (script it after the diagnostic run)"
+            )
+        compiled = compiled_modules(model)
+        if compiled:
+            raise TypeError(
+                f"`model` is torch.compile'd ({', '.join(compiled[:3])}): dynamo would trace the Python hooks "
+                "act_diagnostics measures with into the graph, or skip them (pytorch/pytorch#117758). Pass the "
+                "uncompiled module (a compiled module keeps it as `._orig_mod`), run the diagnostics, then compile"
             )
         if config is not None and options:
             raise TypeError("pass either `config` or keyword options, not both")

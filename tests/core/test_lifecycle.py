@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import gc
 import pickle
 import warnings
@@ -518,6 +520,22 @@ def test_torchscript_submodules_are_skipped_with_one_warning_and_the_rest_measur
 def test_a_torchscript_model_is_refused_with_a_clear_error() -> None:
     with pytest.raises(TypeError, match="TorchScript"):
         ActivationMonitor(torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU())))
+
+
+@pytest.mark.parametrize("how", ["wrapped", "submodule", "in_place"])
+def test_a_compiled_model_is_refused_with_a_clear_error(how: str) -> None:
+    """torch.compile'd modules (a wrapper, a compiled submodule, nn.Module.compile()) would trace or
+    skip the hooks: refused at construction, naming the module, before anything compiles."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    if how == "wrapped":
+        model, name = torch.compile(model, backend="eager"), "<model>"
+    elif how == "submodule":
+        model, name = nn.Sequential(torch.compile(model, backend="eager"), nn.Tanh()), "0"
+    else:
+        model[1].compile(backend="eager")
+        name = "1"
+    with pytest.raises(TypeError, match=rf"torch.compile'd \({re.escape(name)}\).*_orig_mod"):
+        ActivationMonitor(model)
 
 
 @pytest.mark.parametrize("case", ["lstm", "filtered"])
