@@ -66,6 +66,11 @@ class MonitorFailure(RuntimeWarning):
     """Issued once when an internal error disables the monitor; training goes on."""
 
 
+class SettingError(ValueError):
+    """A setting that proves wrong only on the model's outputs (``unit_dim`` out of range for a
+    site): raised inside a hook, it disables the monitor with a warning that names the setting."""
+
+
 class UnmeasuredModules(UserWarning):
     """Issued once at attach for submodules that cannot be measured (TorchScript: no Python hooks)."""
 
@@ -414,13 +419,15 @@ class ActivationMonitor:
         self.failure = exc
         self.enabled = False
         self.tracking_structure = False  # the tracer now passes every call straight through
-        warnings.warn(
-            f"act_diagnostics disabled itself after an internal error ({type(exc).__name__}: {exc}); "
-            "training continues without activation diagnostics. Please report this with the model "
-            "that triggered it.",
-            MonitorFailure,
-            stacklevel=2,
-        )
+        if isinstance(exc, SettingError):  # the user's setting, not our bug: say what to change
+            message = f"act_diagnostics is off for this run: {exc}. Training continues without activation diagnostics."
+        else:
+            message = (
+                f"act_diagnostics disabled itself after an internal error ({type(exc).__name__}: {exc}); "
+                "training continues without activation diagnostics. Please report this with the model "
+                "that triggered it."
+            )
+        warnings.warn(message, MonitorFailure, stacklevel=2)
 
     def _no_torch_function(self) -> Any:
         # Our own statistic ops must not pass through our tracer (or anyone's).
@@ -750,7 +757,10 @@ class ActivationMonitor:
             unit_dim = default_unit_dim(y.dim(), feeding[1] if feeding else None)
         if y.dim():
             if not -y.dim() <= unit_dim < y.dim():
-                raise ValueError(f"`unit_dim`={unit_dim} is out of range for site {name!r} with output shape {tuple(y.shape)}")
+                raise SettingError(
+                    f"`unit_dim`={unit_dim} is out of range for site {name!r} with output shape {tuple(y.shape)} "
+                    f"(valid: {-y.dim()} to {y.dim() - 1}, or None to choose per site)"
+                )
             unit_dim %= y.dim()
         if y.dim() <= 1 and not (spec.per_row or kind == "glu") and self.config.unit_dim is None:
             # A (batch,) output (e.g. a binary classifier's sigmoid) is one unit, not batch-many.

@@ -205,11 +205,15 @@ def test_config_errors_name_the_argument() -> None:
 def test_unit_dim_out_of_range_disables_with_a_clear_message() -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
     mon = ActivationMonitor(model, unit_dim=5).attach()
-    with pytest.warns(MonitorFailure, match=r"`unit_dim`=5 is out of range for site '1'"):
+    with pytest.warns(MonitorFailure) as records:
         mon.begin_step()
         model(torch.randn(1, 2))
         mon.end_step()
     mon.detach()
+    (message,) = [str(r.message) for r in records]
+    # The user's setting, named with its valid range: not an internal error to report.
+    assert message.startswith("act_diagnostics is off for this run: `unit_dim`=5 is out of range for site '1'")
+    assert "(valid: -2 to 1, or None" in message and "internal error" not in message
 
 
 def test_gradients_false_registers_no_tensor_hooks(make_mlp, train_step) -> None:
