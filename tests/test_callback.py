@@ -186,6 +186,28 @@ def test_a_second_trainer_gets_its_own_tensorboard_events(tmp_path):
         assert "act/act/output" in acc.Tags()["histograms"], name  # not into the first run's writer
 
 
+class SigmoidNet(Net):
+    """Three hidden sigmoids: a saturating-hidden-activation warning at the pre-flight step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.Sequential(nn.Sigmoid(), nn.Linear(24, 24), nn.Sigmoid(), nn.Linear(24, 24), nn.Sigmoid())
+
+
+def test_a_callback_reused_for_another_model_starts_over(tmp_path):
+    """One callback, a second Trainer and a new model (a sweep): the report, findings and step
+    count are the new model's, not carried over from the first (which had hidden sigmoids)."""
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, warn=False)
+    trainer(tmp_path, cb, loggers=[], max_steps=8).fit(SigmoidNet(), loader())
+    assert "saturating-hidden-activation" in {f.rule for f in cb.report.findings} and cb.steps == 8
+    model = Net()
+    trainer(tmp_path, cb, loggers=[], max_steps=6).fit(model, loader())
+    assert "saturating-hidden-activation" not in {f.rule for f in cb.report.findings}
+    assert cb.steps == 6 and cb.last_snapshot.step == 5 and set(cb.last_snapshot.sites) == {"act", ":gelu"}
+    trainer(tmp_path, cb, loggers=[], max_steps=4).fit(model, loader())  # the same model again: it goes on
+    assert cb.steps == 10
+
+
 def test_csv_logger_receives_scalars(fitted):
     tmp_path, _, _, _ = fitted
     (path,) = glob.glob(str(tmp_path / "csv" / "**" / "metrics.csv"), recursive=True)

@@ -179,7 +179,6 @@ class DiagnosticsCallbackCore:
         self._batch_log = False
         self._schedule: StepSchedule | None = None
         self._last_logged_step = -1
-        self._eval_active = False
         self._steps_offset = 0  # measured steps restored from a checkpoint
         self._rank_check = RankCheck()
 
@@ -288,12 +287,24 @@ class DiagnosticsCallbackCore:
             )
             return
         if self.monitor is None or self.monitor.model is not pl_module:
-            if self.monitor is not None:
-                self._steps_offset += self.monitor.steps
+            if self.monitor is not None:  # another model: the last one's findings are not its own
                 self.monitor.detach()
+                self._start_over()
             self.monitor = ActivationMonitor(pl_module, self.monitor_config)
         self._unscale_activation_grads(trainer)
         self.monitor.attach()
+
+    def _start_over(self) -> None:
+        """Forget the previous model's run: findings, step counts, schedule, last snapshot. A
+        checkpoint restored after setup (``ckpt_path=``) then brings back its own."""
+        if self.engine is not None:
+            self.engine.reset()
+        self.last_snapshot = None
+        self.report_dir = None
+        self._schedule = None
+        self._last_logged_step = -1
+        self._steps_offset = 0
+        self._rank_check = RankCheck()
 
     def _unscale_activation_grads(self, trainer: Any) -> None:
         """With a GradScaler (float16 AMP) backward runs on ``loss * scale``: the gradients the
