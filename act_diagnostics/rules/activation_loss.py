@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from act_diagnostics.core.sites import Site
 from act_diagnostics.rules.base import Rule, RuleContext
 from act_diagnostics.rules.finding import Finding
 
@@ -38,6 +39,15 @@ def softmax_ce_floor(classes: int) -> float:
     return math.log1p((classes - 1) / math.e)
 
 
+def _classes(site: Site, loss: str) -> tuple[int, int | None]:
+    """(number of classes, their dim) of the prediction a class loss reads: cross_entropy and
+    nll_loss take (N, C, ...) or (C,); other losses: (the site's units, None)."""
+    if not loss.startswith(("cross_entropy", "nll_loss")) or not site.shape:
+        return site.n_units, None
+    class_dim = 1 if len(site.shape) >= 2 else 0
+    return int(site.shape[class_dim]), class_dim
+
+
 class ActivationLossMismatch(Rule):
     id = "activation-loss-mismatch"
     defaults: dict[str, float] = {}
@@ -52,12 +62,20 @@ class ActivationLossMismatch(Rule):
                 severity = _PAIRS.get((kind, loss))
                 if severity is None:
                     continue
-                evidence: dict[str, float] = {"classes": site.n_units}
+                classes, class_dim = _classes(site, loss)
+                evidence: dict[str, float] = {"classes": classes}
                 msg = f"{site.kind} output feeds {loss.replace('(log)', ' after a log')}"
-                if (kind, loss) == ("softmax", "cross_entropy") and site.n_units > 1:
-                    floor = softmax_ce_floor(site.n_units)
+                if kind == "softmax" and class_dim is not None and site.unit_dim != class_dim:
+                    # Softmax over another dim (the batch, a sequence): no class-count floor applies.
+                    evidence["softmax_dim"] = site.unit_dim
+                    msg += (
+                        f": softmax runs over dim {site.unit_dim} (size {site.n_units}), not over the {classes} "
+                        f"classes on dim {class_dim}, which the loss reads"
+                    )
+                elif (kind, loss) == ("softmax", "cross_entropy") and classes > 1:
+                    floor = softmax_ce_floor(classes)
                     evidence["loss_floor"] = round(floor, 4)
-                    msg += f": softmax is applied twice and the loss cannot fall below {floor:.3f} for {site.n_units} classes"
+                    msg += f": softmax is applied twice and the loss cannot fall below {floor:.3f} for {classes} classes"
                 elif (kind, loss) == ("sigmoid", "binary_cross_entropy_with_logits"):
                     msg += ": sigmoid is applied twice, squeezing predictions into [0.5, 0.73]"
                 elif (kind, loss) == ("softmax", "nll_loss"):

@@ -13,7 +13,7 @@ def make_site(name: str, kind: str, family: str | None = None, index: int = 0, n
     layer_types = set(kw.pop("consumer_layer_types", {"Linear"} if "next" in consumers else set()))
     return Site(
         name=name, kind=kind, family=fam, source="module", owner=name, module_type=kind, index=index,
-        unit_dim=kw.pop("unit_dim", 1), n_units=n_units, shape=(4, n_units),
+        unit_dim=kw.pop("unit_dim", 1), n_units=n_units, shape=kw.pop("shape", (4, n_units)),
         consumers=consumers, consumer_layer_types=layer_types, **kw,
     )  # fmt: skip
 

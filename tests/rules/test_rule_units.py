@@ -254,6 +254,16 @@ def test_softmax_cross_entropy_loss_floor():
     assert softmax_ce_floor(2) == pytest.approx(math.log(1 + 1 / math.e))
 
 
+def test_softmax_over_the_batch_into_cross_entropy_names_the_wrong_dim():
+    """nn.Softmax(dim=0) on (batch 16, 3 classes) logits: the classes are 3 (cross_entropy's dim 1),
+    not the 16 rows the softmax normalised, and no class-count floor applies."""
+    s = make_site("head", "softmax", n_units=16, unit_dim=0, shape=(16, 3), consumers={"output", "loss:cross_entropy"})
+    (f,) = only("activation-loss-mismatch").evaluate(make_snapshot([(s, relu_stats([0.5] * 16))], step=1))
+    assert f.severity == "error" and f.evidence["classes"] == 3 and f.evidence["softmax_dim"] == 0
+    assert "loss_floor" not in f.evidence
+    assert "softmax runs over dim 0 (size 16), not over the 3 classes on dim 1" in f.message
+
+
 @pytest.mark.parametrize(
     "kind,loss,n_units,severity",
     [
