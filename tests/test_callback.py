@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import os
+import re
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from act_diagnostics import ActivationDiagnostics  # noqa: E402
+from act_diagnostics.outputs.readback import load_run  # noqa: E402
 from act_diagnostics.outputs.scalars import site_tag  # noqa: E402
 
 
@@ -160,9 +162,20 @@ def test_tensorboard_logger_prefix_is_kept(tmp_path):
     cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False)
     tb = TensorBoardLogger(str(tmp_path), name="tb", prefix="run")
     trainer(tmp_path, cb, loggers=[tb], max_steps=8).fit(Net(), loader())
-    tags = event_accumulator(tmp_path).Tags()["scalars"]
+    acc = event_accumulator(tmp_path)
+    tags = acc.Tags()["scalars"]
     # As TensorBoardLogger.log_metrics names them: prefix, "-", tag.
     assert "run-act/act/firing_rate" in tags and "act/act/firing_rate" not in tags
+    # The dashboard's charts and the readback find the prefixed tags.
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    (config,) = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    patterns = [r for cat in layout.category for chart in cat.chart for r in chart.multiline.tag]
+    assert patterns and all(p.startswith("^run\\-act/") for p in patterns), patterns
+    assert any(re.match(p, "run-act/act/firing_rate") for p in patterns)
+    run = load_run(tb.log_dir)
+    assert {row.site for row in run.layers} == {"act", "root/gelu"} and run.last_step == 7  # no report.json: tag names
 
 
 def test_tensorboard_writer_without_file_writer_is_an_ordinary_logger(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from act_diagnostics.core.snapshot import LOGGED_STATS
 from act_diagnostics.outputs.report import md_cell
-from act_diagnostics.outputs.scalars import TAG_PREFIX, site_tag
+from act_diagnostics.outputs.scalars import LOGGER_JOIN_CHAR, TAG_PREFIX, site_tag
 
 REPORT_DIRNAME = "act_diagnostics"
 REPORT_FILENAME = "report.json"
@@ -137,10 +137,12 @@ def _read_report(path: Path) -> dict[str, Any]:
 
 
 def split_tag(tag: str) -> tuple[str, str] | None:
-    """``act/<site tag>/<stat>`` -> (site tag, stat); None for any other tag."""
-    if not tag.startswith(TAG_PREFIX + "/"):
+    """``act/<site tag>/<stat>`` -> (site tag, stat); None for any other tag. A logger prefix
+    (``TensorBoardLogger(prefix="p")`` writes ``p-act/...``) is skipped."""
+    start = 0 if tag.startswith(TAG_PREFIX + "/") else tag.find(LOGGER_JOIN_CHAR + TAG_PREFIX + "/") + 1
+    if start == 0 and not tag.startswith(TAG_PREFIX + "/"):
         return None
-    site, _, stat = tag[len(TAG_PREFIX) + 1 :].rpartition("/")
+    site, _, stat = tag[start + len(TAG_PREFIX) + 1 :].rpartition("/")
     if not site or stat not in LOGGED_STATS:
         return None
     return site, stat
@@ -158,26 +160,26 @@ def _read_events(run_dir: Path) -> tuple[list[LayerRow], int | None]:
         acc.Reload()
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say which run
         raise ReadbackError(f"{run_dir}: cannot read the TensorBoard event files ({type(exc).__name__}: {exc})") from exc
-    rows: dict[str, LayerRow] = {}
-    last_step: int | None = None
+    series: dict[str, dict[str, list[Any]]] = {}  # site -> stat -> events, in the order logged
     for tag in acc.Tags().get("scalars", []):
         parsed = split_tag(tag)
-        if parsed is None:
-            continue
-        site, stat = parsed
-        events = acc.Scalars(tag)
-        if not events:
-            continue
-        row = rows.setdefault(site, LayerRow(site=site))
-        last = events[-1]
-        if stat == "nonfinite":  # any NaN/Inf during the run, not only in the last window
-            value: float | None = max(float(e.value) for e in events)
-        else:
-            value = float(last.value)
-        row.values[stat] = value
-        row.step = max(row.step if row.step is not None else -1, int(last.step))
-        last_step = max(last_step if last_step is not None else -1, int(last.step))
-    return list(rows.values()), last_step
+        events = acc.Scalars(tag) if parsed is not None else []
+        if events:
+            series.setdefault(parsed[0], {})[parsed[1]] = events  # type: ignore[index]
+    rows: list[LayerRow] = []
+    for site, stats in series.items():
+        # One window per row: its last log step. A statistic not logged then (a detail-step-only
+        # one, such as param_grad_norm) is left out rather than shown from an older window.
+        step = max(int(events[-1].step) for events in stats.values())
+        row = LayerRow(site=site, step=step)
+        for stat, events in stats.items():
+            if stat == "nonfinite":  # any NaN/Inf during the run, not only in the last window
+                row.values[stat] = max(float(e.value) for e in events)
+            elif int(events[-1].step) == step:
+                row.values[stat] = float(events[-1].value)
+        rows.append(row)
+    last_step = max((row.step for row in rows if row.step is not None), default=None)
+    return rows, last_step
 
 
 def _rows_from_report(data: dict[str, Any]) -> list[LayerRow]:

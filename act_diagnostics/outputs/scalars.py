@@ -14,6 +14,8 @@ from typing import Any
 from act_diagnostics.core.snapshot import LOGGED_STATS, Snapshot
 
 TAG_PREFIX = "act"
+# Lightning's loggers join a logger's ``prefix`` to each metric name with this character.
+LOGGER_JOIN_CHAR = "-"
 
 
 def site_tag(site: str) -> str:

@@ -13,6 +13,7 @@ A Summary holds any number of values, so all of a log step's values go into one
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,10 +21,8 @@ import numpy as np
 
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.outputs.heatmap import HeatmapWriter
-from act_diagnostics.outputs.scalars import TAG_PREFIX, site_tag
+from act_diagnostics.outputs.scalars import LOGGER_JOIN_CHAR, TAG_PREFIX, site_tag
 
-# Lightning's loggers join a logger's ``prefix`` to each metric name with this character.
-LOGGER_JOIN_CHAR = "-"
 # Equal-width buckets over a sample's finite range, as TensorBoard's own histogram summaries use
 # (tensorboard.plugins.histogram.summary_v2.DEFAULT_BUCKET_COUNT). add_histogram's default, 1549
 # fixed edges, left about 300 non-empty buckets per site: without TensorFlow installed, TensorBoard's
@@ -68,10 +67,12 @@ def logger_prefix(logger: Any) -> str:
     return f"{prefix}{getattr(logger, 'LOGGER_JOIN_CHAR', LOGGER_JOIN_CHAR)}" if prefix else ""
 
 
-def dashboard_layout() -> dict[str, dict[str, list]]:
-    """Custom-scalars layout: one multiline chart per statistic, every site on it."""
+def dashboard_layout(scalar_prefix: str = "") -> dict[str, dict[str, list]]:
+    """Custom-scalars layout: one multiline chart per statistic, every site on it. ``scalar_prefix``:
+    what the TensorBoard logger puts before each tag (:func:`logger_prefix`)."""
+    start = re.escape(scalar_prefix)
     charts = {
-        title: ["Multiline", [rf"^{TAG_PREFIX}/.*/{stat}$"]] for title, stat in DASHBOARD_CHARTS.items()
+        title: ["Multiline", [rf"^{start}{TAG_PREFIX}/.*/{stat}$"]] for title, stat in DASHBOARD_CHARTS.items()
     }
     return {LAYOUT_CATEGORY: charts}
 
@@ -93,7 +94,7 @@ class TensorBoardExtras:
 
     def write_layout(self) -> None:
         if not self._layout_written:
-            self.writer.add_custom_scalars(dashboard_layout())
+            self.writer.add_custom_scalars(dashboard_layout(self.scalar_prefix))
             self._layout_written = True
 
     def write_snapshot(self, snapshot: Snapshot, step: int, scalars: dict[str, float] | None = None) -> None:

@@ -137,6 +137,25 @@ def test_bad_format_and_tag_parsing(finished_run: Path) -> None:
     assert issubclass(ReadbackError, Exception)
 
 
+def test_a_row_holds_one_window_and_prefixed_tags_read_back(tmp_path: Path) -> None:
+    """Each row's values come from its last log step: a statistic logged only on an earlier
+    (detail) step is left out, not shown under the later step. A logger prefix is skipped."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path)) as writer:
+        for step in (0, 4):
+            writer.add_scalar("run-act/fc.act/firing_rate", 0.5 + step / 10, step)
+            writer.add_scalar("run-act/fc.act/nonfinite", 1.0 if step == 0 else 0.0, step)
+        writer.add_scalar("run-act/fc.act/param_grad_norm", 3.0, 0)  # detail steps only
+        writer.add_scalar("train_loss", 1.0, 4)
+    run = load_run(tmp_path)
+    (row,) = run.layers
+    assert (row.site, row.step, run.last_step) == ("fc.act", 4, 4)
+    assert row.values == {"firing_rate": pytest.approx(0.9), "nonfinite": 1.0}  # NaN/Inf at any step
+    assert split_tag("run-act/fc.act/firing_rate") == ("fc.act", "firing_rate")
+    assert split_tag("run-x/fc.act/firing_rate") is None
+
+
 def test_console_script(finished_run: Path) -> None:
     exe = shutil.which("act-diagnostics", path=str(Path(sys.executable).parent))
     if exe is None:
