@@ -49,6 +49,13 @@ class Net(pl.LightningModule):
         x, y = batch
         self.log("val_loss", F.cross_entropy(self(x), y))
 
+    def test_step(self, batch, batch_idx):  # noqa: ANN001
+        x, y = batch
+        self.log("test_loss", F.cross_entropy(self(x), y))
+
+    def predict_step(self, batch, batch_idx):  # noqa: ANN001
+        return self(batch[0])
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
@@ -313,10 +320,31 @@ def test_unmeasured_steps_run_the_bare_model(tmp_path):
     assert cb.monitor.steps == len(hooked) and hook_count(t.lightning_module) == 0
 
 
-def test_eval_stages_add_validation_batches(tmp_path):
+def test_eval_stages_are_measured_and_logged_apart_from_training(tmp_path):
+    """Validation (in fit), test and predict batches: each stage's own window, logged under
+    act_<stage>/..., never mixed into the training windows or counted as training steps; the
+    sanity check's batches are not measured."""
     model = Net()
-    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, eval_stages=["validate"])
-    trainer(tmp_path, cb, loggers=[], limit_val_batches=2, num_sanity_val_steps=0).fit(model, loader(), loader(64))
-    # 16 training steps and one validation epoch of 2 batches, each a measured step.
-    assert model.val_calls == 2
-    assert cb.monitor.steps == 18
+    stages = ["validate", "test", "predict"]
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, eval_stages=stages)
+    csv_logger = CSVLogger(str(tmp_path), name="csv")
+    t = trainer(tmp_path, cb, loggers=[csv_logger], limit_val_batches=2, num_sanity_val_steps=2)
+    t.fit(model, loader(), loader(64))
+    assert model.val_calls == 4  # 2 sanity + 2 validation batches
+    assert cb.steps == 16 and cb.monitor.window_steps == 0
+    val = cb.eval_snapshots["validate"]
+    assert val.window_steps == 2 and val.stats["act"].calls == 2
+    assert val.stats["act"].grad_rms is None  # no gradients in evaluation
+    assert cb.last_snapshot.stats["act"].calls == 4  # the last training window: its 4 steps only
+    t.test(model, loader(48), verbose=False)
+    t.predict(model, loader(32))
+    assert cb.eval_snapshots["test"].window_steps == 3 and cb.eval_snapshots["predict"].window_steps == 2
+    assert cb.steps == 16 and cb.monitor.window_steps == 0 and cb.failure is None
+    csv_logger.save()
+    (path,) = glob.glob(str(tmp_path / "csv" / "**" / "metrics.csv"), recursive=True)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert {"act_validate/act/firing_rate", "act_test/act/firing_rate", "act/act/firing_rate"} <= set(rows[0])
+    # Logged at the step Lightning logs the validation's own metrics at.
+    (val_loss_step,) = {r["step"] for r in rows if r.get("val_loss")}
+    assert {r["step"] for r in rows if r.get("act_validate/act/firing_rate")} == {val_loss_step} == {str(val.step)}

@@ -40,9 +40,9 @@ from act_diagnostics.core.config import (
     DEFAULT_SATURATION_EPS,
     MonitorConfig,
 )
-from act_diagnostics.core.monitor import ActivationMonitor, MonitorFailure, compiled_modules
+from act_diagnostics.core.monitor import ActivationMonitor, MonitorFailure, WindowStash, compiled_modules
 from act_diagnostics.core.snapshot import Snapshot
-from act_diagnostics.outputs.scalars import log_to_loggers, snapshot_scalars
+from act_diagnostics.outputs.scalars import eval_tag_prefix, log_to_loggers, snapshot_scalars
 from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_tensorboard, logger_prefix
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,14 +73,29 @@ def _guarded(method: F) -> F:
 
 
 def _eval_hook(stage: str, start: bool) -> Callable[..., None]:
-    """A batch hook of an evaluation stage: measure it only when ``stage`` is in eval_stages."""
+    """A batch hook of an evaluation stage: measure it only when ``stage`` is in eval_stages
+    (never the sanity check's batches before fit)."""
 
     @_guarded
     def hook(self: "DiagnosticsCallbackCore", trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
-        if stage in self.eval_stages:
+        if self._eval_stash is not None:
             self._eval_batch_start() if start else self._eval_batch_end()
 
     hook.__name__ = f"on_{stage}_batch_{'start' if start else 'end'}"
+    return hook
+
+
+def _eval_stage_hook(stage: str, start: bool) -> Callable[..., None]:
+    """Start or end of an evaluation stage: its batches are measured in a window of their own."""
+
+    @_guarded
+    def hook(self: "DiagnosticsCallbackCore", trainer: Any, pl_module: Any) -> None:
+        if start and stage in self.eval_stages and not getattr(trainer, "sanity_checking", False):
+            self._eval_stage_start()
+        elif not start and self._eval_stash is not None:
+            self._eval_stage_end(trainer, stage)
+
+    hook.__name__ = f"on_{stage.replace('validate', 'validation')}_{'start' if start else 'end'}"
     return hook
 
 
@@ -168,6 +183,9 @@ class DiagnosticsCallbackCore:
         self.engine = self._make_engine(rules, disable_rules, thresholds)
         self.monitor: ActivationMonitor | None = None
         self.last_snapshot: Snapshot | None = None
+        # The last window of each evaluation stage in eval_stages ("validate", "test", "predict").
+        self.eval_snapshots: dict[str, Snapshot] = {}
+        self._eval_stash: WindowStash | None = None  # the training window, set aside during one
         self.report_dir: str | None = None
         self._tb: TensorBoardExtras | None = None
         self._tb_logger: Any = None  # the TensorBoard logger whose scalars go through self._tb
@@ -409,6 +427,9 @@ class DiagnosticsCallbackCore:
         try:  # keep what was measured up to the failure, the failing step included
             if not self._disabled and mon.failure is None:
                 mon.end_step()  # the failing step may have stopped inside its forward or backward
+                if self._eval_stash is not None:  # failed during evaluation: the training window
+                    mon.restore_window(self._eval_stash)
+                    self._eval_stash = None
                 if mon.window_steps > 0:
                     # Rank-local: another rank may never reach this point, so no collective here.
                     self._publish(trainer, max(self._step_index(trainer), self._last_logged_step + 1), False, gather=False)
@@ -418,16 +439,52 @@ class DiagnosticsCallbackCore:
         finally:
             mon.detach()
 
-    # Evaluation stages are measured only when asked (eval_stages); they add to the window.
+    # Evaluation stages are measured only when asked (eval_stages), each in a window of its own:
+    # the training window is set aside at the stage's start and comes back at its end.
+    def _eval_stage_start(self) -> None:
+        if self.monitor is not None and self._eval_stash is None:
+            self._eval_stash = self.monitor.stash_window()
+
     def _eval_batch_start(self) -> None:
-        if self.monitor is not None and not self._disabled:
+        if self.monitor is not None:
             self.monitor.begin_step(detail=False)
 
     def _eval_batch_end(self) -> None:
-        if self.monitor is not None and not self._disabled:
-            self.monitor.end_step()
+        if self.monitor is not None:
+            self.monitor.end_step(training=False)  # not a training step: cb.steps stays
+
+    def _eval_stage_end(self, trainer: Any, stage: str) -> None:
+        """Log the stage's window under ``act_<stage>/<site>/<stat>`` (not judged: no gradients,
+        and the rules' windows are training windows), then bring the training window back."""
+        mon, stash = self.monitor, self._eval_stash
+        self._eval_stash = None
+        if mon is None or stash is None:
+            return
+        try:
+            if mon.window_steps > 0 and mon.failure is None:
+                step = self._step_index(trainer)
+                snap = self._reduce(trainer, step)
+                self.eval_snapshots[stage] = snap
+                if self._rank_zero(trainer):
+                    loggers = list(getattr(trainer, "loggers", []) or [])
+                    log_to_loggers(loggers, snapshot_scalars(snap, prefix=eval_tag_prefix(stage)), step)
+                    # Printed for trainer.test / predict / validate; not for each validation of a fit.
+                    fitting = getattr(getattr(trainer, "state", None), "fn", None) == "fit"
+                    if self.verbose and not fitting:
+                        from act_diagnostics.outputs.report import Report
+
+                        print(f"act_diagnostics, {stage} ({snap.window_steps} batches):")  # noqa: T201
+                        print(Report(snapshot=snap).layer_table())  # noqa: T201
+        finally:
+            mon.restore_window(stash)
 
     # Lightning passes (trainer, pl_module, [outputs,] batch, batch_idx, dataloader_idx).
+    on_validation_start = _eval_stage_hook("validate", start=True)
+    on_validation_end = _eval_stage_hook("validate", start=False)
+    on_test_start = _eval_stage_hook("test", start=True)
+    on_test_end = _eval_stage_hook("test", start=False)
+    on_predict_start = _eval_stage_hook("predict", start=True)
+    on_predict_end = _eval_stage_hook("predict", start=False)
     on_validation_batch_start = _eval_hook("validate", start=True)
     on_validation_batch_end = _eval_hook("validate", start=False)
     on_test_batch_start = _eval_hook("test", start=True)
@@ -436,8 +493,8 @@ class DiagnosticsCallbackCore:
     on_predict_batch_end = _eval_hook("predict", start=False)
 
     # ------------------------------------------------------------------ publishing
-    def _publish(self, trainer: Any, step: int, preflight: bool, gather: bool = True) -> None:
-        """Reduce the window (across ranks when ``gather``), judge it, and write it out (rank zero)."""
+    def _reduce(self, trainer: Any, step: int, gather: bool = True) -> Snapshot:
+        """The window's snapshot, reduced across ranks when ``gather`` (and they agree)."""
         assert self.monitor is not None
         all_gather = None
         if gather and self._world_size(trainer) > 1 and self._ranks_agree(trainer, healthy=self.monitor.failure is None):
@@ -450,6 +507,11 @@ class DiagnosticsCallbackCore:
             for st in snap.stats.values():
                 if st.grad_rms is not None:
                     st.grad_rms /= world
+        return snap
+
+    def _publish(self, trainer: Any, step: int, preflight: bool, gather: bool = True) -> None:
+        """Reduce the window (across ranks when ``gather``), judge it, and write it out (rank zero)."""
+        snap = self._reduce(trainer, step, gather)
         self.last_snapshot = snap
         self._last_logged_step = step
         new = self.engine.evaluate(snap, preflight=preflight) if self.engine is not None else []

@@ -33,7 +33,11 @@ Args:
     preflight: publish the first training step's statistics at once (signal propagation at init).
     report: write ``act_diagnostics/report.json`` and ``report.md`` in the log dir at the end.
     verbose: print the end-of-fit summary table.
-    eval_stages: also measure ``"validate"``, ``"test"`` or ``"predict"`` batches (no gradients).
+    eval_stages: also measure ``"validate"``, ``"test"`` or ``"predict"`` batches (no gradients),
+        each stage in a window of its own (never mixed into training windows, not a training
+        step; the sanity check is skipped), logged at the stage's end under
+        ``act_<stage>/<site>/<stat>`` and kept in ``callback.eval_snapshots[stage]``; not judged
+        by the rules. ``trainer.test``/``predict``/``validate`` also print its table when verbose.
     measure_every_n_steps: between log steps measure only every n-th training step (log steps
         always); 1 measures every step. None (default) measures every step of the first window,
         where initialisation faults show, then about 5 steps per window: every 10th step at the

@@ -31,6 +31,7 @@ import fnmatch
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -64,6 +65,15 @@ DEFER_AFTER_STEPS = 2
 
 class MonitorFailure(RuntimeWarning):
     """Issued once when an internal error disables the monitor; training goes on."""
+
+
+@dataclass
+class WindowStash:
+    """A window set aside by :meth:`ActivationMonitor.stash_window`: per site, a copy of its device
+    totals and its host counters and samples."""
+
+    sites: dict[str, tuple[Tensor, list[int], Tensor | None, Tensor | None, int]]
+    window_steps: int
 
 
 class SettingError(ValueError):
@@ -348,13 +358,14 @@ class ActivationMonitor:
         """Leave the function-mode stack early (before backward), keeping gradient hooks live."""
         self._stop_tracer()
 
-    def end_step(self) -> None:
-        """The training step ended (after the optimizer step)."""
+    def end_step(self, training: bool = True) -> None:
+        """The training step ended (after the optimizer step). ``training=False``: an evaluation
+        batch, which adds to the window but is not a training step (no structure learning)."""
         self._stop_tracer()
         if self.enabled:
-            self.steps += 1
             self.window_steps += 1
-            if self.steps == max(1, self.config.structure_steps) and self.failure is None:
+            self.steps += training
+            if training and self.steps == max(1, self.config.structure_steps) and self.failure is None:
                 if not self.states:
                     self._warn_nothing_found()
                 self._learn_consumers()
@@ -934,6 +945,34 @@ class ActivationMonitor:
                 if feeding is not None and feeding[2] is x:
                     site.feeding_layer, site.feeding_layer_type = feeding[0], feeding[1]
         self.mark_produced(y, name)
+
+    # ------------------------------------------------------------------ windows
+    def stash_window(self) -> WindowStash:
+        """Set the current window aside and start an empty one (evaluation batches measured apart
+        from training). Device totals are copied on the device: no host sync."""
+        states = list(self.states.values())
+        with self._no_torch_function():
+            saved = {}
+            for name, st in self.states.items():
+                st.fold()
+                saved[name] = (st.totals.clone(), list(st.counters), st.out_sample, st.grad_sample, st.unit_mismatch)
+            reset_states(states)
+        stash = WindowStash(saved, self.window_steps)
+        self.window_steps = 0
+        return stash
+
+    def restore_window(self, stash: WindowStash) -> None:
+        """Drop the current window and bring back ``stash`` (from :meth:`stash_window`). A site first
+        seen since then starts its window empty."""
+        with self._no_torch_function():
+            reset_states(list(self.states.values()))
+            for name, (totals, counters, out_sample, grad_sample, mismatch) in stash.sites.items():
+                st = self.states.get(name)
+                if st is None or st.totals.shape != totals.shape:
+                    continue
+                st.totals.copy_(totals)
+                st.counters, st.out_sample, st.grad_sample, st.unit_mismatch = counters, out_sample, grad_sample, mismatch
+        self.window_steps = stash.window_steps
 
     # ------------------------------------------------------------------ reading
     def snapshot(

@@ -121,13 +121,19 @@ class Report:
             where = f"'{f.site}'" if f.site else "model"
             lines.append(f"  [{f.severity}] {f.rule} at step {f.step}, {where}: {f.message}")
             lines.append(f"      fix: {f.recommendation}")
-        rows = self.layers()
-        if rows:
-            header = ["site", "kind", *(h for _, h in LAYER_COLUMNS)]
-            body = [[str(r["site"]), str(r["kind"]), *(_cell(r[k]) for k, _ in LAYER_COLUMNS)] for r in rows]
-            lines.append("")
-            lines += _aligned([header, *body])
+        table = self.layer_table()
+        if table:
+            lines += ["", table]
         return "\n".join(lines)
+
+    def layer_table(self) -> str:
+        """The per-layer statistics of the snapshot as aligned plain text ("" without one)."""
+        rows = self.layers()
+        if not rows:
+            return ""
+        header = ["site", "kind", *(h for _, h in LAYER_COLUMNS)]
+        body = [[str(r["site"]), str(r["kind"]), *(_cell(r[k]) for k, _ in LAYER_COLUMNS)] for r in rows]
+        return "\n".join(_aligned([header, *body]))
 
 
 def _aligned(table: Iterable[list[str]]) -> list[str]:

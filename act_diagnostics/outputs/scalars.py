@@ -24,15 +24,20 @@ def site_tag(site: str) -> str:
     return "root" + tag if tag.startswith("/") else tag
 
 
-def snapshot_scalars(snapshot: Snapshot, stats: Iterable[str] = LOGGED_STATS) -> dict[str, float]:
-    """Every logged scalar of one snapshot, keyed by its full tag."""
+def eval_tag_prefix(stage: str) -> str:
+    """Where an evaluation stage's window is logged: ``act_validate``, ``act_test``, ``act_predict``."""
+    return f"{TAG_PREFIX}_{stage}"
+
+
+def snapshot_scalars(snapshot: Snapshot, stats: Iterable[str] = LOGGED_STATS, prefix: str = TAG_PREFIX) -> dict[str, float]:
+    """Every logged scalar of one snapshot, keyed by its full tag (``<prefix>/<site>/<stat>``)."""
     wanted = tuple(stats)
     out: dict[str, float] = {}
     for site, st in snapshot.ordered():
         values = st.scalars()
         for key in wanted:
             if key in values:
-                out[f"{TAG_PREFIX}/{site_tag(site.name)}/{key}"] = values[key]
+                out[f"{prefix}/{site_tag(site.name)}/{key}"] = values[key]
     return out
 
 

@@ -567,3 +567,38 @@ def test_a_model_with_nothing_to_measure_says_why_once(case: str) -> None:
     ours = [str(r.message) for r in records if r.category is UnmeasuredModules]
     assert len(ours) == 1 and "no activation site" in ours[0]
     assert ("rnn" in ours[0] and "fused kernels" in ours[0]) if case == "lstm" else "kinds/include/exclude" in ours[0]
+
+
+def test_a_stashed_window_comes_back_whole(train_step) -> None:
+    """stash_window / restore_window (evaluation measured apart): the training window after the
+    round trip equals one never interrupted, over deferred results, counters and step counts."""
+    torch.manual_seed(0)
+    model = ModulesOnly()
+    xs = [torch.randn(6, 4) for _ in range(5)]
+
+    def window(interrupt: bool):
+        mon = ActivationMonitor(model).attach()
+        train_step(mon, model, xs[0])
+        mon.snapshot()
+        for i, x in enumerate(xs[1:]):
+            train_step(mon, model, x)
+            if interrupt and i == 2:  # deferred results pending: the stash folds them first
+                stash = mon.stash_window()
+                with torch.no_grad():
+                    for _ in range(2):
+                        mon.begin_step()
+                        model(torch.randn(3, 4) * 5)
+                        mon.end_step(training=False)
+                evaluated = mon.snapshot()
+                mon.restore_window(stash)
+                assert evaluated.window_steps == 2 and evaluated.stats["net.1"].calls == 2
+        steps, snap = mon.steps, mon.snapshot()
+        mon.detach()
+        return steps, snap
+
+    (plain_steps, plain), (steps, restored) = window(False), window(True)
+    assert steps == plain_steps == 5 and restored.window_steps == plain.window_steps == 4
+    for name in ("net.1", "net.3"):
+        a, b = plain.stats[name], restored.stats[name]
+        assert (b.calls, b.elements, b.unit_firing, b.saturation, b.max_abs) == (a.calls, a.elements, a.unit_firing, a.saturation, a.max_abs)
+        assert b.mean == pytest.approx(a.mean, rel=1e-12) and b.grad_rms == pytest.approx(a.grad_rms, rel=1e-12)
