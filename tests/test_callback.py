@@ -265,6 +265,25 @@ def test_no_hooks_after_exception(tmp_path):
     assert os.path.exists(os.path.join(cb.report_dir, "report.json"))
 
 
+def test_report_lies_beside_the_tensorboard_events(tmp_path):
+    """A CSVLogger listed before the TensorBoardLogger has its own version folder: the report goes
+    beside the event files, where `act-diagnostics report` reads both."""
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False)
+    tb = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv"), tb], max_steps=8).fit(Net(), loader())
+    assert cb.report_dir == os.path.join(tb.log_dir, "act_diagnostics")
+    run = load_run(tb.log_dir)
+    assert run.report_path is not None and run.report_path.is_file() and run.layers
+
+
+def test_fast_dev_run_writes_no_report(tmp_path):
+    cb = ActivationDiagnostics(log_every_n_steps=1, verbose=False)
+    pl.Trainer(fast_dev_run=2, callbacks=[cb], default_root_dir=str(tmp_path), enable_progress_bar=False,
+               enable_model_summary=False, accelerator="cpu").fit(Net(), loader())  # fmt: skip
+    assert cb.last_snapshot is not None and cb.steps == 2  # measured and judged as usual
+    assert cb.report_dir is None and not list(tmp_path.rglob("report.json"))
+
+
 def test_follows_trainer_interval(tmp_path):
     cb = ActivationDiagnostics(verbose=False, report=False)
     t = trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv")], log_every_n_steps=5)

@@ -205,14 +205,14 @@ class DiagnosticsCallbackCore:
     def _make_engine(rules: bool, disable: list[str] | None, thresholds: dict[str, float] | None) -> Any:
         if not isinstance(rules, bool):
             raise TypeError(f"`rules` must be True or False, got {rules!r}")
-        if not rules:
-            return None
         from act_diagnostics.rules import RuleEngine
         from act_diagnostics.rules.engine import check_rule_ids
 
         if disable is not None and not isinstance(disable, (str, list, tuple)):
             raise TypeError(f"`disable_rules` must be a list of rule ids or None, got {disable!r}")
-        return RuleEngine(disable=check_rule_ids(disable, "disable_rules"), thresholds=thresholds)
+        # Checked with rules off too: a typo must not wait for the day the rules are switched on.
+        engine = RuleEngine(disable=check_rule_ids(disable, "disable_rules"), thresholds=thresholds)
+        return engine if rules else None
 
     @property
     def report(self) -> Any:
@@ -544,7 +544,8 @@ class DiagnosticsCallbackCore:
         if not self._rank_zero(trainer) or not (self.write_report or self._tb is not None or self.verbose):
             return
         report = self.report
-        if self.write_report:
+        # fast_dev_run is a smoke test: Lightning writes no logs for it, and neither do we.
+        if self.write_report and not getattr(trainer, "fast_dev_run", False):
             self.report_dir = os.path.join(_log_dir(trainer), REPORT_DIRNAME)
             os.makedirs(self.report_dir, exist_ok=True)
             report.write_json(os.path.join(self.report_dir, "report.json"))
@@ -592,7 +593,11 @@ def _log_dir(trainer: Any) -> str:
     Not ``trainer.log_dir``: that property broadcasts from rank zero (a collective), and the report
     is written on rank zero alone, so calling it there would leave rank zero waiting for the others.
     """
-    for logger in list(getattr(trainer, "loggers", []) or []):
+    loggers = list(getattr(trainer, "loggers", []) or [])
+    # The TensorBoard logger's directory first: the report then lies beside the event files, where
+    # `act-diagnostics report` reads both (a CSVLogger listed first has its own version folder).
+    tensorboard = [lg for lg in loggers if type(lg).__name__ == "TensorBoardLogger"]
+    for logger in tensorboard + loggers:
         value = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
         if value:
             return str(value)

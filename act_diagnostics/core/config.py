@@ -28,6 +28,9 @@ def _check_patterns(name: str, value: Any) -> tuple[str, ...]:
         return (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise TypeError(f"`{name}` must be a string or a list of strings (glob patterns), got {value!r}")
+    if isinstance(value, list) and not value and name != "exclude":
+        # An empty selection would watch nothing (or, read as "no filter", everything): ambiguous.
+        raise ValueError(f"`{name}` is an empty list, which would select no site; pass None to watch every site")
     return tuple(value)
 
 

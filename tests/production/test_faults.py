@@ -130,11 +130,20 @@ def test_nan_and_inf_inputs_become_a_non_finite_finding(tmp_path):
         ({"measure_every_n_steps": 0}, ValueError, r"`measure_every_n_steps` must be a positive int \(1: every step\) or None \(automatic: 5 measured steps per window after the first\), got 0"),
         ({"disable_rules": 3}, TypeError, r"`disable_rules` must be a list of rule ids or None, got 3"),
         ({"thresholds": {"dead-units.bogus": 1}}, ValueError, r"'dead-units.bogus' .*valid keys: dead-units.unit_rate"),
+        # Checked with the rules off too: the typo would surface only when they are switched on.
+        ({"rules": False, "disable_rules": ["nope"]}, ValueError, r"`disable_rules` got unknown rule id\(s\) \['nope'\]"),
+        ({"rules": False, "thresholds": {"dead-units.warn_fraction": "high"}}, TypeError, r"must be a finite number >= 0"),
+        ({"kinds": []}, ValueError, r"`kinds` is an empty list, which would select no site; pass None to watch every site"),
+        ({"include": []}, ValueError, r"`include` is an empty list, which would select no site"),
     ],
 )
 def test_invalid_arguments_name_argument_value_and_choices(kwargs, error, match):
     with pytest.raises(error, match=match):
         diagnostics(**kwargs)
+
+
+def test_an_empty_exclude_list_excludes_nothing():
+    assert diagnostics(exclude=[]).monitor_config.exclude == ()
 
 
 def test_single_string_options_are_accepted():
