@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from act_diagnostics.core.kinds import KINDS
 from act_diagnostics.core.snapshot import LOGGED_STATS
-from act_diagnostics.outputs.report import md_cell
+from act_diagnostics.outputs.report import NOT_DEAD_FAMILIES, md_cell
 from act_diagnostics.outputs.scalars import LOGGER_JOIN_CHAR, TAG_PREFIX, site_tag
 
 REPORT_DIRNAME = "act_diagnostics"
@@ -260,6 +261,9 @@ def _fmt(value: Any) -> str:
 
 def _cell(row: LayerRow, stat: str) -> str:
     value = row.values.get(stat)
+    kind = KINDS.get(row.kind or "")
+    if stat == "dead_fraction" and kind is not None and kind.family in NOT_DEAD_FAMILIES:
+        return "-"  # as in the report: never above 0.5 (sigmoid) is not dead
     if stat == "nonfinite" and value is not None:
         return "yes" if value > 0 else "no"
     return _fmt(value)

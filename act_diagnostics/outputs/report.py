@@ -28,6 +28,9 @@ LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("nonfinite", "NaN/Inf"),
 )
 _ORDER = {s: i for i, s in enumerate(reversed(SEVERITIES))}  # errors first
+# Families whose "firing" is a position, not activity (sigmoid > 0.5, tanh > 0, softmax > 1/K):
+# a unit that never fires there is not dead, so the tables show "-" for it (report.json keeps it).
+NOT_DEAD_FAMILIES = frozenset({"sigmoid", "tanh", "softmax"})
 
 
 def _cell(value: Any) -> str:
@@ -36,6 +39,13 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return format_number(value)
+
+
+def _row_cells(row: dict[str, Any]) -> list[str]:
+    """A layer row's LAYER_COLUMNS as table text."""
+    return [
+        "-" if key == "dead_fraction" and row.get("family") in NOT_DEAD_FAMILIES else _cell(row[key]) for key, _ in LAYER_COLUMNS
+    ]
 
 
 def _json_value(value: Any) -> Any:
@@ -110,7 +120,7 @@ class Report:
             lines.append("| site | kind | " + " | ".join(h for _, h in LAYER_COLUMNS) + " |")
             lines.append("|---|---|" + "---:|" * len(LAYER_COLUMNS))
             for r in rows:
-                lines.append(f"| {md_cell(r['site'])} | {r['kind']} | " + " | ".join(_cell(r[k]) for k, _ in LAYER_COLUMNS) + " |")
+                lines.append(f"| {md_cell(r['site'])} | {r['kind']} | " + " | ".join(_row_cells(r)) + " |")
         return "\n".join(lines)
 
     def console_table(self) -> str:
@@ -132,7 +142,7 @@ class Report:
         if not rows:
             return ""
         header = ["site", "kind", *(h for _, h in LAYER_COLUMNS)]
-        body = [[str(r["site"]), str(r["kind"]), *(_cell(r[k]) for k, _ in LAYER_COLUMNS)] for r in rows]
+        body = [[str(r["site"]), str(r["kind"]), *_row_cells(r)] for r in rows]
         return "\n".join(_aligned([header, *body]))
 
 

@@ -55,6 +55,9 @@ def test_text_report(finished_run: Path, capsys: pytest.CaptureFixture[str]) -> 
     for site in ("net.1", "net.9"):
         assert site in out
     assert "last logged step: 15" in out
+    header = next(line.split() for line in out.splitlines() if line.split()[:2] == ["site", "kind"])
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["net.1"])
+    assert row[header.index("dead_fraction")] == "-"  # a sigmoid never above 0.5 is not dead
 
 
 def test_json_report(finished_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

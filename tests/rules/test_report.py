@@ -48,3 +48,16 @@ def test_empty_report():
     rep = Report()
     assert rep.to_dict() == {"step": None, "summary": {"info": 0, "warning": 0, "error": 0}, "findings": [], "layers": []}
     assert "0 error(s)" in rep.console_table()
+
+
+def test_tables_show_no_dead_fraction_for_sigmoid_tanh_softmax(tmp_path):
+    """A sigmoid unit never above 0.5 is not dead: the tables show "-" there (report.json keeps the
+    number); ReLU-family rows keep theirs."""
+    pairs = [(make_site(name, kind, index=i), relu_stats([0.0] * 4 + [0.5] * 4)) for i, (name, kind) in enumerate(
+        [("r", "relu"), ("s", "sigmoid"), ("t", "tanh"), ("p", "softmax")])]  # fmt: skip
+    rep = Report(snapshot=make_snapshot(pairs))
+    md_rows = {line.split(" | ")[0][2:]: line.split(" | ")[3] for line in rep.markdown_table().splitlines() if line.startswith("| ") and " | " in line[2:]}
+    assert md_rows["r"] == "0.5" and md_rows["s"] == md_rows["t"] == md_rows["p"] == "-"
+    console = {line.split()[0]: line.split()[3] for line in rep.layer_table().splitlines()[1:]}
+    assert console == {"r": "0.5", "s": "-", "t": "-", "p": "-"}
+    assert [row["dead_fraction"] for row in rep.layers()] == [0.5] * 4
