@@ -440,6 +440,8 @@ _FUNCTIONAL_SPECS: list[tuple[Callable[..., Any], str, dict[str, int]]] = [
     (F.log_softmax, "log_softmax", {"dim": 1}),
     (torch.log_softmax, "log_softmax", {"dim": 1}),
     (Tensor.log_softmax, "log_softmax", {"dim": 1}),
+    (torch.special.softmax, "softmax", {"dim": 1}),
+    (torch.special.log_softmax, "log_softmax", {"dim": 1}),
     (F.glu, "glu", {"dim": 1}),
 ]
 
@@ -449,8 +451,9 @@ FUNCTIONAL_KINDS: dict[Callable[..., Any], tuple[str, dict[str, int]]] = {
 
 
 def functional_name(fn: Callable[..., Any]) -> str:
-    """Short name used in a functional site's name: ``relu`` for F.relu, torch.relu and Tensor.relu."""
-    return getattr(fn, "__name__", "fn").rstrip("_") or "fn"
+    """Short name used in a functional site's name: ``relu`` for F.relu, torch.relu and Tensor.relu;
+    ``softmax`` for torch.special.softmax (named ``special_softmax``)."""
+    return getattr(fn, "__name__", "fn").removeprefix("special_").rstrip("_") or "fn"
 
 
 def functional_params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

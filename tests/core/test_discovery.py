@@ -101,6 +101,25 @@ def test_functional_call_in_the_root_forward() -> None:
     assert list(mon.sites) == [":tanh"] and mon.sites[":tanh"].owner == ""
 
 
+def test_torch_special_activations_are_sites(train_step) -> None:
+    class Special(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return torch.special.softmax(h, 1) + torch.special.log_softmax(h, dim=-1) + torch.special.expit(h)
+
+    model = Special()
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(3, 4))
+    mon.detach()
+    assert {n: (s.kind, s.params) for n, s in mon.sites.items()} == {
+        ":softmax": ("softmax", {"dim": 1}), ":log_softmax": ("log_softmax", {"dim": -1}), ":expit": ("sigmoid", {}),
+    }
+
+
 def test_integer_outputs_are_not_sites(train_step) -> None:
     """torch.relu / clamp-like calls on integer tensors (positions, indices) are not activations:
     no site, no false dead-unit finding, and the real call keeps the name ':relu'."""
