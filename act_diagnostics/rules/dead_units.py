@@ -83,8 +83,11 @@ class DeadUnits(Rule):
             later = len(dead) - born
             severity = "error" if fraction >= self.t["error_fraction"] else "warning"
             if born >= later:
-                when = "at initialisation" if ctx.preflight else f"since step {early_step}"
-                msg = f"{pct(fraction)} of {len(rates)} units never fire ({born} dead {when}: born dead)"
+                if ctx.preflight or early_step == 0:
+                    when = f"{born} dead at initialisation: born dead"
+                else:  # no pre-flight window: the first judged one is the earliest evidence
+                    when = f"{born} dead already in the first judged window, at step {early_step}: likely born dead"
+                msg = f"{pct(fraction)} of {len(rates)} units never fire ({when})"
                 fix = BORN_DEAD_FIX
             else:
                 msg = f"{pct(fraction)} of {len(rates)} units never fire ({later} died after step {early_step})"

@@ -61,6 +61,18 @@ def test_dead_units_born_dead_versus_died_later():
     (f,) = later.findings
     assert f.evidence["died_later"] == 6 and f.evidence["born_dead"] == 0
     assert "learning rate" in f.recommendation
+    assert "at initialisation" in born.findings[0].message
+
+
+def test_dead_units_without_a_preflight_window_say_when_they_were_first_seen():
+    """No pre-flight snapshot: units already dead in the first judged window (step 100) are
+    "likely born dead", not dead "since step 100"."""
+    engine = only("dead-units")
+    for step in (100, 200):
+        engine.evaluate(dead_snapshot([0.0] * 6 + [0.5] * 2, step=step))
+    (f,) = engine.findings
+    assert f.evidence["born_dead"] == 6 and f.step == 200
+    assert "6 dead already in the first judged window, at step 100: likely born dead" in f.message
 
 
 # ---------------------------------------------------------------- saturation
