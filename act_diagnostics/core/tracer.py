@@ -123,6 +123,10 @@ class ActivationTracer(TorchFunctionMode):
             prediction = args[0] if args else kwargs.get("input")
             target = args[1] if len(args) > 1 else kwargs.get("target")
             source = mon.produced_by(prediction)
+            if source is None and loss in REGRESSION_LOSSES and mon.produced_by(target) is not None:
+                # Symmetric losses are often called as F.mse_loss(target, prediction).
+                prediction, target = target, prediction
+                source = mon.produced_by(prediction)
             mon.note_loss(loss, prediction, target)
             if source is not None:
                 site, via = source

@@ -185,7 +185,9 @@ def test_near_dead_gelu_units_flagged_and_confirmed_by_hand():
     [(nn.Sigmoid, lambda: torch.randn(256, 1) * 3), (nn.ReLU, lambda: torch.rand(256, 1) - 0.5),
      (nn.Sigmoid, lambda: torch.randn(256, 1) * 0.2 + 0.5), (nn.Sigmoid, lambda: torch.rand(256, 1))],
 )
-def test_regression_targets_out_of_the_output_range_confirmed_by_hand(head, make_target):
+@pytest.mark.parametrize("swapped", [False, True], ids=["pred_first", "target_first"])
+def test_regression_targets_out_of_the_output_range_confirmed_by_hand(head, make_target, swapped):
+    """Also with the arguments swapped, F.mse_loss(target, prediction): the loss is symmetric."""
     import torch.nn.functional as F
 
     from act_diagnostics.core import ActivationMonitor
@@ -201,7 +203,8 @@ def test_regression_targets_out_of_the_output_range_confirmed_by_hand(head, make
     mon = ActivationMonitor(model).attach()
     try:
         mon.begin_step(detail=True)  # the first steps track structure: losses and their targets
-        F.mse_loss(model(x), target).backward()
+        out = model(x)
+        (F.mse_loss(target, out) if swapped else F.mse_loss(out, target)).backward()
         mon.end_step()
         snap = mon.snapshot(step=0)
     finally:
