@@ -217,15 +217,61 @@ class SigmoidNet(Net):
 def test_a_callback_reused_for_another_model_starts_over(tmp_path):
     """One callback, a second Trainer and a new model (a sweep): the report, findings and step
     count are the new model's, not carried over from the first (which had hidden sigmoids)."""
-    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, warn=False)
-    trainer(tmp_path, cb, loggers=[], max_steps=8).fit(SigmoidNet(), loader())
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, warn=False, eval_stages=["validate", "test"])
+    first = trainer(tmp_path, cb, loggers=[], max_steps=8, val_check_interval=4, limit_val_batches=1, num_sanity_val_steps=0)
+    first.fit(SigmoidNet(), loader(), loader(16))
     assert "saturating-hidden-activation" in {f.rule for f in cb.report.findings} and cb.steps == 8
+    assert "validate" in cb.eval_snapshots
+    # Testing another instance (a reloaded best model) evaluates it and keeps the fit's findings.
+    first.test(SigmoidNet(), loader(32), verbose=False)
+    assert "saturating-hidden-activation" in {f.rule for f in cb.report.findings} and cb.steps == 8
+    assert cb.eval_snapshots["test"].window_steps == 2
     model = Net()
     trainer(tmp_path, cb, loggers=[], max_steps=6).fit(model, loader())
     assert "saturating-hidden-activation" not in {f.rule for f in cb.report.findings}
     assert cb.steps == 6 and cb.last_snapshot.step == 5 and set(cb.last_snapshot.sites) == {"act", ":gelu"}
+    assert cb.eval_snapshots == {}
     trainer(tmp_path, cb, loggers=[], max_steps=4).fit(model, loader())  # the same model again: it goes on
     assert cb.steps == 10
+
+
+class ProbabilitiesInEval(Net):
+    """Returns probabilities outside training (a common pattern) and fails on a chosen validation call."""
+
+    def __init__(self, fail_at_val: int | None = None) -> None:
+        super().__init__()
+        self.post = nn.Sigmoid()
+        self.fail_at_val = fail_at_val
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out if self.training else self.post(torch.tanh(out))
+
+    def validation_step(self, batch, batch_idx):  # noqa: ANN001
+        if self.val_calls == self.fail_at_val:
+            raise RuntimeError("validation bug")
+        return super().validation_step(batch, batch_idx)
+
+
+def test_sites_only_evaluation_runs_stay_out_of_training_windows(tmp_path):
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, eval_stages=["validate"])
+    trainer(tmp_path, cb, loggers=[], max_steps=8, val_check_interval=4, limit_val_batches=2, num_sanity_val_steps=0).fit(
+        ProbabilitiesInEval(), loader(), loader(64)
+    )
+    assert set(cb.eval_snapshots["validate"].stats) == {"act", ":gelu", ":tanh", "post"}
+    assert set(cb.last_snapshot.stats) == set(cb.last_snapshot.sites) == {"act", ":gelu"}
+    assert cb.monitor._consumers_ok  # evaluation did not switch off the functional fast path
+
+
+def test_an_error_in_validation_counts_no_training_step(tmp_path):
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, eval_stages=["validate"])
+    t = trainer(tmp_path, cb, loggers=[], max_steps=12, val_check_interval=3, limit_val_batches=2, num_sanity_val_steps=0)
+    with pytest.raises(RuntimeError, match="validation bug"):
+        t.fit(ProbabilitiesInEval(fail_at_val=3), loader(), loader(64))  # the 2nd validation's 2nd batch
+    assert t.global_step == 6 and cb.steps == 6
+    # The window after the log at step 3: training steps 4 and 5, none of the evaluation's calls.
+    assert cb.last_snapshot.step == 5 and set(cb.last_snapshot.stats) == {"act", ":gelu"}
+    assert cb.last_snapshot.window_steps == 2 and cb.last_snapshot.stats["act"].calls == 2
 
 
 def test_csv_logger_receives_scalars(fitted):

@@ -294,8 +294,16 @@ class DiagnosticsCallbackCore:
         return self._rank_check.agree(trainer, self.monitor, healthy)
 
     # ------------------------------------------------------------------ Lightning hooks
-    @_guarded
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        new_model = self.monitor is None or self.monitor.model is not pl_module
+        if self._disabled and new_model and stage == "fit":
+            # Diagnostics were off "for this run" (a compiled model, an internal error): another
+            # model's fit is another run.
+            self._disabled, self._failure = False, None
+        self._setup(trainer, pl_module, stage, new_model)
+
+    @_guarded
+    def _setup(self, trainer: Any, pl_module: Any, stage: str, new_model: bool) -> None:
         if _is_compiled(pl_module):
             self._stand_down(
                 "the model (or a submodule) is torch.compile'd: dynamo would trace the diagnostics' hooks "
@@ -304,10 +312,13 @@ class DiagnosticsCallbackCore:
                 "steps uncompiled with diagnostics to check the activations, then compile."
             )
             return
-        if self.monitor is None or self.monitor.model is not pl_module:
-            if self.monitor is not None:  # another model: the last one's findings are not its own
+        if new_model:
+            if self.monitor is not None:
                 self.monitor.detach()
-                self._start_over()
+                if stage == "fit":  # another model's training: the last one's findings are not its own
+                    self._start_over()
+                else:  # trainer.test(best_model) after fit: evaluate it, keep the fit's findings
+                    self._steps_offset += self.monitor.steps
             self.monitor = ActivationMonitor(pl_module, self.monitor_config)
         self._unscale_activation_grads(trainer)
         self.monitor.attach()
@@ -318,6 +329,7 @@ class DiagnosticsCallbackCore:
         if self.engine is not None:
             self.engine.reset()
         self.last_snapshot = None
+        self.eval_snapshots = {}
         self.report_dir = None
         self._schedule = None
         self._last_logged_step = -1
@@ -426,7 +438,9 @@ class DiagnosticsCallbackCore:
             return
         try:  # keep what was measured up to the failure, the failing step included
             if not self._disabled and mon.failure is None:
-                mon.end_step()  # the failing step may have stopped inside its forward or backward
+                # The failing step may have stopped inside its forward or backward (counted), or
+                # before measuring anything (not counted); an evaluation batch is no training step.
+                mon.close_step(training=self._eval_stash is None)
                 if self._eval_stash is not None:  # failed during evaluation: the training window
                     mon.restore_window(self._eval_stash)
                     self._eval_stash = None
@@ -447,7 +461,7 @@ class DiagnosticsCallbackCore:
 
     def _eval_batch_start(self) -> None:
         if self.monitor is not None:
-            self.monitor.begin_step(detail=False)
+            self.monitor.begin_step(detail=False, training=False)
 
     def _eval_batch_end(self) -> None:
         if self.monitor is not None:

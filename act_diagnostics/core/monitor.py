@@ -194,6 +194,10 @@ class ActivationMonitor:
         self.steps = 0  # training steps seen (end_step calls)
         self.window_steps = 0
         self.failure: BaseException | None = None
+        self._training = True  # the open step is a training step (not an evaluation batch)
+        self._measured_in_step = False  # the open step measured a call (close_step counts it)
+        self._stashed = False  # a training window is set aside (stash_window): this one is evaluation's
+        self.eval_only: set[str] = set()  # sites measured only in evaluation batches so far
         self.losses_seen: dict[str, dict[str, Any]] = {}
         self._handles: list[Any] = []  # the model's pre-hook and the activation modules' hooks
         self._structure_handles: list[Any] = []  # every other module's hooks, while needed
@@ -318,7 +322,7 @@ class ActivationMonitor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.end_step()
+        self.close_step()  # the step the last step() opened ran nothing, unless the block raised in it
         self.detach()
 
     def step(self, detail: bool = False) -> None:
@@ -327,18 +331,22 @@ class ActivationMonitor:
         self.begin_step(detail=detail)
 
     # ------------------------------------------------------------------ step boundaries
-    def begin_step(self, detail: bool = False) -> None:
-        """A training step starts: measure until :meth:`end_step`. ``detail`` adds histograms etc."""
+    def begin_step(self, detail: bool = False, training: bool = True) -> None:
+        """A training step starts: measure until :meth:`end_step`. ``detail`` adds histograms etc.
+        ``training=False``: an evaluation batch (no structure learning; sites first seen in one
+        stay out of training windows until a training step measures them)."""
         if self.failure is not None or not self._attached:
             return
         self.enabled = True
         self.detail = detail
+        self._training = training
+        self._measured_in_step = False
         deferred = self.window_steps >= DEFER_AFTER_STEPS
         if deferred != self._deferred:
             self._deferred = deferred
             for st in self.states.values():
                 st.deferred = deferred
-        self.tracking_structure = self.steps < self.config.structure_steps
+        self.tracking_structure = training and self.steps < self.config.structure_steps
         self.activation_depth = 0
         self._owner_stack.clear()
         self._calls.clear()
@@ -357,6 +365,13 @@ class ActivationMonitor:
     def stop_tracing(self) -> None:
         """Leave the function-mode stack early (before backward), keeping gradient hooks live."""
         self._stop_tracer()
+
+    def close_step(self, training: bool = True) -> None:
+        """Close the open step, if any, counting it only if it measured a call: leaving a ``with``
+        block after ``step()`` opened a step that ran nothing, or a step raised before its forward."""
+        if self.enabled and not self._measured_in_step:
+            self.enabled = False
+        self.end_step(training=training)
 
     def end_step(self, training: bool = True) -> None:
         """The training step ended (after the optimizer step). ``training=False``: an evaluation
@@ -673,7 +688,7 @@ class ActivationMonitor:
     def _eligible_consumers(self) -> dict[int, tuple[nn.Module, str, type]] | None:
         consumers: dict[int, tuple[nn.Module, str, type]] = {}
         for name, site in self.sites.items():
-            if site.source != "functional":
+            if site.source != "functional" or name in self.eval_only:  # eval-only: never in a training step
                 continue
             fed, calls, kind = self._seen_consumers.get(name, []), self._seen_grad_fn.get(name, []), KINDS[site.kind]
             grad_fns = set(calls)
@@ -726,7 +741,9 @@ class ActivationMonitor:
         cfg = self.config
         self.sites[name] = site
         self._functional_sites = self._functional_sites or site.source == "functional"
-        if site.source == "functional":
+        if not self._training:
+            self.eval_only.add(name)  # until a training step measures it
+        elif site.source == "functional":
             self._consumers_ok = False  # a functional call first made now has no learned consumer
         state = SiteState(
             KINDS[site.kind],
@@ -814,6 +831,9 @@ class ActivationMonitor:
         self, name: str, state: SiteState, x: Tensor | None, y: Tensor, pending: tuple[Tensor, int] | None
     ) -> bool:
         """Measure one call; False if its output carries no gradient (a no_grad forward)."""
+        self._measured_in_step = True
+        if self.eval_only and self._training:
+            self.eval_only.discard(name)
         if self.tracking_structure:
             self._note_structure(name, x, y)
         state.observe(x, y, self.detail)
@@ -959,6 +979,7 @@ class ActivationMonitor:
             reset_states(states)
         stash = WindowStash(saved, self.window_steps)
         self.window_steps = 0
+        self._stashed = True
         return stash
 
     def restore_window(self, stash: WindowStash) -> None:
@@ -973,6 +994,7 @@ class ActivationMonitor:
                 st.totals.copy_(totals)
                 st.counters, st.out_sample, st.grad_sample, st.unit_mismatch = counters, out_sample, grad_sample, mismatch
         self.window_steps = stash.window_steps
+        self._stashed = False
 
     # ------------------------------------------------------------------ reading
     def snapshot(
@@ -999,11 +1021,15 @@ class ActivationMonitor:
                 share_buffer(states, device)
             totals, host_samples = reduce_to_host(states, names, device, all_gather, samples)  # type: ignore[arg-type]
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
+        sites = self.sites
+        if self.eval_only and not self._stashed:  # a training window: sites only evaluation ran stay out
+            stats = {n: st for n, st in stats.items() if n not in self.eval_only}
+            sites = {n: site for n, site in sites.items() if n not in self.eval_only}
         snap = Snapshot(
             step=self.steps if step is None else step,
             window_steps=self.window_steps,
             stats=stats,
-            sites=self.sites,
+            sites=sites,
             out_samples=dict(zip(sample_names, host_samples[: len(sample_names)])),
             grad_samples=dict(zip(grad_names, host_samples[len(sample_names) :])),
         )

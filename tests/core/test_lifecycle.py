@@ -602,3 +602,16 @@ def test_a_stashed_window_comes_back_whole(train_step) -> None:
         a, b = plain.stats[name], restored.stats[name]
         assert (b.calls, b.elements, b.unit_firing, b.saturation, b.max_abs) == (a.calls, a.elements, a.unit_firing, a.saturation, a.max_abs)
         assert b.mean == pytest.approx(a.mean, rel=1e-12) and b.grad_rms == pytest.approx(a.grad_rms, rel=1e-12)
+
+
+def test_leaving_a_with_block_counts_only_steps_that_ran(make_mlp) -> None:
+    """The README's loop calls step() after each batch, so the last one opens a step that never
+    runs: leaving the block does not count it."""
+    model = make_mlp()
+    with ActivationMonitor(model) as mon:
+        for _ in range(3):
+            model(torch.randn(4, model[0].in_features)).sum().backward()
+            mon.step()
+    snap = mon.snapshot()
+    assert mon.steps == 3 and snap.window_steps == 3
+    assert {st.calls for st in snap.stats.values()} == {3}

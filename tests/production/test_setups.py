@@ -186,6 +186,9 @@ def test_torch_compile_stands_down_with_one_warning(tmp_path):
     ours = [r for r in records if issubclass(r.category, UnsupportedSetup)]
     assert len(ours) == 1 and "torch.compile" in str(ours[0].message)
     assert t.global_step == 2 and hook_count(model) == 0
+    # Off for that run only: the same callback measures the next, uncompiled model.
+    trainer(tmp_path, [cb], max_steps=2).fit(Classifier(), loader())
+    assert cb.steps == 2 and cb.last_snapshot is not None and cb.failure is None
 
 
 class MovesMidway(pl.Callback):
