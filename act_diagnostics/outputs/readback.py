@@ -22,7 +22,7 @@ from typing import Any, Literal
 from act_diagnostics.core.kinds import KINDS
 from act_diagnostics.core.snapshot import LOGGED_STATS
 from act_diagnostics.outputs.report import NOT_DEAD_FAMILIES, md_cell
-from act_diagnostics.outputs.scalars import LOGGER_JOIN_CHAR, TAG_PREFIX, site_tag
+from act_diagnostics.outputs.scalars import LOGGER_JOIN_CHAR, TAG_PREFIX, site_tags
 
 REPORT_DIRNAME = "act_diagnostics"
 REPORT_FILENAME = "report.json"
@@ -224,7 +224,8 @@ def load_run(logdir: str | Path) -> RunReadback:
         layers = report_rows
     else:
         # Event tags name sites in their logger-safe form (":" -> "/"); report.json has the real names and kinds.
-        by_tag = {site_tag(r.site): r for r in report_rows}
+        tags = site_tags(r.site for r in report_rows)  # report.json lists sites in forward order
+        by_tag = {tags[r.site]: r for r in report_rows}
         for row in layers:
             match = by_tag.get(row.site)
             if match is not None:

@@ -24,6 +24,23 @@ def site_tag(site: str) -> str:
     return "root" + tag if tag.startswith("/") else tag
 
 
+def site_tags(names: Iterable[str]) -> dict[str, str]:
+    """:func:`site_tag` of each site name, in the order given (forward order), made unique: two sites
+    that would share a tag (F.relu in a submodule named ``root`` and F.relu in the root forward, both
+    ``root/relu``) must not overwrite each other, so the later one is tagged ``root/relu_2``."""
+    tags: dict[str, str] = {}
+    used: set[str] = set()
+    for name in names:
+        tag = base = site_tag(name)
+        n = 1
+        while tag in used:
+            n += 1
+            tag = f"{base}_{n}"
+        used.add(tag)
+        tags[name] = tag
+    return tags
+
+
 def eval_tag_prefix(stage: str) -> str:
     """Where an evaluation stage's window is logged: ``act_validate``, ``act_test``, ``act_predict``."""
     return f"{TAG_PREFIX}_{stage}"
@@ -33,11 +50,13 @@ def snapshot_scalars(snapshot: Snapshot, stats: Iterable[str] = LOGGED_STATS, pr
     """Every logged scalar of one snapshot, keyed by its full tag (``<prefix>/<site>/<stat>``)."""
     wanted = tuple(stats)
     out: dict[str, float] = {}
-    for site, st in snapshot.ordered():
+    ordered = snapshot.ordered()
+    tags = site_tags(site.name for site, _ in ordered)
+    for site, st in ordered:
         values = st.scalars()
         for key in wanted:
             if key in values:
-                out[f"{prefix}/{site_tag(site.name)}/{key}"] = values[key]
+                out[f"{prefix}/{tags[site.name]}/{key}"] = values[key]
     return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.outputs.heatmap import HeatmapWriter
-from act_diagnostics.outputs.scalars import LOGGER_JOIN_CHAR, TAG_PREFIX, site_tag
+from act_diagnostics.outputs.scalars import LOGGER_JOIN_CHAR, TAG_PREFIX, site_tag, site_tags
 
 # Equal-width buckets over a sample's finite range, as TensorBoard's own histogram summaries use
 # (tensorboard.plugins.histogram.summary_v2.DEFAULT_BUCKET_COUNT). add_histogram's default, 1549
@@ -110,13 +110,14 @@ class TensorBoardExtras:
         if self.heatmaps is not None:
             values += self.heatmaps.summaries(snapshot, step)
         if self.histograms:
+            tags = site_tags(site.name for site, _ in snapshot.ordered())
             views = [("output", snapshot.out_samples)] + ([("grad", snapshot.grad_samples)] if self.grad_histograms else [])
             for suffix, samples in views:
                 for name, sample in samples.items():
                     finite = np.asarray(sample, dtype=np.float64)
                     finite = finite[np.isfinite(finite)]  # NaN/Inf are reported as findings, not binned
                     if finite.size:
-                        tag = f"{TAG_PREFIX}/{site_tag(name)}/{suffix}"
+                        tag = f"{TAG_PREFIX}/{tags.get(name) or site_tag(name)}/{suffix}"
                         values += summary.histogram(tag, finite, HISTOGRAM_BUCKETS).value
         self._write(values, step)
 

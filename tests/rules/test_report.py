@@ -61,3 +61,14 @@ def test_tables_show_no_dead_fraction_for_sigmoid_tanh_softmax(tmp_path):
     console = {line.split()[0]: line.split()[3] for line in rep.layer_table().splitlines()[1:]}
     assert console == {"r": "0.5", "s": "-", "t": "-", "p": "-"}
     assert [row["dead_fraction"] for row in rep.layers()] == [0.5] * 4
+
+
+def test_sites_that_would_share_a_tag_keep_their_own_scalars():
+    """F.relu in a submodule named `root` and F.relu in the root forward are both `root/relu`: the
+    later site (forward order) is logged as `root/relu_2` rather than overwriting the first."""
+    from act_diagnostics.outputs.scalars import site_tags, snapshot_scalars
+
+    pairs = [(make_site("root:relu", "relu", index=0), relu_stats([0.5] * 8)), (make_site(":relu", "relu", index=1), relu_stats([0.0] * 8))]
+    scalars = snapshot_scalars(make_snapshot(pairs))
+    assert scalars["act/root/relu/firing_rate"] == 0.5 and scalars["act/root/relu_2/firing_rate"] == 0.0
+    assert site_tags(["a:relu", "a.relu", "a/relu", "b#1"]) == {"a:relu": "a/relu", "a.relu": "a.relu", "a/relu": "a/relu_2", "b#1": "b_call1"}
