@@ -477,7 +477,9 @@ class DiagnosticsCallbackCore:
         try:
             if mon.window_steps > 0 and mon.failure is None:
                 step = self._step_index(trainer)
-                snap = self._reduce(trainer, step)
+                # Rank-local under DDP: whether a rank has a window here depends on its own batches
+                # and health, so a collective could be left waiting. Rank zero's batches are a sample.
+                snap = self._reduce(trainer, step, gather=False)
                 self.eval_snapshots[stage] = snap
                 if self._rank_zero(trainer):
                     loggers = list(getattr(trainer, "loggers", []) or [])
