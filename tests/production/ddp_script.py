@@ -2,7 +2,9 @@
 
 Usage: python ddp_script.py SCENARIO OUTDIR, SCENARIO one of
   shards  every rank sees a known shard of the global data (the statistics are compared with one
-          process over the global batch);
+          process over the global batch); validation is measured too (eval_stages), with a
+          different number of batches on each rank, and must neither hang nor reach the
+          training windows;
   branch  rank 1 runs one more activation than rank 0 (a data-dependent branch).
 (A failure on one rank is tested in-process with a fake strategy: test_distributed.py.)
 Each rank writes OUTDIR/rank<r>.json: snapshots, findings, warnings, hooks left after fit.
@@ -50,6 +52,14 @@ class Sharded(Classifier):
         h = super().forward(x)
         return torch.tanh(h) if self.branch and self.global_rank == 1 else h
 
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self(batch[0])
+
+    def val_dataloader(self) -> Any:
+        # Rank 0 gets two batches, rank 1 one: rank-dependent evaluation windows.
+        data = loader(n=GLOBAL_SAMPLES).dataset
+        return torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(PER_RANK_BATCH * (2 - self.global_rank))), batch_size=PER_RANK_BATCH)
+
     def train_dataloader(self) -> Any:
         data = loader(n=GLOBAL_SAMPLES).dataset
         shard = torch.utils.data.Subset(data, range(self.global_rank, GLOBAL_SAMPLES, self.trainer.world_size))
@@ -62,13 +72,15 @@ def stats_dict(snap: Any) -> dict:
 
 def main(scenario: str, out: str) -> None:
     # Few samples per unit in this tiny run: let dead-units judge them.
-    cb = diagnostics(log_every_n_steps=INTERVAL, thresholds=THRESHOLDS, report=True)
+    shards = scenario == "shards"
+    cb = diagnostics(log_every_n_steps=INTERVAL, thresholds=THRESHOLDS, report=True, eval_stages=["validate"] if shards else None)
     rec = SnapshotRecorder(cb)
     m = Sharded(branch=scenario == "branch")
     from pytorch_lightning.loggers import CSVLogger
 
     t = trainer(out, [cb, rec], devices=2, strategy="ddp", max_steps=STEPS, log_every_n_steps=INTERVAL,
-                use_distributed_sampler=False, logger=CSVLogger(out, name="csv", version=0))
+                use_distributed_sampler=False, logger=CSVLogger(out, name="csv", version=0),
+                limit_val_batches=None if shards else 0, val_check_interval=INTERVAL if shards else None)
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
         t.fit(m)
@@ -80,6 +92,8 @@ def main(scenario: str, out: str) -> None:
         "warnings": [[r.category.__name__, str(r.message)] for r in records if r.category.__module__.startswith("act_diagnostics")],
         "hooks_left": hook_count(m),
         "report_dir": cb.report_dir,  # set by the rank that wrote the report
+        "eval_windows": {stage: s.window_steps for stage, s in cb.eval_snapshots.items()},
+        "steps": cb.steps,
     }
     with open(os.path.join(out, f"rank{t.global_rank}.json"), "w") as fh:
         json.dump(result, fh)

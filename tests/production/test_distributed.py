@@ -71,6 +71,10 @@ def test_reduced_statistics_equal_one_process_over_global_data(ranks, tmp_path):
                     assert g[key] == w[key], (site, key)
     assert r0["findings"] == r1["findings"] == ref_findings
     assert any(f[0] == "dead-units" for f in ref_findings)
+    # Validation (2 batches on rank 0, 1 on rank 1) ran in rank-local windows of its own: no hang,
+    # nothing added to the training windows compared above, no training step counted.
+    assert r0["eval_windows"] == {"validate": 2} and r1["eval_windows"] == {"validate": 1}
+    assert r0["steps"] == r1["steps"] == ddp_script.STEPS
 
 
 def test_warnings_from_rank_zero_only(ranks):
