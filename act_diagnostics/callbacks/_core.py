@@ -6,7 +6,8 @@ them: the trainer and module are duck-typed. Each flavour module defines
 
 Hook use (ecosystem.md lists Lightning's order):
 
-* ``setup``: build and attach the monitor (idempotent; re-attaches after a resume).
+* ``setup``: build and attach the monitor (idempotent; re-attaches after a resume). Fitting another
+  model starts over (findings, counts); testing another instance keeps the fit's findings.
 * ``on_train_batch_start``: open a training step; log steps also record histograms etc.
 * ``on_before_backward``: leave the function-mode stack (backward needs no tracing). Under manual
   optimisation the tracer stays on: a second forward may follow the first backward.
@@ -14,12 +15,16 @@ Hook use (ecosystem.md lists Lightning's order):
 * ``on_train_batch_end``: close the step; on log steps reduce once, judge, write. Steps are counted
   as Lightning's loggers count them (batches that ran an optimizer step), so gradient accumulation
   and manual optimisation with several optimizers give one step per logged step.
+* ``on_train_end``: flush the last partial window and write the report.
+* ``on_validation_start`` / ``_end`` (and test, predict), with ``eval_stages``: set the training
+  window aside, measure the stage's batches in a window of their own, log it under
+  ``act_<stage>/``, bring the training window back.
+* ``on_exception``: judge and write what was measured since the last log step (the failing step
+  included, rank-local), then remove every hook. ``teardown`` removes them too (safe twice).
 
 Distributed (docs/production.md): on a log step every rank first compares its site layout (and
 health) with one tiny all-gather, then the packed statistics go through one all-gather; every rank
 judges the same reduced statistics, and rank zero alone logs, warns and writes the report.
-* ``on_train_end``: flush the last partial window and write the report.
-* ``teardown`` / ``on_exception``: remove every hook (safe twice).
 """
 
 from __future__ import annotations
