@@ -3,6 +3,7 @@
     python benchmarks/compare.py HEAD~3                        # MLP, every step measured, logged every 50
     python benchmarks/compare.py main --model transformer --rounds 12 --interval 1
     python benchmarks/compare.py HEAD~3 --fixed                # fixed cost per site: small model, one row
+    python benchmarks/compare.py HEAD~3 --auto                 # the default schedule, steady state
     python benchmarks/compare.py HEAD~3 --lightning --tensorboard --interval 1   # the callbacks, with a logger
 
 On a shared machine the load moves a run's figures by more than most changes to the code do. So
@@ -98,14 +99,17 @@ def compare_lightning(rounds: int, interval: int, tensorboard: bool) -> dict[str
 class Driven(overhead.Act):
     """overhead.Act with a given monitor class and schedule class (the ref's or the tree's)."""
 
-    def __init__(self, model: nn.Module, name: str, monitor: type, schedule: type, interval: int) -> None:
-        super().__init__(model, interval, 1)
+    def __init__(self, model: nn.Module, name: str, monitor: type, schedule: type, interval: int, measure_every: int | None = 1) -> None:
+        super().__init__(model, interval, measure_every)
         self.name = name
         self.mon = monitor(model)
-        self.schedule = schedule(interval, 1)
+        self.schedule = schedule(interval, measure_every)
 
 
-def compare_steps(model_name: str, rounds: int, interval: int, ref: tuple[type, type]) -> dict[str, list[float]]:
+def compare_steps(model_name: str, rounds: int, interval: int, ref: tuple[type, type], auto: bool = False) -> dict[str, list[float]]:
+    """``auto``: the default schedule (measure_every_n_steps=None) past its dense first window."""
+    measure_every = None if auto else 1
+    warmup = overhead.STEADY_WARMUP if auto else overhead.WARMUP
     build, _ = overhead.MODELS[model_name]
     torch.manual_seed(0)
     model, make_batch = build()
@@ -115,13 +119,13 @@ def compare_steps(model_name: str, rounds: int, interval: int, ref: tuple[type, 
     for r in range(rounds):
         variants = [
             overhead.Bare(model),
-            Driven(model, "ref", *ref, interval),
-            Driven(model, "new", ActivationMonitor, StepSchedule, interval),
+            Driven(model, "ref", *ref, interval, measure_every),
+            Driven(model, "new", ActivationMonitor, StepSchedule, interval, measure_every),
         ]
         k = r % len(variants)
         variants = variants[k:] + variants[:k]
         for v in variants:
-            overhead.run_steps(model, opt, batches, v, overhead.WARMUP)
+            overhead.run_steps(model, opt, batches, v, warmup)
         times = dict.fromkeys((v.name for v in variants), 0.0)
         for _ in range(5):
             for v in variants:
@@ -170,6 +174,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--interval", type=int, default=overhead.DEFAULT_INTERVAL, help="log interval (1: every step)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--auto", action="store_true", help="the default schedule (measure every ~10th step), steady state")
     parser.add_argument("--fixed", action="store_true", help="fixed cost per site and measured step instead")
     parser.add_argument("--activation", default="ReLU", help="--fixed: an activation module of torch.nn")
     parser.add_argument("--lightning", action="store_true", help="MLP in Lightning Trainers: the callbacks instead of the monitors")
@@ -191,8 +196,8 @@ def main() -> None:
             ratios = compare_lightning(args.rounds, args.interval, args.tensorboard)
             what = f"mlp, Lightning{' + TensorBoard' if args.tensorboard else ''}, callback defaults"
         else:
-            ratios = compare_steps(args.model, args.rounds, args.interval, ref)
-            what = f"{args.model}, every step measured"
+            ratios = compare_steps(args.model, args.rounds, args.interval, ref, auto=args.auto)
+            what = f"{args.model}, {'default schedule' if args.auto else 'every step measured'}"
     print(f"\n{what}, logged every {args.interval}, {args.rounds} rounds (median, min-max):")
     for name, values in ratios.items():
         print(f"  {name:8s} {statistics.median(values):.3f} ({min(values):.2f}-{max(values):.2f})")
