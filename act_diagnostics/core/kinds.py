@@ -121,6 +121,8 @@ class ActivationKind:
     # by backend; never 1) and within float rounding of a threshold that is not a representable number.
     def active_indicator(self, y: Tensor, params: dict[str, Any]) -> Tensor:
         """Firing as a float 0/1 tensor (or the bool mask, for kinds without a float form)."""
+        if y.dtype in _HALF_DTYPES:
+            y = y.float()  # a threshold compared in float16 / bfloat16 is rounded first: 0.9902 > 0.99 is False
         if y.dtype not in _INDICATOR_DTYPES:
             return self.active(y, params)
         if self.sign_firing:
@@ -132,6 +134,10 @@ class ActivationKind:
 
     def saturated_indicator(self, x: Tensor | None, y: Tensor, params: dict[str, Any], eps: float) -> Tensor | None:
         """Saturation as a float 0/1 tensor where a float form exists (see :meth:`saturated`)."""
+        if x is not None and x.dtype in _HALF_DTYPES:
+            x = x.float()  # thresholds compared in float32, as for firing
+        if y.dtype in _HALF_DTYPES:
+            y = y.float()
         source = x if self.saturation_reads == "input" else y
         fast = _SATURATED_INDICATOR.get(self.name)
         if fast is None or source is None or source.dtype not in _INDICATOR_DTYPES:
@@ -147,6 +153,7 @@ class ActivationKind:
 
 
 _INDICATOR_DTYPES = (torch.float32, torch.float64)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def above(t: Tensor, c: float) -> Tensor:
@@ -453,7 +460,7 @@ FUNCTIONAL_KINDS: dict[Callable[..., Any], tuple[str, dict[str, int]]] = {
 def functional_name(fn: Callable[..., Any]) -> str:
     """Short name used in a functional site's name: ``relu`` for F.relu, torch.relu and Tensor.relu;
     ``softmax`` for torch.special.softmax (named ``special_softmax``)."""
-    return getattr(fn, "__name__", "fn").removeprefix("special_").rstrip("_") or "fn"
+    return getattr(fn, "__name__", "fn").removeprefix("special_").strip("_") or "fn"
 
 
 def functional_params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

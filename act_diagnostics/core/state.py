@@ -279,6 +279,8 @@ class SiteState:
         sample = self._sample(y)
         x_sample = x if x is None or sample is y else x[: sample.shape[0]]
         flat = flat_float(sample)
+        if sample.dtype in _LOW_PRECISION:  # the float32 copy made for the moments serves the indicators
+            sample = flat.view(sample.shape)
         c[1] += flat.numel()
         total, squares = flat.sum(), torch.dot(flat, flat)
         kind, params = self.kind, self.params

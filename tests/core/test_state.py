@@ -427,3 +427,21 @@ def test_reset_discards_deferred_results() -> None:
     st.observe(None, torch.zeros(4, 3), detail=False)
     s = stats(st)
     assert (s.calls, s.firing_rate, s.max_abs) == (1, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "kind, dtype, value, params, stat, expected",
+    [
+        ("sigmoid", torch.float16, 0.990234375, {}, "saturation", 1.0),  # > 1 - eps; 0.99 rounds up in float16
+        ("tanh", torch.float16, 0.990234375, {}, "saturation", 1.0),
+        ("softplus", torch.float16, 0.693359375, {"beta": 1}, "firing_rate", 1.0),  # > ln 2 = 0.693147
+        ("log_softmax", torch.bfloat16, -2.765625, {"dim": -1}, "firing_rate", 1.0),  # > -ln 16 = -2.7726
+    ],
+)
+def test_half_precision_outputs_are_compared_with_exact_thresholds(kind, dtype, value, params, stat, expected) -> None:
+    """float16 / bfloat16 outputs are compared in float32: a threshold rounded to the output's
+    dtype first would put a value just past it on the wrong side."""
+    y = torch.full((4, 16), value, dtype=dtype)
+    st = make_state(kind, 16, params=params)
+    st.observe(None, y, detail=False)
+    assert getattr(stats(st), stat) == expected
