@@ -7,6 +7,17 @@ import sys
 from collections.abc import Sequence
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (Lightning reads -1 as "no limit", and 0 trains nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _demo(args: argparse.Namespace) -> int:
     from act_diagnostics.demo import run_demo
 
@@ -31,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train small flawed models on CPU and show the warnings")
     demo.add_argument("--logdir", default="act_logs", help="where TensorBoard logs go (default: act_logs)")
-    demo.add_argument("--steps", type=int, default=300, help="optimizer steps per model (default: 300)")
-    demo.add_argument("--quiet", action="store_true", help="print only the summary")
+    demo.add_argument("--steps", type=_positive_int, default=300, help="optimizer steps per model, >= 1 (default: 300)")
+    demo.add_argument("--quiet", action="store_true", help="print only the summary (no per-model tables or warnings)")
     demo.set_defaults(func=_demo)
 
     report = sub.add_parser("report", help="print the findings and per-layer table of a finished run")

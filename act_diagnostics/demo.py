@@ -15,7 +15,12 @@ nothing downloaded), each with its own TensorBoard log under ``--logdir``:
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import logging
 import os
+import shlex
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -66,58 +71,90 @@ def lightning_module(setup: Setup) -> Any:
 
 
 def run_demo(logdir: str = "act_logs", steps: int = 300, quiet: bool = False, names: tuple[str, ...] = DEMO_SCENARIOS) -> list[DemoRun]:
-    """Train each demo scenario for ``steps`` optimizer steps; return findings and final losses."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
-
+    """Train each demo scenario for ``steps`` optimizer steps; return findings and final losses.
+    A scenario's folder under ``logdir`` holds its latest run only (a rerun replaces it)."""
+    if steps < 1:
+        raise ValueError(f"`steps` must be >= 1, got {steps}")
     # Tiny models: one thread is fastest, and stays fast on a busy machine.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     start = time.perf_counter()
     runs: list[DemoRun] = []
     try:
-        for name in names:
-            scenario = SCENARIOS[name]
-            torch.manual_seed(0)
-            setup = scenario.build(torch.Generator().manual_seed(0))
-            data = torch.utils.data.TensorDataset(setup.inputs, setup.targets)
-            loader = torch.utils.data.DataLoader(
-                data, batch_size=setup.batch_size, shuffle=True, generator=torch.Generator().manual_seed(1)
-            )
-            module = lightning_module(setup)
-            callback = ActivationDiagnostics(log_every_n_steps=25, verbose=False)
-            logger = TensorBoardLogger(logdir, name=name, version="")
-            trainer = pl.Trainer(
-                max_steps=steps,
-                logger=logger,
-                callbacks=[callback],
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                enable_checkpointing=False,
-                accelerator="cpu",
-                devices=1,
-                log_every_n_steps=25,
-            )
-            print(f"\n=== {name}: {scenario.description}", flush=True)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", module="pytorch_lightning")
-                warnings.filterwarnings("ignore", module="lightning_fabric")
-                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-                trainer.fit(module, loader)
-            tail = module.losses[-25:]
-            run = DemoRun(name, scenario.description, sum(tail) / max(1, len(tail)), list(callback.report.findings), logger.log_dir)
-            runs.append(run)
-            if not quiet:
-                print(callback.report.console_table(), flush=True)
+        with _lightning_quiet():
+            for name in names:
+                runs.append(_run_scenario(name, logdir, steps, quiet))
     finally:
         torch.set_num_threads(threads)
-    _print_summary(runs, logdir, time.perf_counter() - start)
+    _print_summary(runs, logdir, steps, time.perf_counter() - start)
     return runs
 
 
-def _print_summary(runs: list[DemoRun], logdir: str, seconds: float) -> None:
+@contextlib.contextmanager
+def _lightning_quiet() -> Any:
+    """Lightning's banners ("GPU available", tips, "max_steps reached") would bury the demo's output."""
+    import pytorch_lightning  # noqa: F401 - it sets its loggers to INFO when first imported: import first
+
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _clear_previous_run(run_dir: str) -> None:
+    """A scenario's folder holds one run: a rerun replaces the demo's own files (event files, report)
+    instead of adding a second run that TensorBoard would draw over the first."""
+    for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+        os.remove(path)
+    shutil.rmtree(os.path.join(run_dir, "act_diagnostics"), ignore_errors=True)
+
+
+def _run_scenario(name: str, logdir: str, steps: int, quiet: bool) -> DemoRun:
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
+
+    scenario = SCENARIOS[name]
+    torch.manual_seed(0)
+    setup = scenario.build(torch.Generator().manual_seed(0))
+    data = torch.utils.data.TensorDataset(setup.inputs, setup.targets)
+    loader = torch.utils.data.DataLoader(data, batch_size=setup.batch_size, shuffle=True, generator=torch.Generator().manual_seed(1))
+    module = lightning_module(setup)
+    callback = ActivationDiagnostics(log_every_n_steps=25, verbose=False, warn=not quiet)
+    _clear_previous_run(os.path.join(logdir, name))
+    logger = TensorBoardLogger(logdir, name=name, version="")
+    trainer = pl.Trainer(
+        max_steps=steps,
+        logger=logger,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+        log_every_n_steps=25,
+    )
+    if not quiet:
+        print(f"\n=== {name}: {scenario.description}", flush=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="pytorch_lightning")
+        warnings.filterwarnings("ignore", module="lightning_fabric")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, loader)
+    tail = module.losses[-25:]
+    run = DemoRun(name, scenario.description, sum(tail) / max(1, len(tail)), list(callback.report.findings), logger.log_dir)
+    if not quiet:
+        print(callback.report.console_table(), flush=True)
+    return run
+
+
+def _print_summary(runs: list[DemoRun], logdir: str, steps: int, seconds: float) -> None:
     print("\n=== Summary")
     for run in runs:
         flagged = sorted({f.rule for f in run.findings if f.severity in ("warning", "error")})
@@ -125,10 +162,14 @@ def _print_summary(runs: list[DemoRun], logdir: str, seconds: float) -> None:
     by_name = {r.name: r for r in runs}
     if all(n in by_name for n in BEFORE_AFTER):
         before, after = (by_name[n] for n in BEFORE_AFTER)
-        print(
-            f"\nFollowing the advice (hidden Sigmoid -> GELU with Kaiming init) took the loss from "
-            f"{before.final_loss:.3f} to {after.final_loss:.3f} in the same steps."
-        )
+        if after.final_loss < before.final_loss:
+            print(
+                f"\nFollowing the advice (hidden Sigmoid -> GELU with Kaiming init) took the loss from "
+                f"{before.final_loss:.3f} to {after.final_loss:.3f} in the same {steps} steps."
+            )
+        else:  # too few steps for the difference to show
+            print(f"\nIn {steps} steps the advice did not lower the loss yet ({before.final_loss:.3f} -> "
+                  f"{after.final_loss:.3f}); the default 300 steps show the difference.")
     print(f"Done in {seconds:.0f} s. TensorBoard logs: {os.path.abspath(logdir)}")
-    print(f"View them with:  tensorboard --logdir {logdir}")
-    print(f"Read a run back: act-diagnostics report {os.path.join(logdir, runs[0].name) if runs else logdir}")
+    print(f"Read a run back: act-diagnostics report {shlex.quote(os.path.join(logdir, runs[0].name) if runs else logdir)}")
+    print(f"View them with:  tensorboard --logdir {shlex.quote(logdir)}")

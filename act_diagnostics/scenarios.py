@@ -270,6 +270,7 @@ def dying_relu_mlp(g: torch.Generator) -> Setup:
 
 
 def softmax_into_cross_entropy(g: torch.Generator) -> Setup:
+    """A softmax output layer fed to F.cross_entropy, which applies log_softmax itself: softmax twice."""
     x, y = _classes(g, 2048, 32, 10)
     model = _kaiming(_mlp([32, 128, 10], nn.ReLU, head=nn.Softmax(dim=1)))
     return Setup(model, x, y, F.cross_entropy, lr=0.05)

@@ -15,8 +15,13 @@ from typing import Any
 import torch
 
 
-def parse_args(description: str, argv: Sequence[str] | None, default_steps: int, fast_steps: int = 8) -> argparse.Namespace:
+def parse_args(
+    description: str, argv: Sequence[str] | None, default_steps: int, fast_steps: int = 8, extra: Any = None
+) -> argparse.Namespace:
+    """The examples' common flags; ``extra(parser)`` adds an example's own."""
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--logdir", default="act_logs", help="TensorBoard log root (default: act_logs)")
     parser.add_argument("--max-steps", type=int, default=None, help=f"optimizer steps (default: {default_steps})")
     parser.add_argument("--fast", action="store_true", help=f"a quick smoke run: {fast_steps} steps")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,10 @@ VOCAB, CONTEXT, CLASSES = 64, 32, 2
 
 def tiny_model(kind: str) -> torch.nn.Module:
     """A 2-layer, 32-wide model from a config: random weights, no download, no tokenizer."""
-    import transformers
+    try:
+        import transformers
+    except ImportError:
+        raise SystemExit("this example needs Hugging Face transformers: pip install transformers") from None
 
     if kind == "gpt2":
         config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=2, activation_function="gelu_new")
@@ -76,15 +80,11 @@ class HFModule(pl.LightningModule):
 
 
 def main(argv: Sequence[str] | None = None) -> ActivationDiagnostics:
-    model_kind = "gpt2"
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--model" in argv:  # a flag of this example only
-        i = argv.index("--model")
-        model_kind = argv[i + 1]
-        del argv[i : i + 2]
-        if model_kind not in ("gpt2", "bert"):
-            raise SystemExit(f"--model must be gpt2 or bert, got {model_kind!r}")
-    args = _common.parse_args(__doc__.splitlines()[0], argv, default_steps=100)
+    def model_flag(parser: Any) -> None:
+        parser.add_argument("--model", choices=("gpt2", "bert"), default="gpt2", help="which tiny model (default: gpt2)")
+
+    args = _common.parse_args(__doc__.splitlines()[0], argv, default_steps=100, extra=model_flag)
+    model_kind = args.model
     torch.manual_seed(0)
     loader = torch.utils.data.DataLoader(synthetic_batches(model_kind), batch_size=32, shuffle=True)
     callback = ActivationDiagnostics(log_every_n_steps=10, verbose=not args.fast)

@@ -12,16 +12,33 @@ from act_diagnostics.cli import main  # noqa: E402
 
 
 def test_demo_flags_flaws_and_writes_logs(tmp_path, capsys):
-    with pytest.warns(Warning):  # ActivationWarnings (and possibly Lightning's own) are issued
-        assert main(["demo", "--logdir", str(tmp_path), "--steps", "30", "--quiet"]) == 0
-    out = capsys.readouterr().out
+    import warnings
+
+    from act_diagnostics.rules import ActivationWarning
+
+    logdir = tmp_path / "demo logs"  # a space: the printed commands must still work when pasted
+    for _ in range(2):  # a rerun replaces each scenario's run instead of adding a second one
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            assert main(["demo", "--logdir", str(logdir), "--steps", "30", "--quiet"]) == 0
+        assert not [r for r in records if issubclass(r.category, ActivationWarning)]  # --quiet: the summary only
+        out = capsys.readouterr().out
+        assert out.lstrip().startswith("=== Summary") and "GPU available" not in out
     summary = out[out.index("=== Summary") :]
     lines = {line.split()[0]: line for line in summary.splitlines()[1:] if "final loss" in line}
     assert "saturating-hidden-activation" in lines["deep_sigmoid_mlp"]
     assert "activation-loss-mismatch" in lines["softmax_into_cross_entropy"]
     assert "attention-collapse" in lines["collapsed_attention"]
     assert lines["deep_sigmoid_mlp_fixed"].endswith("warnings: none")
-    assert f"tensorboard --logdir {tmp_path}" in out
+    assert f"tensorboard --logdir '{logdir}'" in out
+    assert f"act-diagnostics report '{logdir / 'deep_sigmoid_mlp'}'" in out
     for name in ("deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed"):
-        assert glob.glob(str(tmp_path / name / "events.out.tfevents.*")), name
-        assert glob.glob(str(tmp_path / name / "act_diagnostics" / "report.json")), name
+        assert len(glob.glob(str(logdir / name / "events.out.tfevents.*"))) == 1, name
+        assert glob.glob(str(logdir / name / "act_diagnostics" / "report.json")), name
+
+
+@pytest.mark.parametrize("steps", ["0", "-1", "-3", "abc"])
+def test_demo_rejects_steps_below_one(steps, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--steps", steps])
+    assert exit_info.value.code == 2 and "--steps" in capsys.readouterr().err

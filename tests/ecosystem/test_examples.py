@@ -62,6 +62,17 @@ def test_hf_transformers_tiny(tmp_path: Path) -> None:
     assert all(s.kind == "gelu" for s in acts.values())
 
 
+def test_hf_example_says_what_it_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without transformers: one line naming the install, no traceback. --model is a real flag."""
+    example = load("hf_transformers_tiny")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    with pytest.raises(SystemExit, match="needs Hugging Face transformers: pip install transformers"):
+        example.main([*FAST, "--model", "bert", "--logdir", str(tmp_path)])
+    with pytest.raises(SystemExit) as bad:
+        example.main([*FAST, "--model", "t5"])
+    assert bad.value.code == 2 and "invalid choice: 't5'" in capsys.readouterr().err
+
+
 def test_fast_flag_and_bad_steps(capsys: pytest.CaptureFixture[str]) -> None:
     sys.path.insert(0, str(EXAMPLES))
     try:
