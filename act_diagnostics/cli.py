@@ -37,7 +37,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from act_diagnostics import __version__
+
     parser = argparse.ArgumentParser(prog="act-diagnostics", description="Activation diagnostics for PyTorch Lightning.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train small flawed models on CPU and show the warnings")

@@ -37,6 +37,14 @@ def test_demo_flags_flaws_and_writes_logs(tmp_path, capsys):
         assert glob.glob(str(logdir / name / "act_diagnostics" / "report.json")), name
 
 
+def test_version_flag(capsys):
+    from act_diagnostics import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"act-diagnostics {__version__}"
+
+
 @pytest.mark.parametrize("steps", ["0", "-1", "-3", "abc"])
 def test_demo_rejects_steps_below_one(steps, capsys):
     with pytest.raises(SystemExit) as exit_info:
