@@ -117,8 +117,18 @@ def compiled_modules(model: nn.Module) -> list[str]:
     ]
 
 
+def own_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """A layer's own parameters, including those a parametrization keeps for it (weight_norm,
+    spectral_norm: ``parametrizations.weight.original0/1``), not those of its child layers."""
+    params = list(module.parameters(recurse=False))
+    parametrizations = getattr(module, "parametrizations", None)
+    if isinstance(parametrizations, nn.Module):
+        params += list(parametrizations.parameters())
+    return params
+
+
 def _has_params(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False))
+    return bool(own_parameters(module))
 
 
 def _in_backward() -> bool:
@@ -456,8 +466,11 @@ class ActivationMonitor:
         warnings.warn(message, MonitorFailure, stacklevel=2)
 
     def _no_torch_function(self) -> Any:
-        # Our own statistic ops must not pass through our tracer (or anyone's).
-        return torch._C.DisableTorchFunction() if self._tracer_on else nullcontext()
+        # Our own statistic ops must not pass through our tracer, or anyone's mode (a FLOP counter,
+        # another monitor): a C-level check of the mode stack when our tracer is off.
+        if self._tracer_on or torch._C._is_torch_function_mode_enabled():
+            return torch._C.DisableTorchFunction()
+        return nullcontext()
 
     # ------------------------------------------------------------------ module hooks
     def _model_pre_hook(self, module: nn.Module, args: tuple) -> None:
@@ -540,13 +553,14 @@ class ActivationMonitor:
         if not self.enabled:
             return
         y = output if isinstance(output, Tensor) else _first_tensor(output)
-        if y is None or not y.is_floating_point():
+        if y is None:
             return
         if _in_backward():  # activation checkpointing re-runs forward: measured once already
             self._hook_rerun_grad(id(module), y)
             return
         try:
-            if self._tracer_on:  # our statistics must not pass through the tracer (or anyone's)
+            # Our statistics must not pass through the tracer, or another TorchFunctionMode.
+            if self._tracer_on or torch._C._is_torch_function_mode_enabled():
                 with torch._C.DisableTorchFunction():
                     self._measure_module_call(module, args, y)
             else:
@@ -555,6 +569,8 @@ class ActivationMonitor:
             self._fail(exc)
 
     def _measure_module_call(self, module: nn.Module, args: tuple, y: Tensor) -> None:
+        if not y.is_floating_point():  # an integer or bool output is not an activation
+            return
         name = self._next_call(self._names.get(id(module), type(module).__name__))
         state = self.states.get(name)
         if state is None:
@@ -575,7 +591,8 @@ class ActivationMonitor:
         if not waiting or not y.requires_grad:
             return
         try:
-            self._hook_grad(y, waiting.pop(0))
+            # Backward re-runs checkpointed regions last first: the latest waiting call is this one.
+            self._hook_grad(y, waiting.pop())
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
@@ -594,29 +611,38 @@ class ActivationMonitor:
             return y
         x = args[0] if args else kwargs.get("input")
         pending = None
-        if self.detail and isinstance(x, Tensor) and x.numel() and self.failure is None:
+        if self.detail and isinstance(x, Tensor) and self.failure is None:
             try:
-                pending = input_moments(x)
+                with torch._C.DisableTorchFunction():  # our ops reach no other TorchFunctionMode
+                    pending = input_moments(x) if x.numel() else None
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
         y = func(*args, **kwargs)
-        # Integer or bool outputs (torch.relu on indices, a clamp of positions) are not activations.
-        if not self.enabled or not isinstance(y, Tensor) or not y.is_floating_point():
+        if not self.enabled or not isinstance(y, Tensor):
             return y
         try:
-            owner = self._owner
-            base = functional_base(owner, functional_name(func))
-            name = self._next_call(base)
-            state = self._state_for(name, lambda: self._new_functional_site(name, owner, func, args, kwargs, x, y))
-            if state is not None:
-                if not self._observe(name, state, x if isinstance(x, Tensor) else None, y, pending) and self.config.gradients:
-                    self._awaiting_grad.setdefault(base, []).append(state)
-                if self.tracking_structure:
-                    self._seen_grad_fn.setdefault(name, []).append(type(y.grad_fn) if y.grad_fn is not None else None)
-                    self._functional_out[id(y)] = (name, y)
+            with torch._C.DisableTorchFunction():
+                # Integer or bool outputs (torch.relu on positions) are not activations.
+                if y.is_floating_point():
+                    self._measure_functional_call(func, args, kwargs, x, y, pending)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
         return y
+
+    def _measure_functional_call(
+        self, func: Callable[..., Any], args: tuple, kwargs: dict, x: Any, y: Tensor, pending: tuple[Tensor, int] | None
+    ) -> None:
+        owner = self._owner
+        base = functional_base(owner, functional_name(func))
+        name = self._next_call(base)
+        state = self._state_for(name, lambda: self._new_functional_site(name, owner, func, args, kwargs, x, y))
+        if state is None:
+            return
+        if not self._observe(name, state, x if isinstance(x, Tensor) else None, y, pending) and self.config.gradients:
+            self._awaiting_grad.setdefault(base, []).append(state)
+        if self.tracking_structure:
+            self._seen_grad_fn.setdefault(name, []).append(type(y.grad_fn) if y.grad_fn is not None else None)
+            self._functional_out[id(y)] = (name, y)
 
     def _enter_rerun_tracer(self, module: nn.Module) -> None:
         """Put the tracer on the function-mode stack for one module's re-run in backward.
@@ -710,16 +736,16 @@ class ActivationMonitor:
         if entry is None or not isinstance(y, Tensor) or _in_backward():
             return
         _, name, grad_fn = entry
-        if type(y.grad_fn) is not grad_fn:
-            # Not the activation's output this time (a branch, an inplace change): functional
-            # sites go back to the tracer from the next step.
-            self._consumers_ok = False
-            return
         state = self.states.get(name)
         if state is None:
             return
         try:
-            with self._no_torch_function():
+            with self._no_torch_function():  # reading y.grad_fn is a torch function too
+                if type(y.grad_fn) is not grad_fn:
+                    # Not the activation's output this time (a branch, an inplace change): functional
+                    # sites go back to the tracer from the next step.
+                    self._consumers_ok = False
+                    return
                 self._observe(name, state, None, y, None)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
@@ -889,7 +915,7 @@ class ActivationMonitor:
                 layer = modules.get(site.feeding_layer) if site.feeding_layer is not None else None
                 if layer is None:
                     continue
-                for p in layer.parameters(recurse=False):
+                for p in own_parameters(layer):
                     local = _local_shard(p.grad) if p.grad is not None else None
                     if local is not None:
                         grads.append(local[0])

@@ -615,3 +615,98 @@ def test_leaving_a_with_block_counts_only_steps_that_ran(make_mlp) -> None:
     snap = mon.snapshot()
     assert mon.steps == 3 and snap.window_steps == 3
     assert {st.calls for st in snap.stats.values()} == {3}
+
+
+def test_a_shared_block_checkpointed_twice_keeps_each_calls_gradient() -> None:
+    """Reentrant checkpoints re-run in backward last first: each call's gradient goes to its own
+    site (they were swapped), as without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Net(nn.Module):
+        def __init__(self, use_checkpoint: bool) -> None:
+            super().__init__()
+            self.fc, self.act, self.head = nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 1)
+            self.use_checkpoint = use_checkpoint
+
+        def block(self, h):
+            return self.act(self.fc(h))
+
+        def forward(self, x):
+            h = x
+            for _ in range(2):
+                h = checkpoint(self.block, h, use_reentrant=True) if self.use_checkpoint else self.block(h)
+            return self.head(h * torch.arange(1.0, 7.0))  # unequal weights: the two calls' gradients differ
+
+    grads = []
+    for use_checkpoint in (False, True):
+        torch.manual_seed(0)
+        model = Net(use_checkpoint)
+        x = torch.randn(5, 6, requires_grad=True)
+        mon = ActivationMonitor(model).attach()
+        mon.begin_step()
+        model(x).pow(2).sum().backward()
+        mon.end_step()
+        snap = mon.snapshot()
+        mon.detach()
+        grads.append([snap.stats[n].grad_rms for n in ("act", "act#1")])
+    plain, checkpointed = grads
+    assert plain[0] != pytest.approx(plain[1], rel=0.1)
+    assert checkpointed == pytest.approx(plain, rel=1e-6)
+
+
+class GeluMLP(nn.Module):
+    """A functional activation: measured by the tracer (detail steps) or at its consumer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["modules", "functional"])
+@pytest.mark.parametrize("detail", [False, True], ids=["plain_step", "detail_step"])
+def test_statistic_ops_stay_out_of_other_torch_function_modes(make_mlp, train_step, functional, detail) -> None:
+    """A user's TorchFunctionMode (a FLOP counter) sees the model's ops only, whether the
+    monitor's tracer is on (detail steps, functional sites) or off."""
+    from torch.overrides import TorchFunctionMode
+
+    class Counting(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    model, x = (GeluMLP() if functional else make_mlp()), torch.randn(4, 8)
+    with Counting() as bare:
+        model(x)
+    mon = ActivationMonitor(model).attach()
+    for _ in range(4):  # past discovery
+        train_step(mon, model, x)
+    mon.begin_step(detail=detail)
+    with Counting() as seen:
+        model(x)
+    mon.end_step()
+    mon.detach()
+    assert seen.calls == bare.calls
+
+
+def test_param_grad_norm_covers_weight_norm_parametrizations(train_step) -> None:
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(weight_norm(nn.Linear(4, 4, bias=False)), nn.ReLU(), nn.Linear(4, 2))
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step(detail=True)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    mon.measure_param_grads()
+    mon.end_step()
+    snap = mon.snapshot()
+    mon.detach()
+    expected = torch.sqrt(sum(p.grad.pow(2).sum() for p in model[0].parametrizations.parameters())).item()
+    assert mon.sites["1"].feeding_layer == "0"
+    assert snap.stats["1"].param_grad_norm == pytest.approx(expected, rel=1e-5)
