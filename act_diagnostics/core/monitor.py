@@ -946,9 +946,12 @@ class ActivationMonitor:
     def mark_produced(self, tensor: Tensor, site: str, via: str = "") -> None:
         self._produced[id(tensor)] = (site, via, tensor)
 
-    def add_consumer(self, site: str, consumer: str) -> None:
+    def add_consumer(self, site: str, consumer: str, value: Any = None) -> None:
+        """``consumer`` reads ``site``'s output; for a loss (``"loss:<fn>"``), ``value`` is the tensor it got."""
         if site in self.sites:
             self.sites[site].consumers.add(consumer)
+            if consumer.startswith("loss:") and isinstance(value, Tensor):
+                self.sites[site].loss_input_shapes[consumer[5:]] = list(value.shape)
 
     def note_loss(self, loss: str, prediction: Any, target: Any) -> None:
         info = self.losses_seen.setdefault(loss, {"calls": 0})

@@ -38,6 +38,9 @@ class Site:
     consumer_layer_types: set[str] = field(default_factory=set)
     # Other sites this one's output feeds (e.g. a softmax after a ReLU).
     consumer_sites: set[str] = field(default_factory=set)
+    # Shape of the tensor each loss received from this site ({"cross_entropy": [N, C]}): a view or
+    # reshape on the way ((N, L, C) -> (N * L, C)) changes which dim holds the classes.
+    loss_input_shapes: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def is_gate(self) -> bool:

@@ -130,6 +130,6 @@ class ActivationTracer(TorchFunctionMode):
             mon.note_loss(loss, prediction, target)
             if source is not None:
                 site, via = source
-                mon.add_consumer(site, f"loss:{loss}" + (f"({via})" if via else ""))
+                mon.add_consumer(site, f"loss:{loss}" + (f"({via})" if via else ""), prediction)
                 if not via:
                     mon.note_targets(site, loss, target)

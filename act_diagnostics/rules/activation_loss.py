@@ -32,6 +32,12 @@ _ADVICE = {
     "nll_loss(log)": "softmax followed by log is correct but loses precision: use log_softmax, or F.cross_entropy on the logits",
     "binary_cross_entropy": "sigmoid + BCELoss is correct but less stable: output logits and use BCEWithLogitsLoss",
 }
+# A (log-)softmax normalised over another dim than the classes the loss reads (the batch, a
+# sequence) is an error whatever the pair: the model cannot learn the classes.
+_WRONG_DIM_ADVICE = (
+    "normalise over the classes (dim=1 for (N, C, ...) logits, dim=-1 for (N, C)), or drop the softmax and "
+    "pass the logits to F.cross_entropy"
+)
 
 
 def softmax_ce_floor(classes: int) -> float:
@@ -40,12 +46,18 @@ def softmax_ce_floor(classes: int) -> float:
 
 
 def _classes(site: Site, loss: str) -> tuple[int, int | None]:
-    """(number of classes, their dim) of the prediction a class loss reads: cross_entropy and
-    nll_loss take (N, C, ...) or (C,); other losses: (the site's units, None)."""
-    if not loss.startswith(("cross_entropy", "nll_loss")) or not site.shape:
+    """(number of classes, their dim in the site's output) of the prediction a class loss reads:
+    cross_entropy and nll_loss take (N, C, ...) or (C,). The dim is None for other losses, and
+    when the loss got a reshaped output ((N, L, C) viewed as (N * L, C)): then only the loss's
+    input says where the classes are, and it is not the site's dim."""
+    if not loss.startswith(("cross_entropy", "nll_loss")):
         return site.n_units, None
-    class_dim = 1 if len(site.shape) >= 2 else 0
-    return int(site.shape[class_dim]), class_dim
+    shape = list(site.loss_input_shapes.get(loss) or site.shape)
+    if not shape:
+        return site.n_units, None
+    class_dim = 1 if len(shape) >= 2 else 0
+    same_layout = shape == list(site.shape)
+    return int(shape[class_dim]), class_dim if same_layout else None
 
 
 class ActivationLossMismatch(Rule):
@@ -55,21 +67,23 @@ class ActivationLossMismatch(Rule):
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         out: list[Finding] = []
         for site, _ in ctx.snapshot.ordered():
-            kind = site.kind if site.kind in ("softmax", "sigmoid") else ("softmax" if site.kind == "softmin" else None)
+            kind = site.kind if site.kind in ("softmax", "sigmoid", "log_softmax") else ("softmax" if site.kind == "softmin" else None)
             if kind is None:
                 continue
             for loss in site.losses:
-                severity = _PAIRS.get((kind, loss))
-                if severity is None:
-                    continue
                 classes, class_dim = _classes(site, loss)
+                wrong_dim = kind != "sigmoid" and class_dim is not None and site.unit_dim != class_dim
+                severity = "error" if wrong_dim else _PAIRS.get((kind, loss))
+                if severity is None:  # log_softmax into nll_loss over the classes: the right pairing
+                    continue
                 evidence: dict[str, float] = {"classes": classes}
                 msg = f"{site.kind} output feeds {loss.replace('(log)', ' after a log')}"
-                if kind == "softmax" and class_dim is not None and site.unit_dim != class_dim:
+                advice = _WRONG_DIM_ADVICE if wrong_dim else _ADVICE[loss]
+                if wrong_dim:
                     # Softmax over another dim (the batch, a sequence): no class-count floor applies.
                     evidence["softmax_dim"] = site.unit_dim
                     msg += (
-                        f": softmax runs over dim {site.unit_dim} (size {site.n_units}), not over the {classes} "
+                        f": {site.kind} runs over dim {site.unit_dim} (size {site.n_units}), not over the {classes} "
                         f"classes on dim {class_dim}, which the loss reads"
                     )
                 elif (kind, loss) == ("softmax", "cross_entropy") and classes > 1:
@@ -80,5 +94,5 @@ class ActivationLossMismatch(Rule):
                     msg += ": sigmoid is applied twice, squeezing predictions into [0.5, 0.73]"
                 elif (kind, loss) == ("softmax", "nll_loss"):
                     msg += ": nll_loss reads its input as log-probabilities, so the loss is -p and cannot train properly"
-                out.append(self.finding(ctx, site.name, severity, msg, _ADVICE[loss], **evidence))
+                out.append(self.finding(ctx, site.name, severity, msg, advice, **evidence))
         return out

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from act_diagnostics.rules.activation_loss import softmax_ce_floor
 from act_diagnostics.scenarios import SCENARIOS, train
@@ -214,3 +215,45 @@ def test_regression_targets_out_of_the_output_range_confirmed_by_hand(head, make
     assert [(f.site, f.severity, f.evidence["loss"]) for f in engine.evaluate(snap, preflight=True)] == (
         [("3", expected, "mse_loss")] if expected else []
     )
+
+
+@pytest.mark.parametrize(
+    "head, loss_of, expected",
+    [
+        # (N, L, C) softmax over the classes, reshaped to (N * L, C) for the loss: the usual double softmax.
+        (lambda o: torch.softmax(o, -1), lambda p, t: F.cross_entropy(p.reshape(-1, 4), t.reshape(-1)), ("error", None, 4)),
+        (lambda o: torch.log_softmax(o, 0), lambda p, t: F.nll_loss(p[:, 0], t[:, 0]), None),  # a slice: not judged
+        (lambda o: torch.log_softmax(o[:, 0], 0), lambda p, t: F.nll_loss(p, t[:, 0]), ("error", 0, 4)),
+        (lambda o: torch.softmax(o[:, 0], 0), lambda p, t: F.nll_loss(torch.log(p), t[:, 0]), ("error", 0, 4)),
+        (lambda o: torch.log_softmax(o[:, 0], -1), lambda p, t: F.nll_loss(p, t[:, 0]), None),  # correct
+    ],
+    ids=["reshaped_softmax_ce", "sliced", "log_softmax_over_batch", "softmax_over_batch_log_nll", "log_softmax_ok"],
+)
+def test_class_losses_judge_the_dim_the_loss_reads(head, loss_of, expected):
+    """Whether a (log-)softmax ran over the classes is judged on the tensor the loss received:
+    a reshape for the loss is fine, a normalisation over the batch is an error whatever the loss."""
+    from act_diagnostics.core import ActivationMonitor
+    from act_diagnostics.rules import RULE_IDS, RuleEngine
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return head(self.fc(x))
+
+    torch.manual_seed(0)
+    model = Head()
+    x, t = torch.randn(16, 5, 6), torch.randint(0, 4, (16, 5))
+    engine = RuleEngine(disable=[r for r in RULE_IDS if r != "activation-loss-mismatch"])
+    mon = ActivationMonitor(model).attach()
+    try:
+        mon.begin_step()
+        loss_of(model(x), t).backward()
+        mon.end_step()
+        found = engine.evaluate(mon.snapshot(step=0), preflight=True)
+    finally:
+        mon.detach()
+    got = [(f.severity, f.evidence.get("softmax_dim"), f.evidence["classes"]) for f in found]
+    assert got == ([expected] if expected else [])
