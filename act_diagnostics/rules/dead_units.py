@@ -87,10 +87,13 @@ class DeadUnits(Rule):
                     when = f"{born} dead at initialisation: born dead"
                 else:  # no pre-flight window: the first judged one is the earliest evidence
                     when = f"{born} dead already in the first judged window, at step {early_step}: likely born dead"
+                if later:
+                    when += f"; {later} more died after step {early_step}"
                 msg = f"{pct(fraction)} of {len(rates)} units never fire ({when})"
                 fix = BORN_DEAD_FIX
             else:
-                msg = f"{pct(fraction)} of {len(rates)} units never fire ({later} died after step {early_step})"
+                also = f"; {born} were dead from the start" if born else ""
+                msg = f"{pct(fraction)} of {len(rates)} units never fire ({later} died after step {early_step}{also})"
                 fix = DIED_LATER_FIX
             out.append(
                 self.finding(

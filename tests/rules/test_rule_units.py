@@ -63,6 +63,14 @@ def test_dead_units_born_dead_versus_died_later():
     assert "learning rate" in f.recommendation
     assert "at initialisation" in born.findings[0].message
 
+    both = only("dead-units")  # 2 born dead, 5 more die later: the message counts both
+    both.evaluate(dead_snapshot([0.0] * 2 + [0.5] * 6, spu=64, step=1), preflight=True)
+    for step in (100, 200):
+        both.evaluate(dead_snapshot([0.0] * 7 + [0.5], step=step))
+    last = both.findings[-1]
+    assert (last.evidence["born_dead"], last.evidence["died_later"]) == (2, 5)
+    assert "(5 died after step 1; 2 were dead from the start)" in last.message
+
 
 def test_dead_units_without_a_preflight_window_say_when_they_were_first_seen():
     """No pre-flight snapshot: units already dead in the first judged window (step 100) are
