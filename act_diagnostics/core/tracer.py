@@ -123,10 +123,11 @@ class ActivationTracer(TorchFunctionMode):
             prediction = args[0] if args else kwargs.get("input")
             target = args[1] if len(args) > 1 else kwargs.get("target")
             source = mon.produced_by(prediction)
-            if source is None and loss in REGRESSION_LOSSES and mon.produced_by(target) is not None:
+            if source is None and loss in REGRESSION_LOSSES:
                 # Symmetric losses are often called as F.mse_loss(target, prediction).
-                prediction, target = target, prediction
-                source = mon.produced_by(prediction)
+                swapped = mon.produced_by(target)
+                if swapped is not None:
+                    prediction, target, source = target, prediction, swapped
             mon.note_loss(loss, prediction, target)
             if source is not None:
                 site, via = source

@@ -140,9 +140,11 @@ def _read_report(path: Path) -> dict[str, Any]:
 def split_tag(tag: str) -> tuple[str, str] | None:
     """``act/<site tag>/<stat>`` -> (site tag, stat); None for any other tag. A logger prefix
     (``TensorBoardLogger(prefix="p")`` writes ``p-act/...``) is skipped."""
-    start = 0 if tag.startswith(TAG_PREFIX + "/") else tag.find(LOGGER_JOIN_CHAR + TAG_PREFIX + "/") + 1
-    if start == 0 and not tag.startswith(TAG_PREFIX + "/"):
-        return None
+    start = 0
+    if not tag.startswith(TAG_PREFIX + "/"):
+        start = tag.find(LOGGER_JOIN_CHAR + TAG_PREFIX + "/") + 1  # 0: no "-act/" in the tag
+        if start == 0:
+            return None
     site, _, stat = tag[start + len(TAG_PREFIX) + 1 :].rpartition("/")
     if not site or stat not in LOGGED_STATS:
         return None
