@@ -103,14 +103,6 @@ def unit_sums(t: Tensor, unit_dim: int, dtype: torch.dtype) -> Tensor:
 
 
 
-def leading_rows(t: Tensor, max_elements: int | None) -> Tensor:
-    """The first rows of ``t`` along dim 0 holding at most ``max_elements`` elements (at least one row)."""
-    if max_elements is None or t.dim() < 2 or t.numel() <= max_elements:
-        return t
-    per_row = max(1, t.numel() // max(1, t.shape[0]))
-    return t[: max(1, max_elements // per_row)]
-
-
 def input_moments(x: Tensor) -> tuple[Tensor, int]:
     """(sum, sum of squares) of a pre-activation, on its device, and its element count.
 
@@ -126,6 +118,46 @@ def flat_float(t: Tensor) -> Tensor:
     if t.dtype in _LOW_PRECISION or not t.is_floating_point():
         t = t.float()
     return t.reshape(-1)
+
+
+class CallPlan:
+    """What a call of a given output shape and dtype reads, worked out once per shape.
+
+    Every measured call would otherwise repeat the same shape arithmetic (leading rows, unit
+    dimension, element counts, casts) in Python; inside a training step those few microseconds per
+    call are a visible part of the monitor's cost.
+    """
+
+    __slots__ = ("rows", "n", "unit_dim", "match", "to_float", "low_precision", "sum_rows", "count_dtype")
+
+    def __init__(self, shape: torch.Size, dtype: torch.dtype, state: "SiteState") -> None:
+        dims = len(shape)
+        numel = shape.numel()
+        self.unit_dim = state.unit_dim % dims if dims else 0
+        # The leading rows of dim 0 holding at most sample_elements (at least one row); all of
+        # them when dim 0 holds the units. None: the whole output.
+        rows = None
+        limit = state.sample_elements
+        if dims >= 2 and self.unit_dim != 0 and limit is not None and numel > limit:
+            per_row = max(1, numel // max(1, shape[0]))
+            rows = max(1, limit // per_row)
+            if rows >= shape[0]:
+                rows = None
+        sample_shape = shape if rows is None else torch.Size((rows, *shape[1:]))
+        self.rows = rows
+        self.n = sample_shape.numel()
+        one_unit = state.n_units == 1
+        self.match = one_unit or (dims > 0 and sample_shape[self.unit_dim] == state.n_units)
+        self.low_precision = dtype in _LOW_PRECISION
+        self.to_float = self.low_precision or not dtype.is_floating_point
+        # A 2-D sample with the units last is counted by one column sum (the common Linear case).
+        self.sum_rows = not one_unit and dims == 2 and self.unit_dim == 1
+        self.count_dtype = torch.float32 if self.n < _EXACT_FLOAT_COUNT else torch.float64
+
+
+# Plans kept per site before the cache starts over (outputs whose shape changes every call, e.g.
+# variable sequence lengths, would otherwise grow it without bound).
+MAX_PLANS = 64
 
 
 @dataclass
@@ -172,6 +204,7 @@ class SiteState:
         self._grad_squares: list[Tensor] = []
         self._deferred_lists = (self._sums, self._squares, self._peaks, self._lows, self._active, self._saturated, self._grad_squares)
         self._deferred_units = 0
+        self._plans: dict[tuple[torch.Size, torch.dtype], CallPlan] = {}
         self._allocate(self.device)
 
     # -- allocation -------------------------------------------------------------------------
@@ -254,34 +287,40 @@ class SiteState:
             self.bind(self.totals.to(device, accumulator_dtype(device)))
 
     # -- per call ---------------------------------------------------------------------------
-    def _sample(self, t: Tensor) -> Tensor:
-        """What every per-element statistic of a call reads: the leading rows of dim 0 (at most
-        ``sample_elements``), or everything when dim 0 holds the units. A bounded cost per call."""
-        if t.dim() and self.unit_dim % t.dim() == 0:
-            return t
-        return leading_rows(t, self.sample_elements)
+    def _plan(self, t: Tensor) -> CallPlan:
+        key = (t.shape, t.dtype)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[key] = CallPlan(t.shape, t.dtype, self)
+        return plan
 
     def observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
         """Add one forward call's output ``y`` (and its input ``x``, when intact) to the window."""
+        c = self.counters
+        c[0] += 1
+        plan = self._plan(y)
+        if plan.n == 0:  # empty batch: counted as a call, nothing to measure
+            return
+        if y.device != self.device:
+            self.to(y.device)
         # An inplace activation returns its input: then the pre-activation is gone. Only the kinds
         # whose saturation reads the pre-activation use it.
         x = None if x is None or x is y or not self._reads_input else x.detach()
         # Detached aliases rather than a no_grad block: no autograd records, and inside a training
         # step entering and leaving the grad mode costs as much as a small op.
         y = y.detach()
-        c = self.counters
-        c[0] += 1
-        if y.numel() == 0:  # empty batch: counted as a call, nothing to measure
-            return
-        if y.device != self.device:
-            self.to(y.device)
-        unit_dim = self.unit_dim % y.dim() if y.dim() else 0
-        sample = self._sample(y)
-        x_sample = x if x is None or sample is y else x[: sample.shape[0]]
-        flat = flat_float(sample)
-        if sample.dtype in _LOW_PRECISION:  # the float32 copy made for the moments serves the indicators
-            sample = flat.view(sample.shape)
-        c[1] += flat.numel()
+        unit_dim = plan.unit_dim
+        rows = plan.rows
+        sample = y if rows is None else y[:rows]
+        x_sample = x if x is None or rows is None else x[:rows]
+        flat = sample.reshape(-1)
+        if plan.to_float:
+            flat = flat.float()
+            if plan.low_precision:  # the float32 copy made for the moments serves the indicators
+                sample = flat.view(sample.shape)
+        c[1] += plan.n
         total, squares = flat.sum(), torch.dot(flat, flat)
         kind, params = self.kind, self.params
         deferred = self.deferred
@@ -302,12 +341,12 @@ class SiteState:
             torch.maximum(self.max_abs, peak, out=self.max_abs)
 
         one_unit = self.n_units == 1  # the whole output is one unit (e.g. a (batch,) probability)
-        if one_unit or sample.shape[unit_dim] == self.n_units:
+        if plan.match:
             # Float 0/1 indicators where the kind has one: several times cheaper on the CPU than
             # building and counting a bool mask. A NaN output makes its unit's count NaN: that
             # window is reported non-finite anyway.
-            self._count_units(kind.active_indicator(sample, params), one_unit, unit_dim, self._active, self.unit_active)
-            c[2] += sample.numel()
+            self._count_units(kind.active_indicator(sample, params), one_unit, unit_dim, self._active, self.unit_active, plan)
+            c[2] += plan.n
             saturated = (
                 kind.saturated_indicator(x_sample, sample, params, self.eps)
                 if self._saturation and (detail or not self._tail_only)
@@ -315,8 +354,8 @@ class SiteState:
             )
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
-                    self._count_units(saturated, one_unit, unit_dim, self._saturated, self.unit_saturated)
-                    c[3] += sample.numel()
+                    self._count_units(saturated, one_unit, unit_dim, self._saturated, self.unit_saturated, plan)
+                    c[3] += plan.n
                 else:  # softmax rows, or GLU's gate half
                     self.sums[SAT_ROWS].add_(saturated.sum())
                     c[3] += saturated.numel()
@@ -334,9 +373,16 @@ class SiteState:
             if self.histogram_samples:
                 self.out_sample = _strided_sample(flat, self.histogram_samples)
 
-    def _count_units(self, indicator: Tensor, one_unit: bool, unit_dim: int, deferred: list[Tensor], total: Tensor) -> None:
+    def _count_units(
+        self, indicator: Tensor, one_unit: bool, unit_dim: int, deferred: list[Tensor], total: Tensor, plan: CallPlan
+    ) -> None:
         """Count one call's set entries per unit into ``total``, or keep them in ``deferred``."""
-        counts = indicator.sum().reshape(1) if one_unit else unit_counts(indicator, unit_dim)
+        if one_unit:
+            counts = indicator.sum().reshape(1)
+        elif plan.sum_rows and indicator.is_floating_point():  # as unit_counts, without its checks
+            counts = indicator.sum(0, dtype=plan.count_dtype)
+        else:
+            counts = unit_counts(indicator, unit_dim)
         if self.deferred and self.n_units <= FOLD_UNIT_COUNTS // 4:  # wider: a fold per call or two
             deferred.append(counts)
             self._deferred_units += counts.numel()
@@ -355,11 +401,16 @@ class SiteState:
         """Add the gradient with respect to this site's output (called from a tensor hook); it reads
         the same leading rows as the output's statistics. ``scale``: the loss scale of float16
         AMP (a device tensor or a float), divided out of the sample only, never the whole gradient."""
-        if g.numel() == 0:
+        plan = self._plan(g)
+        if plan.n == 0:
             return
         if g.device != self.device:
             self.to(g.device)
-        flat = flat_float(self._sample(g.detach() if g.requires_grad else g))  # requires grad under create_graph
+        if g.requires_grad:  # under create_graph
+            g = g.detach()
+        flat = (g if plan.rows is None else g[: plan.rows]).reshape(-1)
+        if plan.to_float:
+            flat = flat.float()
         if scale is not None:
             flat = flat / (scale.to(flat.dtype) if isinstance(scale, Tensor) else scale)
         squares = torch.dot(flat, flat)
@@ -370,7 +421,7 @@ class SiteState:
         else:
             self._grad.add_(squares)
         self.counters[4] += 1
-        self.counters[5] += flat.numel()
+        self.counters[5] += plan.n
         if detail and self.histogram_samples:
             self.grad_sample = _strided_sample(flat, self.histogram_samples)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from act_diagnostics.core.kinds import KINDS, smooth_tail_threshold
 from act_diagnostics.core.pack import reduce_to_host, totals_to_stats
 from act_diagnostics.core.snapshot import SiteStats, window_stats
-from act_diagnostics.core.state import COUNTERS, FOLD_CALLS, FOLD_UNIT_COUNTS, SiteState, leading_rows, unit_counts
+from act_diagnostics.core.state import COUNTERS, FOLD_CALLS, FOLD_UNIT_COUNTS, MAX_PLANS, CallPlan, SiteState, unit_counts
 
 EPS = 0.01
 
@@ -243,9 +243,23 @@ def test_sample_elements_bounds_every_per_element_statistic() -> None:
     st.observe(x, F.relu(x), True)  # a detail step reads the whole output for non-finite values
     s = stats(st)
     assert s.nonfinite_share == pytest.approx(1 / 10_000) and not s.nonfinite
-    assert leading_rows(x, 25).shape == (2, 10)
-    assert leading_rows(x, 5).shape == (1, 10)  # at least one row
-    assert leading_rows(x, None) is x
+    assert CallPlan(x.shape, x.dtype, make_state("relu", 10, sample=25)).rows == 2
+    assert CallPlan(x.shape, x.dtype, make_state("relu", 10, sample=5)).rows == 1  # at least one row
+    assert CallPlan(x.shape, x.dtype, make_state("relu", 10)).rows is None  # no limit: everything
+    assert CallPlan(x.shape, x.dtype, make_state("relu", 10, sample=10_000)).rows is None  # fits
+
+
+def test_plans_are_per_shape_and_bounded() -> None:
+    st = make_state("relu", 4, sample=8)
+    for rows in (1, 2, 3, 4):
+        st.observe(None, torch.ones(rows, 4), False)
+    s = stats(st)
+    assert s.calls == 4 and s.elements == 1 * 4 + 2 * 4 + 2 * 4 + 2 * 4  # 2 rows fit in 8 elements
+    st.reset()
+    for length in range(1, 200):  # e.g. a new batch size every call: the cache starts over
+        st.observe(None, torch.ones(length, 4), False)
+    assert len(st._plans) <= MAX_PLANS
+    assert stats(st).elements == sum(min(length, 2) * 4 for length in range(1, 200))
 
 
 def test_sampling_keeps_the_pre_activation_aligned() -> None:
