@@ -18,6 +18,10 @@ from act_diagnostics.rules.finding import Finding
 
 MULTICLASS = ("cross_entropy", "nll_loss")
 LOGIT_LOSSES = ("cross_entropy", "binary_cross_entropy_with_logits")
+# Activations whose output is never negative: on logits they cut off every negative score. Leaky
+# variants (leaky_relu, prelu, rrelu) only scale negatives down, and threshold may map them to a
+# negative value: neither is judged here.
+NON_NEGATIVE_KINDS = ("relu", "relu6")
 # Share of a regression head's targets outside its activation's output range before warning
 # (rules.md, output activation mismatch: "output range vs target range", DeepDiagnosis and
 # AUTOTRAINER; proposal: a few outliers are tolerated)...
@@ -78,7 +82,7 @@ class OutputActivationMismatch(Rule):
             msg = f"sigmoid outputs in [0, 1] feed the multi-class loss {loss}, which expects logits (or log-probabilities)"
             fix = "Pass raw logits to cross_entropy (or log_softmax to nll_loss); use sigmoid only with BCE for binary/multi-label targets."
             return self.finding(ctx, site.name, "error", msg, fix, units=site.n_units)
-        if site.family == "relu" and any(loss in LOGIT_LOSSES for loss in losses):
+        if site.kind in NON_NEGATIVE_KINDS and any(loss in LOGIT_LOSSES for loss in losses):
             loss = next(loss for loss in losses if loss in LOGIT_LOSSES)
             bce = loss == "binary_cross_entropy_with_logits"
             msg = f"{site.kind} is applied to the logits fed to {loss}: logits cannot go negative" + (

@@ -248,7 +248,8 @@ def test_non_finite_names_first_forward_site_then_backward_origin():
 
 # ---------------------------------------------------------------- loss / output pairing
 def head(kind: str, loss: str, n_units: int = 10):
-    s = make_site("head", kind, n_units=n_units, consumers={"output", f"loss:{loss}"})
+    family = "relu" if "relu" in kind else None
+    s = make_site("head", kind, family, n_units=n_units, consumers={"output", f"loss:{loss}"})
     return make_snapshot([(s, relu_stats([0.5] * n_units))], step=1)
 
 
@@ -291,6 +292,11 @@ def test_softmax_over_the_batch_into_cross_entropy_names_the_wrong_dim():
         ("sigmoid", "cross_entropy", 10, "error"),
         ("relu", "cross_entropy", 10, "warning"),
         ("relu", "binary_cross_entropy_with_logits", 1, "error"),
+        ("relu6", "cross_entropy", 10, "warning"),
+        # Leaky variants pass negative logits through (scaled): no "logits cannot go negative".
+        ("leaky_relu", "binary_cross_entropy_with_logits", 1, None),
+        ("prelu", "cross_entropy", 10, None),
+        ("rrelu", "cross_entropy", 10, None),
         ("sigmoid", "binary_cross_entropy", 1, None),
         ("softmax", "cross_entropy", 10, None),  # activation-loss-mismatch's job, not this rule's
     ],
