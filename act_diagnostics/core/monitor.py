@@ -756,6 +756,11 @@ class ActivationMonitor:
         self._calls[base] = index + 1
         return call_name(base, index)
 
+    def _call_index(self, name: str) -> int:
+        """k for a site named ``<base>#k`` by :meth:`_next_call` in this forward pass, else 0."""
+        base, sep, k = name.rpartition("#")
+        return int(k) if sep and k.isdigit() and self._calls.get(base, 0) > int(k) else 0
+
     def _state_for(self, name: str, create: Callable[[], Site | None]) -> SiteState | None:
         state = self.states.get(name)
         if state is not None or name in self._skipped:
@@ -835,6 +840,7 @@ class ActivationMonitor:
             params=params,
             feeding_layer=feeding[0] if feeding else None,
             feeding_layer_type=feeding[1] if feeding else None,
+            call_index=self._call_index(name),
         )
 
     def _new_module_site(self, name: str, module: nn.Module, y: Tensor, args: tuple) -> Site | None:

@@ -41,6 +41,15 @@ class Site:
     # Shape of the tensor each loss received from this site ({"cross_entropy": [N, C]}): a view or
     # reshape on the way ((N, L, C) -> (N * L, C)) changes which dim holds the classes.
     loss_input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    # Which call of its module or function in a forward pass this is: 0, or k for ``<base>#k``.
+    call_index: int = 0
+
+    @property
+    def position(self) -> str:
+        """The call position shared by every call of one module or function: ``block.act#1`` ->
+        ``block.act``. Repeated calls (a shared encoder, a time step) are not extra depth."""
+        suffix = f"#{self.call_index}"
+        return self.name[: -len(suffix)] if self.call_index and self.name.endswith(suffix) else self.name
 
     @property
     def is_gate(self) -> bool:

@@ -34,6 +34,12 @@ class SaturatingHiddenActivation(Rule):
         ordered = ctx.snapshot.ordered()
         # A hidden activation here: its output feeds a parametrised layer, it is no gate, no head.
         hidden = [s for s, _ in ordered if s.feeds_layer and not s.is_gate and not s.is_output and s.family != "softmax"]
+        # Depth counts call positions: a shared encoder applied twice (Siamese nets, a GAN's
+        # discriminator on real and fake) or a cell unrolled over time is not a deeper stack.
+        positions: dict[str, object] = {}
+        for s in hidden:
+            positions.setdefault(s.position, s)
+        hidden = list(positions.values())
         depth = len(hidden) + 1
         out: list[Finding] = []
         for family, limit in (("sigmoid", "sigmoid_min_depth"), ("tanh", "tanh_min_depth")):

@@ -189,6 +189,7 @@ def test_reused_module_gets_numbered_sites(train_step) -> None:
     assert list(snap.sites) == ["act", "act#1", ":relu", ":relu#1"]
     assert all(st.calls == 3 for st in snap.stats.values())
     assert snap.sites["act"].feeding_layer == "a" and snap.sites["act#1"].feeding_layer == "b"
+    assert [(s.call_index, s.position) for s in snap.sites.values()] == [(0, "act"), (1, "act"), (0, ":relu"), (1, ":relu")]
 
 
 def test_inplace_relu_with_gradients(train_step) -> None:

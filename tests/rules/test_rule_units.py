@@ -182,6 +182,24 @@ def test_saturating_hidden_activation_reports_sigmoid_and_tanh_each_once():
     assert len(engine.findings) == 2
 
 
+def test_saturating_hidden_activation_counts_call_positions_not_calls():
+    """A 2-tanh encoder applied to two inputs (a Siamese net) is a 3-layer stack, not a 5-layer one;
+    a 4-tanh-layer stack stays a warning."""
+    def shared(layers: int):
+        pairs = []
+        for call in (0, 1):
+            for i in range(layers):
+                name = f"enc.{2 * i + 1}" + (f"#{call}" if call else "")
+                pairs.append((make_site(name, "tanh", index=len(pairs), call_index=call), relu_stats([0.5] * 8)))
+        return make_snapshot(pairs)
+
+    (f,) = only("saturating-hidden-activation").evaluate(shared(2))
+    assert f.severity == "info" and f.evidence == {"family": "tanh", "sites": 2, "depth": 3}
+    assert "(enc.1, enc.3)" in f.message
+    (f,) = only("saturating-hidden-activation").evaluate(shared(4))
+    assert f.severity == "warning" and f.evidence["depth"] == 5
+
+
 def test_saturating_hidden_activation_ignores_gates():
     pairs = [(make_site(f"g{i}", "sigmoid", index=i, consumers={"mul"}, consumer_layer_types=set()), relu_stats([0.5] * 8)) for i in range(4)]
     assert only("saturating-hidden-activation").evaluate(make_snapshot(pairs)) == []
