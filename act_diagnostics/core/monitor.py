@@ -225,7 +225,8 @@ class ActivationMonitor:
         self._awaiting_grad: dict[int | str, list[SiteState]] = {}
         # Returns the loss scale that backward ran with (float16 AMP's GradScaler), or None.
         self.grad_scale: Callable[[], Tensor | float | None] | None = None
-        self._produced: dict[int, tuple[str, str, Tensor]] = {}
+        # id -> (site, via, tensor, dims reordered on the way: a transpose or permute).
+        self._produced: dict[int, tuple[str, str, Tensor, bool]] = {}
         self._layer_out: dict[int, tuple[str, str, Tensor]] = {}
         self._tracer = ActivationTracer(self)
         self._tracer_on = False
@@ -530,7 +531,7 @@ class ActivationMonitor:
                 source = self.produced_by(args[0] if args else None)
                 out = _first_tensor(output)
                 if source is not None and out is not None:
-                    self.mark_produced(out, *source)
+                    self.mark_produced(out, *source, reordered=self.reordered(args[0]))
         except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
             self._fail(exc)
 
@@ -949,15 +950,23 @@ class ActivationMonitor:
             return None
         return entry[0], entry[1]
 
-    def mark_produced(self, tensor: Tensor, site: str, via: str = "") -> None:
-        self._produced[id(tensor)] = (site, via, tensor)
+    def reordered(self, value: Any) -> bool:
+        """``value`` is an activation output of this step whose dims were reordered on the way."""
+        entry = self._produced.get(id(value)) if isinstance(value, Tensor) else None
+        return entry is not None and entry[2] is value and entry[3]
+
+    def mark_produced(self, tensor: Tensor, site: str, via: str = "", reordered: bool = False) -> None:
+        self._produced[id(tensor)] = (site, via, tensor, reordered)
 
     def add_consumer(self, site: str, consumer: str, value: Any = None) -> None:
         """``consumer`` reads ``site``'s output; for a loss (``"loss:<fn>"``), ``value`` is the tensor it got."""
         if site in self.sites:
             self.sites[site].consumers.add(consumer)
             if consumer.startswith("loss:") and isinstance(value, Tensor):
-                self.sites[site].loss_input_shapes[consumer[5:]] = list(value.shape)
+                loss = consumer[5:]
+                self.sites[site].loss_input_shapes[loss] = list(value.shape)
+                if self.reordered(value):
+                    self.sites[site].reordered_losses.add(loss)
 
     def note_loss(self, loss: str, prediction: Any, target: Any) -> None:
         info = self.losses_seen.setdefault(loss, {"calls": 0})

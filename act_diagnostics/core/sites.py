@@ -41,6 +41,9 @@ class Site:
     # Shape of the tensor each loss received from this site ({"cross_entropy": [N, C]}): a view or
     # reshape on the way ((N, L, C) -> (N * L, C)) changes which dim holds the classes.
     loss_input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    # Losses that got the output with its dims reordered (a transpose or permute: (N, L, C) ->
+    # (N, C, L) for nll_loss). Its shape alone cannot say which dim of the output holds the classes.
+    reordered_losses: set[str] = field(default_factory=set)
     # Which call of its module or function in a forward pass this is: 0, or k for ``<base>#k``.
     call_index: int = 0
 
@@ -71,7 +74,7 @@ class Site:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("consumers", "consumer_layer_types", "consumer_sites"):
+        for key in ("consumers", "consumer_layer_types", "consumer_sites", "reordered_losses"):
             d[key] = sorted(d[key])
         d["shape"] = list(self.shape)
         return d

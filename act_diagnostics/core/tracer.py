@@ -64,6 +64,20 @@ _SAME_VALUES = {
     torch.permute,
     Tensor.transpose,
     torch.transpose,
+    Tensor.swapaxes,
+    torch.swapaxes,
+    Tensor.swapdims,
+    torch.swapdims,
+    Tensor.movedim,
+    torch.movedim,
+    Tensor.t,
+    torch.t,
+    # Broadcasting repeats values: a gate written x * g.expand_as(x) is still a gate.
+    Tensor.expand,
+    Tensor.expand_as,
+    Tensor.broadcast_to,
+    torch.broadcast_to,
+    Tensor.repeat,
     Tensor.contiguous,
     Tensor.float,
     Tensor.double,
@@ -73,6 +87,11 @@ _SAME_VALUES = {
     Tensor.__getitem__,
     F.dropout,
 }
+# Ops among those that move dims: after them the output's dim k is no longer the loss input's dim k.
+_REORDER = {
+    Tensor.permute, torch.permute, Tensor.transpose, torch.transpose, Tensor.swapaxes, torch.swapaxes,
+    Tensor.swapdims, torch.swapdims, Tensor.movedim, torch.movedim, Tensor.t, torch.t,
+}  # fmt: skip
 # Ops that turn probabilities into log-probabilities (softmax -> log -> nll_loss is sound).
 _LOG = {torch.log, Tensor.log}
 _MULTIPLY = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_, Tensor.__imul__}
@@ -109,10 +128,12 @@ class ActivationTracer(TorchFunctionMode):
     def _follow(self, func, args: tuple, kwargs: dict, result: Any) -> None:
         mon = self.monitor
         if func in _SAME_VALUES or func in _LOG:
-            source = mon.produced_by(args[0] if args else None)
+            value = args[0] if args else None
+            source = mon.produced_by(value)
             if source is not None and isinstance(result, Tensor):
                 site, via = source
-                mon.mark_produced(result, site, "log" if func in _LOG else via)
+                reordered = func in _REORDER or mon.reordered(value)
+                mon.mark_produced(result, site, "log" if func in _LOG else via, reordered)
         elif func in _MULTIPLY:
             for arg in args:
                 source = mon.produced_by(arg)

@@ -48,7 +48,8 @@ def softmax_ce_floor(classes: int) -> float:
 def _classes(site: Site, loss: str) -> tuple[int, int | None]:
     """(number of classes, their dim in the site's output) of the prediction a class loss reads:
     cross_entropy and nll_loss take (N, C, ...) or (C,). The dim is None for other losses, and
-    when the loss got a reshaped output ((N, L, C) viewed as (N * L, C)): then only the loss's
+    when the loss got a reshaped output ((N, L, C) viewed as (N * L, C)) or one with its dims
+    reordered ((N, L, C) transposed to (N, C, L), the same shape when L == C): then only the loss's
     input says where the classes are, and it is not the site's dim."""
     if not loss.startswith(("cross_entropy", "nll_loss")):
         return site.n_units, None
@@ -56,7 +57,7 @@ def _classes(site: Site, loss: str) -> tuple[int, int | None]:
     if not shape:
         return site.n_units, None
     class_dim = 1 if len(shape) >= 2 else 0
-    same_layout = shape == list(site.shape)
+    same_layout = shape == list(site.shape) and loss not in site.reordered_losses
     return int(shape[class_dim]), class_dim if same_layout else None
 
 

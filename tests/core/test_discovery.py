@@ -327,14 +327,25 @@ def test_activation_checkpointing_does_not_double_count(reentrant: bool, train_s
         assert st.grad_rms == pytest.approx(plain.stats[name].grad_rms, rel=1e-6), name
 
 
-def test_gate_consumer() -> None:
+@pytest.mark.parametrize(
+    "gated",
+    [
+        lambda v, g: v * g,
+        lambda v, g: v * g.expand_as(v),  # squeeze-excitation, as often written
+        lambda v, g: v * g.expand(-1, 4),
+        lambda v, g: torch.broadcast_to(g, v.shape) * v,
+        lambda v, g: v * g.repeat(1, 4),
+    ],
+    ids=["mul", "expand_as", "expand", "broadcast_to", "repeat"],
+)
+def test_gate_consumer(gated) -> None:
     class Gate(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.value, self.gate = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.value, self.gate = nn.Linear(4, 4), nn.Linear(4, 1)
 
         def forward(self, x):
-            return self.value(x) * torch.sigmoid(self.gate(x))
+            return gated(self.value(x), torch.sigmoid(self.gate(x)))
 
     model = Gate()
     with ActivationMonitor(model) as mon:

@@ -257,3 +257,38 @@ def test_class_losses_judge_the_dim_the_loss_reads(head, loss_of, expected):
         mon.detach()
     got = [(f.severity, f.evidence.get("softmax_dim"), f.evidence["classes"]) for f in found]
     assert got == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize(
+    "head, loss_of, expected",
+    [
+        # (N, L, C) -> (N, C, L), the layout nll_loss documents for sequences; with L == C the shape
+        # alone would put the classes on the softmax's wrong side.
+        (lambda o: torch.log_softmax(o, -1), lambda p, t: F.nll_loss(p.transpose(1, 2), t), None),
+        (lambda o: torch.log_softmax(o, -1), lambda p, t: F.nll_loss(p.permute(0, 2, 1).contiguous(), t), None),
+        (lambda o: torch.log_softmax(o, -1), lambda p, t: F.nll_loss(torch.movedim(p, 2, 1), t), None),
+        (lambda o: torch.softmax(o, -1), lambda p, t: F.cross_entropy(p.transpose(1, 2), t), ("error", None, 4)),
+        (lambda o: torch.log_softmax(o, -1), lambda p, t: F.nll_loss(p, t), ("error", 2, 4)),  # not transposed: wrong
+    ],
+    ids=["transpose", "permute_contiguous", "movedim", "double_softmax_transposed", "untransposed"],
+)
+def test_class_losses_after_a_transpose_of_a_square_output(head, loss_of, expected):
+    """A sequence model with as many positions as classes: which dim holds the classes follows the
+    transpose, not the (unchanged) shape."""
+    from act_diagnostics.core import ActivationMonitor
+    from act_diagnostics.rules import RULE_IDS, RuleEngine
+
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4)
+    x, t = torch.randn(16, 4, 6), torch.randint(0, 4, (16, 4))
+    engine = RuleEngine(disable=[r for r in RULE_IDS if r != "activation-loss-mismatch"])
+    mon = ActivationMonitor(model).attach()
+    try:
+        mon.begin_step()
+        loss_of(head(model(x)), t).backward()
+        mon.end_step()
+        found = engine.evaluate(mon.snapshot(step=0), preflight=True)
+    finally:
+        mon.detach()
+    got = [(f.severity, f.evidence.get("softmax_dim"), f.evidence["classes"]) for f in found]
+    assert got == ([expected] if expected else [])
