@@ -517,12 +517,17 @@ class ActivationMonitor:
         if not self.tracking_structure:
             return
         try:
-            if module is self.model:
+            # The model's outputs: what its forward returns, or what a sub-model called from outside
+            # any forward returns (a GAN's training_step calling self.generator(z) directly). Not a
+            # single activation module called there: its output may well feed the next layer.
+            if module is self.model or (not self._owner_stack and any(True for _ in module.children())):
                 for t in _tensors(output):
                     source = self.produced_by(t)
                     if source is not None:
                         self.add_consumer(source[0], "output")
-            elif _has_params(module):
+            if module is self.model:
+                return
+            if _has_params(module):
                 out = _first_tensor(output)
                 if out is not None:
                     self._layer_out[id(out)] = (self._names.get(id(module), ""), type(module).__name__, out)

@@ -518,3 +518,24 @@ def test_bf16_autocast_training_step(make_mlp, train_step) -> None:
     assert out.dtype == torch.bfloat16 and mon.failure is None
     st = snap.stats["1"]
     assert st.mean is not None and st.grad_rms is not None and st.saturation is not None and st.input_std is not None
+
+
+def test_a_sub_model_called_outside_forward_returns_model_outputs() -> None:
+    """A GAN's training step calls self.generator(z) directly, not the root's forward: the
+    generator's tanh is its output (images in [-1, 1]), not a hidden layer of the discriminator's
+    stack. A single activation module called there is not an output: it feeds the next layer."""
+
+    class GAN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.generator = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.Tanh())
+            self.discriminator = nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
+            self.pre, self.act, self.post = nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 1)
+
+    model = GAN()
+    with ActivationMonitor(model) as mon:
+        fake = model.generator(torch.randn(5, 4))
+        (model.discriminator(fake).sum() + model.post(model.act(model.pre(fake))).sum()).backward()
+    assert mon.sites["generator.3"].is_output and mon.sites["generator.3"].feeds_layer
+    assert not mon.sites["generator.1"].is_output
+    assert not mon.sites["act"].is_output and mon.sites["act"].feeds_layer
