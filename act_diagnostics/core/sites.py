@@ -90,16 +90,22 @@ def functional_base(owner: str, fn_name: str) -> str:
     return f"{owner}:{fn_name}"
 
 
+# Layers whose output features are on the last dim, whatever the tensor's rank.
+FEATURES_LAST_LAYERS = ("Linear", "LazyLinear", "Bilinear", "NonDynamicallyQuantizableLinear")
+
+
 def default_unit_dim(ndim: int, feeding_layer_type: str | None) -> int:
     """Channel dimension 1 for conv-shaped outputs, the last dimension otherwise.
 
-    4-D and 5-D outputs are images / volumes (N, C, ...). A 3-D output is (N, C, L) only when a
-    convolution or a channel normalisation produced it; otherwise it is (N, T, features).
+    4-D and 5-D outputs are images / volumes (N, C, ...), except after a Linear layer, whose
+    features are always last (channels-last blocks such as ConvNeXt's: (N, H, W, C)). A 3-D output
+    is (N, C, L) only when a convolution or a channel normalisation produced it; otherwise it is
+    (N, T, features).
     """
     if ndim <= 1:
         return 0
     if ndim >= 4:
-        return 1
+        return ndim - 1 if feeding_layer_type in FEATURES_LAST_LAYERS else 1
     if ndim == 3 and feeding_layer_type and feeding_layer_type.startswith(
         ("Conv", "BatchNorm", "InstanceNorm", "GroupNorm", "LazyConv", "LazyBatchNorm")
     ):

@@ -411,6 +411,20 @@ def test_conv_units_are_channels(train_step) -> None:
     assert mon.sites["1"].unit_dim == 1 and mon.sites["1"].n_units == 5
 
 
+def test_channels_last_linear_units_are_the_last_dim(train_step) -> None:
+    """A ConvNeXt-style block: Linear layers on (N, H, W, C) tensors. Its units are the C channels
+    (dead ones included), not the H rows the conv rule would pick."""
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():
+        model[0].bias[:4] = -100.0  # 4 of 6 channels never fire
+    mon = ActivationMonitor(model).attach()
+    train_step(mon, model, torch.randn(2, 5, 5, 3))
+    snap = mon.snapshot()
+    mon.detach()
+    assert mon.sites["1"].unit_dim == 3 and mon.sites["1"].n_units == 6
+    assert snap.stats["1"].dead_fraction == pytest.approx(4 / 6)
+
+
 def test_conv1d_units_are_channels_and_override(train_step) -> None:
     model = nn.Sequential(nn.Conv1d(3, 5, 1), nn.ReLU())
     with ActivationMonitor(model) as mon:
