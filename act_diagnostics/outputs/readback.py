@@ -97,8 +97,8 @@ def find_run(logdir: str | Path) -> Path:
         raise ReadbackError(f"{logdir}: no such directory")
     if not root.is_dir():
         raise ReadbackError(f"{logdir}: not a directory (pass the run's log directory)")
-    if root.name == REPORT_DIRNAME and (root / REPORT_FILENAME).is_file():
-        return root.parent  # the act_diagnostics/ folder itself was passed
+    if root.resolve().name == REPORT_DIRNAME and (root / REPORT_FILENAME).is_file():
+        return root.resolve().parent  # the act_diagnostics/ folder itself was passed (even as ".")
     if _is_run(root):
         return root
     runs: list[Path] = []
@@ -139,11 +139,12 @@ def _read_report(path: Path) -> dict[str, Any]:
 
 def split_tag(tag: str) -> tuple[str, str] | None:
     """``act/<site tag>/<stat>`` -> (site tag, stat); None for any other tag. A logger prefix
-    (``TensorBoardLogger(prefix="p")`` writes ``p-act/...``) is skipped."""
+    (``TensorBoardLogger(prefix="p")`` writes ``p-act/...``) is skipped: it holds no ``/``, so a
+    site path containing ``-act/`` (``act_validate/blocks.pre-act/relu/std``) is not taken for one."""
     start = 0
     if not tag.startswith(TAG_PREFIX + "/"):
         start = tag.find(LOGGER_JOIN_CHAR + TAG_PREFIX + "/") + 1  # 0: no "-act/" in the tag
-        if start == 0:
+        if start == 0 or "/" in tag[:start]:
             return None
     site, _, stat = tag[start + len(TAG_PREFIX) + 1 :].rpartition("/")
     if not site or stat not in LOGGED_STATS:

@@ -105,6 +105,13 @@ def test_dir_without_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert err.startswith("act-diagnostics report: ") and "no act_diagnostics output here" in err
 
 
+def test_report_dot_inside_the_report_folder(finished_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(finished_run / "act_diagnostics")
+    assert find_run(".") == finished_run.resolve()
+    assert main(["report", "."]) == 0
+    assert "Per-layer statistics" in capsys.readouterr().out
+
+
 def test_events_of_another_tool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -157,6 +164,11 @@ def test_a_row_holds_one_window_and_prefixed_tags_read_back(tmp_path: Path) -> N
     assert row.values == {"firing_rate": pytest.approx(0.9), "nonfinite": 1.0}  # NaN/Inf at any step
     assert split_tag("run-act/fc.act/firing_rate") == ("fc.act", "firing_rate")
     assert split_tag("run-x/fc.act/firing_rate") is None
+    # A site path holding "-act/" in an evaluation stage's tags (act_<stage>/...) is no prefix.
+    assert split_tag("act_validate/blocks.pre-act/relu/std") is None
+    assert split_tag("p-act_validate/blocks.pre-act/relu/std") is None
+    assert split_tag("act/blocks.pre-act/relu/std") == ("blocks.pre-act/relu", "std")
+    assert split_tag("p-act/blocks.pre-act/relu/std") == ("blocks.pre-act/relu", "std")
 
 
 def test_console_script(finished_run: Path) -> None:
