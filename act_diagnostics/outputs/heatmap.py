@@ -228,8 +228,8 @@ class HeatmapWriter:
 
     ``summaries(snapshot, step)`` is called on every log step: it appends the window and returns
     TensorBoard summary values to write with the step's other values: one image per statistic (tags
-    :data:`IMAGE_TAG`) on the first window and every ``image_every`` windows after it, plus the row
-    legend when the rows changed. ``final()`` returns the images of the whole history if
+    :data:`IMAGE_TAG`) on the first window and every ``image_every`` windows after it, each with the
+    row legend, which also names the steps those images' columns cover. ``final()`` returns the images of the whole history if
     windows were added since the last ones (the end of fit). Any failure turns the heatmaps off
     with one warning; it never stops the other outputs.
     """
@@ -244,7 +244,6 @@ class HeatmapWriter:
         self.image_every = image_every
         self._windows = 0
         self._drawn = 0  # windows shown in the last images written
-        self._legend_rows: list[str] = []
 
     def add(self, snapshot: Any, step: int) -> None:
         order = [site.name for site, _ in snapshot.ordered()]
@@ -275,10 +274,9 @@ class HeatmapWriter:
         ]
         self._drawn = self._windows
         first = next(iter(self.histories.values()), None)  # every history has the same rows and spans
-        rows = first.rows if first is not None else []
-        if rows != self._legend_rows:
-            values.extend(summary.text(LEGEND_TEXT_TAG, legend_markdown(rows, first.spans if first else [])).value)
-            self._legend_rows = list(rows)
+        # With every image: the legend names the steps the columns cover, which grow with each image.
+        legend = legend_markdown(first.rows, first.spans) if first is not None else legend_markdown([], [])
+        values.extend(summary.text(LEGEND_TEXT_TAG, legend).value)
         return values
 
     def _guarded(self, draw: Any) -> list[Any]:

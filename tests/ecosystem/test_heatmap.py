@@ -72,8 +72,10 @@ def test_images_in_the_event_file(tmp_path: Path) -> None:
         decoded = np.asarray(pil.open(io.BytesIO(last.encoded_image_string)).convert("RGB"))
         assert decoded.shape == (last.height, last.width, 3)
     legend = acc.Tensors(hm.LEGEND_TEXT_TAG + "/text_summary")
-    text = legend[0].tensor_proto.string_val[0].decode()
-    assert "| 0 | `net.1` |" in text and "| 3 | `net.7` |" in text
+    assert [t.step for t in legend] == [0, 15]  # written with each image: its column span changes
+    texts = [t.tensor_proto.string_val[0].decode() for t in legend]
+    assert "(0 to 0, 1 columns" in texts[0] and "(0 to 15, 5 columns" in texts[1]
+    assert all("| 0 | `net.1` |" in text and "| 3 | `net.7` |" in text for text in texts)
 
 
 def test_heatmaps_can_be_switched_off(tmp_path: Path) -> None:
@@ -107,7 +109,8 @@ def test_images_every_few_windows_and_the_last_at_the_end() -> None:
     assert writer.final() == []  # nothing new since the last images
     writer.summaries(_Snap(0.9), 7)
     values = writer.final()
-    assert sorted(v.tag for v in values) == sorted(hm.IMAGE_TAG.format(stat=s) for s in hm.HEATMAP_STATS)
+    tags = [hm.IMAGE_TAG.format(stat=s) for s in hm.HEATMAP_STATS] + [hm.LEGEND_TEXT_TAG + "/text_summary"]
+    assert sorted(v.tag for v in values) == sorted(tags)  # the legend with its new column span
     assert writer.final() == []
     with pytest.raises(ValueError, match="`image_every` must be a positive int, got 0"):
         hm.HeatmapWriter(image_every=0)
