@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _positive_int(text: str) -> int:
@@ -21,6 +23,15 @@ def _positive_int(text: str) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from act_diagnostics.demo import run_demo
 
+    # Checked before any training: an unusable directory would otherwise fail deep in a logger.
+    try:
+        Path(args.logdir).mkdir(parents=True, exist_ok=True)
+        if not os.access(args.logdir, os.W_OK):
+            raise PermissionError(f"{args.logdir}: not writable")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(f"act-diagnostics demo: cannot write logs to {args.logdir}: {reason}", file=sys.stderr)
+        return 2
     run_demo(logdir=args.logdir, steps=args.steps, quiet=args.quiet)
     return 0
 
@@ -58,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (`act-diagnostics report RUN | head`): stop quietly, and keep Python
+        # from failing again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,3 +50,12 @@ def test_demo_rejects_steps_below_one(steps, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--steps", steps])
     assert exit_info.value.code == 2 and "--steps" in capsys.readouterr().err
+
+
+def test_demo_with_an_unusable_logdir_says_so_before_training(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    assert main(["demo", "--logdir", str(blocker / "logs"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("act-diagnostics demo: cannot write logs to ") and str(blocker / "logs") in err
+    assert "Traceback" not in err

@@ -179,6 +179,16 @@ def test_console_script(finished_run: Path) -> None:
     assert proc.returncode == 2 and "no such directory" in proc.stderr
 
 
+def test_a_reader_closing_the_pipe_early_gets_no_traceback(finished_run: Path) -> None:
+    # `act-diagnostics report RUN | head -1`: the reader leaves before the table is written.
+    code = "import sys; from act_diagnostics.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "report", str(finished_run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # type: ignore[union-attr]
+    err = proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
 def test_functional_site_names_come_back(tmp_path: Path) -> None:
     # Event tags write ":tanh" as "root/tanh"; report.json restores the real name and its kind.
     from tests.ecosystem.conftest import tiny_module_class
