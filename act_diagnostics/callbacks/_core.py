@@ -385,7 +385,10 @@ class DiagnosticsCallbackCore:
             self.monitor.measure_param_grads()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        stepped = int(trainer.global_step) > self._batch_global
+        # A step as Lightning's loggers count them: an optimizer step under automatic optimisation
+        # (accumulating batches are not one); every batch under manual optimisation, which Lightning
+        # never accumulates, whether or not this one called optimizer.step().
+        stepped = int(trainer.global_step) > self._batch_global or not getattr(pl_module, "automatic_optimization", True)
         publish = self._batch_log and stepped and self._batch_step != self._last_logged_step
         if self._disabled:
             if publish and self._world_size(trainer) > 1:

@@ -230,6 +230,7 @@ class ActivationMonitor:
         self._layer_out: dict[int, tuple[str, str, Tensor]] = {}
         self._tracer = ActivationTracer(self)
         self._tracer_on = False
+        self._step_traces = False  # this step runs the tracer (begin_step decides)
         self._rerun_tracer_module: nn.Module | None = None  # see _enter_rerun_tracer
         self._attention_ok = True  # False once a call's attention weights could not be recomputed
         self._functional_sites = False
@@ -370,7 +371,8 @@ class ActivationMonitor:
         consumers = self._consumers_ok and not discovering and not detail and torch.is_grad_enabled()
         tracing = self.config.functional and (discovering or (self._functional_sites and not consumers) or detail)
         self._install_hooks(structure=self.tracking_structure or tracing, inputs=tracing or detail, consumers=consumers)
-        if self.tracking_structure or tracing:
+        self._step_traces = self.tracking_structure or tracing
+        if self._step_traces:
             self._start_tracer()
 
     def stop_tracing(self) -> None:
@@ -398,6 +400,7 @@ class ActivationMonitor:
         self.enabled = False
         self.detail = False
         self.tracking_structure = False
+        self._step_traces = False
         self._clear_step_refs()
 
     def _warn_nothing_found(self) -> None:
@@ -483,6 +486,10 @@ class ActivationMonitor:
         self._calls.clear()
         self._owner_stack.clear()
         self._clear_step_refs()
+        # Another forward after stop_tracing() in the same step: a closure optimizer (LBFGS)
+        # re-evaluating the model. Its functional calls are measured like its modules'.
+        if self._step_traces and not self._tracer_on and not _in_backward():
+            self._start_tracer()
 
     def _module_pre_hook(self, module: nn.Module, args: tuple) -> None:
         if not self.enabled:

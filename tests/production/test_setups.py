@@ -114,6 +114,61 @@ def test_manual_optimization_two_optimizers(tmp_path):
     assert cb.failure is None
 
 
+class ManualAccumulation(pl.LightningModule):
+    """Manual optimisation with hand-written accumulation: optimizer.step() on every 4th batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = mlp()
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.manual_backward(F.cross_entropy(self.net(x), y) / 4)
+        if (batch_idx + 1) % 4 == 0:
+            opt = self.optimizers()
+            opt.step()
+            opt.zero_grad()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def test_manual_optimization_skipping_optimizer_steps_logs_every_batch(tmp_path):
+    """Lightning's loggers count every batch under manual optimisation: the windows follow them,
+    the pre-flight window (step 0) included, even on batches that ran no optimizer step."""
+    cb, rec, t = _fit(tmp_path, ManualAccumulation(), cb={"log_every_n_steps": 3}, max_epochs=1, max_steps=-1,
+                      data=loader(n=96, batch_size=8))
+    assert t.global_step == 3 and cb.steps == 12 and cb.failure is None
+    assert [s.step for s in rec.snapshots] == [0, 2, 5, 8, 11]
+    assert [s.stats["net.1"].calls for s in rec.snapshots] == [1, 2, 3, 3, 3]
+
+
+class ClosureOptimized(pl.LightningModule):
+    """LBFGS re-evaluates the closure (forward and backward) several times per optimizer step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.act, self.l2 = nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.l2(self.act(self.l1(x))))  # a module site and a functional one into the loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.LBFGS(self.parameters(), lr=0.01, max_iter=4)
+
+
+def test_closure_optimizer_measures_every_evaluation(tmp_path):
+    cb, rec, t = _fit(tmp_path, ClosureOptimized(), cb={"log_every_n_steps": 4, "measure_every_n_steps": 1}, max_steps=8)
+    assert cb.failure is None and [s.step for s in rec.snapshots] == [0, 3, 7]
+    for snap in rec.snapshots:  # the functional site is seen on every re-evaluation, as the module is
+        assert snap.stats[":gelu"].calls == snap.stats["act"].calls > snap.window_steps
+
+
 def test_manual_optimization_ends_tensorboard_at_the_logged_step(tmp_path):
     """The end-of-fit report text and heatmaps sit at the loggers' last step (3), not at
     global_step - 1 (7), which counts both optimizers' steps."""
