@@ -336,6 +336,8 @@ def test_follows_trainer_interval(tmp_path):
     t.fit(Net(), loader())
     assert cb._interval(t) == 5
     assert cb.last_snapshot.step == 15  # the last log step of 16 (steps 0, 4, 9, 14, then end-of-fit flush)
+    t.log_every_n_steps = 0  # Lightning's own step logging off (barebones=True sets it): windows of 50
+    assert cb._interval(t) == 50
 
 
 @pytest.mark.parametrize(
