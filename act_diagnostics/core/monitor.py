@@ -27,6 +27,7 @@ callback does this itself.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import warnings
 from collections.abc import Callable
@@ -100,6 +101,8 @@ def _tensors(value: Any) -> list[Tensor]:
         return [v for item in value for v in _tensors(item)]
     if isinstance(value, dict):
         return [v for item in value.values() for v in _tensors(item)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [v for f in dataclasses.fields(value) for v in _tensors(getattr(value, f.name, None))]
     return []
 
 
@@ -206,6 +209,7 @@ class ActivationMonitor:
         self.failure: BaseException | None = None
         self._training = True  # the open step is a training step (not an evaluation batch)
         self._measured_in_step = False  # the open step measured a call (close_step counts it)
+        self._forward_in_step = False  # the open step ran the model's forward
         self._stashed = False  # a training window is set aside (stash_window): this one is evaluation's
         self.eval_only: set[str] = set()  # sites measured only in evaluation batches so far
         self.losses_seen: dict[str, dict[str, Any]] = {}
@@ -239,6 +243,7 @@ class ActivationMonitor:
         self._consumers: dict[int, tuple[nn.Module, str, type]] = {}
         self._consumer_handles: list[Any] = []
         self._consumers_ok = False  # every functional site has such a consumer: no tracer needed
+        self._consumer_reads: dict[int, int] = {}  # id(consumer) -> reads in the open step
         self._seen_consumers: dict[str, list[nn.Module]] = {}  # discovery: site -> modules it fed
         self._seen_grad_fn: dict[str, list[type | None]] = {}  # discovery: site -> grad_fn type per call
         self._functional_out: dict[int, tuple[str, Tensor]] = {}  # discovery: this pass's functional outputs
@@ -338,7 +343,10 @@ class ActivationMonitor:
         self.detach()
 
     def step(self, detail: bool = False) -> None:
-        """Torch-only use: close the current training step and open the next."""
+        """Torch-only use: close the current training step and open the next. A step that ran no
+        forward (a batch skipped before the model) is not counted: it would end discovery early."""
+        if self.enabled and not (self._measured_in_step or self._forward_in_step):
+            self.enabled = False
         self.end_step()
         self.begin_step(detail=detail)
 
@@ -353,6 +361,8 @@ class ActivationMonitor:
         self.detail = detail
         self._training = training
         self._measured_in_step = False
+        self._forward_in_step = False
+        self._consumer_reads.clear()
         deferred = self.window_steps >= DEFER_AFTER_STEPS
         if deferred != self._deferred:
             self._deferred = deferred
@@ -390,6 +400,8 @@ class ActivationMonitor:
         """The training step ended (after the optimizer step). ``training=False``: an evaluation
         batch, which adds to the window but is not a training step (no structure learning)."""
         self._stop_tracer()
+        if self._consumer_reads:
+            self._check_consumer_reads()
         if self.enabled:
             self.window_steps += 1
             self.steps += training
@@ -440,17 +452,20 @@ class ActivationMonitor:
     def _stop_tracer(self) -> None:
         if not self._tracer_on:
             return
-        # Pop only our own mode: never disturb a mode the user pushed after ours.
         stack = torch.overrides._get_current_function_mode_stack()
         if stack and stack[-1] is self._tracer:
             self._tracer.__exit__(None, None, None)
-            self._tracer_on = False
-        elif not any(m is self._tracer for m in stack):
-            self._tracer_on = False  # already gone
-        else:
-            # Buried under a mode that is still open: stay disabled (the tracer then passes every
-            # call through) and pop it at the next end_step or detach, once it is on top again.
-            self._fail(RuntimeError("another TorchFunctionMode was left above act_diagnostics' tracer"))
+        elif any(m is self._tracer for m in stack):
+            # Under a mode opened after ours and still open (another monitor's tracer, a
+            # `with torch.device(...)` around the loop): take ours out and put the others back in
+            # their order, so each still pops itself when its own block ends.
+            above = []
+            while torch.overrides._get_current_function_mode_stack()[-1] is not self._tracer:
+                above.append(torch.overrides._pop_mode())
+            torch.overrides._pop_mode()
+            for mode in reversed(above):
+                torch.overrides._push_mode(mode)
+        self._tracer_on = False
 
     # ------------------------------------------------------------------ failure handling
     def _fail(self, exc: BaseException) -> None:
@@ -483,6 +498,7 @@ class ActivationMonitor:
         # A new forward pass of the whole model: call positions restart, and the previous pass's
         # tensors (its loss is computed by now) are let go, so gradient accumulation over many
         # micro-batches in one step does not keep every micro-batch alive.
+        self._forward_in_step = True
         self._calls.clear()
         self._owner_stack.clear()
         self._clear_step_refs()
@@ -754,14 +770,27 @@ class ActivationMonitor:
             return
         try:
             with self._no_torch_function():  # reading y.grad_fn is a torch function too
-                if type(y.grad_fn) is not grad_fn:
+                node = y.grad_fn
+                # A forward under no_grad (or with everything upstream frozen) records no node to
+                # check: the learned flow is trusted, and the read counts below still check it.
+                if (node is not None or y.requires_grad) and type(node) is not grad_fn:
                     # Not the activation's output this time (a branch, an inplace change): functional
                     # sites go back to the tracer from the next step.
                     self._consumers_ok = False
                     return
+                self._consumer_reads[id(module)] = self._consumer_reads.get(id(module), 0) + 1
                 self._observe(name, state, None, y, None)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
+
+    def _check_consumer_reads(self) -> None:
+        """Every learned consumer must have read its site equally often in a step (once per forward
+        pass). A loop that got shorter, or a branch not taken, leaves one unread while another may
+        have read a different call's output: functional sites go back to the tracer."""
+        reads = self._consumer_reads
+        if reads and (len(reads) != len(self._consumers) or len(set(reads.values())) != 1):
+            self._consumers_ok = False
+        reads.clear()
 
     # ------------------------------------------------------------------ site creation
     def _next_call(self, base: str) -> str:

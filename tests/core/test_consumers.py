@@ -129,3 +129,55 @@ def test_a_functional_call_first_made_late_is_measured_on_every_later_step() -> 
     mon.detach()
     assert not mon._consumers_ok
     assert snap.stats[":silu"].calls == 4 and snap.stats[":gelu"].calls == 8  # steps 4-7; every step
+
+
+class Chain(nn.Module):
+    """F.gelu after each of ``depth`` Linear layers; each call's output goes into the next layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lins = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        self.head = nn.Linear(4, 1)
+        self.depth = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.depth):
+            x = F.gelu(self.lins[i](x) + 3 * i)  # call i has a mean near 3 * i
+        return self.head(x)
+
+
+def test_a_forward_under_no_grad_is_read_at_the_consumer() -> None:
+    model = Chain()
+    mon = ActivationMonitor(model).attach()
+    for _ in range(3):  # discovery, then the consumer reads
+        mon.begin_step()
+        model(torch.randn(5, 4)).sum().backward()
+        mon.end_step()
+    mon.snapshot()
+    assert mon._consumers_ok
+    mon.begin_step()
+    with torch.no_grad():
+        model(torch.randn(5, 4))
+    mon.end_step()
+    snap = mon.snapshot()
+    mon.detach()
+    assert {name: st.calls for name, st in snap.stats.items()} == {":gelu": 1, ":gelu#1": 1, ":gelu#2": 1}
+    assert mon._consumers_ok
+
+
+def test_a_loop_that_gets_shorter_sends_functional_sites_back_to_the_tracer() -> None:
+    torch.manual_seed(0)
+    model = Chain()
+    mon = ActivationMonitor(model).attach()
+    for step in range(10):
+        model.depth = 3 if step < 2 else 2
+        mon.begin_step()
+        model(torch.randn(5, 4)).sum().backward()
+        mon.end_step()
+        if step == 2:  # the first shorter pass: one call may be read at its neighbour's module
+            assert not mon._consumers_ok
+    snap = mon.snapshot()
+    mon.detach()
+    calls = {name: st.calls for name, st in snap.stats.items()}
+    assert calls[":gelu"] == 10 and calls[":gelu#1"] >= 9 and calls[":gelu#2"] <= 3
+    assert calls[":gelu#1"] + calls[":gelu#2"] == 12

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -553,3 +554,53 @@ def test_a_sub_model_called_outside_forward_returns_model_outputs() -> None:
     assert mon.sites["generator.3"].is_output and mon.sites["generator.3"].feeds_layer
     assert not mon.sites["generator.1"].is_output
     assert not mon.sites["act"].is_output and mon.sites["act"].feeds_layer
+
+
+def test_steps_without_a_forward_do_not_end_discovery() -> None:
+    """Batches skipped before the model (`mon.step(); continue`) are not steps: discovery still
+    sees the functional site, and no "nothing found" warning is given."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1, self.l2, self.act = nn.Linear(6, 8), nn.Linear(8, 1), nn.ReLU()
+
+        def forward(self, x):
+            return self.l2(self.act(F.gelu(self.l1(x))))
+
+    model = Net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with ActivationMonitor(model) as mon:
+            for i in range(8):
+                if i < 2:
+                    mon.step()
+                    continue
+                model(torch.randn(4, 6)).sum().backward()
+                mon.step()
+            snap = mon.snapshot()
+    assert {name: st.calls for name, st in snap.stats.items()} == {":gelu": 6, "act": 6}
+    assert mon.steps == 6
+
+
+def test_a_dataclass_output_marks_model_outputs() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Out:
+        probs: torch.Tensor
+        aux: tuple
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.head = nn.Linear(4, 4), nn.Linear(4, 1)
+
+        def forward(self, x):
+            h = torch.tanh(self.fc(x))
+            return Out(torch.sigmoid(self.head(h)), (h.sum(),))
+
+    model = Net()
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(3, 4))
+    assert mon.sites[":sigmoid"].is_output and not mon.sites[":tanh"].is_output

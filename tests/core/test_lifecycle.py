@@ -347,6 +347,10 @@ def test_micro_batches_in_one_step_do_not_pile_up(make_mlp) -> None:
 
 
 def test_user_mode_left_above_the_tracer_is_not_disturbed() -> None:
+    """A mode opened after the tracer and still open at the end of the step (a `with torch.device`
+    around the loop): the tracer is taken out from under it, measuring goes on, and the user's
+    mode still closes itself."""
+
     class Inner(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             return func(*args, **(kwargs or {}))
@@ -355,12 +359,41 @@ def test_user_mode_left_above_the_tracer_is_not_disturbed() -> None:
     mon = ActivationMonitor(model).attach()
     mon.begin_step()
     inner = Inner().__enter__()
-    with pytest.warns(MonitorFailure, match="another TorchFunctionMode"):
+    model(torch.randn(2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no MonitorFailure
         mon.end_step()
-    assert _mode_stack() == [mon._tracer, inner]  # the user's mode is left alone
+        assert _mode_stack() == [inner]
+        mon.begin_step()
+        model(torch.randn(2, 4))
+        mon.end_step()
+    assert _mode_stack() == [inner] and mon.failure is None
     inner.__exit__(None, None, None)
-    model(torch.randn(2, 4))  # the disabled tracer passes calls through
+    snap = mon.snapshot()
     mon.detach()
+    assert _mode_stack() == [] and _no_hooks(model)
+    assert snap.stats and all(st.calls == 2 for st in snap.stats.values())
+
+
+def test_two_monitors_on_one_model_each_measure_every_step() -> None:
+    model = Mixed()
+    with ActivationMonitor(model) as a, ActivationMonitor(model) as b:
+        for _ in range(4):
+            model(torch.randn(2, 4)).sum().backward()
+            b.step()
+            a.step()
+        snaps = a.snapshot(), b.snapshot()
+    assert a.failure is None and b.failure is None and _mode_stack() == []
+    assert snaps[0].stats.keys() == snaps[1].stats.keys()
+    assert all(st.calls == 4 for snap in snaps for st in snap.stats.values())
+    # Closed out of order: neither tracer stays on torch's mode stack.
+    a, b = ActivationMonitor(model).attach(), ActivationMonitor(model).attach()
+    a.begin_step()
+    b.begin_step()
+    a.end_step()
+    a.detach()
+    b.end_step()
+    b.detach()
     assert _mode_stack() == [] and _no_hooks(model)
 
 
