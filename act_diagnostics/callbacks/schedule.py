@@ -18,8 +18,8 @@ from dataclasses import dataclass
 # pool windows. Faults that develop during training (dying units, growing activations) develop over
 # many windows, so the steady state samples them; the first window is measured on every step.
 MEASURED_STEPS_PER_WINDOW = 5
-# Detail steps are log steps at least this many steps apart: every log step at intervals >= 10,
-# so logging every step stays cheap.
+# Detail steps are log steps at least this many steps apart: every log step at intervals above 10
+# (at 10, all but step 9, which is 9 steps after step 0), so logging every step stays cheap.
 DETAIL_MIN_STEPS = 10
 
 
