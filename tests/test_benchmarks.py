@@ -64,3 +64,29 @@ def test_lightning_variant_with_tensorboard_runs_the_callback(monkeypatch) -> No
     (callback,) = made
     assert callback.last_snapshot is not None and callback.last_snapshot.step == 3  # logged every step
     assert callback._tb is not None  # the TensorBoard logger was found and written to
+
+
+def test_floor_minimal_monitor_computes_the_statistics_it_claims() -> None:
+    """benchmarks/floor.py's lower bound is only one if its ops give the same statistics."""
+    import floor
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    seen = []
+    model[1].register_forward_hook(lambda m, a, y: seen.append(y.detach().clone()))
+    mon = floor.Minimal(model)
+    mon.attach()
+    x = torch.randn(16, 4)
+    out = model(x)
+    F.cross_entropy(out, torch.randint(0, 3, (16,))).backward()
+    mon.detach()
+    (y,) = seen
+    total, squares, peak, firing, grad_squares = mon.kept
+    assert total.item() == pytest.approx(y.sum().item()) and squares.item() == pytest.approx((y * y).sum().item())
+    assert peak.item() == y.max().item() and firing.tolist() == (y > 0).sum(0).float().tolist()
+    assert grad_squares.item() > 0
+    mon.after(0)
+    assert mon.kept == []

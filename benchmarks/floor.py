@@ -1,0 +1,111 @@
+"""How low a per-unit activation monitor built from eager torch ops can go: the floor under "every step".
+
+    python benchmarks/floor.py                  # MLP, 8 rounds
+    python benchmarks/floor.py --rounds 12 --model transformer
+
+Runs, in interleaved blocks of 10 steps against one bare loop (medians of per-round ratios, as
+overhead.py does), three monitors of the model's ReLU/GELU modules, all measured on every step:
+
+* ``hooks``: a forward hook and a gradient hook per activation that keep nothing (the cost of
+  being called at all);
+* ``minimal``: the same hooks running the fewest eager ops that give act_diagnostics' statistics
+  for a ReLU: sum, sum of squares (``dot``), max, per-unit firing counts (``sign`` then a column
+  sum) and the gradient's sum of squares, kept on the device with no checks, no sampling, no
+  folding and nothing else;
+* ``act``: ActivationMonitor as the callback drives it, every step measured, logged every 50.
+
+``minimal`` is a lower bound for any monitor of these statistics made of eager ops: what ``act``
+costs above it is its own bookkeeping (sampling, dtype handling, the schedule, log steps).
+Only module activations are hooked, so the Transformer (functional F.gelu) gives ``hooks`` and
+``minimal`` nothing to do; use the MLP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import overhead  # noqa: E402
+
+
+class HooksOnly(overhead.Bare):
+    name = "hooks"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.acts = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.GELU))]
+        self.handles: list = []
+        self.kept: list[torch.Tensor] = []
+
+    def attach(self) -> None:
+        self.handles = [m.register_forward_hook(self.forward_hook) for m in self.acts]
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def forward_hook(self, module: nn.Module, args: tuple, y: torch.Tensor) -> None:
+        y.register_hook(self.grad_hook)
+
+    def grad_hook(self, g: torch.Tensor) -> None:
+        pass
+
+    def after(self, step: int) -> None:
+        self.kept = []  # what a monitor would reduce at a log step
+
+
+class Minimal(HooksOnly):
+    name = "minimal"
+
+    def forward_hook(self, module: nn.Module, args: tuple, y: torch.Tensor) -> None:
+        d = y.detach()
+        flat = d.reshape(-1)
+        self.kept += [flat.sum(), torch.dot(flat, flat), flat.max(), d.sign().sum(0, dtype=torch.float32)]
+        y.register_hook(self.grad_hook)
+
+    def grad_hook(self, g: torch.Tensor) -> None:
+        flat = g.reshape(-1)
+        self.kept.append(torch.dot(flat, flat))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    build, _ = overhead.MODELS[args.model]
+    model, make_batch = build()
+    batches = [make_batch() for _ in range(4)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    variants = [overhead.Bare(model), HooksOnly(model), Minimal(model), overhead.Act(model, overhead.DEFAULT_INTERVAL, 1)]
+    variants[-1].name = "act"
+    for v in variants:
+        overhead.run_steps(model, opt, batches, v, overhead.WARMUP)
+    ratios: dict[str, list[float]] = {v.name: [] for v in variants[1:]}
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.model}, {args.rounds} rounds", flush=True)
+    for r in range(args.rounds):
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        times = dict.fromkeys((v.name for v in variants), 0.0)
+        for _ in range(3):
+            for v in order:
+                times[v.name] += overhead.run_steps(model, opt, batches, v, overhead.BLOCK)
+        for name in ratios:
+            ratios[name].append(times[name] / times["bare"])
+        print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.3f}" for n, v in ratios.items()), flush=True)
+    for name, values in ratios.items():
+        print(f"{name:8s} {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+
+
+if __name__ == "__main__":
+    main()
