@@ -232,8 +232,6 @@ def test_regression_targets_out_of_the_output_range_confirmed_by_hand(head, make
 def test_class_losses_judge_the_dim_the_loss_reads(head, loss_of, expected):
     """Whether a (log-)softmax ran over the classes is judged on the tensor the loss received:
     a reshape for the loss is fine, a normalisation over the batch is an error whatever the loss."""
-    from act_diagnostics.core import ActivationMonitor
-    from act_diagnostics.rules import RULE_IDS, RuleEngine
 
     class Head(nn.Module):
         def __init__(self) -> None:
@@ -244,19 +242,25 @@ def test_class_losses_judge_the_dim_the_loss_reads(head, loss_of, expected):
             return head(self.fc(x))
 
     torch.manual_seed(0)
-    model = Head()
-    x, t = torch.randn(16, 5, 6), torch.randint(0, 4, (16, 5))
+    got = _class_loss_findings(Head(), lambda model, x, t: loss_of(model(x), t), torch.randn(16, 5, 6), torch.randint(0, 4, (16, 5)))
+    assert got == ([expected] if expected else [])
+
+
+def _class_loss_findings(model: nn.Module, loss_of, x: torch.Tensor, t: torch.Tensor) -> list[tuple]:
+    """(severity, softmax_dim, classes) of activation-loss-mismatch after one step of ``loss_of(model, x, t)``."""
+    from act_diagnostics.core import ActivationMonitor
+    from act_diagnostics.rules import RULE_IDS, RuleEngine
+
     engine = RuleEngine(disable=[r for r in RULE_IDS if r != "activation-loss-mismatch"])
     mon = ActivationMonitor(model).attach()
     try:
         mon.begin_step()
-        loss_of(model(x), t).backward()
+        loss_of(model, x, t).backward()
         mon.end_step()
         found = engine.evaluate(mon.snapshot(step=0), preflight=True)
     finally:
         mon.detach()
-    got = [(f.severity, f.evidence.get("softmax_dim"), f.evidence["classes"]) for f in found]
-    assert got == ([expected] if expected else [])
+    return [(f.severity, f.evidence.get("softmax_dim"), f.evidence["classes"]) for f in found]
 
 
 @pytest.mark.parametrize(
@@ -275,20 +279,8 @@ def test_class_losses_judge_the_dim_the_loss_reads(head, loss_of, expected):
 def test_class_losses_after_a_transpose_of_a_square_output(head, loss_of, expected):
     """A sequence model with as many positions as classes: which dim holds the classes follows the
     transpose, not the (unchanged) shape."""
-    from act_diagnostics.core import ActivationMonitor
-    from act_diagnostics.rules import RULE_IDS, RuleEngine
-
     torch.manual_seed(0)
-    model = nn.Linear(6, 4)
-    x, t = torch.randn(16, 4, 6), torch.randint(0, 4, (16, 4))
-    engine = RuleEngine(disable=[r for r in RULE_IDS if r != "activation-loss-mismatch"])
-    mon = ActivationMonitor(model).attach()
-    try:
-        mon.begin_step()
-        loss_of(head(model(x)), t).backward()
-        mon.end_step()
-        found = engine.evaluate(mon.snapshot(step=0), preflight=True)
-    finally:
-        mon.detach()
-    got = [(f.severity, f.evidence.get("softmax_dim"), f.evidence["classes"]) for f in found]
+    got = _class_loss_findings(
+        nn.Linear(6, 4), lambda model, x, t: loss_of(head(model(x)), t), torch.randn(16, 4, 6), torch.randint(0, 4, (16, 4))
+    )
     assert got == ([expected] if expected else [])
