@@ -42,11 +42,16 @@ class SignalPropagation(Rule):
             return []
         grows = hi_i > lo_i
         deep = chain[max(lo_i, hi_i)][0]
-        msg = (
-            f"pre-activation std {'grows' if grows else 'collapses'} {ratio:.3g}x across {len(chain)} layers at "
-            f"initialisation (from {chain[0][1].input_std:.3g} at '{chain[0][0].name}' to "
-            f"{chain[-1][1].input_std:.3g} at '{chain[-1][0].name}')"
-        )
+        # Quote the two sites the ratio compares, in forward order (not the chain's ends).
+        first, last = (lo_i, hi_i) if grows else (hi_i, lo_i)
+        ends = " to ".join(f"{chain[i][1].input_std:.3g} at '{chain[i][0].name}'" for i in (first, last))
+        if lo > 0:
+            msg = f"pre-activation std {'grows' if grows else 'collapses'} {ratio:.3g}x across {len(chain)} layers at initialisation (from {ends})"
+        else:  # a constant pre-activation: no ratio to quote
+            msg = (
+                f"the pre-activation of '{chain[lo_i][0].name}' is constant (std 0) at initialisation, against "
+                f"{hi:.3g} at '{chain[hi_i][0].name}' ({len(chain)} layers): no signal passes that layer"
+            )
         return [
             self.finding(
                 ctx, deep.name, "warning", msg, FIX,

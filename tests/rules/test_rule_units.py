@@ -245,6 +245,10 @@ def test_signal_propagation_preflight_only():
     assert only("signal-propagation").evaluate(snap) == []  # not a training-time rule
     (f,) = only("signal-propagation").evaluate(snap, preflight=True)
     assert f.evidence["ratio"] == pytest.approx(50) and f.evidence["direction"] == -1 and f.site == "act3"
+    # The message quotes the two sites compared, not the ends of the chain (act4 is back at 1.0).
+    assert "collapses 50x across 4 layers at initialisation (from 1 at 'act0' to 0.02 at 'act3')" in f.message
+    (g,) = only("signal-propagation").evaluate(chain("relu", [1e-3] * 4, input_std=[0.5, 0.0, 0.4, 0.5]), preflight=True)
+    assert "'act1' is constant (std 0)" in g.message and "inf" not in g.message and g.site == "act1"
     healthy = chain("relu", [1e-3] * 5, input_std=[1.0, 0.5, 0.3, 0.2, 1.0])
     assert only("signal-propagation").evaluate(healthy, preflight=True) == []
 
