@@ -1,7 +1,8 @@
 """vanishing-gradient: the gradient at activation outputs shrinks across depth toward the input.
 
 Compares the RMS of d(loss)/d(activation output) at the first and the last site of the network's
-depth chain (hidden activations plus the output activation, forward order).
+depth chain (hidden activations plus the output activation unless it is a sigmoid, tanh or
+softmax, forward order).
 """
 
 from __future__ import annotations

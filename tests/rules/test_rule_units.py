@@ -213,11 +213,25 @@ def twice(engine: RuleEngine, snap):
 
 
 def test_vanishing_gradient_ratio_and_absolute():
+    # The sigmoid output (the last site) is not depth: compared over the hidden sites only.
     (f,) = twice(only("vanishing-gradient"), chain("sigmoid", [1e-8, 1e-6, 1e-4, 1e-3]))
-    assert f.site == "act0" and f.evidence["shrink_factor"] == pytest.approx(1e5)
-    assert twice(only("vanishing-gradient"), chain("sigmoid", [1e-5, 1e-4, 1e-3, 2e-3])) == []  # ratio 5e-3
+    assert f.site == "act0" and f.evidence["shrink_factor"] == pytest.approx(1e4) and f.evidence["sites"] == 3
+    assert twice(only("vanishing-gradient"), chain("sigmoid", [1e-5, 1e-4, 1e-3, 1e-3, 2e-3])) == []  # ratio 1e-2
     assert twice(only("vanishing-gradient"), chain("relu", [1e-3, 1e-3, 1e-3])) == []
     assert "x smaller" in f.message
+
+
+@pytest.mark.parametrize("head", ["sigmoid", "softmax", "tanh"])
+def test_a_confident_probability_output_is_not_vanishing_depth(head):
+    """A ReLU classifier at 100% training accuracy with a sigmoid + BCE head: the gradient at the
+    probability output is large ((p - y) / p(1 - p)), the hidden ones grow toward the input."""
+    pairs = [(make_site(f"act{i}", "relu", index=i), relu_stats([0.5] * 8, grad_rms=g)) for i, g in enumerate([4.6e-6, 1e-6, 4.2e-7])]
+    pairs.append((make_site("head", head, index=3, consumers={"output", "loss:binary_cross_entropy"}), relu_stats([0.5] * 8, grad_rms=8e-3)))
+    assert twice(only("vanishing-gradient"), make_snapshot(pairs)) == []
+    # A linear head (no squashing) still ends the chain.
+    pairs[-1] = (make_site("head", "relu", index=3, consumers={"output"}), relu_stats([0.5] * 8, grad_rms=8e-3))
+    (f,) = twice(only("vanishing-gradient"), make_snapshot(pairs))
+    assert f.evidence["sites"] == 4
 
 
 def test_vanishing_gradient_says_when_no_gradient_arrives():
