@@ -15,6 +15,11 @@ FORWARD_FIX = (
     "the input data for NaN/Inf, guard log/sqrt/division with an epsilon, and with float16 AMP use a "
     "GradScaler or bfloat16. torch.autograd.set_detect_anomaly(True) pinpoints the op."
 )
+# When a window of several steps cannot place it.
+LOCATE = (
+    " To find where it starts, rerun with log_every_n_steps=1 (each window one step) up to the step it "
+    "appears, or with torch.autograd.set_detect_anomaly(True)."
+)
 BACKWARD_FIX = (
     "The backward pass overflows here: clip gradients (gradient_clip_val), lower the learning rate, "
     "avoid log(0) / sqrt(0) / division by ~0 in the loss, and with float16 AMP use a GradScaler."
@@ -34,10 +39,20 @@ class NonFinite(Rule):
         if forward:
             site = forward[0]
             share = ctx.snapshot.stats[site.name].nonfinite_share
-            msg = f"NaN/Inf first appears in the output of '{site.name}' ({len(forward)} of {len(ordered)} sites affected)"
-            evidence = dict(sites_affected=len(forward), sites=len(ordered), grad_sites_affected=len(backward))
+            steps = ctx.snapshot.window_steps
+            evidence = dict(sites_affected=len(forward), sites=len(ordered), grad_sites_affected=len(backward), window_steps=steps)
             if share is not None:
                 evidence["nonfinite_share"] = share
+            if steps > 1 and len(forward) > 1:
+                # Once NaN reaches the weights every later step is NaN at every site: a window of
+                # several steps cannot say which site, or which pass, it started in.
+                grads = f", and in the gradients at {len(backward)}" if backward else ""
+                msg = (
+                    f"NaN/Inf in the outputs of {len(forward)} of {len(ordered)} sites{grads} over this window of {steps} "
+                    f"steps, the first in forward order at '{site.name}'; the window cannot tell where it started"
+                )
+                return [self.finding(ctx, site.name, "error", msg, FORWARD_FIX + LOCATE, **evidence)]
+            msg = f"NaN/Inf first appears in the output of '{site.name}' ({len(forward)} of {len(ordered)} sites affected)"
             return [self.finding(ctx, site.name, "error", msg, FORWARD_FIX, **evidence)]
         if backward:
             site = backward[-1]

@@ -272,14 +272,32 @@ def test_non_finite_names_first_forward_site_then_backward_origin():
     snap = chain("relu", [1e-3] * 4)
     stats = [snap.stats[f"act{i}"] for i in range(4)]
     stats[2].nonfinite = stats[3].nonfinite = True
+    snap.window_steps = 1  # a window of one step: forward order says where it entered
     (f,) = only("non-finite").evaluate(snap)
     assert (f.site, f.severity, f.evidence["sites_affected"]) == ("act2", "error", 2)
+    assert f.message.startswith("NaN/Inf first appears in the output of 'act2'")
 
     snap = chain("relu", [1e-3] * 4)
     for i in (0, 1):
         snap.stats[f"act{i}"].grad_nonfinite = True
     (g,) = only("non-finite").evaluate(snap)
     assert g.site == "act1" and "gradient" in g.message
+
+
+def test_non_finite_over_a_window_of_several_steps_does_not_claim_an_origin():
+    """NaN at step 20 of a 50-step window reaches every site by step 21: forward order then only
+    names the first site, not where NaN began, and the message says so."""
+    snap = chain("relu", [1e-3] * 4)
+    for i in range(4):
+        snap.stats[f"act{i}"].nonfinite = snap.stats[f"act{i}"].grad_nonfinite = True
+    snap.window_steps = 50
+    (f,) = only("non-finite").evaluate(snap)
+    assert f.site == "act0" and f.evidence["window_steps"] == 50 and "first appears" not in f.message
+    assert "the window cannot tell where it started" in f.message and "gradients at 4" in f.message
+    assert "log_every_n_steps=1" in f.recommendation
+    snap.stats["act1"].nonfinite = snap.stats["act2"].nonfinite = snap.stats["act3"].nonfinite = False
+    (g,) = only("non-finite").evaluate(snap)  # one site only: it is where the forward NaN is
+    assert g.message.startswith("NaN/Inf first appears in the output of 'act0'")
 
 
 # ---------------------------------------------------------------- loss / output pairing
