@@ -244,6 +244,11 @@ def test_exploding_gradient_growth():
     (f,) = twice(only("exploding-gradient"), chain("relu", [1.0, 1e-1, 1e-2, 1e-3]))
     assert f.severity == "warning" and f.evidence["growth_factor"] == pytest.approx(1000)
     assert twice(only("exploding-gradient"), chain("relu", [5e-3, 1e-3, 1e-3, 1e-4])) == []  # 50x < 70x
+    assert f.evidence["layer_growth"] == pytest.approx(10) and "10x per layer" in f.message
+    # 90x across 17 activations (a healthy BatchNorm ResNet): 1.3x per layer is not exploding.
+    assert twice(only("exploding-gradient"), chain("relu", [1.3 ** (16 - i) * 1e-5 for i in range(17)])) == []
+    (g,) = twice(only("exploding-gradient"), chain("relu", [2.0 ** (16 - i) * 1e-5 for i in range(17)]))  # 2x per layer
+    assert g.evidence["growth_factor"] == pytest.approx(2.0**16) and g.severity == "error"
 
 
 def test_exploding_activations_growth_and_magnitude():
