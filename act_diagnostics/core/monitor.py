@@ -1117,6 +1117,7 @@ class ActivationMonitor:
             sites=sites,
             out_samples=dict(zip(sample_names, host_samples[: len(sample_names)])),
             grad_samples=dict(zip(grad_names, host_samples[len(sample_names) :])),
+            losses=tuple(sorted(self.losses_seen)),
         )
         if reset:
             with self._no_torch_function():

@@ -93,6 +93,8 @@ class Snapshot:
     sites: dict[str, Site]
     out_samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
     grad_samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    # Loss functions the model's losses were computed with (seen while the monitor tracked structure).
+    losses: tuple[str, ...] = ()
 
     def ordered(self) -> list[tuple[Site, SiteStats]]:
         """(site, stats) pairs in forward order, input side first."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from act_diagnostics.core.sites import Site
 from act_diagnostics.core.snapshot import SiteStats, Snapshot
+from act_diagnostics.core.tracer import REGRESSION_LOSSES
 from act_diagnostics.rules.finding import Finding, Severity
 
 
@@ -98,6 +99,19 @@ def is_hidden(site: Site) -> bool:
 # p (1 - p) shrinks it again one step back. Across that one layer the gradient falls 1000x on a
 # healthy classifier at 100% training accuracy: not depth.
 SQUASHING_OUTPUT_FAMILIES = ("sigmoid", "tanh", "softmax")
+
+
+# Appended to the growth rules' findings when the model regresses: large targets need large
+# outputs, so growth across depth may be the targets' scale rather than a fault.
+REGRESSION_SCALE_NOTE = (
+    " If the regression targets are large (far from unit scale), standardise them (subtract the mean, "
+    "divide by the std, and scale the predictions back) before changing the model."
+)
+
+
+def regression_loss(snapshot: Snapshot) -> str | None:
+    """The regression loss the model trains with (mse, l1, smooth_l1, huber), if any."""
+    return next((loss for loss in snapshot.losses if loss in REGRESSION_LOSSES), None)
 
 
 def depth_chain(snapshot: Snapshot) -> list[tuple[Site, SiteStats]]:

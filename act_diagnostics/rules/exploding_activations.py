@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import Rule, RuleContext, finite, is_hidden
+from act_diagnostics.rules.base import REGRESSION_SCALE_NOTE, Rule, RuleContext, finite, is_hidden, regression_loss
 from act_diagnostics.rules.finding import Finding
 
 # Bounded families (sigmoid, tanh, hardtanh) cannot grow: only unbounded ones are compared.
@@ -39,10 +39,11 @@ class ExplodingActivations(Rule):
         growth = float(ls.rms) / float(fs.rms) if len(chain) >= self.t["min_sites"] and fs.rms else 0.0  # type: ignore[arg-type]
         biggest, bs = max(chain, key=lambda p: float(p[1].max_abs))  # type: ignore[arg-type]
         evidence = dict(growth_factor=growth, rms_first=fs.rms, rms_last=ls.rms, max_abs=bs.max_abs)
+        fix = FIX + (REGRESSION_SCALE_NOTE if regression_loss(ctx.snapshot) else "")
         if growth > self.t["growth"]:
             msg = f"activation RMS grows {growth:.3g}x from '{first.name}' to '{last.name}' ({len(chain)} layers)"
-            return [self.finding(ctx, last.name, "warning", msg, FIX, **evidence)]
+            return [self.finding(ctx, last.name, "warning", msg, fix, **evidence)]
         if float(bs.max_abs) > self.t["huge"]:  # type: ignore[arg-type]
             msg = f"activations reach |{bs.max_abs:.3g}| (RMS {bs.rms:.3g}): overflow in float16 is near"
-            return [self.finding(ctx, biggest.name, "warning", msg, FIX, **evidence)]
+            return [self.finding(ctx, biggest.name, "warning", msg, fix, **evidence)]
         return []

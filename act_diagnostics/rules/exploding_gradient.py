@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import Rule, RuleContext, depth_chain, finite
+from act_diagnostics.rules.base import REGRESSION_SCALE_NOTE, Rule, RuleContext, depth_chain, finite, regression_loss
 from act_diagnostics.rules.finding import Finding
 
 # AUTOTRAINER (ICSE 2021): exploding when ||g_first|| / ||g_last|| > 70.
@@ -36,6 +36,7 @@ class ExplodingGradient(Rule):
         chain = [(s, st) for s, st in depth_chain(ctx.snapshot) if finite(st.grad_rms)]
         if not chain:
             return []
+        fix = FIX + (REGRESSION_SCALE_NOTE if regression_loss(ctx.snapshot) else "")
         biggest, bs = max(chain, key=lambda p: float(p[1].grad_rms))  # type: ignore[arg-type]
         g_big = float(bs.grad_rms)  # type: ignore[arg-type]
         growth = 0.0
@@ -50,8 +51,8 @@ class ExplodingGradient(Rule):
                 f"({len(chain)} activation layers, {per_layer:.2g}x per layer): it grows toward the input"
             )
             evidence = dict(growth_factor=growth, layer_growth=per_layer, grad_rms_max=g_big, sites=len(chain))
-            return [self.finding(ctx, first.name, severity, msg, FIX, **evidence)]
+            return [self.finding(ctx, first.name, severity, msg, fix, **evidence)]
         if g_big > self.t["huge"]:
             msg = f"gradient RMS {g_big:.3g} at this activation's output is huge"
-            return [self.finding(ctx, biggest.name, "warning", msg, FIX, growth_factor=growth, grad_rms_max=g_big, sites=len(chain))]
+            return [self.finding(ctx, biggest.name, "warning", msg, fix, growth_factor=growth, grad_rms_max=g_big, sites=len(chain))]
         return []

@@ -604,3 +604,11 @@ def test_a_dataclass_output_marks_model_outputs() -> None:
     with ActivationMonitor(model) as mon:
         model(torch.randn(3, 4))
     assert mon.sites[":sigmoid"].is_output and not mon.sites[":tanh"].is_output
+
+
+def test_the_snapshot_names_the_losses_seen() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    with ActivationMonitor(model) as mon:
+        F.mse_loss(model(torch.randn(3, 4)), torch.randn(3, 1)).backward()
+        snap = mon.snapshot()
+    assert snap.losses == ("mse_loss",)

@@ -259,6 +259,20 @@ def test_exploding_activations_growth_and_magnitude():
     assert twice(only("exploding-activations"), chain("relu", [1e-3] * 4, rms=[1.0, 3.0, 9.0, 1.0])) == []
 
 
+@pytest.mark.parametrize("rule, grads, rms", [
+    ("exploding-gradient", [1.0, 1e-1, 1e-2, 1e-3], None),
+    ("exploding-activations", [1e-3] * 4, [1.0, 20.0, 500.0, 1.0]),
+])
+def test_growth_findings_of_a_regression_model_suggest_standardising_targets(rule, grads, rms):
+    snap = chain("relu", grads, rms=rms)
+    (f,) = twice(only(rule), snap)
+    assert "standardise them" not in f.recommendation
+    snap = chain("relu", grads, rms=rms)
+    snap.losses = ("mse_loss",)  # large regression targets need large activations
+    (g,) = twice(only(rule), snap)
+    assert g.recommendation.startswith(f.recommendation) and "standardise them" in g.recommendation
+
+
 def test_signal_propagation_preflight_only():
     snap = chain("relu", [1e-3] * 5, input_std=[1.0, 0.3, 0.09, 0.02, 1.0])
     assert only("signal-propagation").evaluate(snap) == []  # not a training-time rule
