@@ -229,8 +229,8 @@ class HeatmapWriter:
     ``summaries(snapshot, step)`` is called on every log step: it appends the window and returns
     TensorBoard summary values to write with the step's other values: one image per statistic (tags
     :data:`IMAGE_TAG`) on the first window and every ``image_every`` windows after it, each with the
-    row legend, which also names the steps those images' columns cover. ``final()`` returns the images of the whole history if
-    windows were added since the last ones (the end of fit). Any failure turns the heatmaps off
+    row legend, which also names the steps those images' columns cover. ``final()`` returns the
+    images of the whole history if windows were added since the last ones (the end of fit). Any failure turns the heatmaps off
     with one warning; it never stops the other outputs.
     """
 

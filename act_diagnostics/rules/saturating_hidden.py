@@ -8,6 +8,7 @@ gates), so those are never flagged.
 
 from __future__ import annotations
 
+from act_diagnostics.core.sites import Site
 from act_diagnostics.rules.base import Rule, RuleContext
 from act_diagnostics.rules.finding import Finding
 
@@ -36,7 +37,7 @@ class SaturatingHiddenActivation(Rule):
         hidden = [s for s, _ in ordered if s.feeds_layer and not s.is_gate and not s.is_output and s.family != "softmax"]
         # Depth counts call positions: a shared encoder applied twice (Siamese nets, a GAN's
         # discriminator on real and fake) or a cell unrolled over time is not a deeper stack.
-        positions: dict[str, object] = {}
+        positions: dict[str, Site] = {}
         for s in hidden:
             positions.setdefault(s.position, s)
         hidden = list(positions.values())
