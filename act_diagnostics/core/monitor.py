@@ -235,6 +235,7 @@ class ActivationMonitor:
         self._tracer = ActivationTracer(self)
         self._tracer_on = False
         self._step_traces = False  # this step runs the tracer (begin_step decides)
+        self._modes_below: list[Any] = []  # the function-mode stack the tracer was last entered on
         self._rerun_tracer_module: nn.Module | None = None  # see _enter_rerun_tracer
         self._attention_ok = True  # False once a call's attention weights could not be recomputed
         self._functional_sites = False
@@ -446,6 +447,7 @@ class ActivationMonitor:
 
     def _start_tracer(self) -> None:
         if not self._tracer_on:
+            self._modes_below = list(torch.overrides._get_current_function_mode_stack())
             self._tracer.__enter__()
             self._tracer_on = True
 
@@ -503,8 +505,15 @@ class ActivationMonitor:
         self._owner_stack.clear()
         self._clear_step_refs()
         # Another forward after stop_tracing() in the same step: a closure optimizer (LBFGS)
-        # re-evaluating the model. Its functional calls are measured like its modules'.
-        if self._step_traces and not self._tracer_on and not _in_backward():
+        # re-evaluating the model. Its functional calls are measured like its modules'. Only onto
+        # the stack the tracer left: above a mode entered since (a `with torch.device(...)` around
+        # this forward), that mode's exit would pop the tracer instead of itself.
+        if (
+            self._step_traces
+            and not self._tracer_on
+            and not _in_backward()
+            and list(torch.overrides._get_current_function_mode_stack()) == self._modes_below
+        ):
             self._start_tracer()
 
     def _module_pre_hook(self, module: nn.Module, args: tuple) -> None:
@@ -540,10 +549,7 @@ class ActivationMonitor:
         if not self.tracking_structure:
             return
         try:
-            # The model's outputs: what its forward returns, or what a sub-model called from outside
-            # any forward returns (a GAN's training_step calling self.generator(z) directly). Not a
-            # single activation module called there: its output may well feed the next layer.
-            if module is self.model or (not self._owner_stack and any(True for _ in module.children())):
+            if module is self.model:
                 for t in _tensors(output):
                     source = self.produced_by(t)
                     if source is not None:

@@ -535,25 +535,22 @@ def test_bf16_autocast_training_step(make_mlp, train_step) -> None:
     assert st.mean is not None and st.grad_rms is not None and st.saturation is not None and st.input_std is not None
 
 
-def test_a_sub_model_called_outside_forward_returns_model_outputs() -> None:
-    """A GAN's training step calls self.generator(z) directly, not the root's forward: the
-    generator's tanh is its output (images in [-1, 1]), not a hidden layer of the discriminator's
-    stack. A single activation module called there is not an output: it feeds the next layer."""
+def test_sub_models_called_outside_forward_are_not_model_outputs() -> None:
+    """A LitAutoEncoder-style step calls self.decoder(self.encoder(x)) without the root's forward:
+    the encoder's tanh feeds the decoder, a hidden layer, not an output of the model."""
 
-    class GAN(nn.Module):
+    class AutoEncoder(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.generator = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.Tanh())
-            self.discriminator = nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
-            self.pre, self.act, self.post = nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 1)
+            self.encoder = nn.Sequential(nn.Linear(6, 3), nn.Tanh())
+            self.decoder = nn.Sequential(nn.Linear(3, 6))
 
-    model = GAN()
+    model = AutoEncoder()
     with ActivationMonitor(model) as mon:
-        fake = model.generator(torch.randn(5, 4))
-        (model.discriminator(fake).sum() + model.post(model.act(model.pre(fake))).sum()).backward()
-    assert mon.sites["generator.3"].is_output and mon.sites["generator.3"].feeds_layer
-    assert not mon.sites["generator.1"].is_output
-    assert not mon.sites["act"].is_output and mon.sites["act"].feeds_layer
+        x = torch.randn(5, 6)
+        F.mse_loss(model.decoder(model.encoder(x)), x).backward()
+    site = mon.sites["encoder.1"]
+    assert not site.is_output and site.feeds_layer and site.consumers == {"decoder.0"}
 
 
 def test_steps_without_a_forward_do_not_end_discovery() -> None:

@@ -743,3 +743,21 @@ def test_param_grad_norm_covers_weight_norm_parametrizations(train_step) -> None
     expected = torch.sqrt(sum(p.grad.pow(2).sum() for p in model[0].parametrizations.parameters())).item()
     assert mon.sites["1"].feeding_layer == "0"
     assert snap.stats["1"].param_grad_norm == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_later_forward_under_a_users_mode_does_not_restart_the_tracer_above_it() -> None:
+    """After stop_tracing(), a forward inside `with torch.device(...)`: the tracer is not entered
+    above that mode (its exit would pop the tracer and leave itself on the stack for good)."""
+    model = Mixed()
+    mon = ActivationMonitor(model).attach()
+    for _ in range(3):
+        mon.begin_step()
+        loss = model(torch.randn(2, 4)).sum()
+        mon.stop_tracing()
+        loss.backward()
+        with torch.no_grad(), torch.device("cpu"):
+            model(torch.randn(2, 4))
+        mon.end_step()
+        assert _mode_stack() == []
+    mon.detach()
+    assert _mode_stack() == [] and mon.failure is None
