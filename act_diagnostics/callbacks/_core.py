@@ -387,14 +387,23 @@ class DiagnosticsCallbackCore:
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # A step as Lightning's loggers count them: an optimizer step under automatic optimisation
         # (accumulating batches are not one); every batch under manual optimisation, which Lightning
-        # never accumulates, whether or not this one called optimizer.step().
-        stepped = int(trainer.global_step) > self._batch_global or not getattr(pl_module, "automatic_optimization", True)
+        # never accumulates, whether or not this one called optimizer.step(), unless it returned
+        # before running the model (counted, such batches would end discovery before any forward).
+        manual = not getattr(pl_module, "automatic_optimization", True)
+        stepped = int(trainer.global_step) > self._batch_global or (manual and self._batch_ran(trainer))
         publish = self._batch_log and stepped and self._batch_step != self._last_logged_step
         if self._disabled:
             if publish and self._world_size(trainer) > 1:
                 self._answer_rank_check(trainer)
             return
         self._end_batch(trainer, stepped, publish)
+
+    def _batch_ran(self, trainer: Any) -> bool:
+        """This batch ran the model. Under DDP, decided from the trainer alone (every batch), so
+        that all ranks make the same collective calls."""
+        if self._world_size(trainer) > 1 or self.monitor is None or self._disabled:
+            return True
+        return self.monitor.ran_in_step
 
     def _answer_rank_check(self, trainer: Any) -> None:
         """A disabled rank still takes part in the rank check, so the others never wait for it."""

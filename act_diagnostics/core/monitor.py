@@ -346,10 +346,15 @@ class ActivationMonitor:
     def step(self, detail: bool = False) -> None:
         """Torch-only use: close the current training step and open the next. A step that ran no
         forward (a batch skipped before the model) is not counted: it would end discovery early."""
-        if self.enabled and not (self._measured_in_step or self._forward_in_step):
+        if self.enabled and not self.ran_in_step:
             self.enabled = False
         self.end_step()
         self.begin_step(detail=detail)
+
+    @property
+    def ran_in_step(self) -> bool:
+        """The open (or last closed) step ran the model's forward or measured a call."""
+        return self._measured_in_step or self._forward_in_step
 
     # ------------------------------------------------------------------ step boundaries
     def begin_step(self, detail: bool = False, training: bool = True) -> None:

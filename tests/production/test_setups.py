@@ -16,6 +16,7 @@ from pytorch_lightning.plugins import MixedPrecision
 from torch.utils.checkpoint import checkpoint
 
 from act_diagnostics.callbacks._core import UnsupportedSetup
+from act_diagnostics.core.monitor import UnmeasuredModules
 from prod_models import Classifier, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer
 
 
@@ -167,6 +168,41 @@ def test_closure_optimizer_measures_every_evaluation(tmp_path):
     assert cb.failure is None and [s.step for s in rec.snapshots] == [0, 3, 7]
     for snap in rec.snapshots:  # the functional site is seen on every re-evaluation, as the module is
         assert snap.stats[":gelu"].calls == snap.stats["act"].calls > snap.window_steps
+
+
+class ManualSkipping(pl.LightningModule):
+    """Manual optimisation; training_step returns before the forward on the first two batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.l1, self.drop, self.l2 = nn.Linear(8, 16), nn.Dropout(0.0), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(self.drop(F.gelu(self.l1(x))))
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        if batch_idx < 2:
+            return None
+        x, y = batch
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(F.cross_entropy(self(x), y))
+        opt.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def test_manual_optimization_batches_that_skip_the_forward_are_not_steps(tmp_path):
+    """Counted, they would spend the discovery steps before any forward: a false "no site found"
+    warning and the functional site never discovered."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnmeasuredModules)
+        cb, rec, t = _fit(tmp_path, ManualSkipping(), cb={"log_every_n_steps": 2}, max_epochs=1, max_steps=-1)
+    assert cb.steps == 6 and cb.failure is None and ":gelu" in cb.monitor.sites
+    assert [s.step for s in rec.snapshots] == [3, 5, 7]
+    assert all(s.stats[":gelu"].calls == s.window_steps for s in rec.snapshots)
 
 
 def test_manual_optimization_ends_tensorboard_at_the_logged_step(tmp_path):
