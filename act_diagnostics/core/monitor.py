@@ -559,9 +559,7 @@ class ActivationMonitor:
                     source = self.produced_by(t)
                     if source is not None:
                         self.add_consumer(source[0], "output")
-            if module is self.model:
-                return
-            if _has_params(module):
+            elif _has_params(module):
                 out = _first_tensor(output)
                 if out is not None:
                     self._layer_out[id(out)] = (self._names.get(id(module), ""), type(module).__name__, out)
