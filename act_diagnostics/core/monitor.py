@@ -991,19 +991,19 @@ class ActivationMonitor:
             self._fail(exc)
 
     # ------------------------------------------------------------------ structure
+    def _produced_entry(self, value: Any) -> tuple[str, str, Tensor, bool] | None:
+        entry = self._produced.get(id(value)) if isinstance(value, Tensor) else None
+        return entry if entry is not None and entry[2] is value else None
+
     def produced_by(self, value: Any) -> tuple[str, str] | None:
         """(site, via) when ``value`` is (a view of) an activation output of this step."""
-        if not isinstance(value, Tensor):
-            return None
-        entry = self._produced.get(id(value))
-        if entry is None or entry[2] is not value:
-            return None
-        return entry[0], entry[1]
+        entry = self._produced_entry(value)
+        return None if entry is None else (entry[0], entry[1])
 
     def reordered(self, value: Any) -> bool:
         """``value`` is an activation output of this step whose dims were reordered on the way."""
-        entry = self._produced.get(id(value)) if isinstance(value, Tensor) else None
-        return entry is not None and entry[2] is value and entry[3]
+        entry = self._produced_entry(value)
+        return entry is not None and entry[3]
 
     def mark_produced(self, tensor: Tensor, site: str, via: str = "", reordered: bool = False) -> None:
         self._produced[id(tensor)] = (site, via, tensor, reordered)
