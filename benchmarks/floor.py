@@ -36,21 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import overhead  # noqa: E402
 
 
-class HooksOnly(overhead.Bare):
+class HooksOnly(overhead.Naive):
+    """The naive variant's activation modules and detach, with hooks that keep nothing."""
+
     name = "hooks"
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        self.acts = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.GELU))]
-        self.handles: list = []
         self.kept: list[torch.Tensor] = []
 
     def attach(self) -> None:
         self.handles = [m.register_forward_hook(self.forward_hook) for m in self.acts]
-
-    def detach(self) -> None:
-        for h in self.handles:
-            h.remove()
 
     def forward_hook(self, module: nn.Module, args: tuple, y: torch.Tensor) -> None:
         y.register_hook(self.grad_hook)
