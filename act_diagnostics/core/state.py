@@ -128,7 +128,7 @@ class CallPlan:
     call are a visible part of the monitor's cost.
     """
 
-    __slots__ = ("rows", "n", "unit_dim", "match", "to_float", "low_precision", "sum_rows", "count_dtype")
+    __slots__ = ("rows", "n", "unit_dim", "one_unit", "match", "to_float", "low_precision", "sum_rows", "count_dtype")
 
     def __init__(self, shape: torch.Size, dtype: torch.dtype, state: "SiteState") -> None:
         dims = len(shape)
@@ -146,7 +146,8 @@ class CallPlan:
         sample_shape = shape if rows is None else torch.Size((rows, *shape[1:]))
         self.rows = rows
         self.n = sample_shape.numel()
-        one_unit = state.n_units == 1
+        # The whole output is one unit (e.g. a (batch,) probability).
+        self.one_unit = one_unit = state.n_units == 1
         self.match = one_unit or (dims > 0 and sample_shape[self.unit_dim] == state.n_units)
         self.low_precision = dtype in _LOW_PRECISION
         self.to_float = self.low_precision or not dtype.is_floating_point
@@ -311,7 +312,6 @@ class SiteState:
         # Detached aliases rather than a no_grad block: no autograd records, and inside a training
         # step entering and leaving the grad mode costs as much as a small op.
         y = y.detach()
-        unit_dim = plan.unit_dim
         rows = plan.rows
         sample = y if rows is None else y[:rows]
         x_sample = x if x is None or rows is None else x[:rows]
@@ -340,12 +340,11 @@ class SiteState:
                 peak = torch.maximum(peak, low.neg_())
             torch.maximum(self.max_abs, peak, out=self.max_abs)
 
-        one_unit = self.n_units == 1  # the whole output is one unit (e.g. a (batch,) probability)
         if plan.match:
             # Float 0/1 indicators where the kind has one: several times cheaper on the CPU than
             # building and counting a bool mask. A NaN output makes its unit's count NaN: that
             # window is reported non-finite anyway.
-            self._count_units(kind.active_indicator(sample, params), one_unit, unit_dim, self._active, self.unit_active, plan)
+            self._count_units(kind.active_indicator(sample, params), self._active, self.unit_active, plan)
             c[2] += plan.n
             saturated = (
                 kind.saturated_indicator(x_sample, sample, params, self.eps)
@@ -354,7 +353,7 @@ class SiteState:
             )
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
-                    self._count_units(saturated, one_unit, unit_dim, self._saturated, self.unit_saturated, plan)
+                    self._count_units(saturated, self._saturated, self.unit_saturated, plan)
                     c[3] += plan.n
                 else:  # softmax rows, or GLU's gate half
                     self.sums[SAT_ROWS].add_(saturated.sum())
@@ -373,16 +372,14 @@ class SiteState:
             if self.histogram_samples:
                 self.out_sample = _strided_sample(flat, self.histogram_samples)
 
-    def _count_units(
-        self, indicator: Tensor, one_unit: bool, unit_dim: int, deferred: list[Tensor], total: Tensor, plan: CallPlan
-    ) -> None:
+    def _count_units(self, indicator: Tensor, deferred: list[Tensor], total: Tensor, plan: CallPlan) -> None:
         """Count one call's set entries per unit into ``total``, or keep them in ``deferred``."""
-        if one_unit:
+        if plan.one_unit:
             counts = indicator.sum().reshape(1)
         elif plan.sum_rows and indicator.is_floating_point():  # as unit_counts, without its checks
             counts = indicator.sum(0, dtype=plan.count_dtype)
         else:
-            counts = unit_counts(indicator, unit_dim)
+            counts = unit_counts(indicator, plan.unit_dim)
         if self.deferred and self.n_units <= FOLD_UNIT_COUNTS // 4:  # wider: a fold per call or two
             deferred.append(counts)
             self._deferred_units += counts.numel()
