@@ -47,8 +47,13 @@ LOSS_FUNCTIONS: dict[Any, str] = {
 # Losses whose target is a value the prediction should reach (not a class or a probability).
 REGRESSION_LOSSES = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
 
+# Ops that move dims: after them the output's dim k is no longer the loss input's dim k.
+_REORDER = {
+    Tensor.permute, torch.permute, Tensor.transpose, torch.transpose, Tensor.swapaxes, torch.swapaxes,
+    Tensor.swapdims, torch.swapdims, Tensor.movedim, torch.movedim, Tensor.t, torch.t,
+}  # fmt: skip
 # Ops after which a tensor still carries the same values (shape changes, copies, dropout).
-_SAME_VALUES = {
+_SAME_VALUES = _REORDER | {
     Tensor.view,
     Tensor.view_as,
     Tensor.reshape,
@@ -60,18 +65,6 @@ _SAME_VALUES = {
     torch.unsqueeze,
     Tensor.flatten,
     torch.flatten,
-    Tensor.permute,
-    torch.permute,
-    Tensor.transpose,
-    torch.transpose,
-    Tensor.swapaxes,
-    torch.swapaxes,
-    Tensor.swapdims,
-    torch.swapdims,
-    Tensor.movedim,
-    torch.movedim,
-    Tensor.t,
-    torch.t,
     # Broadcasting repeats values: a gate written x * g.expand_as(x) is still a gate.
     Tensor.expand,
     Tensor.expand_as,
@@ -87,11 +80,6 @@ _SAME_VALUES = {
     Tensor.__getitem__,
     F.dropout,
 }
-# Ops among those that move dims: after them the output's dim k is no longer the loss input's dim k.
-_REORDER = {
-    Tensor.permute, torch.permute, Tensor.transpose, torch.transpose, Tensor.swapaxes, torch.swapaxes,
-    Tensor.swapdims, torch.swapdims, Tensor.movedim, torch.movedim, Tensor.t, torch.t,
-}  # fmt: skip
 # Ops that turn probabilities into log-probabilities (softmax -> log -> nll_loss is sound).
 _LOG = {torch.log, Tensor.log}
 _MULTIPLY = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_, Tensor.__imul__}
