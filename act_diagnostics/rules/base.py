@@ -109,9 +109,10 @@ REGRESSION_SCALE_NOTE = (
 )
 
 
-def regression_loss(snapshot: Snapshot) -> str | None:
-    """The regression loss the model trains with (mse, l1, smooth_l1, huber), if any."""
-    return next((loss for loss in snapshot.losses if loss in REGRESSION_LOSSES), None)
+def growth_fix(snapshot: Snapshot, fix: str) -> str:
+    """A growth rule's ``fix``, plus the target-scale note when the model trains with a regression
+    loss (mse, l1, smooth_l1, huber)."""
+    return fix + REGRESSION_SCALE_NOTE if any(loss in REGRESSION_LOSSES for loss in snapshot.losses) else fix
 
 
 def depth_chain(snapshot: Snapshot) -> list[tuple[Site, SiteStats]]:

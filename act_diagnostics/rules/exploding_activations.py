@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import REGRESSION_SCALE_NOTE, Rule, RuleContext, finite, is_hidden, regression_loss
+from act_diagnostics.rules.base import Rule, RuleContext, finite, growth_fix, is_hidden
 from act_diagnostics.rules.finding import Finding
 
 # Bounded families (sigmoid, tanh, hardtanh) cannot grow: only unbounded ones are compared.
@@ -39,7 +39,7 @@ class ExplodingActivations(Rule):
         growth = float(ls.rms) / float(fs.rms) if len(chain) >= self.t["min_sites"] and fs.rms else 0.0  # type: ignore[arg-type]
         biggest, bs = max(chain, key=lambda p: float(p[1].max_abs))  # type: ignore[arg-type]
         evidence = dict(growth_factor=growth, rms_first=fs.rms, rms_last=ls.rms, max_abs=bs.max_abs)
-        fix = FIX + (REGRESSION_SCALE_NOTE if regression_loss(ctx.snapshot) else "")
+        fix = growth_fix(ctx.snapshot, FIX)
         if growth > self.t["growth"]:
             msg = f"activation RMS grows {growth:.3g}x from '{first.name}' to '{last.name}' ({len(chain)} layers)"
             return [self.finding(ctx, last.name, "warning", msg, fix, **evidence)]

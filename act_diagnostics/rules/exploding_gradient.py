@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import REGRESSION_SCALE_NOTE, Rule, RuleContext, depth_chain, finite, regression_loss
+from act_diagnostics.rules.base import Rule, RuleContext, depth_chain, finite, growth_fix
 from act_diagnostics.rules.finding import Finding
 
 # AUTOTRAINER (ICSE 2021): exploding when ||g_first|| / ||g_last|| > 70.
@@ -36,7 +36,7 @@ class ExplodingGradient(Rule):
         chain = [(s, st) for s, st in depth_chain(ctx.snapshot) if finite(st.grad_rms)]
         if not chain:
             return []
-        fix = FIX + (REGRESSION_SCALE_NOTE if regression_loss(ctx.snapshot) else "")
+        fix = growth_fix(ctx.snapshot, FIX)
         biggest, bs = max(chain, key=lambda p: float(p[1].grad_rms))  # type: ignore[arg-type]
         g_big = float(bs.grad_rms)  # type: ignore[arg-type]
         growth = 0.0
