@@ -12,6 +12,8 @@ overhead.py does), three monitors of the model's ReLU/GELU modules, all measured
   for a ReLU: sum, sum of squares (``dot``), max, per-unit firing counts (``sign`` then a column
   sum) and the gradient's sum of squares, kept on the device with no checks, no sampling, no
   folding and nothing else;
+* ``act-minops``: ActivationMonitor with its per-call statistics replaced by the minimal ops (its
+  hooks, schedule and snapshots with ``minimal``'s work);
 * ``act``: ActivationMonitor as the callback drives it, every step measured, logged every 50.
 
 ``minimal`` is a lower bound for any monitor of these statistics made of eager ops: what ``act``
@@ -58,18 +60,51 @@ class HooksOnly(overhead.Naive):
         self.kept = []  # what a monitor would reduce at a log step
 
 
+def output_ops(y: torch.Tensor) -> list[torch.Tensor]:
+    """A ReLU output's sum, sum of squares, max and per-unit firing counts, in the fewest eager ops."""
+    d = y.detach()
+    flat = d.reshape(-1)
+    return [flat.sum(), torch.dot(flat, flat), flat.max(), d.sign().sum(0, dtype=torch.float32)]
+
+
+def grad_ops(g: torch.Tensor) -> torch.Tensor:
+    """The gradient's sum of squares."""
+    flat = g.reshape(-1)
+    return torch.dot(flat, flat)
+
+
 class Minimal(HooksOnly):
     name = "minimal"
 
     def forward_hook(self, module: nn.Module, args: tuple, y: torch.Tensor) -> None:
-        d = y.detach()
-        flat = d.reshape(-1)
-        self.kept += [flat.sum(), torch.dot(flat, flat), flat.max(), d.sign().sum(0, dtype=torch.float32)]
+        self.kept += output_ops(y)
         y.register_hook(self.grad_hook)
 
     def grad_hook(self, g: torch.Tensor) -> None:
-        flat = g.reshape(-1)
-        self.kept.append(torch.dot(flat, flat))
+        self.kept.append(grad_ops(g))
+
+
+class ActMinimalOps(overhead.Act):
+    """ActivationMonitor, every step measured and logged every 50, with each site's per-call
+    statistics (``SiteState.observe`` / ``observe_grad``) replaced by the minimal ops once the site
+    exists. Above ``minimal`` it costs the monitor's plumbing (its hooks, the schedule, snapshots);
+    ``act`` above it costs SiteState's per-call bookkeeping (sampling plan, dtype checks, folding)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model, overhead.DEFAULT_INTERVAL, 1)
+        self.name = "act-minops"
+        self.kept: list[torch.Tensor] = []
+
+    def before(self, step: int) -> None:
+        super().before(step)
+        for state in self.mon.states.values():
+            if "observe" not in vars(state):
+                state.observe = lambda x, y, detail: self.kept.extend(output_ops(y))
+                state.observe_grad = lambda g, detail, scale=None: self.kept.append(grad_ops(g))
+
+    def after(self, step: int) -> None:
+        super().after(step)
+        self.kept = []
 
 
 def main() -> None:
@@ -84,8 +119,9 @@ def main() -> None:
     model, make_batch = build()
     batches = [make_batch() for _ in range(4)]
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    variants = [overhead.Bare(model), HooksOnly(model), Minimal(model), overhead.Act(model, overhead.DEFAULT_INTERVAL, 1)]
-    variants[-1].name = "act"
+    act = overhead.Act(model, overhead.DEFAULT_INTERVAL, 1)
+    act.name = "act"
+    variants = [overhead.Bare(model), HooksOnly(model), Minimal(model), ActMinimalOps(model), act]
     for v in variants:
         overhead.run_steps(model, opt, batches, v, overhead.WARMUP)
     ratios: dict[str, list[float]] = {v.name: [] for v in variants[1:]}
@@ -100,7 +136,7 @@ def main() -> None:
             ratios[name].append(times[name] / times["bare"])
         print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.3f}" for n, v in ratios.items()), flush=True)
     for name, values in ratios.items():
-        print(f"{name:8s} {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+        print(f"{name:10s} {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,38 @@ def test_floor_minimal_monitor_computes_the_statistics_it_claims() -> None:
     assert grad_squares.item() > 0
     mon.after(0)
     assert mon.kept == []
+
+
+def test_floor_act_with_minimal_ops_runs_them_at_the_monitors_sites() -> None:
+    """floor.py's act-minops variant measures the monitor's plumbing only if the monitor's sites
+    really run the minimal ops in place of their own statistics."""
+    import floor
+    import overhead
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    seen = []
+    model[3].register_forward_hook(lambda m, a, y: seen.append(y.detach().clone()))
+    variant = floor.ActMinimalOps(model)
+    batches = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    overhead.run_steps(model, opt, batches, variant, 1)  # discovery: the sites' own statistics
+    variant.attach()
+    variant.before(1)  # the step that runs with the minimal ops
+    counters = list(variant.mon.states["3"].counters)
+    x, target = batches[0]
+    F.cross_entropy(model(x), target).backward()
+    kept = variant.kept
+    assert len(kept) == 2 * 4 + 2  # four output statistics per site, then a gradient each
+    total, squares, peak, firing = kept[4:8]
+    y = seen[-1]
+    assert total.item() == pytest.approx(y.sum().item()) and peak.item() == y.max().item()
+    assert firing.tolist() == (y > 0).sum(0).float().tolist()
+    variant.mon.end_step()
+    assert variant.mon.states["3"].counters == counters  # the site's own statistics did not run
+    variant.after(1)
+    assert variant.kept == []
+    variant.detach()
