@@ -86,6 +86,15 @@ _MULTIPLY = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_
 _FOLLOWED = _SAME_VALUES | _LOG | _MULTIPLY | set(LOSS_FUNCTIONS)
 
 
+def _data_dependent(value: Any, monitor: "ActivationMonitor") -> bool:
+    """A multiplier computed from the input (a gate's other operand): a tensor of more than one
+    element made by an op that autograd records, or an activation's output. A number, a
+    one-element tensor, a parameter (LayerScale) or a constant mask only scales."""
+    if not isinstance(value, Tensor) or value.numel() <= 1:
+        return False
+    return value.grad_fn is not None or monitor.produced_by(value) is not None
+
+
 class ActivationTracer(TorchFunctionMode):
     """Routes functional activations (and, while tracking structure, losses and gates) to a monitor."""
 
@@ -123,10 +132,16 @@ class ActivationTracer(TorchFunctionMode):
                 reordered = func in _REORDER or mon.reordered(value)
                 mon.mark_produced(result, site, "log" if func in _LOG else via, reordered)
         elif func in _MULTIPLY:
-            for arg in args:
+            for i, arg in enumerate(args):
                 source = mon.produced_by(arg)
-                if source is not None:
-                    mon.add_consumer(source[0], "mul")
+                if source is None:
+                    continue
+                if any(_data_dependent(other, mon) for j, other in enumerate(args) if j != i):
+                    mon.add_consumer(source[0], "mul")  # a gate: sigmoid(g) * h, x * se(x)
+                elif isinstance(result, Tensor):
+                    # Scaled by a constant (2.0 * tanh(z), LayerScale's learned gamma, a mask): still
+                    # a hidden activation. "scale": its range changed, so no target or logit check.
+                    mon.mark_produced(result, source[0], "scale", mon.reordered(arg))
         elif func in LOSS_FUNCTIONS:
             loss = LOSS_FUNCTIONS[func]
             prediction = args[0] if args else kwargs.get("input")

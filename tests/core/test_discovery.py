@@ -355,6 +355,55 @@ def test_gate_consumer(gated) -> None:
     assert site.is_gate and "mul" in site.consumers and site.feeding_layer == "gate"
 
 
+@pytest.mark.parametrize(
+    "scaled",
+    [
+        lambda h, gamma: h * 2.0,
+        lambda h, gamma: 1.7159 * h,  # LeCun's scaled tanh
+        lambda h, gamma: h * gamma,  # LayerScale: a learned per-channel parameter
+        lambda h, gamma: h * torch.tensor(0.5),
+        lambda h, gamma: h.mul(torch.ones(4)),  # a constant mask
+    ],
+    ids=["float", "rmul", "parameter", "one-element", "constant"],
+)
+def test_scaled_activation_is_no_gate(scaled) -> None:
+    """A gate multiplies by a tensor computed from the input; a number, a parameter or a constant
+    only scales, and the scaled output still feeds the next layer."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
+            self.gamma = nn.Parameter(torch.full((4,), 0.1))
+
+        def forward(self, x):
+            return self.fc2(scaled(torch.tanh(self.fc1(x)), self.gamma))
+
+    model = Scaled()
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(3, 4)).sum().backward()
+    site = mon.sites[":tanh"]
+    assert not site.is_gate and "mul" not in site.consumers
+    assert site.feeds_layer and site.consumer_layer_types == {"Linear"}
+
+
+def test_scaled_output_stays_an_output_without_a_target_check() -> None:
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return torch.sigmoid(self.fc(x)) * 5.0  # a rating in [0, 5]
+
+    model = Head()
+    with ActivationMonitor(model) as mon:
+        F.mse_loss(model(torch.randn(3, 4)), torch.full((3, 1), 4.0)).backward()
+    site = mon.sites[":sigmoid"]
+    assert site.is_output and not site.is_gate and site.losses == ["mse_loss(scale)"]
+    assert mon.states[":sigmoid"].counters[9] == 0  # targets above 1 are reachable once scaled
+
+
 def test_softmax_into_cross_entropy_and_log_into_nll() -> None:
     class Head(nn.Module):
         def __init__(self) -> None:
