@@ -156,6 +156,11 @@ def _rank_zero() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def _unattached_monitor() -> "ActivationMonitor":
+    """What a copied or unpickled monitor becomes (see ActivationMonitor.__reduce__)."""
+    return ActivationMonitor(nn.Module())
+
+
 def _local_shard(grad: Tensor) -> tuple[Tensor, int] | None:
     """A parameter gradient as a plain local tensor, and over how many ranks its elements are
     sharded. FSDP2 keeps gradients as DTensors sharded over the mesh: each rank adds its shard's
@@ -251,6 +256,15 @@ class ActivationMonitor:
         self._module_calls: dict[int, int] = {}  # discovery: calls of each module
         self._attached = False
         self._deferred = False  # this step's sites defer their results (DEFER_AFTER_STEPS)
+        self._traced = False  # measuring stopped for a torch.jit.trace of the model (_model_pre_hook)
+
+    def __reduce__(self) -> tuple[Callable[[], "ActivationMonitor"], tuple[()]]:
+        # The model's hooks are this monitor's bound methods, so copying or pickling the model while
+        # they are on (an EMA or SWA copy made with deepcopy, torch.save(model)) would take the
+        # monitor along: its windows, its tensors and the autograd node types it learned (which do not
+        # pickle), and a copy whose forwards measure themselves. The copy's hooks get an unattached
+        # monitor instead: they do nothing, and the copy trains and saves as the plain model would.
+        return (_unattached_monitor, ())
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -297,7 +311,7 @@ class ActivationMonitor:
         self._stop_tracer()
         self.pause()
         self._attached = False
-        self.enabled = False
+        self.enabled = self._traced = False
         self._clear_step_refs()
 
     def pause(self) -> None:
@@ -364,6 +378,7 @@ class ActivationMonitor:
         if self.failure is not None or not self._attached:
             return
         self.enabled = True
+        self._traced = False
         self.detail = detail
         self._training = training
         self._measured_in_step = False
@@ -408,6 +423,8 @@ class ActivationMonitor:
         self._stop_tracer()
         if self._consumer_reads:
             self._check_consumer_reads()
+        if self._traced:  # a jit.trace stopped the step's measuring; what ran before it counts
+            self.enabled, self._traced = self.ran_in_step and self.failure is None, False
         if self.enabled:
             self.window_steps += 1
             self.steps += training
@@ -479,7 +496,7 @@ class ActivationMonitor:
         if self.failure is not None:
             return
         self.failure = exc
-        self.enabled = False
+        self.enabled = self._traced = False
         self.tracking_structure = False  # the tracer now passes every call straight through
         if isinstance(exc, SettingError):  # the user's setting, not our bug: say what to change
             message = f"act_diagnostics is off for this run: {exc}. Training continues without activation diagnostics."
@@ -501,6 +518,14 @@ class ActivationMonitor:
     # ------------------------------------------------------------------ module hooks
     def _model_pre_hook(self, module: nn.Module, args: tuple) -> None:
         if not self.enabled:
+            if self._traced and not torch._C._is_tracing():  # the first forward after a jit.trace
+                self.enabled, self._traced = True, False
+            else:
+                return
+        if torch._C._is_tracing():
+            # torch.jit.trace runs the forward to record it: no training call, and under the trace
+            # sizes are tensors. Nothing is measured until the next forward that is not traced.
+            self.enabled, self._traced = False, True
             return
         # A new forward pass of the whole model: call positions restart, and the previous pass's
         # tensors (its loss is computed by now) are let go, so gradient accumulation over many
@@ -595,6 +620,8 @@ class ActivationMonitor:
             return
         if _in_backward():  # activation checkpointing re-runs forward: measured once already
             self._hook_rerun_grad(id(module), y)
+            return
+        if torch._C._is_tracing():  # torch.jit.trace of a submodule (the model's: _model_pre_hook)
             return
         try:
             # Our statistics must not pass through the tracer, or another TorchFunctionMode.

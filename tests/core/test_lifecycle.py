@@ -233,6 +233,56 @@ def test_model_stays_picklable_after_detach(make_mlp, train_step) -> None:
     pickle.loads(pickle.dumps(model))
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_of_an_attached_model_carry_inert_hooks(how: str, train_step) -> None:
+    """An EMA/SWA copy (deepcopy) or torch.save(model) made while the hooks are on: the copy works
+    and saves like the plain model, measures nothing, and leaves the monitor's windows alone."""
+    import copy
+
+    model = Mixed()  # a functional site: the monitor holds autograd node types, which do not pickle
+    mon = ActivationMonitor(model).attach()
+    for _ in range(3):
+        train_step(mon, model, torch.randn(2, 4))
+    mon.begin_step(detail=True)  # mid-step: every hook is on
+    clone = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    model(torch.randn(2, 4)).sum().backward()
+    mon.end_step()
+    counters = {name: list(state.counters) for name, state in mon.states.items()}
+    clone(torch.randn(5, 4)).sum().backward()  # as an EMA model's evaluation would
+    assert {name: list(state.counters) for name, state in mon.states.items()} == counters
+    copied = {getattr(h, "__self__", None) for m in clone.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())}
+    assert len(copied) == 1 and mon not in copied
+    (inert,) = copied
+    assert not inert.attached and not inert.states and inert.model is not clone
+    pickle.loads(pickle.dumps(clone))(torch.randn(2, 4))  # and it saves again
+    train_step(mon, model, torch.randn(2, 4))
+    assert mon.states[":relu"].counters[0] == counters[":relu"][0] + 1  # the monitor measures on
+    mon.detach()
+
+
+@pytest.mark.parametrize("detail", [False, True])
+def test_jit_trace_of_an_attached_model_is_not_measured(detail: bool, train_step) -> None:
+    """torch.jit.trace mid-step (exporting a checkpoint): the trace records the plain model, its
+    forwards are not calls, and the step's own measuring goes on afterwards."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    mon = ActivationMonitor(model).attach()
+    if detail:
+        train_step(mon, model, torch.randn(3, 4))
+    mon.begin_step(detail=detail)  # on the first step, discovery's hooks are all on
+    model(torch.randn(3, 4)).sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, torch.randn(3, 4), check_trace=False)  # its check re-runs forward untraced
+    model(torch.randn(3, 4)).sum().backward()  # the same step goes on after the trace
+    mon.end_step()
+    assert mon.failure is None and mon.steps == 1 + detail
+    snap = mon.snapshot()
+    assert snap.stats["1"].calls == 2 + detail and snap.stats["1"].elements == 8 * 3 * (2 + detail)
+    x = torch.randn(5, 4)
+    assert torch.equal(traced(x), model(x))
+    mon.detach()
+
+
 # ---------------------------------------------------------------- host syncs
 class CountTransfers:
     """Counts device-to-host reads (item, tolist, cpu, numpy, bool/float/int of a tensor) from Python,
