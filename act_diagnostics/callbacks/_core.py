@@ -39,6 +39,7 @@ import torch
 
 from act_diagnostics.callbacks.distributed import DistributedMismatch, RankCheck, all_gather_fn, world_size  # noqa: F401 - DistributedMismatch re-exported
 from act_diagnostics.callbacks.schedule import MEASURED_STEPS_PER_WINDOW, StepSchedule
+from act_diagnostics.core.checks import integer
 from act_diagnostics.core.config import (
     DEFAULT_HISTOGRAM_SAMPLES,
     DEFAULT_SAMPLE_ELEMENTS,
@@ -133,17 +134,19 @@ class DiagnosticsCallbackCore:
         measure_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
-        if measure_every_n_steps is not None and (
-            isinstance(measure_every_n_steps, bool) or not isinstance(measure_every_n_steps, int) or measure_every_n_steps < 1
-        ):
-            raise ValueError(
-                "`measure_every_n_steps` must be a positive int (1: every step) or None "
-                f"(automatic: {MEASURED_STEPS_PER_WINDOW} measured steps per window after the first), got {measure_every_n_steps!r}"
-            )
-        if log_every_n_steps is not None and (
-            isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1
-        ):
-            raise ValueError(f"`log_every_n_steps` must be a positive int or None (follow the Trainer), got {log_every_n_steps!r}")
+        if measure_every_n_steps is not None:
+            n = integer(measure_every_n_steps)
+            if n is None or n < 1:
+                raise ValueError(
+                    "`measure_every_n_steps` must be a positive int (1: every step) or None "
+                    f"(automatic: {MEASURED_STEPS_PER_WINDOW} measured steps per window after the first), got {measure_every_n_steps!r}"
+                )
+            measure_every_n_steps = n
+        if log_every_n_steps is not None:
+            n = integer(log_every_n_steps)
+            if n is None or n < 1:
+                raise ValueError(f"`log_every_n_steps` must be a positive int or None (follow the Trainer), got {log_every_n_steps!r}")
+            log_every_n_steps = n
         for name, value in (
             ("histograms", histograms),
             ("grad_histograms", grad_histograms),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from act_diagnostics.core.checks import integer, real
 from act_diagnostics.core.kinds import FAMILIES, KINDS
 
 # Saturation margin: sigmoid below eps or above 1 - eps has derivative below about 0.01
@@ -49,7 +50,6 @@ class MonitorConfig:
     gradients: bool = True
     structure_steps: int = DEFAULT_STRUCTURE_STEPS
     dead_unit_rate: float = 0.01
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.include = _check_patterns("include", self.include)
@@ -66,20 +66,32 @@ class MonitorConfig:
         for name in ("functional", "gradients"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
-        if self.unit_dim is not None and (isinstance(self.unit_dim, bool) or not isinstance(self.unit_dim, int)):
-            raise TypeError(f"`unit_dim` must be an int or None (automatic), got {self.unit_dim!r}")
-        if not isinstance(self.saturation_eps, (int, float)) or not 0.0 < self.saturation_eps < 0.5:
-            raise ValueError(f"`saturation_eps` must be in (0, 0.5), got {self.saturation_eps!r}")
-        if self.sample_elements is not None and (
-            isinstance(self.sample_elements, bool) or not isinstance(self.sample_elements, int) or self.sample_elements < 1
-        ):
-            raise ValueError(f"`sample_elements` must be a positive int or None (read everything), got {self.sample_elements!r}")
-        if isinstance(self.histogram_samples, bool) or not isinstance(self.histogram_samples, int) or self.histogram_samples < 0:
+        if self.unit_dim is not None:
+            unit_dim = integer(self.unit_dim)
+            if unit_dim is None:
+                raise TypeError(f"`unit_dim` must be an int or None (automatic), got {self.unit_dim!r}")
+            self.unit_dim = unit_dim
+        eps = real(self.saturation_eps)
+        if eps is None or not 0.0 < eps < 0.5:
+            raise ValueError(f"`saturation_eps` must be a number in (0, 0.5), got {self.saturation_eps!r}")
+        self.saturation_eps = eps
+        if self.sample_elements is not None:
+            n = integer(self.sample_elements)
+            if n is None or n < 1:
+                raise ValueError(f"`sample_elements` must be a positive int or None (read everything), got {self.sample_elements!r}")
+            self.sample_elements = n
+        n = integer(self.histogram_samples)
+        if n is None or n < 0:
             raise ValueError(f"`histogram_samples` must be an int >= 0 (0 turns histograms off), got {self.histogram_samples!r}")
-        if isinstance(self.structure_steps, bool) or not isinstance(self.structure_steps, int) or self.structure_steps < 0:
+        self.histogram_samples = n
+        n = integer(self.structure_steps)
+        if n is None or n < 0:
             raise ValueError(f"`structure_steps` must be an int >= 0, got {self.structure_steps!r}")
-        if not isinstance(self.dead_unit_rate, (int, float)) or not 0.0 <= self.dead_unit_rate < 1.0:
-            raise ValueError(f"`dead_unit_rate` must be in [0, 1), got {self.dead_unit_rate!r}")
+        self.structure_steps = n
+        rate = real(self.dead_unit_rate)
+        if rate is None or not 0.0 <= rate < 1.0:
+            raise ValueError(f"`dead_unit_rate` must be a number in [0, 1), got {self.dead_unit_rate!r}")
+        self.dead_unit_rate = rate
 
 
 def selects(kinds: tuple[str, ...] | list[str], kind: str, family: str) -> bool:

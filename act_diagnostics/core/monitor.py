@@ -200,6 +200,15 @@ class ActivationMonitor:
             )
         if config is not None and options:
             raise TypeError("pass either `config` or keyword options, not both")
+        if config is not None and not isinstance(config, MonitorConfig):
+            raise TypeError(
+                f"`config` must be a MonitorConfig, got {type(config).__name__}; pass its fields as keyword "
+                "options instead (ActivationMonitor(model, include=[...]))"
+            )
+        unknown = sorted(set(options) - set(MonitorConfig.__dataclass_fields__))
+        if unknown:
+            valid = ", ".join(MonitorConfig.__dataclass_fields__)
+            raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for ActivationMonitor; valid options: {valid}")
         self.model = model
         self.config = config if config is not None else MonitorConfig(**options)
         self.functional = self.config.functional  # measure functional calls (F.relu), not only modules

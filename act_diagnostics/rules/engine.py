@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from act_diagnostics.core.checks import real
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.rules.activation_loss import ActivationLossMismatch
 from act_diagnostics.rules.attention_collapse import AttentionCollapse
@@ -86,9 +87,10 @@ def _check_thresholds(thresholds: Any) -> dict[str, dict[str, float]]:
         if name not in defaults[rule]:
             valid = ", ".join(f"{rule}.{n}" for n in defaults[rule]) or "none (this rule has no thresholds)"
             raise ValueError(f"`thresholds` key {key!r} is not a threshold of {rule}; valid keys: {valid}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        number = real(value)
+        if number is None or not math.isfinite(number) or number < 0:
             raise TypeError(f"`thresholds[{key!r}]` must be a finite number >= 0, got {value!r}")
-        by_rule.setdefault(rule, {})[name] = float(value)
+        by_rule.setdefault(rule, {})[name] = number
     return by_rule
 
 

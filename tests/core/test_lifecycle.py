@@ -185,7 +185,7 @@ def test_config_errors_name_the_argument() -> None:
         MonitorConfig(kinds=["swish"])
     with pytest.raises(TypeError, match="`include` must be a string or a list of strings"):
         MonitorConfig(include=3)
-    with pytest.raises(ValueError, match=r"`saturation_eps` must be in \(0, 0.5\), got 0.7"):
+    with pytest.raises(ValueError, match=r"`saturation_eps` must be a number in \(0, 0.5\), got 0.7"):
         MonitorConfig(saturation_eps=0.7)
     with pytest.raises(ValueError, match="`sample_elements` must be a positive int or None"):
         MonitorConfig(sample_elements=0)
@@ -197,9 +197,25 @@ def test_config_errors_name_the_argument() -> None:
         MonitorConfig(unit_dim=1.0)
     with pytest.raises(TypeError, match="`gradients` must be True or False"):
         MonitorConfig(gradients=1)
-    with pytest.raises(ValueError, match=r"`dead_unit_rate` must be in \[0, 1\), got 1.5"):
+    with pytest.raises(ValueError, match=r"`dead_unit_rate` must be a number in \[0, 1\), got 1.5"):
         MonitorConfig(dead_unit_rate=1.5)
     assert MonitorConfig(include="a.*").include == ("a.*",)
+    with pytest.raises(TypeError, match="`config` must be a MonitorConfig, got dict; pass its fields as keyword options"):
+        ActivationMonitor(model, {"include": "0*"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unknown option\\(s\\) 'sample_element' for ActivationMonitor; valid options: include, "):
+        ActivationMonitor(model, sample_element=1000)
+
+
+def test_numpy_scalars_are_numbers() -> None:
+    """Values read from a YAML or numpy config: taken as the plain numbers they hold."""
+    import numpy as np
+
+    config = MonitorConfig(saturation_eps=np.float32(0.05), sample_elements=np.int64(1000), unit_dim=np.int32(1))
+    assert config.saturation_eps == pytest.approx(0.05) and type(config.saturation_eps) is float
+    assert config.sample_elements == 1000 and type(config.sample_elements) is int
+    assert type(config.unit_dim) is int
+    with pytest.raises(ValueError, match="`sample_elements` must be a positive int"):
+        MonitorConfig(sample_elements=np.float64(10.0))
 
 
 def test_unit_dim_out_of_range_disables_with_a_clear_message() -> None:
