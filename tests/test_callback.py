@@ -344,7 +344,7 @@ def test_follows_trainer_interval(tmp_path):
     ("kwargs", "error", "match"),
     [
         ({"log_every_n_steps": 0}, ValueError, "`log_every_n_steps` must be a positive int or None"),
-        ({"saturation_eps": 0.7}, ValueError, r"`saturation_eps` must be in \(0, 0.5\), got 0.7"),
+        ({"saturation_eps": 0.7}, ValueError, r"`saturation_eps` must be a number in \(0, 0.5\), got 0.7"),
         ({"kinds": ["relu", "swish"]}, ValueError, r"`kinds` entries must be activation kinds or families; got \['swish'\]"),
         ({"include": 3}, TypeError, "`include` must be a string or a list of strings"),
         ({"warn": "yes"}, TypeError, "`warn` must be True or False, got 'yes'"),

@@ -121,7 +121,7 @@ def test_nan_and_inf_inputs_become_a_non_finite_finding(tmp_path):
         ({"eval_stages": ["train"]}, ValueError, r"`eval_stages` entries must be 'validate', 'test' or 'predict', got \['train'\]"),
         ({"eval_stages": 5}, TypeError, r"`eval_stages` must be a list of 'validate', 'test', 'predict' or None, got 5"),
         ({"kinds": ["relux"]}, ValueError, r"`kinds` .*\['relux'\].*Kinds: relu, .*Families: "),
-        ({"saturation_eps": 0.7}, ValueError, r"`saturation_eps` must be in \(0, 0.5\), got 0.7"),
+        ({"saturation_eps": 0.7}, ValueError, r"`saturation_eps` must be a number in \(0, 0.5\), got 0.7"),
         ({"sample_elements": 0}, ValueError, r"`sample_elements` must be a positive int or None .*got 0"),
         ({"histogram_samples": -1}, ValueError, r"`histogram_samples` must be an int >= 0 .*got -1"),
         ({"unit_dim": "1"}, TypeError, r"`unit_dim` must be an int or None .*got '1'"),
