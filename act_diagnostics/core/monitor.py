@@ -430,6 +430,8 @@ class ActivationMonitor:
         """The training step ended (after the optimizer step). ``training=False``: an evaluation
         batch, which adds to the window but is not a training step (no structure learning)."""
         self._stop_tracer()
+        if self.failure is not None:
+            self.pause()  # off for the run: no hook is left to cost the model a call
         if self._consumer_reads:
             self._check_consumer_reads()
         if self._traced:  # a jit.trace stopped the step's measuring; what ran before it counts

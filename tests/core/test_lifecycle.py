@@ -126,6 +126,7 @@ def test_internal_error_disables_with_one_warning(monkeypatch, make_mlp, train_s
     assert isinstance(mon.failure, RuntimeError) and not mon.enabled
     assert out.shape == (2, 3)
     assert _mode_stack() == []
+    assert _no_hooks(model) and mon.attached  # off for the run: the model runs bare until detach
     mon.snapshot()  # still readable
     mon.detach()
     assert _no_hooks(model)
