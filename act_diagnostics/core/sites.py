@@ -55,6 +55,14 @@ class Site:
         return self.name[: -len(suffix)] if self.call_index and self.name.endswith(suffix) else self.name
 
     @property
+    def depth_position(self) -> tuple[str, str | None]:
+        """Where the call sits in the network's depth: its call position and the layer feeding it.
+        Repeated calls fed by one layer (a shared encoder applied twice) are one position; one
+        activation module shared by a stack's layers (``self.act`` after each of 8 Linears) is as
+        many positions as layers feeding it."""
+        return self.position, self.feeding_layer
+
+    @property
     def is_gate(self) -> bool:
         """Its output multiplies another tensor (LSTM-style gates, squeeze-excitation, GLU)."""
         return "mul" in self.consumers or self.kind == "glu"

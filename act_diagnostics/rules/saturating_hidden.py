@@ -36,10 +36,11 @@ class SaturatingHiddenActivation(Rule):
         # A hidden activation here: its output feeds a parametrised layer, it is no gate, no head.
         hidden = [s for s, _ in ordered if s.feeds_layer and not s.is_gate and not s.is_output and s.family != "softmax"]
         # Depth counts call positions: a shared encoder applied twice (Siamese nets, a GAN's
-        # discriminator on real and fake) or a cell unrolled over time is not a deeper stack.
-        positions: dict[str, Site] = {}
+        # discriminator on real and fake) or a cell unrolled over time is not a deeper stack, but
+        # one activation module shared by the layers of a stack is as deep as its layers.
+        positions: dict[tuple[str, str | None], Site] = {}
         for s in hidden:
-            positions.setdefault(s.position, s)
+            positions.setdefault(s.depth_position, s)
         hidden = list(positions.values())
         depth = len(hidden) + 1
         out: list[Finding] = []

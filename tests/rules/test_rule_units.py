@@ -200,6 +200,21 @@ def test_saturating_hidden_activation_counts_call_positions_not_calls():
     assert f.severity == "warning" and f.evidence["depth"] == 5
 
 
+def test_saturating_hidden_activation_counts_a_shared_module_once_per_feeding_layer():
+    """One `self.act = nn.Tanh()` after each of 8 Linears is an 8-hidden-layer stack; the same
+    module fed by one layer (a shared encoder applied twice) stays one position."""
+    pairs = [
+        (make_site("act" + (f"#{i}" if i else ""), "tanh", index=i, call_index=i, feeding_layer=f"layers.{i}"), relu_stats([0.5] * 8))
+        for i in range(8)
+    ]
+    (f,) = only("saturating-hidden-activation").evaluate(make_snapshot(pairs))
+    assert f.severity == "warning" and f.evidence == {"family": "tanh", "sites": 8, "depth": 9}
+    for pair in pairs:
+        pair[0].feeding_layer = "layers.0"
+    (f,) = only("saturating-hidden-activation").evaluate(make_snapshot(pairs))
+    assert f.severity == "info" and f.evidence["depth"] == 2
+
+
 def test_saturating_hidden_activation_ignores_gates():
     pairs = [(make_site(f"g{i}", "sigmoid", index=i, consumers={"mul"}, consumer_layer_types=set()), relu_stats([0.5] * 8)) for i in range(4)]
     assert only("saturating-hidden-activation").evaluate(make_snapshot(pairs)) == []
