@@ -22,6 +22,12 @@ _PAIRS: dict[tuple[str, str], str] = {
     ("softmax", "binary_cross_entropy_with_logits"): "error",
     ("softmax", "nll_loss(log)"): "info",
     ("sigmoid", "binary_cross_entropy_with_logits"): "error",
+    # F.kl_div(input, target) reads its input as log-probabilities.
+    ("softmax", "kl_div"): "error",
+    ("softmax", "kl_div(log)"): "info",
+    # Classes that compete (rows sum to 1) judged as independent yes/no labels: multi-label targets
+    # need a sigmoid per class. Only when the loss reads the whole output (see _whole_output).
+    ("softmax", "binary_cross_entropy"): "warning",
     # Sound, only less stable than the fused loss: info, never a warning.
     ("sigmoid", "binary_cross_entropy"): "info",
 }
@@ -31,7 +37,14 @@ _ADVICE = {
     "binary_cross_entropy_with_logits": "remove the activation and pass the logits: BCEWithLogitsLoss applies the sigmoid itself",
     "nll_loss(log)": "softmax followed by log is correct but loses precision: use log_softmax, or F.cross_entropy on the logits",
     "binary_cross_entropy": "sigmoid + BCELoss is correct but less stable: output logits and use BCEWithLogitsLoss",
+    "kl_div": "F.kl_div expects log-probabilities as its input (and probabilities as its target): use log_softmax",
+    "kl_div(log)": "softmax followed by log is correct but loses precision: use log_softmax",
 }
+# softmax into BCELoss, whatever _ADVICE says of sigmoid into it.
+_SOFTMAX_BCE_ADVICE = (
+    "for multi-label targets (several classes true at once) output one logit per class and use "
+    "BCEWithLogitsLoss (a sigmoid per class); for one class per sample use F.cross_entropy on the logits"
+)
 # A (log-)softmax normalised over another dim than the classes the loss reads (the batch, a
 # sequence) is an error whatever the pair: the model cannot learn the classes.
 _WRONG_DIM_ADVICE = (
@@ -61,6 +74,12 @@ def _classes(site: Site, loss: str) -> tuple[int, int | None]:
     return int(shape[class_dim]), class_dim if same_layout else None
 
 
+def _whole_output(site: Site, loss: str) -> bool:
+    """The loss got every value of the output (the same number of elements), not a slice of it."""
+    shape = site.loss_input_shapes.get(loss)
+    return shape is None or math.prod(shape) == math.prod(site.shape)
+
+
 class ActivationLossMismatch(Rule):
     id = "activation-loss-mismatch"
     defaults: dict[str, float] = {}
@@ -77,9 +96,12 @@ class ActivationLossMismatch(Rule):
                 severity = "error" if wrong_dim else _PAIRS.get((kind, loss))
                 if severity is None:  # log_softmax into nll_loss over the classes: the right pairing
                     continue
+                softmax_bce = (kind, loss) == ("softmax", "binary_cross_entropy")
+                if softmax_bce and not (site.n_units > 1 and _whole_output(site, loss)):
+                    continue  # one class's probability (probs[:, 1]) is a sound BCE input
                 evidence: dict[str, float] = {"classes": classes}
                 msg = f"{site.kind} output feeds {loss.replace('(log)', ' after a log')}"
-                advice = _WRONG_DIM_ADVICE if wrong_dim else _ADVICE[loss]
+                advice = _WRONG_DIM_ADVICE if wrong_dim else _SOFTMAX_BCE_ADVICE if softmax_bce else _ADVICE[loss]
                 if wrong_dim:
                     # Softmax over another dim (the batch, a sequence): no class-count floor applies.
                     evidence["softmax_dim"] = site.unit_dim
@@ -95,5 +117,12 @@ class ActivationLossMismatch(Rule):
                     msg += ": sigmoid is applied twice, squeezing predictions into [0.5, 0.73]"
                 elif (kind, loss) == ("softmax", "nll_loss"):
                     msg += ": nll_loss reads its input as log-probabilities, so the loss is -p and cannot train properly"
+                elif (kind, loss) == ("softmax", "kl_div"):
+                    msg += ": kl_div reads its input as log-probabilities, so the loss is not the divergence and can go negative"
+                elif softmax_bce:
+                    msg += (
+                        f": BCE judges each of the {site.n_units} outputs as an independent yes/no, but softmax makes "
+                        "them compete (each row sums to 1), so no two can be near 1 together"
+                    )
                 out.append(self.finding(ctx, site.name, severity, msg, advice, **evidence))
         return out

@@ -284,3 +284,24 @@ def test_class_losses_after_a_transpose_of_a_square_output(head, loss_of, expect
         nn.Linear(6, 4), lambda model, x, t: loss_of(head(model(x)), t), torch.randn(16, 4, 6), torch.randint(0, 4, (16, 4))
     )
     assert got == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize(
+    "loss_of, expected",
+    [
+        (lambda o, t: F.kl_div(torch.softmax(o, -1), t, reduction="batchmean"), ("error", None, 4)),
+        (lambda o, t: F.kl_div(torch.log(torch.softmax(o, -1)), t, reduction="batchmean"), ("info", None, 4)),
+        (lambda o, t: F.kl_div(torch.log_softmax(o, -1), t, reduction="batchmean"), None),  # correct
+        (lambda o, t: F.binary_cross_entropy(torch.softmax(o, -1), (t > 0.25).float()), ("warning", None, 4)),  # multi-label
+        (lambda o, t: F.binary_cross_entropy(torch.softmax(o, -1)[:, 1], (t[:, 1] > 0.25).float()), None),  # one class
+        (lambda o, t: F.binary_cross_entropy(torch.sigmoid(o), (t > 0.25).float()), ("info", None, 4)),
+    ],
+    ids=["softmax_kl_div", "log_softmax_by_hand_kl_div", "log_softmax_kl_div", "softmax_bce", "one_class_bce", "sigmoid_bce"],
+)
+def test_probability_losses_judge_what_their_input_must_be(loss_of, expected):
+    """kl_div reads log-probabilities; BCE reads independent per-class probabilities, which a
+    softmax over the classes cannot give (its rows sum to 1) unless the loss reads one class."""
+    torch.manual_seed(0)
+    target = torch.softmax(torch.randn(16, 4), -1)
+    got = _class_loss_findings(nn.Linear(6, 4), lambda model, x, t: loss_of(model(x), t), torch.randn(16, 6), target)
+    assert got == ([expected] if expected else [])
