@@ -19,6 +19,10 @@ SIGMOID_MIN_DEPTH = 3
 # deeper stacks (proposal); shallower nets get an info finding at most.
 TANH_MIN_DEPTH = 5
 
+# LogSigmoid is -softplus(-x): linear on one side, flat on the other, like softplus (not flagged
+# statically); its flat side is measured by the saturation rule.
+ONE_SIDED_KINDS = ("logsigmoid",)
+
 FIX = (
     "Use ReLU, GELU or SiLU (with Kaiming init) between layers; keep sigmoid for binary outputs "
     "and gates, and prefer logits + BCEWithLogitsLoss at the output."
@@ -35,6 +39,7 @@ class SaturatingHiddenActivation(Rule):
         ordered = ctx.snapshot.ordered()
         # A hidden activation here: its output feeds a parametrised layer, it is no gate, no head.
         hidden = [s for s, _ in ordered if s.feeds_layer and not s.is_gate and not s.is_output and s.family != "softmax"]
+        saturating = {s.name for s in hidden if s.kind not in ONE_SIDED_KINDS}
         # Depth counts call positions: a shared encoder applied twice (Siamese nets, a GAN's
         # discriminator on real and fake) or a cell unrolled over time is not a deeper stack, but
         # one activation module shared by the layers of a stack is as deep as its layers.
@@ -45,14 +50,17 @@ class SaturatingHiddenActivation(Rule):
         depth = len(hidden) + 1
         out: list[Finding] = []
         for family, limit in (("sigmoid", "sigmoid_min_depth"), ("tanh", "tanh_min_depth")):
-            sites = [s for s in hidden if s.family == family]
+            sites = [s for s in hidden if s.family == family and s.name in saturating]
             if not sites:
                 continue
             severity = "warning" if depth >= self.t[limit] else "info"
             names = ", ".join(s.name for s in sites)
+            kinds = sorted({s.kind for s in sites})
+            # Name what the model uses: softsign is of the tanh family, not tanh.
+            label = family if kinds == [family] else f"{'/'.join(kinds)} (the {family} family)"
             msg = (
-                f"{family} is used in {len(sites)} hidden layer(s) of a {depth}-layer stack ({names}); "
-                f"{family} saturates and shrinks gradients with depth"
+                f"{label} is used in {len(sites)} hidden layer(s) of a {depth}-layer stack ({names}); "
+                f"{family if kinds == [family] else 'the ' + family + ' family'} saturates and shrinks gradients with depth"
             )
             out.append(self.finding(ctx, sites[0].name, severity, msg, FIX, family=family, sites=len(sites), depth=depth))
         return out

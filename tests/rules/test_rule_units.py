@@ -215,6 +215,19 @@ def test_saturating_hidden_activation_counts_a_shared_module_once_per_feeding_la
     assert f.severity == "info" and f.evidence["depth"] == 2
 
 
+def test_saturating_hidden_activation_names_the_kind_and_skips_logsigmoid():
+    """Softsign is of the tanh family, not tanh; LogSigmoid is -softplus(-x), linear on one side."""
+    softsign = [(make_site(f"s{i}", "softsign", family="tanh", index=i, feeding_layer=f"l{i}"), relu_stats([0.5] * 8)) for i in range(5)]
+    (f,) = only("saturating-hidden-activation").evaluate(make_snapshot(softsign))
+    assert f.message.startswith("softsign (the tanh family) is used in 5 hidden layer(s) of a 6-layer stack")
+    assert "the tanh family saturates" in f.message
+    logsig = [(make_site(f"s{i}", "logsigmoid", family="sigmoid", index=i, feeding_layer=f"l{i}"), relu_stats([0.5] * 8)) for i in range(5)]
+    assert only("saturating-hidden-activation").evaluate(make_snapshot(logsig)) == []
+    plain = [(make_site(f"s{i}", "tanh", index=i, feeding_layer=f"l{i}"), relu_stats([0.5] * 8)) for i in range(5)]
+    (f,) = only("saturating-hidden-activation").evaluate(make_snapshot(plain))
+    assert f.message.startswith("tanh is used in 5") and "; tanh saturates" in f.message
+
+
 def test_saturating_hidden_activation_ignores_gates():
     pairs = [(make_site(f"g{i}", "sigmoid", index=i, consumers={"mul"}, consumer_layer_types=set()), relu_stats([0.5] * 8)) for i in range(4)]
     assert only("saturating-hidden-activation").evaluate(make_snapshot(pairs)) == []
