@@ -14,6 +14,11 @@ HUGE = 1e4
 # Activations compared for growth: at least a first and a last (proposal).
 MIN_SITES = 2
 
+# When the largest activations are at the first layer, the scale comes in with the inputs.
+INPUT_FIX = (
+    "Standardise the input features (subtract the mean, divide by the std per feature, e.g. in the "
+    "dataset's transform) before anything else. "
+)
 FIX = (
     "Use init matched to the nonlinearity (Kaiming for ReLU, Xavier for tanh), add normalisation "
     "(BatchNorm/LayerNorm) or scale residual branches, and lower the learning rate."
@@ -45,5 +50,8 @@ class ExplodingActivations(Rule):
             return [self.finding(ctx, last.name, "warning", msg, fix, **evidence)]
         if float(bs.max_abs) > self.t["huge"]:  # type: ignore[arg-type]
             msg = f"activations reach |{bs.max_abs:.3g}| (RMS {bs.rms:.3g}): overflow in float16 is near"
+            if biggest is first:
+                msg += f"; they are largest at the first activation '{first.name}', so the scale comes in with the inputs"
+                fix = INPUT_FIX + fix
             return [self.finding(ctx, biggest.name, "warning", msg, fix, **evidence)]
         return []

@@ -21,8 +21,10 @@ LOCATE = (
     "appears, or with torch.autograd.set_detect_anomaly(True)."
 )
 BACKWARD_FIX = (
-    "The backward pass overflows here: clip gradients (gradient_clip_val), lower the learning rate, "
-    "avoid log(0) / sqrt(0) / division by ~0 in the loss, and with float16 AMP use a GradScaler."
+    "Check the targets and every other input of the loss for NaN/Inf first (one NaN label leaves the "
+    "forward finite and makes every gradient NaN; clipping cannot repair it), and avoid log(0) / "
+    "sqrt(0) / division by ~0 in the loss. If the backward pass overflows, lower the learning rate or "
+    "clip gradients (gradient_clip_val), and with float16 AMP use a GradScaler."
 )
 
 

@@ -284,6 +284,10 @@ def test_exploding_activations_growth_and_magnitude():
     assert f.site == "act2" and f.evidence["growth_factor"] == pytest.approx(500)
     (g,) = twice(only("exploding-activations"), chain("relu", [1e-3] * 3, rms=[5e3, 5e3, 1.0]))
     assert "float16" in g.message
+    # Largest at the first activation and shrinking after: the inputs bring the scale.
+    assert "comes in with the inputs" in g.message and g.recommendation.startswith("Standardise the input features")
+    (h,) = twice(only("exploding-activations"), chain("relu", [1e-3] * 3, rms=[1.0, 5e3, 1.0]))
+    assert "inputs" not in h.message and not h.recommendation.startswith("Standardise")
     assert twice(only("exploding-activations"), chain("relu", [1e-3] * 4, rms=[1.0, 3.0, 9.0, 1.0])) == []
 
 
@@ -329,6 +333,7 @@ def test_non_finite_names_first_forward_site_then_backward_origin():
         snap.stats[f"act{i}"].grad_nonfinite = True
     (g,) = only("non-finite").evaluate(snap)
     assert g.site == "act1" and "gradient" in g.message
+    assert g.recommendation.startswith("Check the targets")  # a NaN label, not an overflow to clip
 
 
 def test_non_finite_over_a_window_of_several_steps_does_not_claim_an_origin():
