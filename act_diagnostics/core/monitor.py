@@ -1024,7 +1024,7 @@ class ActivationMonitor:
                 for state, n, k in zip(owners, norms, shards):
                     by_state.setdefault(id(state), []).append(n.double().pow(2) * k)
                 for state in {id(s): s for s in owners}.values():
-                    state.observe_param_grad_sq(torch.stack(by_state[id(state)]).sum())
+                    state.observe_param_grad_sq(torch.stack(by_state[id(state)]).sum(), skip_nonfinite=self.grad_scale is not None)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 

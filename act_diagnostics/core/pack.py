@@ -25,7 +25,10 @@ from torch import Tensor
 from act_diagnostics.core.snapshot import SiteStats, window_stats
 from act_diagnostics.core.state import COUNTERS, MAX_ABS, N_SUMS, SiteState, totals_size
 
-SUM_NAMES = ("sum", "sumsq", "grad_sumsq", "sat_rows", "nonfinite", "in_sum", "in_sumsq", "param_grad_sq", "target_outside")
+SUM_NAMES = (
+    "sum", "sumsq", "grad_sumsq", "sat_rows", "nonfinite", "in_sum", "in_sumsq", "param_grad_sq", "target_outside",
+    "grad_skipped", "param_grad_skipped",
+)  # fmt: skip
 assert len(SUM_NAMES) == N_SUMS
 
 OP_SUM, OP_MAX = 0, 1

@@ -47,6 +47,8 @@ class SiteStats:
     input_std: float | None = None
     grad_rms: float | None = None
     grad_nonfinite: bool = False
+    # Share of gradient elements left out because a float16 GradScaler skipped their step.
+    grad_skipped_share: float | None = None
     param_grad_norm: float | None = None
     # Share of the regression targets this output can never reach (outside its activation's range).
     target_outside: float | None = None
@@ -152,13 +154,18 @@ def window_stats(
         m = sums["in_sum"] / counters["in_elements"]
         v = sums["in_sumsq"] / counters["in_elements"] - m * m
         s.input_std = math.sqrt(max(v, 0.0)) if math.isfinite(v) else float("nan")
-    if counters["grad_elements"] > 0:
-        g = sums["grad_sumsq"] / counters["grad_elements"]
+    skipped = sums.get("grad_skipped", 0.0)
+    if skipped > 0:
+        s.grad_skipped_share = skipped / counters["grad_elements"]
+    kept = counters["grad_elements"] - skipped  # float16 AMP: steps the scaler skipped
+    if kept > 0:
+        g = sums["grad_sumsq"] / kept
         s.grad_rms = math.sqrt(g) if math.isfinite(g) else float("nan")
         s.grad_nonfinite = not math.isfinite(g)
     if counters.get("targets", 0) > 0:
         s.target_outside = sums["target_outside"] / counters["targets"]
-    if counters["param_grad_steps"] > 0:
-        p = sums["param_grad_sq"] / counters["param_grad_steps"]
+    param_steps = counters["param_grad_steps"] - sums.get("param_grad_skipped", 0.0)
+    if param_steps > 0:
+        p = sums["param_grad_sq"] / param_steps
         s.param_grad_norm = math.sqrt(p) if math.isfinite(p) else float("nan")
     return s

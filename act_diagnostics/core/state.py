@@ -34,8 +34,10 @@ from torch import Tensor
 from act_diagnostics.core.kinds import ActivationKind
 
 # Columns of SiteState.sums (float64, reduced by sum across processes).
-SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ, TARGET_OUTSIDE = range(9)
-N_SUMS = 9
+# GRAD_SKIPPED / PARAM_GRAD_SKIPPED: gradient elements / parameter-norm steps left out because a
+# float16 GradScaler skips the step they overflowed in (see observe_grad).
+SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ, TARGET_OUTSIDE, GRAD_SKIPPED, PARAM_GRAD_SKIPPED = range(11)
+N_SUMS = 11
 # Offset of max |value| in a site's device totals (reduced by max); the per-unit counts follow it.
 MAX_ABS = N_SUMS
 # Host-side integer counters, in this order (reduced by sum).
@@ -411,6 +413,13 @@ class SiteState:
         if scale is not None:
             flat = flat / (scale.to(flat.dtype) if isinstance(scale, Tensor) else scale)
         squares = torch.dot(flat, flat)
+        if scale is not None:
+            # float16 AMP: the GradScaler skips a step whose scaled gradients overflow (its normal
+            # back-off while it calibrates): that gradient trains nothing and is left out, counted
+            # on the device so the window's RMS divides by the elements kept.
+            finite = squares.isfinite()
+            self.sums[GRAD_SKIPPED].add_(finite.logical_not(), alpha=plan.n)
+            squares = squares.where(finite, 0.0)
         if self.deferred:
             self._grad_squares.append(squares)
             if len(self._grad_squares) >= FOLD_CALLS:
@@ -422,9 +431,15 @@ class SiteState:
         if detail and self.histogram_samples:
             self.grad_sample = _strided_sample(flat, self.histogram_samples)
 
-    def observe_param_grad_sq(self, sq: Tensor) -> None:
-        """Squared gradient norm of the parameters of the layer feeding this site (log steps)."""
-        self.sums[PARAM_GRAD_SQ].add_(sq.to(self.sums.device, self.sums.dtype))
+    def observe_param_grad_sq(self, sq: Tensor, skip_nonfinite: bool = False) -> None:
+        """Squared gradient norm of the parameters of the layer feeding this site (log steps).
+        ``skip_nonfinite``: under a float16 GradScaler, a step it skips for overflow is left out."""
+        sq = sq.to(self.sums.device, self.sums.dtype)
+        if skip_nonfinite:
+            finite = sq.isfinite()
+            self.sums[PARAM_GRAD_SKIPPED].add_(finite.logical_not())
+            sq = sq.where(finite, 0.0)
+        self.sums[PARAM_GRAD_SQ].add_(sq)
         self.counters[8] += 1
 
     def observe_targets(self, target: Tensor, low: float, high: float) -> None:

@@ -192,6 +192,26 @@ def test_loss_scale_is_divided_out_of_the_sampled_gradient() -> None:
         assert torch.allclose(st.grad_sample, plain.grad_sample)
 
 
+@pytest.mark.parametrize("deferred", [False, True])
+def test_steps_a_grad_scaler_skips_for_overflow_are_left_out(deferred: bool) -> None:
+    """float16 AMP: the GradScaler skips a step whose scaled gradients overflow (its calibration at
+    the start of a run); that gradient trains nothing, so it is no finding and no part of the RMS."""
+    scale = torch.tensor([2.0**16])
+    g = torch.randn(8, 4)
+    st = make_state("relu", 4)
+    st.deferred = deferred
+    st.observe_grad(torch.full((8, 4), float("inf")), False, scale)  # an overflowing step
+    st.observe_grad(g * scale, False, scale)
+    st.observe_param_grad_sq(torch.tensor(float("inf")), skip_nonfinite=True)
+    st.observe_param_grad_sq(torch.tensor(9.0), skip_nonfinite=True)
+    s = stats(st)
+    assert s.grad_nonfinite is False and s.grad_rms == pytest.approx(g.pow(2).mean().sqrt().item(), rel=1e-6)
+    assert s.grad_skipped_share == 0.5 and s.param_grad_norm == pytest.approx(3.0)
+    st.reset()
+    st.observe_grad(torch.full((8, 4), float("nan")), False)  # no scaler: NaN is the model's own
+    assert stats(st).grad_nonfinite is True and stats(st).grad_skipped_share is None
+
+
 def test_unit_dim_one_for_conv_outputs() -> None:
     x = torch.randn(4, 3, 5, 5)
     x[:, 1] = -1.0  # channel 1 never fires

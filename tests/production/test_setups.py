@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from act_diagnostics.callbacks._core import UnsupportedSetup
 from act_diagnostics.core.monitor import UnmeasuredModules
-from prod_models import Classifier, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer
+from prod_models import WIDTH, Classifier, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer
 
 
 def _fit(tmp_path: Any, model: pl.LightningModule, **kwargs: Any) -> tuple[Any, SnapshotRecorder, pl.Trainer]:
@@ -61,6 +61,39 @@ def test_mixed_precision_matches_float32(tmp_path, precision):
             assert st.param_grad_norm == pytest.approx(want.param_grad_norm, rel=0.05)
         if want.grad_rms is not None:
             assert st.grad_rms == pytest.approx(want.grad_rms, rel=0.1), name
+
+
+class SumRegression(pl.LightningModule):
+    """A summed MSE on targets around 3: its gradients times the GradScaler's first scale (2**16)
+    overflow float16, so the scaler skips the first steps while it backs off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(WIDTH, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        return F.mse_loss(self.net(x).squeeze(-1).float(), 3.0 + x[:, 0].abs(), reduction="sum")
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=1e-4)
+
+
+def test_steps_the_grad_scaler_skips_are_no_finding(tmp_path):
+    """float16 AMP: the scaler's calibration (overflowing, skipped steps) is no non-finite error."""
+    torch.manual_seed(0)
+    cb = diagnostics(log_every_n_steps=2, measure_every_n_steps=1)
+    rec = SnapshotRecorder(cb)
+    t = trainer(tmp_path, [cb, rec], max_steps=8, **_fp16_with_scaler())
+    try:
+        t.fit(SumRegression(), loader(n=128, batch_size=16))
+    except (RuntimeError, ValueError) as exc:  # pragma: no cover - depends on the torch build
+        pytest.skip(f"float16 autocast not available on this CPU build: {exc}")
+    assert t.strategy.precision_plugin.scaler.get_scale() < 2.0**16  # it did skip overflowing steps
+    skipped = [st.grad_skipped_share for snap in rec.snapshots for st in snap.stats.values()]
+    assert any(share for share in skipped)
+    assert not any(st.grad_nonfinite for snap in rec.snapshots for st in snap.stats.values())
+    assert [f for f in cb.engine.findings if f.rule == "non-finite"] == []
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
