@@ -156,6 +156,15 @@ def _rank_zero() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+class _RerunSlot:
+    """The site state a checkpointed call's re-run owes its gradient to, set once known."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state: SiteState | None = None
+
+
 def _unattached_monitor() -> "ActivationMonitor":
     """What a copied or unpickled monitor becomes (see ActivationMonitor.__reduce__)."""
     return ActivationMonitor(nn.Module())
@@ -241,6 +250,7 @@ class ActivationMonitor:
         # runs under no_grad): their re-run in backward carries the gradient instead. Keyed by
         # id(module) for module sites, by the call's base name for functional ones.
         self._awaiting_grad: dict[int | str, list[SiteState]] = {}
+        self._rerun_slots: dict[int | str, list[_RerunSlot]] = {}  # re-run calls not yet matched to theirs
         # Returns the loss scale that backward ran with (float16 AMP's GradScaler), or None.
         self.grad_scale: Callable[[], Tensor | float | None] | None = None
         # id -> (site, via, tensor, dims reordered on the way: a transpose or permute).
@@ -475,6 +485,7 @@ class ActivationMonitor:
         self._layer_out.clear()
         self._pending_input.clear()
         self._awaiting_grad.clear()
+        self._rerun_slots.clear()
         self._functional_out.clear()
         self._rerun_tracer_module = None  # backward is over: autograd dropped its mode stack
 
@@ -663,14 +674,28 @@ class ActivationMonitor:
         output's gradient is the one the first, no_grad forward could not give. ``key`` is the
         first call's key in ``_awaiting_grad`` (id(module), or a functional call's base name).
         Non-reentrant checkpointing hooks the first forward, so nothing waits for its re-run."""
-        waiting = self._awaiting_grad.get(key)
-        if not waiting or not y.requires_grad:
+        if not self._awaiting_grad.get(key) or not y.requires_grad:
             return
         try:
-            # Backward re-runs checkpointed regions last first: the latest waiting call is this one.
-            self._hook_grad(y, waiting.pop())
+            # Backward re-runs checkpointed regions last first, and the calls inside one region in
+            # forward order: a region that made k calls owes their gradients to the last k waiting
+            # calls, first to first. k is known once the region's re-run is over, when its own
+            # backward starts and the first of these hooks fires (_resolve_reruns).
+            slot = _RerunSlot()
+            self._rerun_slots.setdefault(key, []).append(slot)
+            self._hook_grad(y, slot)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
+
+    def _resolve_reruns(self) -> None:
+        """Give each call re-run since the last resolution its waiting first call (see above)."""
+        for key, slots in self._rerun_slots.items():
+            waiting = self._awaiting_grad.get(key, [])
+            k = min(len(slots), len(waiting))
+            for slot, state in zip(slots[len(slots) - k :], waiting[len(waiting) - k :]):
+                slot.state = state
+            del waiting[len(waiting) - k :]
+        self._rerun_slots.clear()
 
     # ------------------------------------------------------------------ functional calls
     @property
@@ -966,7 +991,7 @@ class ActivationMonitor:
             self._hook_grad(y, state)
         return True
 
-    def _hook_grad(self, y: Tensor, state: SiteState) -> None:
+    def _hook_grad(self, y: Tensor, state: "SiteState | _RerunSlot") -> None:
         """Measure the gradient with respect to ``y`` when backward reaches it.
 
         A pre-hook on the node that made ``y`` receives the same gradient as a hook on ``y`` (a
@@ -979,14 +1004,20 @@ class ActivationMonitor:
         else:
             node.register_prehook(partial(self._grad_prehook, state, self.detail, y.output_nr))
 
-    def _grad_prehook(self, state: SiteState, detail: bool, index: int, grads: tuple[Tensor | None, ...]) -> None:
+    def _grad_prehook(self, state: "SiteState | _RerunSlot", detail: bool, index: int, grads: tuple[Tensor | None, ...]) -> None:
         grad = grads[index]
         if grad is not None:
             self._grad_hook(state, detail, grad)
 
-    def _grad_hook(self, state: SiteState, detail: bool, grad: Tensor) -> None:
+    def _grad_hook(self, state: "SiteState | _RerunSlot", detail: bool, grad: Tensor) -> None:
         if self.failure is not None:
             return
+        if type(state) is _RerunSlot:  # a checkpointed call's re-run (_hook_rerun_grad)
+            if state.state is None:
+                self._resolve_reruns()
+            state = state.state
+            if state is None:
+                return
         try:
             with torch._C.DisableTorchFunction():
                 state.observe_grad(grad, detail, None if self.grad_scale is None else self.grad_scale())

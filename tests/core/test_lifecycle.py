@@ -754,6 +754,49 @@ def test_a_shared_block_checkpointed_twice_keeps_each_calls_gradient() -> None:
     assert checkpointed == pytest.approx(plain, rel=1e-6)
 
 
+
+def test_calls_repeated_inside_one_checkpointed_region_keep_their_gradients() -> None:
+    """A reentrant checkpoint re-runs the calls of one region in forward order (regions last first):
+    a ResNet block's shared ReLU, or F.silu called twice, gets each call's gradient back at its call."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.act = nn.Linear(6, 6), nn.Linear(6, 6), nn.ReLU()
+
+        def forward(self, h):
+            h = F.silu(self.act(self.fc1(h)))
+            return F.silu(self.act(self.fc2(h)) * torch.arange(1.0, 7.0))  # unequal: the calls' gradients differ
+
+    class Net(nn.Module):
+        def __init__(self, use_checkpoint: bool) -> None:
+            super().__init__()
+            self.blocks, self.head = nn.ModuleList([Block(), Block()]), nn.Linear(6, 1)
+            self.use_checkpoint = use_checkpoint
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=True) if self.use_checkpoint else block(x)
+            return self.head(x)
+
+    grads = []
+    for use_checkpoint in (False, True):
+        torch.manual_seed(0)
+        model = Net(use_checkpoint)
+        mon = ActivationMonitor(model).attach()
+        mon.begin_step()
+        model(torch.randn(5, 6, requires_grad=True)).pow(2).sum().backward()
+        mon.end_step()
+        snap = mon.snapshot()
+        mon.detach()
+        grads.append({name: st.grad_rms for name, st in snap.stats.items()})
+    plain, checkpointed = grads
+    assert sorted(plain) == sorted(checkpointed) and {"blocks.0.act#1", "blocks.1:silu#1"} <= set(plain)
+    assert plain["blocks.0.act"] != pytest.approx(plain["blocks.0.act#1"], rel=0.1)
+    assert checkpointed == pytest.approx(plain, rel=1e-6)
+
+
 class GeluMLP(nn.Module):
     """A functional activation: measured by the tracer (detail steps) or at its consumer."""
 
