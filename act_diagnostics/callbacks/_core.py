@@ -313,12 +313,7 @@ class DiagnosticsCallbackCore:
     @_guarded
     def _setup(self, trainer: Any, pl_module: Any, stage: str, new_model: bool) -> None:
         if _is_compiled(pl_module):
-            self._stand_down(
-                "the model (or a submodule) is torch.compile'd: dynamo would trace the diagnostics' hooks "
-                "into the graph and recompile as their state changes, or ignore them "
-                "(pytorch/pytorch#117758), so act_diagnostics is off for this run. Run a few hundred "
-                "steps uncompiled with diagnostics to check the activations, then compile."
-            )
+            self._stand_down(COMPILED)
             return
         if new_model:
             if self.monitor is not None:
@@ -353,6 +348,12 @@ class DiagnosticsCallbackCore:
         if scaler is not None and self.monitor is not None:
             # The scale is a device tensor the scaler updates in place: reading it costs no sync.
             self.monitor.grad_scale = lambda: getattr(scaler, "_scale", None)
+
+    @_guarded
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        # Lightning runs configure_model() after the callbacks' setup: a submodule compiled there.
+        if _is_compiled(pl_module):
+            self._stand_down(COMPILED)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         # The schedule is kept even when disabled: a disabled rank still answers the rank check.
@@ -613,6 +614,14 @@ class DiagnosticsCallbackCore:
         self._last_logged_step = int(state_dict.get("last_logged_step", -1))
         if self.engine is not None and state_dict.get("engine"):
             self.engine.load_state_dict(state_dict["engine"])
+
+
+COMPILED = (
+    "the model (or a submodule) is torch.compile'd: dynamo would trace the diagnostics' hooks "
+    "into the graph and recompile as their state changes, or ignore them "
+    "(pytorch/pytorch#117758), so act_diagnostics is off for this run. Run a few hundred "
+    "steps uncompiled with diagnostics to check the activations, then compile."
+)
 
 
 def _is_compiled(module: Any) -> bool:

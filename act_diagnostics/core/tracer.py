@@ -104,6 +104,10 @@ class ActivationTracer(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
         kwargs = kwargs or {}
+        if torch.compiler.is_compiling():
+            # dynamo tracing a compiled function called in forward: pass through, or it would trace
+            # the monitor into the graph and recompile whenever the monitor's state changes.
+            return func(*args, **kwargs)
         mon = self.monitor
         if func in FUNCTIONAL_KINDS and mon.enabled and mon.functional and mon.activation_depth == 0:
             return mon.call_functional(func, args, kwargs)

@@ -315,6 +315,49 @@ def test_torch_compile_stands_down_with_one_warning(tmp_path):
     assert cb.steps == 2 and cb.last_snapshot is not None and cb.failure is None
 
 
+class CompiledInConfigureModel(Classifier):
+    def configure_model(self) -> None:  # Lightning calls it after the callbacks' setup
+        if not hasattr(self.net, "_orig_mod"):
+            self.net = torch.compile(self.net, backend="eager")
+
+
+class CompiledFunction(Classifier):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _compiled_gelu(self.net(x))
+
+
+@torch.compile(backend="eager")
+def _compiled_gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x) * 0.5
+
+
+def test_a_submodule_compiled_in_configure_model_stands_down_too(tmp_path):
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        cb = diagnostics()
+        model = CompiledInConfigureModel()
+        t = trainer(tmp_path, [cb], max_steps=2)
+        t.fit(model, loader())
+    ours = [r for r in records if issubclass(r.category, UnsupportedSetup)]
+    assert len(ours) == 1 and "torch.compile" in str(ours[0].message)
+    assert t.global_step == 2 and hook_count(model) == 0
+
+
+def test_a_compiled_function_in_forward_does_not_trace_the_monitor(tmp_path):
+    """The tracer is on torch's mode stack while dynamo traces the function: it passes through, so
+    the graph holds no monitor state to guard on (no recompiles), and the modules are measured."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    cb = diagnostics(log_every_n_steps=1, measure_every_n_steps=1)
+    t = trainer(tmp_path, [cb], max_steps=6)
+    t.fit(CompiledFunction(), loader())
+    assert cb.failure is None and t.global_step == 6
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2  # forward (and backward), not one per step
+    assert {"net.1", "net.3"} <= set(cb.last_snapshot.stats)
+
+
 class MovesMidway(pl.Callback):
     """Casts the model to float64 after two steps (a dtype move after setup)."""
 
