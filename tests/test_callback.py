@@ -195,6 +195,22 @@ def test_tensorboard_writer_without_file_writer_is_an_ordinary_logger(tmp_path, 
     assert logger_prefix(tb) == "" and logger_prefix(TensorBoardLogger(str(tmp_path), prefix="p")) == "p-"
 
 
+def test_a_tensorboard_logger_subclass_gets_the_extras_and_the_report(tmp_path):
+    """A team's own TensorBoardLogger subclass is a TensorBoard logger: histograms, the dashboard
+    layout and the report beside its event files, whichever logger comes first."""
+
+    class TeamLogger(TensorBoardLogger):
+        pass
+
+    torch.manual_seed(0)
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False)
+    tb = TeamLogger(str(tmp_path), name="tb")
+    trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv"), tb], max_steps=8).fit(Net(), loader())
+    acc = event_accumulator(tmp_path)
+    assert acc.Tags()["histograms"] and acc.Tensors("custom_scalars__config__")
+    assert os.path.isfile(os.path.join(tb.log_dir, "act_diagnostics", "report.json"))
+
+
 def test_a_second_trainer_gets_its_own_tensorboard_events(tmp_path):
     cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False)
     model = Net()

@@ -49,7 +49,7 @@ from act_diagnostics.core.config import (
 from act_diagnostics.core.monitor import ActivationMonitor, MonitorFailure, WindowStash, compiled_modules
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.outputs.scalars import eval_tag_prefix, log_to_loggers, snapshot_scalars
-from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_tensorboard, logger_prefix
+from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_tensorboard, is_tensorboard_logger, logger_prefix
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -641,7 +641,7 @@ def _log_dir(trainer: Any) -> str:
     loggers = list(getattr(trainer, "loggers", []) or [])
     # The TensorBoard logger's directory first: the report then lies beside the event files, where
     # `act-diagnostics report` reads both (a CSVLogger listed first has its own version folder).
-    tensorboard = [lg for lg in loggers if type(lg).__name__ == "TensorBoardLogger"]
+    tensorboard = [lg for lg in loggers if is_tensorboard_logger(lg)]
     for logger in tensorboard + loggers:
         value = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
         if value:

@@ -43,6 +43,12 @@ LAYOUT_CATEGORY = "act_diagnostics"
 FINDINGS_TEXT_TAG = "act_diagnostics/findings"
 
 
+def is_tensorboard_logger(logger: Any) -> bool:
+    """A Lightning TensorBoardLogger, or a subclass of one, of either Lightning package (by name:
+    neither package need be installed)."""
+    return any(cls.__name__ == "TensorBoardLogger" for cls in type(logger).__mro__)
+
+
 def find_tensorboard(loggers: Iterable[Any]) -> tuple[Any, Any] | None:
     """The first TensorBoard logger with a torch ``SummaryWriter`` and that writer, or None.
 
@@ -53,7 +59,7 @@ def find_tensorboard(loggers: Iterable[Any]) -> tuple[Any, Any] | None:
     from torch.utils.tensorboard import SummaryWriter
 
     for logger in loggers:
-        if type(logger).__name__ != "TensorBoardLogger":
+        if not is_tensorboard_logger(logger):
             continue
         writer = getattr(logger, "experiment", None)
         if isinstance(writer, SummaryWriter) and callable(getattr(writer, "_get_file_writer", None)):
