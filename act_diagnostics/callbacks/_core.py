@@ -195,6 +195,7 @@ class DiagnosticsCallbackCore:
         self.eval_snapshots: dict[str, Snapshot] = {}
         self._eval_stash: WindowStash | None = None  # the training window, set aside during one
         self.report_dir: str | None = None
+        self._stage: str | None = None  # the trainer function running: "fit", "validate", "test", "predict"
         self._tb: TensorBoardExtras | None = None
         self._tb_logger: Any = None  # the TensorBoard logger whose scalars go through self._tb
         self._disabled = False
@@ -303,6 +304,7 @@ class DiagnosticsCallbackCore:
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._stage = stage  # Lightning restores a checkpoint's callback state after setup
         new_model = self.monitor is None or self.monitor.model is not pl_module
         if self._disabled and new_model and stage == "fit":
             # Diagnostics were off "for this run" (a compiled model, an internal error): another
@@ -608,6 +610,10 @@ class DiagnosticsCallbackCore:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._stage != "fit" and (self.steps or (self.engine is not None and self.engine.findings)):
+            # trainer.test(ckpt_path="best") after fit: Lightning restores every callback from the
+            # checkpoint, but this callback's own fit is newer than any checkpoint of it.
+            return
         # The monitor's own count restarts so it re-learns the structure (feeding layers,
         # consumers) in its first steps after a resume; the callback keeps the total.
         self._steps_offset = int(state_dict.get("steps", 0)) - (self.monitor.steps if self.monitor is not None else 0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+import pytorch_lightning as pl
+
 from act_diagnostics.rules import ActivationWarning
 from prod_models import Classifier, diagnostics, hook_count, loader, mlp, trainer
 
@@ -39,3 +41,37 @@ def test_resume_restores_state_and_repeats_no_warning(tmp_path):
     assert snap.step == 7 and snap.stats["net.1"].calls == 2
     assert cb2.monitor.sites["net.1"].feeding_layer == "net.0"
     assert hook_count(model2) == 0  # removed at teardown
+
+
+class SaveAt(pl.Callback):
+    def __init__(self, step: int, path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+class Tested(Classifier):
+    def test_step(self, batch, batch_idx):
+        return self.training_step(batch, batch_idx)
+
+
+def test_testing_from_a_checkpoint_after_fit_keeps_the_fits_findings(tmp_path):
+    """trainer.test(ckpt_path=...) restores every callback from the checkpoint: the fit's own,
+    newer state must survive it; a callback with no run of its own takes the checkpoint's."""
+    ckpt = tmp_path / "early.ckpt"
+    model = Tested(net=mlp(dead=True))
+    cb = diagnostics(log_every_n_steps=2, thresholds=THRESHOLDS)
+    t = trainer(tmp_path / "a", [cb, SaveAt(2, ckpt)], max_steps=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit(model, loader(n=128))
+        findings, steps = [f.to_dict() for f in cb.engine.findings], cb.steps
+        assert steps == 6 and findings and ckpt.is_file()
+        t.test(model, loader(n=32), ckpt_path=str(ckpt))
+        assert cb.steps == steps and [f.to_dict() for f in cb.engine.findings] == findings
+
+        fresh = diagnostics(log_every_n_steps=2, thresholds=THRESHOLDS)
+        trainer(tmp_path / "b", [fresh]).test(Tested(net=mlp(dead=True)), loader(n=32), ckpt_path=str(ckpt))
+    assert fresh.steps == 2 and fresh.engine.findings  # the checkpoint's training state
