@@ -196,6 +196,8 @@ class DiagnosticsCallbackCore:
         self._eval_stash: WindowStash | None = None  # the training window, set aside during one
         self.report_dir: str | None = None
         self._stage: str | None = None  # the trainer function running: "fit", "validate", "test", "predict"
+        self._batch_measured = False  # the open training batch is a measured step
+        self._stopped: dict[str, Any] | None = None  # how a run that raised ended (the report says it)
         self._tb: TensorBoardExtras | None = None
         self._tb_logger: Any = None  # the TensorBoard logger whose scalars go through self._tb
         self._disabled = False
@@ -229,7 +231,7 @@ class DiagnosticsCallbackCore:
         from act_diagnostics.outputs.report import Report
 
         findings = list(self.engine.findings) if self.engine is not None else []
-        return Report(findings=findings, snapshot=self.last_snapshot)
+        return Report(findings=findings, snapshot=self.last_snapshot, stopped=self._stopped)
 
     @property
     def failure(self) -> BaseException | None:
@@ -305,6 +307,8 @@ class DiagnosticsCallbackCore:
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._stage = stage  # Lightning restores a checkpoint's callback state after setup
+        if stage == "fit":
+            self._stopped = None
         new_model = self.monitor is None or self.monitor.model is not pl_module
         if self._disabled and new_model and stage == "fit":
             # Diagnostics were off "for this run" (a compiled model, an internal error): another
@@ -336,6 +340,7 @@ class DiagnosticsCallbackCore:
         self.last_snapshot = None
         self.eval_snapshots = {}
         self.report_dir = None
+        self._stopped = None
         self._schedule = None
         self._last_logged_step = -1
         self._steps_offset = 0
@@ -363,6 +368,7 @@ class DiagnosticsCallbackCore:
         self._batch_global = int(trainer.global_step)
         plan = self._schedule_for(trainer).plan(self._batch_step)
         self._batch_log, self._batch_detail = plan.log, plan.detail
+        self._batch_measured = plan.measure
         if plan.measure:
             self._begin_batch()
         else:
@@ -461,6 +467,14 @@ class DiagnosticsCallbackCore:
             return
         try:  # keep what was measured up to the failure, the failing step included
             if not self._disabled and mon.failure is None:
+                # A guard that raises on a NaN loss at a step the schedule did not measure leaves
+                # no finding behind: the report says how the run ended, and whether that was seen.
+                self._stopped = {
+                    "step": self._batch_step,
+                    "exception": f"{type(exception).__name__}: {exception}"[:500],
+                    "scheduled": bool(self._batch_measured),  # the schedule measured that step
+                    "measured": bool(self._batch_measured and mon.ran_in_step),  # and its forward ran
+                }
                 # The failing step may have stopped inside its forward or backward (counted), or
                 # before measuring anything (not counted); an evaluation batch is no training step.
                 mon.close_step(training=self._eval_stash is None)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from act_diagnostics.core.kinds import KINDS
 from act_diagnostics.core.snapshot import LOGGED_STATS
-from act_diagnostics.outputs.report import NOT_DEAD_FAMILIES, md_cell
+from act_diagnostics.outputs.report import NOT_DEAD_FAMILIES, Report, md_cell
 from act_diagnostics.outputs.scalars import LOGGER_JOIN_CHAR, TAG_PREFIX, site_tags
 
 REPORT_DIRNAME = "act_diagnostics"
@@ -30,6 +30,12 @@ EVENT_FILE_MARK = "events.out.tfevents."
 # How deep below LOGDIR to look for a run (root/name/version_N is 2 levels).
 SEARCH_DEPTH = 4
 # Columns of the per-layer table, in order (every one is documented in docs/logged-metrics.md).
+# A run without report.json (still training, or report=False): its findings are not in the event
+# scalars, so "none" would be a claim the readback cannot make.
+NO_REPORT_FINDINGS = (
+    "not known without report.json (written at the end of fit): TensorBoard's Text tab lists them as "
+    "they are raised"
+)
 TABLE_STATS = ("firing_rate", "dead_fraction", "saturation", "grad_rms", "std", "max_abs", "nonfinite")
 Format = Literal["text", "json", "md"]
 FORMATS: tuple[str, ...] = ("text", "json", "md")
@@ -66,13 +72,20 @@ class RunReadback:
     last_step: int | None
     report_data: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def stopped_line(self) -> str:
+        """How the fit ended, when it raised (report.json's "stopped"), else ""."""
+        stopped = self.report_data.get("stopped")
+        return Report(stopped=stopped).stopped_line() if isinstance(stopped, dict) else ""
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_dir": str(self.run_dir),
             "report_json": str(self.report_path) if self.report_path else None,
             "event_files": [str(p) for p in self.event_files],
             "last_step": self.last_step,
-            "findings": self.findings,
+            "findings": self.findings if self.report_path is not None else None,
+            "stopped": self.report_data.get("stopped"),
             "layers": [row.to_dict() for row in self.layers],
         }
 
@@ -290,7 +303,12 @@ def render_text(run: RunReadback) -> str:
     if run.last_step is not None:
         lines.append(f"last logged step: {run.last_step}")
     lines.append("")
-    lines.append(f"Findings ({len(run.findings)}):" if run.findings else "Findings: none")
+    if run.stopped_line:
+        lines += [run.stopped_line, ""]
+    if run.report_path is None:
+        lines.append(f"Findings: {NO_REPORT_FINDINGS}")
+    else:
+        lines.append(f"Findings ({len(run.findings)}):" if run.findings else "Findings: none")
     for f in run.findings:
         lines.append(f"  [{f.get('severity', '?')}] {f.get('rule', '?')} at step {f.get('step', '?')}, {_finding_where(f)}: {f.get('message', '')}")
         if f.get("recommendation"):
@@ -313,7 +331,11 @@ def render_markdown(run: RunReadback) -> str:
     if run.last_step is not None:
         lines.append(f"Last logged step: {run.last_step}")
     lines += ["", "## Findings", ""]
-    if run.findings:
+    if run.stopped_line:
+        lines += [f"**{md_cell(run.stopped_line)}**", ""]
+    if run.report_path is None:
+        lines.append(NO_REPORT_FINDINGS[0].upper() + NO_REPORT_FINDINGS[1:] + ".")
+    elif run.findings:
         lines += ["| severity | rule | site | step | message | recommendation |", "|---|---|---|---:|---|---|"]
         for f in run.findings:
             cells = [f.get("severity", ""), f.get("rule", ""), f"`{f['site']}`" if f.get("site") else "(model)", f.get("step", ""), f.get("message", ""), f.get("recommendation", "")]

@@ -63,6 +63,9 @@ class Report:
 
     findings: list[Finding] = field(default_factory=list)
     snapshot: Snapshot | None = None
+    # How a fit that raised ended: {"step", "exception", "scheduled", "measured"}; None when it ended
+    # normally. "scheduled": the schedule measured that step; "measured": its forward ran too.
+    stopped: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.findings = sorted(self.findings, key=lambda f: (_ORDER.get(f.severity, 9), f.step, f.rule, f.site))
@@ -92,7 +95,22 @@ class Report:
             "summary": self.counts(),
             "findings": [f.to_dict() for f in self.findings],
             "layers": self.layers(),
+            "stopped": self.stopped,
         }
+
+    def stopped_line(self) -> str:
+        """One sentence on how a fit that raised ended ("" when it ended normally)."""
+        if not self.stopped:
+            return ""
+        line = f"Training stopped at step {self.stopped['step']} with {self.stopped['exception']}"
+        if self.stopped.get("measured"):
+            return line + " (that step was measured: the findings include it)."
+        if self.stopped.get("scheduled"):
+            return line + ", raised before the model's forward ran: nothing of that step was measured."
+        return line + (
+            ". That step was not measured (by default about 5 steps of each logging window are), so what "
+            "raised is not in these findings: rerun with measure_every_n_steps=1 to measure every step."
+        )
 
     # ------------------------------------------------------------------ writers
     def write_json(self, path: str | os.PathLike[str]) -> None:
@@ -108,6 +126,8 @@ class Report:
         """Findings and the per-layer table as Markdown (also TensorBoard's text tab)."""
         c = self.counts()
         lines = [f"**Findings**: {c['error']} error(s), {c['warning']} warning(s), {c['info']} info", ""]
+        if self.stopped:
+            lines += [f"**{md_cell(self.stopped_line())}**", ""]
         if self.findings:
             lines += ["| severity | rule | site | step | finding | fix |", "|---|---|---|---|---|---|"]
             for f in self.findings:
@@ -127,6 +147,8 @@ class Report:
         """A plain-text summary for the terminal: findings, then the per-layer table."""
         c = self.counts()
         lines = [f"act_diagnostics: {c['error']} error(s), {c['warning']} warning(s), {c['info']} info"]
+        if self.stopped:
+            lines.append("  " + self.stopped_line())
         for f in self.findings:
             where = f"'{f.site}'" if f.site else "model"
             lines.append(f"  [{f.severity}] {f.rule} at step {f.step}, {where}: {f.message}")

@@ -128,7 +128,26 @@ def test_failed_run_reads_back(failed_run: Path, capsys: pytest.CaptureFixture[s
     # The window after the last log step, up to the failing step 9, was published too.
     assert run.layers and run.last_step == 9
     assert main(["report", str(failed_run)]) == 0
-    assert "Per-layer statistics" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Per-layer statistics" in out
+    # How the run ended, from report.json's "stopped": step 9 was scheduled (logging every 4, every
+    # step is), but the module raises in training_step before its forward.
+    assert "Training stopped at step 9 with RuntimeError: boom: simulated failure, raised before the model's forward ran" in out
+    assert json.loads(render_run(failed_run, "json"))["stopped"]["step"] == 9
+
+
+def test_a_run_without_report_json_does_not_claim_no_findings(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Still training, or report=False: the findings are not in the event scalars, so the readback
+    cannot say there are none (the deep sigmoid run has several)."""
+    run_dir = tmp_path / "running"
+    shutil.copytree(finished_run, run_dir)
+    shutil.rmtree(run_dir / "act_diagnostics")
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Findings: none" not in out and "Findings: not known without report.json" in out
+    assert main(["report", str(run_dir), "--format", "md"]) == 0
+    assert "No findings." not in capsys.readouterr().out
+    assert json.loads(render_run(run_dir, "json"))["findings"] is None
 
 
 def test_report_json_only(finished_run: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,38 @@ def test_a_failing_run_reports_its_last_window_and_the_failing_step(tmp_path):
     with pytest.raises(FloatingPointError):
         trainer(tmp_path, [cb], max_steps=20).fit(NaNLossAtStep6(), loader())
     assert [(f.rule, f.step) for f in cb.report.findings if f.rule == "non-finite"] == [("non-finite", 6)]
+    assert cb.report.stopped == {"step": 6, "exception": "FloatingPointError: loss is nan", "scheduled": True, "measured": True}
     assert cb.last_snapshot is not None and cb.last_snapshot.step == 6 and cb.monitor.window_steps == 0
     assert not cb.monitor.attached
     report = (Path(cb.report_dir) / "report.json").read_text()
     assert '"non-finite"' in report
+
+
+def test_a_run_stopped_at_an_unmeasured_step_says_so(tmp_path):
+    """The automatic schedule measures about half the steps at interval 10: a guard raising at a
+    step it skipped leaves no finding, so the report says how the run ended rather than look clean."""
+    from act_diagnostics.callbacks.schedule import StepSchedule
+
+    schedule = StepSchedule(10, None)
+    unmeasured = next(s for s in range(11, 20) if not schedule.plan(s).measure)
+
+    class StopsAt(Classifier):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if self.global_step == unmeasured:
+                raise FloatingPointError("loss is nan")
+            return super().training_step(batch, batch_idx)
+
+    cb = diagnostics(log_every_n_steps=10, report=True)
+    with pytest.raises(FloatingPointError):
+        trainer(tmp_path, [cb], max_steps=30).fit(StopsAt(), loader(n=256))
+    assert cb.report.stopped == {"step": unmeasured, "exception": "FloatingPointError: loss is nan", "scheduled": False, "measured": False}
+    line = cb.report.stopped_line()
+    assert line.startswith(f"Training stopped at step {unmeasured} with FloatingPointError: loss is nan. That step was not measured")
+    assert line in cb.report.console_table() and "measure_every_n_steps=1" in line
+    saved = json.loads((Path(cb.report_dir) / "report.json").read_text())
+    assert saved["stopped"]["measured"] is False
+    trainer(tmp_path, [cb], max_steps=2).fit(Classifier(), loader())  # a new run ends normally
+    assert cb.report.stopped is None and "stopped" not in cb.report.console_table()
 
 
 def _fit_recording(tmp_path: Any, cb: Any, model: pl.LightningModule | None = None, max_steps: int = 6, data: Any = None):
