@@ -3,7 +3,7 @@
 Five short runs on the CPU (models and data from :mod:`act_diagnostics.scenarios`, built in code,
 nothing downloaded), each with its own TensorBoard log under ``--logdir``:
 
-1. ``deep_sigmoid_mlp``: ten Sigmoid layers; saturating hidden activations, vanishing gradient.
+1. ``deep_sigmoid_mlp``: nine Sigmoid hidden layers in a ten-layer MLP; saturating hidden activations, vanishing gradient.
 2. ``dying_relu_mlp``: healthy Kaiming ReLU units killed during training by a learning rate far
    too high (told apart from units born dead).
 3. ``softmax_into_cross_entropy``: a Softmax head fed to ``F.cross_entropy``, which expects logits.

@@ -242,7 +242,7 @@ def collapsed_attention(g: torch.Generator) -> Setup:
 
 
 def deep_sigmoid_mlp(g: torch.Generator) -> Setup:
-    """Ten sigmoid layers (Glorot & Bengio 2010): saturating hidden activations, vanishing gradient."""
+    """Nine sigmoid hidden layers in a ten-layer MLP (Glorot & Bengio 2010): saturating hidden activations, vanishing gradient."""
     x, y = _classes(g, 2048, 32, 10)
     return Setup(_mlp([32] + [64] * 9 + [10], nn.Sigmoid), x, y, F.cross_entropy, lr=0.05)
 
