@@ -348,11 +348,12 @@ class SiteState:
             # window is reported non-finite anyway.
             self._count_units(kind.active_indicator(sample, params), self._active, self.unit_active, plan)
             c[2] += plan.n
-            saturated = (
-                kind.saturated_indicator(x_sample, sample, params, self.eps)
-                if self._saturation and (detail or not self._tail_only)
-                else None
-            )
+        else:
+            self.unit_mismatch += 1
+        # Saturation per row (softmax rows, GLU's gate half) does not depend on the unit count:
+        # attention over sequences of another length is still judged.
+        if self._saturation and (detail or not self._tail_only) and (plan.match or not self.elementwise_saturation):
+            saturated = kind.saturated_indicator(x_sample, sample, params, self.eps)
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
                     self._count_units(saturated, self._saturated, self.unit_saturated, plan)
@@ -360,8 +361,6 @@ class SiteState:
                 else:  # softmax rows, or GLU's gate half
                     self.sums[SAT_ROWS].add_(saturated.sum())
                     c[3] += saturated.numel()
-        else:
-            self.unit_mismatch += 1
         if deferred and (len(self._sums) >= FOLD_CALLS or self._deferred_units >= FOLD_UNIT_COUNTS):
             self.fold()
 

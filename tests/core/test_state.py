@@ -212,6 +212,19 @@ def test_steps_a_grad_scaler_skips_for_overflow_are_left_out(deferred: bool) -> 
     assert stats(st).grad_nonfinite is True and stats(st).grad_skipped_share is None
 
 
+def test_softmax_rows_of_another_length_still_count_their_saturation() -> None:
+    """Attention over sequences of varying length: keys are the units, fixed by the first call;
+    a row's peakedness does not depend on how many keys it has."""
+    torch.manual_seed(0)
+    st = make_state("softmax", 5, params={"dim": -1})
+    st.observe(None, torch.softmax(torch.randn(4, 5), -1), False)
+    peaked = torch.softmax(torch.eye(12)[:6] * 50.0, -1)  # 6 rows over 12 keys, one-hot
+    st.observe(None, peaked, False)
+    s = stats(st)
+    assert st.unit_mismatch == 1 and s.sampled == 20  # firing: the matching call only
+    assert s.saturation_samples == 10 and s.saturation == pytest.approx(0.6)  # 6 of 10 rows peaked
+
+
 def test_unit_dim_one_for_conv_outputs() -> None:
     x = torch.randn(4, 3, 5, 5)
     x[:, 1] = -1.0  # channel 1 never fires
