@@ -285,6 +285,17 @@ class DiagnosticsCallbackCore:
         return value if isinstance(value, int) else int(getattr(trainer, "global_step", 0))
 
     @property
+    def state_key(self) -> str:
+        """Where a checkpoint keeps this callback's state. Callbacks watching different parts of one
+        model (``include=`` / ``exclude=`` / ``kinds=``) get a key each, so Lightning takes them side
+        by side; the default selection keeps the class name (checkpoints of earlier versions)."""
+        cfg = self.monitor_config
+        selection = {name: list(value) for name, value in (("include", cfg.include), ("exclude", cfg.exclude), ("kinds", cfg.kinds)) if value}
+        if not selection:
+            return type(self).__qualname__
+        return f"{type(self).__qualname__}{selection}"
+
+    @property
     def steps(self) -> int:
         """Training steps measured so far, counting those before a resume."""
         return self._steps_offset + (self.monitor.steps if self.monitor is not None else 0)

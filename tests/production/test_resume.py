@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import pytorch_lightning as pl
+import torch
 
 from act_diagnostics.rules import ActivationWarning
 from prod_models import Classifier, diagnostics, hook_count, loader, mlp, trainer
@@ -75,3 +76,19 @@ def test_testing_from_a_checkpoint_after_fit_keeps_the_fits_findings(tmp_path):
         fresh = diagnostics(log_every_n_steps=2, thresholds=THRESHOLDS)
         trainer(tmp_path / "b", [fresh]).test(Tested(net=mlp(dead=True)), loader(n=32), ckpt_path=str(ckpt))
     assert fresh.steps == 2 and fresh.engine.findings  # the checkpoint's training state
+
+
+def test_two_callbacks_watching_different_parts_keep_their_own_state(tmp_path):
+    """One callback per sub-network: Lightning takes them side by side (a state key each), each
+    measures its own sites, and a checkpoint holds both states."""
+    model = Classifier(net=mlp(depth=2))
+    first = diagnostics(log_every_n_steps=2, include=["net.1"])
+    second = diagnostics(log_every_n_steps=2, include=["net.3"])
+    assert first.state_key != second.state_key and diagnostics().state_key == "ActivationDiagnostics"
+    t = trainer(tmp_path, [first, second], max_steps=4)
+    t.fit(model, loader())
+    assert set(first.last_snapshot.stats) == {"net.1"} and set(second.last_snapshot.stats) == {"net.3"}
+    assert first.steps == second.steps == 4
+    t.save_checkpoint(tmp_path / "both.ckpt")
+    states = torch.load(tmp_path / "both.ckpt", weights_only=False)["callbacks"]
+    assert states[first.state_key]["steps"] == 4 and states[second.state_key]["steps"] == 4
