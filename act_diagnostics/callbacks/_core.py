@@ -450,8 +450,10 @@ class DiagnosticsCallbackCore:
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         last = self._step_index(trainer) - 1
         if self._world_size(trainer) > 1:
-            # Decided from the trainer alone, so every rank makes the same collective calls.
-            pending = last > self._last_logged_step
+            # Decided from the trainer and the schedule alone, so every rank makes the same
+            # collective calls: a window is pending if a step since the last log step was measured.
+            schedule = self._schedule_for(trainer)
+            pending = any(schedule.measures(step) for step in range(self._last_logged_step + 1, last + 1))
         else:
             pending = self.monitor is not None and self.monitor.window_steps > 0
         if self._disabled:
