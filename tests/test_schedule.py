@@ -39,18 +39,3 @@ def test_same_step_asked_twice_gets_the_same_plan():
 
 def test_automatic_measure_every():
     assert [automatic_measure_every(i) for i in (1, 4, 5, 50, 100)] == [1, 1, 1, 10, 20]
-
-
-def test_measures_answers_for_past_steps_without_changing_the_plan() -> None:
-    """on_train_end under DDP asks which steps since the last log step were measured, from the
-    schedule alone (every rank the same): the answer matches plan() and leaves it untouched."""
-    from act_diagnostics.callbacks.schedule import StepSchedule
-
-    planned = StepSchedule(13, None)
-    asked = StepSchedule(13, None)
-    for step in range(60):
-        for past in range(step + 1):
-            asked.measures(past)  # asking about any step, any number of times
-        assert asked.plan(step) == planned.plan(step)
-        assert asked.measures(step) == planned.plan(step).measure
-    assert [s for s in range(13, 26) if not planned.measures(s)]  # the automatic schedule skips some

@@ -197,6 +197,7 @@ class DiagnosticsCallbackCore:
         self.report_dir: str | None = None
         self._stage: str | None = None  # the trainer function running: "fit", "validate", "test", "predict"
         self._batch_measured = False  # the open training batch is a measured step
+        self._last_measured_step = -1  # the last training step the schedule measured
         self._stopped: dict[str, Any] | None = None  # how a run that raised ended (the report says it)
         self._tb: TensorBoardExtras | None = None
         self._tb_logger: Any = None  # the TensorBoard logger whose scalars go through self._tb
@@ -352,6 +353,7 @@ class DiagnosticsCallbackCore:
         self.eval_snapshots = {}
         self.report_dir = None
         self._stopped = None
+        self._last_measured_step = -1
         self._schedule = None
         self._last_logged_step = -1
         self._steps_offset = 0
@@ -378,9 +380,13 @@ class DiagnosticsCallbackCore:
         self._batch_step = self._step_index(trainer)
         self._batch_global = int(trainer.global_step)
         plan = self._schedule_for(trainer).plan(self._batch_step)
-        self._batch_log, self._batch_detail = plan.log, plan.detail
-        self._batch_measured = plan.measure
-        if plan.measure:
+        self._batch_log, self._batch_detail, self._batch_measured = plan.log, plan.detail, plan.measure
+        if getattr(getattr(trainer, "fit_loop", None), "_skip_backward", False):
+            # StochasticWeightAveraging's last epoch only recomputes BatchNorm statistics, with no
+            # backward (Lightning's fit_loop._skip_backward, the same on every rank): no training step.
+            self._batch_log = self._batch_detail = self._batch_measured = False
+        if self._batch_measured:
+            self._last_measured_step = self._batch_step
             self._begin_batch()
         else:
             self._pause_batch()
@@ -450,10 +456,9 @@ class DiagnosticsCallbackCore:
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         last = self._step_index(trainer) - 1
         if self._world_size(trainer) > 1:
-            # Decided from the trainer and the schedule alone, so every rank makes the same
-            # collective calls: a window is pending if a step since the last log step was measured.
-            schedule = self._schedule_for(trainer)
-            pending = any(schedule.measures(step) for step in range(self._last_logged_step + 1, last + 1))
+            # Decided from the schedule alone, so every rank makes the same collective calls: a
+            # window is pending if a step since the last log step was measured.
+            pending = self._last_measured_step > self._last_logged_step
         else:
             pending = self.monitor is not None and self.monitor.window_steps > 0
         if self._disabled:

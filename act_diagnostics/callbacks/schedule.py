@@ -45,21 +45,14 @@ class StepSchedule:
     def plan(self, step: int) -> StepPlan:
         if self._last is not None and self._last[0] == step:
             return self._last[1]
-        log = self._logs(step)
+        log = (step + 1) % self.interval == 0 or (self.preflight and step == 0)
         detail = log and (step == 0 or self.last_detail < 0 or step - self.last_detail >= DETAIL_MIN_STEPS)
         if detail:
             self.last_detail = step
-        plan = StepPlan(log=log, measure=self.measures(step), detail=detail)
+        dense = self.dense_first_window and step < self.interval
+        plan = StepPlan(log=log, measure=log or dense or step % self.measure_every == 0, detail=detail)
         self._last = (step, plan)
         return plan
-
-    def _logs(self, step: int) -> bool:
-        return (step + 1) % self.interval == 0 or (self.preflight and step == 0)
-
-    def measures(self, step: int) -> bool:
-        """Whether ``step`` is (or was) measured; unlike :meth:`plan`, changes nothing."""
-        dense = self.dense_first_window and step < self.interval
-        return self._logs(step) or dense or step % self.measure_every == 0
 
 
 def automatic_measure_every(interval: int) -> int:

@@ -358,6 +358,25 @@ def test_a_compiled_function_in_forward_does_not_trace_the_monitor(tmp_path):
     assert {"net.1", "net.3"} <= set(cb.last_snapshot.stats)
 
 
+def test_swa_batchnorm_epoch_is_no_training_window(tmp_path):
+    """StochasticWeightAveraging ends with a forward-only epoch that recomputes BatchNorm statistics:
+    not a training step, so the report's last window stays the last one with gradients."""
+    from pytorch_lightning.callbacks import StochasticWeightAveraging
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(WIDTH, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    cb = diagnostics(log_every_n_steps=4)
+    swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1)
+    t = trainer(tmp_path, [cb, swa], max_steps=-1, max_epochs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit(Classifier(net=net), loader(n=64, batch_size=8))
+    assert t.current_epoch >= 3 and cb.failure is None
+    snap = cb.last_snapshot
+    assert snap.step == 23 and snap.window_steps == 4  # 3 epochs of 8 steps; the BN epoch left out
+    assert snap.stats["net.2"].grad_rms is not None and cb.steps == 24
+
+
 class MovesMidway(pl.Callback):
     """Casts the model to float64 after two steps (a dtype move after setup)."""
 
