@@ -1012,13 +1012,13 @@ class ActivationMonitor:
     def _grad_hook(self, state: "SiteState | _RerunSlot", detail: bool, grad: Tensor) -> None:
         if self.failure is not None:
             return
-        if type(state) is _RerunSlot:  # a checkpointed call's re-run (_hook_rerun_grad)
-            if state.state is None:
-                self._resolve_reruns()
-            state = state.state
-            if state is None:
-                return
         try:
+            if type(state) is _RerunSlot:  # a checkpointed call's re-run (_hook_rerun_grad)
+                if state.state is None:
+                    self._resolve_reruns()
+                state = state.state
+                if state is None:
+                    return
             with torch._C.DisableTorchFunction():
                 state.observe_grad(grad, detail, None if self.grad_scale is None else self.grad_scale())
         except Exception as exc:  # noqa: BLE001
