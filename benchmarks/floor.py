@@ -14,7 +14,9 @@ overhead.py does), three monitors of the model's ReLU/GELU modules, all measured
   folding and nothing else;
 * ``act-minops``: ActivationMonitor with its per-call statistics replaced by the minimal ops (its
   hooks, schedule and snapshots with ``minimal``'s work);
-* ``act``: ActivationMonitor as the callback drives it, every step measured, logged every 50.
+* ``act``: ActivationMonitor as the callback drives it, every step measured, logged every 50;
+* with ``--fused``, ``compiled`` and ``scripted``: the minimal ops through ``torch.compile``
+  (inductor; needs a C++ compiler, and compiles for a while first) and ``torch.jit.script``.
 
 ``minimal`` is a lower bound for any monitor of these statistics made of eager ops: what ``act``
 costs above it is its own bookkeeping (sampling, dtype handling, the schedule, log steps).
@@ -84,6 +86,24 @@ class Minimal(HooksOnly):
         self.kept.append(grad_ops(g))
 
 
+class Fused(Minimal):
+    """The minimal ops through a compiler: ``torch.compile`` (inductor: one generated C++ kernel per
+    shape) or ``torch.jit.script`` (TorchScript's interpreter: no Python between the ops)."""
+
+    def __init__(self, model: nn.Module, how: str) -> None:
+        super().__init__(model)
+        self.name = how
+        compile_ = torch.compile if how == "compiled" else torch.jit.script
+        self.output_fn, self.grad_fn = compile_(output_ops), compile_(grad_ops)
+
+    def forward_hook(self, module: nn.Module, args: tuple, y: torch.Tensor) -> None:
+        self.kept += self.output_fn(y.detach())
+        y.register_hook(self.grad_hook)
+
+    def grad_hook(self, g: torch.Tensor) -> None:
+        self.kept.append(self.grad_fn(g))
+
+
 class ActMinimalOps(overhead.Act):
     """ActivationMonitor, every step measured and logged every 50, with each site's per-call
     statistics (``SiteState.observe`` / ``observe_grad``) replaced by the minimal ops once the site
@@ -112,6 +132,7 @@ def main() -> None:
     parser.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fused", action="store_true", help="add the minimal ops through torch.compile and torch.jit.script")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -122,6 +143,8 @@ def main() -> None:
     act = overhead.Act(model, overhead.DEFAULT_INTERVAL, 1)
     act.name = "act"
     variants = [overhead.Bare(model), HooksOnly(model), Minimal(model), ActMinimalOps(model), act]
+    if args.fused:
+        variants += [Fused(model, "compiled"), Fused(model, "scripted")]
     for v in variants:
         overhead.run_steps(model, opt, batches, v, overhead.WARMUP)
     ratios: dict[str, list[float]] = {v.name: [] for v in variants[1:]}

@@ -86,6 +86,11 @@ _MULTIPLY = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_
 _FOLLOWED = _SAME_VALUES | _LOG | _MULTIPLY | set(LOSS_FUNCTIONS)
 
 
+# torch.compiler.is_compiling (torch >= 2.3; dynamo reads it as True while it traces). Older torch:
+# never short-circuits, as before it existed.
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
+
+
 def _data_dependent(value: Any, monitor: "ActivationMonitor") -> bool:
     """A multiplier computed from the input (a gate's other operand): a tensor of more than one
     element made by an op that autograd records, or an activation's output. A number, a
@@ -104,7 +109,7 @@ class ActivationTracer(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
         kwargs = kwargs or {}
-        if torch.compiler.is_compiling():
+        if _is_compiling():
             # dynamo tracing a compiled function called in forward: pass through, or it would trace
             # the monitor into the graph and recompile whenever the monitor's state changes.
             return func(*args, **kwargs)
