@@ -46,7 +46,7 @@ def test_console_table_lists_findings_and_aligned_rows():
 
 def test_empty_report():
     rep = Report()
-    assert rep.to_dict() == {"step": None, "summary": {"info": 0, "warning": 0, "error": 0}, "findings": [], "layers": []}
+    assert rep.to_dict() == {"step": None, "summary": {"info": 0, "warning": 0, "error": 0}, "findings": [], "layers": [], "stopped": None}
     assert "0 error(s)" in rep.console_table()
 
 
