@@ -91,13 +91,18 @@ _FOLLOWED = _SAME_VALUES | _LOG | _MULTIPLY | set(LOSS_FUNCTIONS)
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
 
 
-def _data_dependent(value: Any, monitor: "ActivationMonitor") -> bool:
-    """A multiplier computed from the input (a gate's other operand): a tensor of more than one
-    element made by an op that autograd records, or an activation's output. A number, a
-    one-element tensor, a parameter (LayerScale) or a constant mask only scales."""
-    if not isinstance(value, Tensor) or value.numel() <= 1:
+def _data_dependent(value: Any, output: Tensor, monitor: "ActivationMonitor") -> bool:
+    """A multiplier computed from the input (a gate's other operand, multiplying ``output``): a
+    tensor of more than one element made by an op autograd records, an activation's output, or one
+    holding a value per sample of the batch (the input itself, a frozen backbone's features, an
+    initial state). A number, a one-element tensor, a parameter (LayerScale) or a constant without
+    the batch dim only scales."""
+    if not isinstance(value, Tensor) or value.numel() <= 1 or isinstance(value, torch.nn.Parameter):
         return False
-    return value.grad_fn is not None or monitor.produced_by(value) is not None
+    if value.grad_fn is not None or monitor.produced_by(value) is not None:
+        return True
+    batch = output.shape[0] if output.dim() else 1
+    return value.dim() == output.dim() and batch > 1 and value.shape[0] == batch
 
 
 class ActivationTracer(TorchFunctionMode):
@@ -141,11 +146,12 @@ class ActivationTracer(TorchFunctionMode):
                 reordered = func in _REORDER or mon.reordered(value)
                 mon.mark_produced(result, site, "log" if func in _LOG else via, reordered)
         elif func in _MULTIPLY:
-            for i, arg in enumerate(args):
+            operands = (*args, *kwargs.values())  # torch.mul(a, other=b)
+            for i, arg in enumerate(operands):
                 source = mon.produced_by(arg)
                 if source is None:
                     continue
-                if any(_data_dependent(other, mon) for j, other in enumerate(args) if j != i):
+                if any(_data_dependent(other, arg, mon) for j, other in enumerate(operands) if j != i):
                     mon.add_consumer(source[0], "mul")  # a gate: sigmoid(g) * h, x * se(x)
                 elif isinstance(result, Tensor):
                     # Scaled by a constant (2.0 * tanh(z), LayerScale's learned gamma, a mask): still

@@ -7,8 +7,16 @@ is the site nearest the output (last in forward order) whose gradient is non-fin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from act_diagnostics.rules.base import Rule, RuleContext
 from act_diagnostics.rules.finding import Finding
+
+# float16 AMP: measured steps in a row whose gradients a GradScaler skipped at every site before
+# that is a finding. Each skip halves the scale: from 2**16 it reaches 1 after 16, so its calibration
+# at the start of a run is over long before; past 32, no scale gives a finite gradient (proposal).
+SKIPPED_STEPS = 32
 
 FORWARD_FIX = (
     "Find what overflows just before this activation: lower the learning rate, clip gradients, check "
@@ -31,8 +39,12 @@ BACKWARD_FIX = (
 class NonFinite(Rule):
     id = "non-finite"
     per_site = False
-    defaults: dict[str, float] = {}
+    defaults: dict[str, float] = {"skipped_steps": SKIPPED_STEPS}
     windows = 1  # immediate: one NaN poisons every weight it touches
+
+    def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
+        super().__init__(thresholds)
+        self._skipped_run = 0  # measured steps in a row whose gradients the GradScaler skipped everywhere
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         ordered = ctx.snapshot.ordered()
@@ -65,4 +77,31 @@ class NonFinite(Rule):
             return [
                 self.finding(ctx, site.name, "error", msg, BACKWARD_FIX, sites_affected=0, sites=len(ordered), grad_sites_affected=len(backward))
             ]
-        return []
+        return self._always_skipped(ctx, ordered)
+
+    def _always_skipped(self, ctx: RuleContext, ordered: list) -> list[Finding]:
+        """float16 AMP: a GradScaler skips a step whose gradients are not finite, so they never reach
+        the statistics (SiteStats.grad_skipped_share). Skipped at every site, step after step, they
+        are the model's own NaN/Inf (a NaN label, log(0) in the loss), and training has stopped."""
+        skipped = [s for s, st in ordered if st.grad_skipped_share is not None]
+        kept = [s for s, st in ordered if st.grad_rms is not None]
+        if not skipped or kept:
+            if kept:
+                self._skipped_run = 0
+            return []
+        self._skipped_run += ctx.snapshot.window_steps
+        if self._skipped_run < self.t["skipped_steps"]:
+            return []
+        site = skipped[-1]
+        msg = (
+            f"the gradients are NaN/Inf at every site on each of the last {self._skipped_run} measured steps "
+            "(forward values are finite): the GradScaler skipped every optimizer step, so training has stopped"
+        )
+        evidence = dict(sites_affected=0, sites=len(ordered), grad_sites_affected=len(skipped), skipped_steps=self._skipped_run)
+        return [self.finding(ctx, site.name, "error", msg, BACKWARD_FIX, **evidence)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_run": self._skipped_run}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._skipped_run = int(state.get("skipped_run", 0) or 0)

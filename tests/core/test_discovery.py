@@ -387,6 +387,35 @@ def test_scaled_activation_is_no_gate(scaled) -> None:
     assert site.feeds_layer and site.consumer_layer_types == {"Linear"}
 
 
+@pytest.mark.parametrize(
+    "gated",
+    [
+        lambda f, g: f * g,  # f: a frozen backbone's features, no autograd history
+        lambda f, g: torch.mul(g, other=f),
+    ],
+    ids=["frozen_features", "keyword_operand"],
+)
+def test_a_gate_on_features_without_history_is_still_a_gate(gated) -> None:
+    """Squeeze-excitation over a frozen backbone: the other operand holds a value per sample (the
+    batch dim), so it is a gate, not a scale."""
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.gate, self.head = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+            self.backbone.requires_grad_(False)
+
+        def forward(self, x):
+            with torch.no_grad():
+                f = self.backbone(x)
+            return self.head(gated(f, torch.sigmoid(self.gate(f))))
+
+    model = Head()
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(5, 4)).sum().backward()
+    assert mon.sites[":sigmoid"].is_gate
+
+
 def test_scaled_output_stays_an_output_without_a_target_check() -> None:
     class Head(nn.Module):
         def __init__(self) -> None:

@@ -336,6 +336,25 @@ def test_non_finite_names_first_forward_site_then_backward_origin():
     assert g.recommendation.startswith("Check the targets")  # a NaN label, not an overflow to clip
 
 
+def test_non_finite_when_a_grad_scaler_skips_every_step():
+    """float16 AMP hides non-finite gradients from the statistics (the scaler skips their step): its
+    calibration skips a few steps, but skipped at every site for 32 steps in a row is the model's NaN."""
+    def window(skipped: bool, steps: int):
+        snap = chain("relu", [None if skipped else 1e-3] * 3)
+        snap.window_steps = steps
+        for st in snap.stats.values():
+            st.grad_skipped_share = 1.0 if skipped else 0.25
+        return snap
+
+    rule = only("non-finite")
+    assert rule.evaluate(window(True, 20)) == []  # calibrating
+    assert rule.evaluate(window(False, 20)) == []  # it found its scale: the count starts over
+    assert rule.evaluate(window(True, 20)) == []
+    (f,) = rule.evaluate(window(True, 20))
+    assert f.severity == "error" and f.site == "act2" and f.evidence["skipped_steps"] == 40
+    assert "GradScaler skipped every optimizer step" in f.message and f.recommendation.startswith("Check the targets")
+
+
 def test_non_finite_over_a_window_of_several_steps_does_not_claim_an_origin():
     """NaN at step 20 of a 50-step window reaches every site by step 21: forward order then only
     names the first site, not where NaN began, and the message says so."""
