@@ -705,6 +705,8 @@ class ActivationMonitor:
 
     def call_functional(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """Run a functional activation seen by the tracer and measure it."""
+        if torch._C._is_tracing():  # torch.jit.trace of a submodule mid-step: not a training call
+            return func(*args, **kwargs)
         if _in_backward():  # a checkpoint's re-run: measured once already, but may owe a gradient
             y = func(*args, **kwargs)
             if self.enabled and isinstance(y, Tensor):  # matched to the first call under the same module

@@ -300,6 +300,31 @@ def test_jit_trace_of_an_attached_model_is_not_measured(detail: bool, train_step
     mon.detach()
 
 
+def test_jit_trace_of_a_submodule_with_a_functional_activation() -> None:
+    """The tracer is on the mode stack mid-step: a traced submodule's F.relu is not measured (with
+    the trace's own check, measuring made its two traces differ and the trace raise)."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.relu(self.fc(x))
+
+    model = nn.Sequential(Block(), nn.Linear(4, 2))
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step(detail=True)
+    model(torch.randn(3, 4)).sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.jit.trace(model[0], torch.randn(3, 4), check_trace=False)  # its check re-runs it untraced
+    mon.end_step()
+    assert mon.failure is None and set(mon.sites) == {"0:relu"}
+    assert mon.snapshot().stats["0:relu"].calls == 1  # the step's own call only
+    mon.detach()
+
+
 # ---------------------------------------------------------------- host syncs
 class CountTransfers:
     """Counts device-to-host reads (item, tolist, cpu, numpy, bool/float/int of a tensor) from Python,
