@@ -199,6 +199,9 @@ class DiagnosticsCallbackCore:
         self._batch_measured = False  # the open training batch is a measured step
         self._last_measured_step = -1  # the last training step the schedule measured
         self._stopped: dict[str, Any] | None = None  # how a run that raised ended (the report says it)
+        self._in_train_batch = False  # between on_train_batch_start and on_train_batch_end
+        self._batches_run = 0  # training batches started in this fit
+        self._own_fit = False  # this callback has measured a fit of its own (see load_state_dict)
         self._tb: TensorBoardExtras | None = None
         self._tb_logger: Any = None  # the TensorBoard logger whose scalars go through self._tb
         self._disabled = False
@@ -321,6 +324,8 @@ class DiagnosticsCallbackCore:
         self._stage = stage  # Lightning restores a checkpoint's callback state after setup
         if stage == "fit":
             self._stopped = None
+            self._in_train_batch = False
+            self._batches_run = 0
         new_model = self.monitor is None or self.monitor.model is not pl_module
         if self._disabled and new_model and stage == "fit":
             # Diagnostics were off "for this run" (a compiled model, an internal error): another
@@ -354,6 +359,7 @@ class DiagnosticsCallbackCore:
         self.report_dir = None
         self._stopped = None
         self._last_measured_step = -1
+        self._own_fit = False
         self._schedule = None
         self._last_logged_step = -1
         self._steps_offset = 0
@@ -379,6 +385,9 @@ class DiagnosticsCallbackCore:
         # The schedule is kept even when disabled: a disabled rank still answers the rank check.
         self._batch_step = self._step_index(trainer)
         self._batch_global = int(trainer.global_step)
+        self._in_train_batch = True
+        self._batches_run += 1
+        self._own_fit = True
         plan = self._schedule_for(trainer).plan(self._batch_step)
         self._batch_log, self._batch_detail, self._batch_measured = plan.log, plan.detail, plan.measure
         if getattr(getattr(trainer, "fit_loop", None), "_skip_backward", False):
@@ -414,6 +423,7 @@ class DiagnosticsCallbackCore:
             self.monitor.measure_param_grads()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._in_train_batch = False
         # A step as Lightning's loggers count them: an optimizer step under automatic optimisation
         # (accumulating batches are not one); every batch under manual optimisation, which Lightning
         # never accumulates, whether or not this one called optimizer.step(), unless it returned
@@ -487,12 +497,9 @@ class DiagnosticsCallbackCore:
             if not self._disabled and mon.failure is None:
                 # A guard that raises on a NaN loss at a step the schedule did not measure leaves
                 # no finding behind: the report says how the run ended, and whether that was seen.
-                self._stopped = {
-                    "step": self._batch_step,
-                    "exception": f"{type(exception).__name__}: {exception}"[:500],
-                    "scheduled": bool(self._batch_measured),  # the schedule measured that step
-                    "measured": bool(self._batch_measured and mon.ran_in_step),  # and its forward ran
-                }
+                # A test or validation run after fit raising is no end of the training.
+                if self._stage == "fit":
+                    self._stopped = self._how_it_stopped(trainer, exception)
                 # The failing step may have stopped inside its forward or backward (counted), or
                 # before measuring anything (not counted); an evaluation batch is no training step.
                 mon.close_step(training=self._eval_stash is None)
@@ -507,6 +514,17 @@ class DiagnosticsCallbackCore:
             pass
         finally:
             mon.detach()
+
+    def _how_it_stopped(self, trainer: Any, exception: BaseException) -> dict[str, Any]:
+        in_step = self._in_train_batch
+        stage = getattr(getattr(getattr(trainer, "state", None), "stage", None), "value", None)
+        return {
+            "step": self._batch_step if self._batches_run else None,  # None: before the first step
+            "exception": f"{type(exception).__name__}: {exception}"[:500],
+            "where": "training step" if in_step else str(stage or "fit"),  # e.g. "validate"
+            "scheduled": bool(in_step and self._batch_measured),  # the schedule measured that step
+            "measured": bool(in_step and self._batch_measured and self.monitor is not None and self.monitor.ran_in_step),
+        }
 
     # Evaluation stages are measured only when asked (eval_stages), each in a window of its own:
     # the training window is set aside at the stage's start and comes back at its end.
@@ -642,7 +660,7 @@ class DiagnosticsCallbackCore:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self._stage != "fit" and (self.steps or (self.engine is not None and self.engine.findings)):
+        if self._stage != "fit" and self._own_fit:
             # trainer.test(ckpt_path="best") after fit: Lightning restores every callback from the
             # checkpoint, but this callback's own fit is newer than any checkpoint of it.
             return

@@ -63,8 +63,9 @@ class Report:
 
     findings: list[Finding] = field(default_factory=list)
     snapshot: Snapshot | None = None
-    # How a fit that raised ended: {"step", "exception", "scheduled", "measured"}; None when it ended
-    # normally. "scheduled": the schedule measured that step; "measured": its forward ran too.
+    # How a fit that raised ended: {"step", "exception", "where", "scheduled", "measured"}; None when it
+    # ended normally. "where": "training step", or the Lightning stage it raised in outside one;
+    # "scheduled": the schedule measured that step; "measured": its forward ran too.
     stopped: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -102,7 +103,11 @@ class Report:
         """One sentence on how a fit that raised ended ("" when it ended normally)."""
         if not self.stopped:
             return ""
-        line = f"Training stopped at step {self.stopped['step']} with {self.stopped['exception']}"
+        step, exception, where = self.stopped.get("step"), self.stopped.get("exception"), self.stopped.get("where", "training step")
+        if where != "training step":  # in validation, or in a hook between steps
+            when = "before the first step" if step is None else f"after step {step}"
+            return f"Training stopped {when} with {exception}, outside a training step (Lightning stage: {where})."
+        line = f"Training stopped at step {step} with {exception}"
         if self.stopped.get("measured"):
             return line + " (that step was measured: the findings include it)."
         if self.stopped.get("scheduled"):

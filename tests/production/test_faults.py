@@ -55,7 +55,7 @@ def test_a_failing_run_reports_its_last_window_and_the_failing_step(tmp_path):
     with pytest.raises(FloatingPointError):
         trainer(tmp_path, [cb], max_steps=20).fit(NaNLossAtStep6(), loader())
     assert [(f.rule, f.step) for f in cb.report.findings if f.rule == "non-finite"] == [("non-finite", 6)]
-    assert cb.report.stopped == {"step": 6, "exception": "FloatingPointError: loss is nan", "scheduled": True, "measured": True}
+    assert cb.report.stopped == {"step": 6, "exception": "FloatingPointError: loss is nan", "where": "training step", "scheduled": True, "measured": True}
     assert cb.last_snapshot is not None and cb.last_snapshot.step == 6 and cb.monitor.window_steps == 0
     assert not cb.monitor.attached
     report = (Path(cb.report_dir) / "report.json").read_text()
@@ -79,7 +79,7 @@ def test_a_run_stopped_at_an_unmeasured_step_says_so(tmp_path):
     cb = diagnostics(log_every_n_steps=10, report=True)
     with pytest.raises(FloatingPointError):
         trainer(tmp_path, [cb], max_steps=30).fit(StopsAt(), loader(n=256))
-    assert cb.report.stopped == {"step": unmeasured, "exception": "FloatingPointError: loss is nan", "scheduled": False, "measured": False}
+    assert cb.report.stopped == {"step": unmeasured, "exception": "FloatingPointError: loss is nan", "where": "training step", "scheduled": False, "measured": False}
     line = cb.report.stopped_line()
     assert line.startswith(f"Training stopped at step {unmeasured} with FloatingPointError: loss is nan. That step was not measured")
     assert line in cb.report.console_table() and "measure_every_n_steps=1" in line
@@ -87,6 +87,36 @@ def test_a_run_stopped_at_an_unmeasured_step_says_so(tmp_path):
     assert saved["stopped"]["measured"] is False
     trainer(tmp_path, [cb], max_steps=2).fit(Classifier(), loader())  # a new run ends normally
     assert cb.report.stopped is None and "stopped" not in cb.report.console_table()
+
+
+class FailsInValidation(Classifier):
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        raise RuntimeError("validation boom")
+
+
+class FailsInTest(Classifier):
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        raise RuntimeError("test boom")
+
+
+def test_a_run_stopped_outside_a_training_step_says_where(tmp_path):
+    """Validation raising during fit: the last training step ended normally, so the report names
+    the stage; a test run raising after a fit that ended normally is no end of the training."""
+    cb = diagnostics(log_every_n_steps=2)
+    t = trainer(tmp_path, [cb], max_steps=4, val_check_interval=2, num_sanity_val_steps=0)
+    with pytest.raises(RuntimeError, match="validation boom"):
+        t.fit(FailsInValidation(), loader(), loader(n=16))
+    assert cb.report.stopped["where"] == "validate" and cb.report.stopped["step"] == 1
+    assert cb.report.stopped_line() == (
+        "Training stopped after step 1 with RuntimeError: validation boom, outside a training step (Lightning stage: validate)."
+    )
+    fine = diagnostics(log_every_n_steps=2)
+    model = FailsInTest()
+    t = trainer(tmp_path, [fine], max_steps=2)
+    t.fit(model, loader())
+    with pytest.raises(RuntimeError, match="test boom"):
+        t.test(model, loader(n=16))
+    assert fine.report.stopped is None
 
 
 def _fit_recording(tmp_path: Any, cb: Any, model: pl.LightningModule | None = None, max_steps: int = 6, data: Any = None):

@@ -75,7 +75,10 @@ def test_testing_from_a_checkpoint_after_fit_keeps_the_fits_findings(tmp_path):
 
         fresh = diagnostics(log_every_n_steps=2, thresholds=THRESHOLDS)
         trainer(tmp_path / "b", [fresh]).test(Tested(net=mlp(dead=True)), loader(n=32), ckpt_path=str(ckpt))
-    assert fresh.steps == 2 and fresh.engine.findings  # the checkpoint's training state
+        assert fresh.steps == 2 and fresh.engine.findings  # the checkpoint's training state
+        t.save_checkpoint(tmp_path / "late.ckpt")
+        trainer(tmp_path / "b", [fresh]).test(Tested(net=mlp(dead=True)), loader(n=32), ckpt_path=str(tmp_path / "late.ckpt"))
+    assert fresh.steps == 6  # testing checkpoint after checkpoint: each one's state
 
 
 def test_two_callbacks_watching_different_parts_keep_their_own_state(tmp_path):
