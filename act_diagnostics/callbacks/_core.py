@@ -294,10 +294,16 @@ class DiagnosticsCallbackCore:
         model (``include=`` / ``exclude=`` / ``kinds=``) get a key each, so Lightning takes them side
         by side; the default selection keeps the class name (checkpoints of earlier versions)."""
         cfg = self.monitor_config
-        selection = {name: list(value) for name, value in (("include", cfg.include), ("exclude", cfg.exclude), ("kinds", cfg.kinds)) if value}
+        selection = {name: sorted(value) for name, value in (("include", cfg.include), ("exclude", cfg.exclude), ("kinds", cfg.kinds)) if value}
         if not selection:
             return type(self).__qualname__
         return f"{type(self).__qualname__}{selection}"
+
+    @property
+    def _legacy_state_key(self) -> str:
+        # Lightning's fallback when a checkpoint has no state under state_key: checkpoints made
+        # before selections had keys of their own keep the state under the class name.
+        return type(self).__qualname__
 
     @property
     def steps(self) -> int:

@@ -95,3 +95,20 @@ def test_two_callbacks_watching_different_parts_keep_their_own_state(tmp_path):
     t.save_checkpoint(tmp_path / "both.ckpt")
     states = torch.load(tmp_path / "both.ckpt", weights_only=False)["callbacks"]
     assert states[first.state_key]["steps"] == 4 and states[second.state_key]["steps"] == 4
+
+
+def test_a_checkpoint_under_the_class_name_resumes_a_callback_with_a_selection(tmp_path):
+    """Checkpoints made before selections had a key of their own keep the state under the class
+    name: a callback with include= still resumes from them (Lightning's fallback key)."""
+    t1, cb1, _, _ = _fit(tmp_path / "a", max_steps=4)
+    ckpt = tmp_path / "old.ckpt"
+    t1.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)
+    assert list(saved["callbacks"]) == ["ActivationDiagnostics"]
+    cb = diagnostics(log_every_n_steps=2, thresholds=THRESHOLDS, include=["net.*"])
+    assert cb.state_key != "ActivationDiagnostics"
+    assert diagnostics(include=["b*", "a*"]).state_key == diagnostics(include=["a*", "b*"]).state_key  # order-free
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer(tmp_path / "b", [cb], max_steps=8).fit(Classifier(net=mlp(dead=True)), loader(n=128), ckpt_path=str(ckpt))
+    assert cb.steps == 8 and len(cb.engine.findings) == len(cb1.engine.findings)
