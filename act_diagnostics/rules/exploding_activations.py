@@ -14,10 +14,12 @@ HUGE = 1e4
 # Activations compared for growth: at least a first and a last (proposal).
 MIN_SITES = 2
 
-# When the largest activations are at the first layer, the scale comes in with the inputs.
+# When the largest activations are at the first layer, the scale comes in with the inputs or the
+# first layer's weights (the statistics cannot tell which).
 INPUT_FIX = (
-    "Standardise the input features (subtract the mean, divide by the std per feature, e.g. in the "
-    "dataset's transform) before anything else. "
+    "Check the scale of the input features and of the first layer first: standardise the inputs "
+    "(subtract the mean, divide by the std per feature, e.g. in the dataset's transform) and "
+    "initialise the first layer to match. "
 )
 FIX = (
     "Use init matched to the nonlinearity (Kaiming for ReLU, Xavier for tanh), add normalisation "
@@ -51,7 +53,7 @@ class ExplodingActivations(Rule):
         if float(bs.max_abs) > self.t["huge"]:  # type: ignore[arg-type]
             msg = f"activations reach |{bs.max_abs:.3g}| (RMS {bs.rms:.3g}): overflow in float16 is near"
             if biggest is first:
-                msg += f"; they are largest at the first activation '{first.name}', so the scale comes in with the inputs"
+                msg += f"; they are largest at the first activation '{first.name}': the scale comes in with the inputs or the first layer"
                 fix = INPUT_FIX + fix
             return [self.finding(ctx, biggest.name, "warning", msg, fix, **evidence)]
         return []
