@@ -97,6 +97,9 @@ def _eval_stage_hook(stage: str, start: bool) -> Callable[..., None]:
     @_guarded
     def hook(self: "DiagnosticsCallbackCore", trainer: Any, pl_module: Any) -> None:
         if start and stage in self.eval_stages and not getattr(trainer, "sanity_checking", False):
+            if _is_compiled(pl_module):  # compiled in configure_model(), which runs after setup
+                self._stand_down(COMPILED)
+                return
             self._eval_stage_start()
         elif not start and self._eval_stash is not None:
             self._eval_stage_end(trainer, stage)

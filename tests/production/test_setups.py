@@ -320,6 +320,9 @@ class CompiledInConfigureModel(Classifier):
         if not hasattr(self.net, "_orig_mod"):
             self.net = torch.compile(self.net, backend="eager")
 
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.training_step(batch, batch_idx)
+
 
 class CompiledFunction(Classifier):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -341,6 +344,14 @@ def test_a_submodule_compiled_in_configure_model_stands_down_too(tmp_path):
     ours = [r for r in records if issubclass(r.category, UnsupportedSetup)]
     assert len(ours) == 1 and "torch.compile" in str(ours[0].message)
     assert t.global_step == 2 and hook_count(model) == 0
+    # A validation run alone (no fit) that measures its batches: caught at the stage's start.
+    cb = diagnostics(eval_stages=["validate"])
+    model = CompiledInConfigureModel()
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [cb]).validate(model, loader(n=16))
+    assert len([r for r in records if issubclass(r.category, UnsupportedSetup)]) == 1
+    assert hook_count(model) == 0 and not cb.eval_snapshots
 
 
 def test_a_compiled_function_in_forward_does_not_trace_the_monitor(tmp_path):
