@@ -256,6 +256,7 @@ class ActivationMonitor:
         # id -> (site, via, tensor, dims reordered on the way: a transpose or permute).
         self._produced: dict[int, tuple[str, str, Tensor, bool]] = {}
         self._layer_out: dict[int, tuple[str, str, Tensor]] = {}
+        self._output_numel: dict[str, int] = {}  # site -> elements of its latest output (structure steps)
         self._tracer = ActivationTracer(self)
         self._tracer_on = False
         self._step_traces = False  # this step runs the tracer (begin_step decides)
@@ -1088,6 +1089,11 @@ class ActivationMonitor:
                 self.sites[site].loss_input_shapes[loss] = list(value.shape)
                 if self.reordered(value):
                     self.sites[site].reordered_losses.add(loss)
+                partial = self.sites[site].partial_losses
+                if value.numel() < self._output_numel.get(site, 0):
+                    partial.add(loss)
+                else:
+                    partial.discard(loss)
 
     def note_loss(self, loss: str, prediction: Any, target: Any) -> None:
         info = self.losses_seen.setdefault(loss, {"calls": 0})
@@ -1130,6 +1136,7 @@ class ActivationMonitor:
                 if feeding is not None and feeding[2] is x:
                     site.feeding_layer, site.feeding_layer_type = feeding[0], feeding[1]
         self.mark_produced(y, name)
+        self._output_numel[name] = y.numel()  # this call's: a loss may read a slice of it
 
     # ------------------------------------------------------------------ windows
     def stash_window(self) -> WindowStash:

@@ -44,6 +44,9 @@ class Site:
     # Losses that got the output with its dims reordered (a transpose or permute: (N, L, C) ->
     # (N, C, L) for nll_loss). Its shape alone cannot say which dim of the output holds the classes.
     reordered_losses: set[str] = field(default_factory=set)
+    # Losses that got only part of the output's values (a slice: probs[:, 1] into BCE), compared
+    # with the output of the same call (sequence lengths may vary from call to call).
+    partial_losses: set[str] = field(default_factory=set)
     # Which call of its module or function in a forward pass this is: 0, or k for ``<base>#k``.
     call_index: int = 0
 
@@ -82,7 +85,7 @@ class Site:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("consumers", "consumer_layer_types", "consumer_sites", "reordered_losses"):
+        for key in ("consumers", "consumer_layer_types", "consumer_sites", "reordered_losses", "partial_losses"):
             d[key] = sorted(d[key])
         d["shape"] = list(self.shape)
         return d

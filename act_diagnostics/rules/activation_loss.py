@@ -75,9 +75,8 @@ def _classes(site: Site, loss: str) -> tuple[int, int | None]:
 
 
 def _whole_output(site: Site, loss: str) -> bool:
-    """The loss got every value of the output (the same number of elements), not a slice of it."""
-    shape = site.loss_input_shapes.get(loss)
-    return shape is None or math.prod(shape) == math.prod(site.shape)
+    """The loss got every value of the output (as many elements as that call's output), not a slice."""
+    return loss not in site.partial_losses
 
 
 class ActivationLossMismatch(Rule):

@@ -305,3 +305,25 @@ def test_probability_losses_judge_what_their_input_must_be(loss_of, expected):
     target = torch.softmax(torch.randn(16, 4), -1)
     got = _class_loss_findings(nn.Linear(6, 4), lambda model, x, t: loss_of(model(x), t), torch.randn(16, 6), target)
     assert got == ([expected] if expected else [])
+
+
+def test_one_class_of_a_softmax_over_sequences_of_varying_length_is_sound():
+    """probs[..., 1] into BCE with sequence lengths that vary: a slice of every call's output, whatever
+    the first call's shape (N x 20 elements once equalled N x 10 x 2)."""
+    from act_diagnostics.core import ActivationMonitor
+    from act_diagnostics.rules import RULE_IDS, RuleEngine
+
+    torch.manual_seed(0)
+    model = nn.Linear(6, 2)
+    engine = RuleEngine(disable=[r for r in RULE_IDS if r != "activation-loss-mismatch"])
+    mon = ActivationMonitor(model).attach()
+    try:
+        for length in (10, 20):  # the structure steps: losses are traced on both
+            mon.begin_step()
+            probs = torch.softmax(model(torch.randn(4, length, 6)), -1)
+            F.binary_cross_entropy(probs[..., 1], torch.randint(0, 2, (4, length)).float()).backward()
+            mon.end_step()
+        found = engine.evaluate(mon.snapshot(step=1), preflight=True)
+    finally:
+        mon.detach()
+    assert mon.sites[":softmax"].partial_losses == {"binary_cross_entropy"} and found == []
