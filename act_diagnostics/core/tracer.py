@@ -91,18 +91,20 @@ _FOLLOWED = _SAME_VALUES | _LOG | _MULTIPLY | set(LOSS_FUNCTIONS)
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
 
 
-def _data_dependent(value: Any, output: Tensor, monitor: "ActivationMonitor") -> bool:
-    """A multiplier computed from the input (a gate's other operand, multiplying ``output``): a
-    tensor of more than one element made by an op autograd records, an activation's output, or one
-    holding a value per sample of the batch (the input itself, a frozen backbone's features, an
-    initial state). A number, a one-element tensor, a parameter (LayerScale) or a constant without
-    the batch dim only scales."""
+def _gates(value: Any, output: Tensor, family: str, monitor: "ActivationMonitor") -> bool:
+    """Whether multiplying a site's ``output`` by ``value`` makes the site a gate.
+
+    A gate multiplies what the model computed: ``value`` made by an op autograd records, or another
+    activation's output (sigmoid(g) * h, o * tanh(c), x * se(x)). Without autograd history (the
+    input, a frozen backbone's features, an initial state, a constant, a padding or dropout mask),
+    only a sigmoid's [0, 1] output gates the values it multiplies; any other activation is scaled
+    or masked, and stays a hidden layer. A number, a one-element tensor or a parameter (LayerScale)
+    only scales."""
     if not isinstance(value, Tensor) or value.numel() <= 1 or isinstance(value, torch.nn.Parameter):
         return False
     if value.grad_fn is not None or monitor.produced_by(value) is not None:
         return True
-    batch = output.shape[0] if output.dim() else 1
-    return value.dim() == output.dim() and batch > 1 and value.shape[0] == batch
+    return family == "sigmoid" and value.dim() == output.dim()
 
 
 class ActivationTracer(TorchFunctionMode):
@@ -151,7 +153,9 @@ class ActivationTracer(TorchFunctionMode):
                 source = mon.produced_by(arg)
                 if source is None:
                     continue
-                if any(_data_dependent(other, arg, mon) for j, other in enumerate(operands) if j != i):
+                site = mon.sites.get(source[0])
+                family = site.family if site is not None else ""
+                if any(_gates(other, arg, family, mon) for j, other in enumerate(operands) if j != i):
                     mon.add_consumer(source[0], "mul")  # a gate: sigmoid(g) * h, x * se(x)
                 elif isinstance(result, Tensor):
                     # Scaled by a constant (2.0 * tanh(z), LayerScale's learned gamma, a mask): still

@@ -395,7 +395,8 @@ def test_scaled_activation_is_no_gate(scaled) -> None:
     ],
     ids=["frozen_features", "keyword_operand"],
 )
-def test_a_gate_on_features_without_history_is_still_a_gate(gated) -> None:
+@pytest.mark.parametrize("batch", [5, 1])
+def test_a_gate_on_features_without_history_is_still_a_gate(gated, batch) -> None:
     """Squeeze-excitation over a frozen backbone: the other operand holds a value per sample (the
     batch dim), so it is a gate, not a scale."""
 
@@ -412,8 +413,40 @@ def test_a_gate_on_features_without_history_is_still_a_gate(gated) -> None:
 
     model = Head()
     with ActivationMonitor(model) as mon:
-        model(torch.randn(5, 4)).sum().backward()
+        model(torch.randn(batch, 4)).sum().backward()
     assert mon.sites[":sigmoid"].is_gate
+
+
+@pytest.mark.parametrize(
+    "masked",
+    [
+        lambda h, mask: h * mask.unsqueeze(-1),  # padding positions of a sequence
+        lambda h, mask: h * torch.ones_like(h).bernoulli_(0.9),  # dropout written by hand
+        lambda h, mask: h * (mask[:, :1].unsqueeze(-1) > 0).float(),  # drop-path: a keep flag per sample
+    ],
+    ids=["padding", "dropout_mask", "drop_path"],
+)
+def test_a_masked_hidden_activation_is_no_gate(masked) -> None:
+    """A mask has no autograd history: a tanh multiplied by one is still a hidden layer, judged by
+    the rules (as a gate it was left out of all of them)."""
+    from act_diagnostics.rules.base import is_hidden
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.head = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x, mask):
+            h = masked(torch.tanh(self.fc(x)), mask)
+            return self.head(h.sum(1) / mask.sum(1, keepdim=True))
+
+    model = Encoder()
+    mask = torch.ones(3, 7)
+    mask[:, 5:] = 0
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(3, 7, 4), mask).sum().backward()
+    site = mon.sites[":tanh"]
+    assert not site.is_gate and "mul" not in site.consumers and is_hidden(site)
 
 
 def test_scaled_output_stays_an_output_without_a_target_check() -> None:
