@@ -296,11 +296,13 @@ class DiagnosticsCallbackCore:
         """Where a checkpoint keeps this callback's state. Callbacks watching different parts of one
         model (``include=`` / ``exclude=`` / ``kinds=``) get a key each, so Lightning takes them side
         by side; the default selection keeps the class name (checkpoints of earlier versions)."""
+        selection = self._selection()
+        return f"{type(self).__qualname__}{selection}" if selection else type(self).__qualname__
+
+    def _selection(self) -> dict[str, list[str]]:
+        """The sites this callback watches, when not all (include / exclude / kinds)."""
         cfg = self.monitor_config
-        selection = {name: sorted(value) for name, value in (("include", cfg.include), ("exclude", cfg.exclude), ("kinds", cfg.kinds)) if value}
-        if not selection:
-            return type(self).__qualname__
-        return f"{type(self).__qualname__}{selection}"
+        return {name: sorted(value) for name, value in (("include", cfg.include), ("exclude", cfg.exclude), ("kinds", cfg.kinds)) if value}
 
     @property
     def _legacy_state_key(self) -> str:
@@ -663,12 +665,17 @@ class DiagnosticsCallbackCore:
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": 1,
+            "selection": self._selection(),  # whose state this is, for Lightning's fallback key
             "steps": self.steps,
             "last_logged_step": self._last_logged_step,
             "engine": self.engine.state_dict() if self.engine is not None else {},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("selection", self._selection()) != self._selection():
+            # Lightning's fallback key handed over another callback's state (a checkpoint without
+            # one of this selection); checkpoints from before selections had keys carry none.
+            return
         if self._stage != "fit" and self._own_fit:
             # trainer.test(ckpt_path="best") after fit: Lightning restores every callback from the
             # checkpoint, but this callback's own fit is newer than any checkpoint of it.

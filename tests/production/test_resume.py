@@ -95,6 +95,16 @@ def test_two_callbacks_watching_different_parts_keep_their_own_state(tmp_path):
     t.save_checkpoint(tmp_path / "both.ckpt")
     states = torch.load(tmp_path / "both.ckpt", weights_only=False)["callbacks"]
     assert states[first.state_key]["steps"] == 4 and states[second.state_key]["steps"] == 4
+    assert states[first.state_key]["selection"] == {"include": ["net.1"]}
+    # A selection the checkpoint has no state of starts afresh: Lightning's fallback key (the class
+    # name) would hand it a default callback's state, which names what it was.
+    states["ActivationDiagnostics"] = dict(states[first.state_key], selection={}, steps=40)
+    third = diagnostics(log_every_n_steps=2, kinds=["relu"])
+    third.load_state_dict(states["ActivationDiagnostics"])
+    assert third.steps == 0
+    legacy = {k: v for k, v in states[first.state_key].items() if k != "selection"}  # before selections
+    third.load_state_dict(legacy)
+    assert third.steps == 4
 
 
 def test_a_checkpoint_under_the_class_name_resumes_a_callback_with_a_selection(tmp_path):
@@ -105,6 +115,8 @@ def test_a_checkpoint_under_the_class_name_resumes_a_callback_with_a_selection(t
     t1.save_checkpoint(ckpt)
     saved = torch.load(ckpt, weights_only=False)
     assert list(saved["callbacks"]) == ["ActivationDiagnostics"]
+    del saved["callbacks"]["ActivationDiagnostics"]["selection"]  # as the versions before it wrote it
+    torch.save(saved, ckpt)
     cb = diagnostics(log_every_n_steps=2, thresholds=THRESHOLDS, include=["net.*"])
     assert cb.state_key != "ActivationDiagnostics"
     assert diagnostics(include=["b*", "a*"]).state_key == diagnostics(include=["a*", "b*"]).state_key  # order-free
