@@ -256,7 +256,8 @@ class ActivationMonitor:
         # id -> (site, via, tensor, dims reordered on the way: a transpose or permute).
         self._produced: dict[int, tuple[str, str, Tensor, bool]] = {}
         self._layer_out: dict[int, tuple[str, str, Tensor]] = {}
-        self._output_numel: dict[str, int] = {}  # site -> elements of its latest output (structure steps)
+        self._output_shape: dict[str, torch.Size] = {}  # site -> shape of its latest output (structure steps)
+        self._whole_losses: dict[str, set[str]] = {}  # site -> losses seen reading its classes
         self._tracer = ActivationTracer(self)
         self._tracer_on = False
         self._step_traces = False  # this step runs the tracer (begin_step decides)
@@ -1089,11 +1090,7 @@ class ActivationMonitor:
                 self.sites[site].loss_input_shapes[loss] = list(value.shape)
                 if self.reordered(value):
                     self.sites[site].reordered_losses.add(loss)
-                partial = self.sites[site].partial_losses
-                if value.numel() < self._output_numel.get(site, 0):
-                    partial.add(loss)
-                else:
-                    partial.discard(loss)
+                self._note_partial(self.sites[site], loss, value)
 
     def note_loss(self, loss: str, prediction: Any, target: Any) -> None:
         info = self.losses_seen.setdefault(loss, {"calls": 0})
@@ -1116,6 +1113,23 @@ class ActivationMonitor:
         if bounds is not None:
             state.observe_targets(target, *bounds)
 
+    def _note_partial(self, site: Site, loss: str, value: Tensor) -> None:
+        """Whether ``loss`` read one class of the site's output (``probs[:, 1]``, ``probs[..., 1:2]``)
+        rather than its classes (all of them, a subset of rows ``probs[mask]``, or a reshape), judged
+        against the same call's output; one call reading the classes settles it."""
+        shape = self._output_shape.get(site.name)
+        whole = self._whole_losses.setdefault(site.name, set())
+        one_class = (
+            shape is not None
+            and value.numel() < shape.numel()
+            and (value.dim() < len(shape) or (value.dim() > site.unit_dim and value.shape[site.unit_dim] < 2))
+        )
+        if one_class and loss not in whole:
+            site.partial_losses.add(loss)
+        elif not one_class:
+            whole.add(loss)
+            site.partial_losses.discard(loss)
+
     def _note_layer_consumer(self, site: str, module: nn.Module) -> None:
         if site in self.sites:
             s = self.sites[site]
@@ -1136,7 +1150,7 @@ class ActivationMonitor:
                 if feeding is not None and feeding[2] is x:
                     site.feeding_layer, site.feeding_layer_type = feeding[0], feeding[1]
         self.mark_produced(y, name)
-        self._output_numel[name] = y.numel()  # this call's: a loss may read a slice of it
+        self._output_shape[name] = y.shape  # this call's: a loss may read one class of it
 
     # ------------------------------------------------------------------ windows
     def stash_window(self) -> WindowStash:

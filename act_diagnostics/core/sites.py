@@ -44,8 +44,8 @@ class Site:
     # Losses that got the output with its dims reordered (a transpose or permute: (N, L, C) ->
     # (N, C, L) for nll_loss). Its shape alone cannot say which dim of the output holds the classes.
     reordered_losses: set[str] = field(default_factory=set)
-    # Losses that got only part of the output's values (a slice: probs[:, 1] into BCE), compared
-    # with the output of the same call (sequence lengths may vary from call to call).
+    # Losses that got one class of the output (probs[:, 1] into BCE), not its classes; judged
+    # against the output of the same call (sequence lengths may vary from call to call).
     partial_losses: set[str] = field(default_factory=set)
     # Which call of its module or function in a forward pass this is: 0, or k for ``<base>#k``.
     call_index: int = 0

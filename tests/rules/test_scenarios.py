@@ -327,3 +327,22 @@ def test_one_class_of_a_softmax_over_sequences_of_varying_length_is_sound():
     finally:
         mon.detach()
     assert mon.sites[":softmax"].partial_losses == {"binary_cross_entropy"} and found == []
+
+
+@pytest.mark.parametrize(
+    "loss_of, expected",
+    [
+        (lambda p, y: F.binary_cross_entropy(p[y[:, 0] > 0.5], y[y[:, 0] > 0.5]), "warning"),  # some rows, every class
+        (lambda p, y: F.binary_cross_entropy(p[:, :-1], y[:, :-1]), "warning"),  # classes that still compete
+        (lambda p, y: F.binary_cross_entropy(p[:, 1:2], y[:, 1:2]), None),  # one class, its dim kept
+        (lambda p, y: F.binary_cross_entropy(p, y) + F.binary_cross_entropy(p[:, 0], y[:, 0]), "warning"),
+        (lambda p, y: F.binary_cross_entropy(p[:, 0], y[:, 0]) + F.binary_cross_entropy(p, y), "warning"),
+    ],
+    ids=["row_mask", "classes_but_one", "one_class_keepdim", "whole_then_one", "one_then_whole"],
+)
+def test_softmax_into_bce_is_judged_on_the_classes_the_loss_reads(loss_of, expected):
+    torch.manual_seed(0)
+    y = (torch.rand(16, 4) > 0.5).float()
+    y[:8, 0] = 1.0  # the row mask keeps some rows
+    got = _class_loss_findings(nn.Linear(6, 4), lambda model, x, t: loss_of(torch.softmax(model(x), -1), t), torch.randn(16, 6), y)
+    assert [g[0] for g in got] == ([expected] if expected else [])
