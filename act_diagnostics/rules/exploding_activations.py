@@ -52,8 +52,8 @@ class ExplodingActivations(Rule):
             return [self.finding(ctx, last.name, "warning", msg, fix, **evidence)]
         if float(bs.max_abs) > self.t["huge"]:  # type: ignore[arg-type]
             msg = f"activations reach |{bs.max_abs:.3g}| (RMS {bs.rms:.3g}): overflow in float16 is near"
-            if biggest is first:
-                msg += f"; they are largest at the first activation '{first.name}': the scale comes in with the inputs or the first layer"
+            if biggest.name == ctx.snapshot.ordered()[0][0].name:  # the model's first activation
+                msg += f"; they are largest at the model's first activation '{biggest.name}': the scale comes in with the inputs or the first layer"
                 fix = INPUT_FIX + fix
             return [self.finding(ctx, biggest.name, "warning", msg, fix, **evidence)]
         return []

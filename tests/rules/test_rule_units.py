@@ -289,6 +289,11 @@ def test_exploding_activations_growth_and_magnitude():
     assert g.recommendation.startswith("Check the scale of the input features and of the first layer")
     (h,) = twice(only("exploding-activations"), chain("relu", [1e-3] * 3, rms=[1.0, 5e3, 1.0]))
     assert "inputs" not in h.message and not h.recommendation.startswith("Check the scale")
+    # The first unbounded activation is not the model's first (a tanh before it): no input claim.
+    snap = chain("relu", [1e-3] * 3, rms=[5e3, 5e3, 1.0])
+    snap.sites["act0"].kind, snap.sites["act0"].family = "tanh", "tanh"
+    (k,) = twice(only("exploding-activations"), snap)
+    assert "inputs" not in k.message and k.site == "act1"
     assert twice(only("exploding-activations"), chain("relu", [1e-3] * 4, rms=[1.0, 3.0, 9.0, 1.0])) == []
 
 
