@@ -1200,12 +1200,17 @@ class ActivationMonitor:
         sample_names = [n for n, st in zip(names, states) if st.out_sample is not None]
         grad_names = [n for n, st in zip(names, states) if st.grad_sample is not None]
         samples = [self.states[n].out_sample for n in sample_names] + [self.states[n].grad_sample for n in grad_names]
+        # float16 AMP: the GradScaler's current scale, in the same host copy (rules: non-finite).
+        scale = self.grad_scale() if self.grad_scale is not None else None
+        if isinstance(scale, Tensor):
+            samples.append(scale.detach().reshape(-1)[:1])
         with self._no_torch_function():
             # New sites, or a device move: one buffer again. A model split across devices keeps a
             # buffer per site (moving them would only make each site move back at its next call).
             if states and shared_view(states) is None and all(st.device == device for st in states):
                 share_buffer(states, device)
             totals, host_samples = reduce_to_host(states, names, device, all_gather, samples)  # type: ignore[arg-type]
+        grad_scale = host_samples.pop()[0] if isinstance(scale, Tensor) else scale
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
         sites = self.sites
         if self.eval_only and not self._stashed:  # a training window: sites only evaluation ran stay out
@@ -1219,6 +1224,7 @@ class ActivationMonitor:
             out_samples=dict(zip(sample_names, host_samples[: len(sample_names)])),
             grad_samples=dict(zip(grad_names, host_samples[len(sample_names) :])),
             losses=tuple(sorted(self.losses_seen)),
+            grad_scale=float(grad_scale) if grad_scale is not None else None,
         )
         if reset:
             with self._no_torch_function():

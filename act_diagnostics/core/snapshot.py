@@ -97,6 +97,8 @@ class Snapshot:
     grad_samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
     # Loss functions the model's losses were computed with (seen while the monitor tracked structure).
     losses: tuple[str, ...] = ()
+    # float16 AMP: the GradScaler's scale at the snapshot (None without one).
+    grad_scale: float | None = None
 
     def ordered(self) -> list[tuple[Site, SiteStats]]:
         """(site, stats) pairs in forward order, input side first."""

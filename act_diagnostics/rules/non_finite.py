@@ -7,16 +7,13 @@ is the site nearest the output (last in forward order) whose gradient is non-fin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from act_diagnostics.rules.base import Rule, RuleContext
 from act_diagnostics.rules.finding import Finding
 
-# float16 AMP: measured steps in a row whose gradients a GradScaler skipped at every site before
-# that is a finding. Each skip halves the scale: from 2**16 it reaches 1 after 16, so its calibration
-# at the start of a run is over long before; past 32, no scale gives a finite gradient (proposal).
-SKIPPED_STEPS = 32
+# float16 AMP: the GradScaler halves its scale at every step it skips for NaN/Inf gradients, from
+# 2**16. Below 1, the gradients are not finite even unscaled: the model's own NaN/Inf, not float16
+# overflow, and every step is skipped (torch.amp.GradScaler docs; proposal).
+MIN_GRAD_SCALE = 1.0
 
 FORWARD_FIX = (
     "Find what overflows just before this activation: lower the learning rate, clip gradients, check "
@@ -39,12 +36,8 @@ BACKWARD_FIX = (
 class NonFinite(Rule):
     id = "non-finite"
     per_site = False
-    defaults: dict[str, float] = {"skipped_steps": SKIPPED_STEPS}
+    defaults: dict[str, float] = {"min_grad_scale": MIN_GRAD_SCALE}
     windows = 1  # immediate: one NaN poisons every weight it touches
-
-    def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
-        super().__init__(thresholds)
-        self._skipped_run = 0  # measured steps in a row whose gradients the GradScaler skipped everywhere
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         ordered = ctx.snapshot.ordered()
@@ -77,31 +70,22 @@ class NonFinite(Rule):
             return [
                 self.finding(ctx, site.name, "error", msg, BACKWARD_FIX, sites_affected=0, sites=len(ordered), grad_sites_affected=len(backward))
             ]
-        return self._always_skipped(ctx, ordered)
+        return self._scaler_gave_up(ctx, ordered)
 
-    def _always_skipped(self, ctx: RuleContext, ordered: list) -> list[Finding]:
-        """float16 AMP: a GradScaler skips a step whose gradients are not finite, so they never reach
-        the statistics (SiteStats.grad_skipped_share). Skipped at every site, step after step, they
-        are the model's own NaN/Inf (a NaN label, log(0) in the loss), and training has stopped."""
-        skipped = [s for s, st in ordered if st.grad_skipped_share is not None]
-        kept = [s for s, st in ordered if st.grad_rms is not None]
-        if not skipped or kept:
-            if kept:
-                self._skipped_run = 0
-            return []
-        self._skipped_run += ctx.snapshot.window_steps
-        if self._skipped_run < self.t["skipped_steps"]:
+    def _scaler_gave_up(self, ctx: RuleContext, ordered: list) -> list[Finding]:
+        """float16 AMP: a GradScaler skips each step whose gradients are not finite, so they never
+        reach the statistics (SiteStats.grad_skipped_share); its calibration at the start of a run
+        skips a few. A scale fallen below ``min_grad_scale`` means they are the model's own NaN/Inf."""
+        scale = ctx.snapshot.grad_scale
+        skipped = [s for s, st in ordered if st.grad_skipped_share]
+        if scale is None or scale >= self.t["min_grad_scale"] or not skipped:
             return []
         site = skipped[-1]
         msg = (
-            f"the gradients are NaN/Inf at every site on each of the last {self._skipped_run} measured steps "
-            "(forward values are finite): the GradScaler skipped every optimizer step, so training has stopped"
+            f"the GradScaler's scale fell to {scale:.3g}: it skips every step whose gradients are NaN/Inf and "
+            f"halves the scale each time, and below {self.t['min_grad_scale']:g} they are not finite even unscaled "
+            f"(left out at {len(skipped)} of {len(ordered)} sites, the nearest the output '{site.name}'; forward "
+            "values are finite), so training has stopped"
         )
-        evidence = dict(sites_affected=0, sites=len(ordered), grad_sites_affected=len(skipped), skipped_steps=self._skipped_run)
+        evidence = dict(sites_affected=0, sites=len(ordered), grad_sites_affected=len(skipped), grad_scale=scale)
         return [self.finding(ctx, site.name, "error", msg, BACKWARD_FIX, **evidence)]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"skipped_run": self._skipped_run}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._skipped_run = int(state.get("skipped_run", 0) or 0)

@@ -96,6 +96,26 @@ def test_steps_the_grad_scaler_skips_are_no_finding(tmp_path):
     assert [f for f in cb.engine.findings if f.rule == "non-finite"] == []
 
 
+class NaNTargets(SumRegression):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        target = torch.full((x.shape[0],), float("nan"))  # a NaN label: every gradient NaN
+        return F.mse_loss(self.net(x).squeeze(-1).float(), target)
+
+
+def test_nan_gradients_under_a_grad_scaler_are_an_error_once_it_gives_up(tmp_path):
+    """The scaler skips every step and halves its scale; below 1 that is the model's NaN."""
+    torch.manual_seed(0)
+    cb = diagnostics(log_every_n_steps=4, measure_every_n_steps=1)
+    t = trainer(tmp_path, [cb], max_steps=24, **_fp16_with_scaler())
+    try:
+        t.fit(NaNTargets(), loader(n=512, batch_size=16))
+    except (RuntimeError, ValueError) as exc:  # pragma: no cover - depends on the torch build
+        pytest.skip(f"float16 autocast not available on this CPU build: {exc}")
+    (f,) = [f for f in cb.engine.findings if f.rule == "non-finite"]
+    assert f.severity == "error" and f.evidence["grad_scale"] < 1.0 and "GradScaler's scale fell" in f.message
+
+
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     """accumulate_grad_batches=2: one snapshot per due optimizer step, windows in optimizer steps."""
     cb, rec, t = _fit(tmp_path, Classifier(), cb={"log_every_n_steps": 2}, max_epochs=1, max_steps=-1,

@@ -342,23 +342,27 @@ def test_non_finite_names_first_forward_site_then_backward_origin():
     assert g.recommendation.startswith("Check the targets")  # a NaN label, not an overflow to clip
 
 
-def test_non_finite_when_a_grad_scaler_skips_every_step():
-    """float16 AMP hides non-finite gradients from the statistics (the scaler skips their step): its
-    calibration skips a few steps, but skipped at every site for 32 steps in a row is the model's NaN."""
-    def window(skipped: bool, steps: int):
-        snap = chain("relu", [None if skipped else 1e-3] * 3)
-        snap.window_steps = steps
-        for st in snap.stats.values():
-            st.grad_skipped_share = 1.0 if skipped else 0.25
+def test_non_finite_when_the_grad_scaler_gives_up():
+    """float16 AMP hides non-finite gradients from the statistics (the scaler skips their step, and
+    halves its scale): its calibration skips a few steps, but a scale below 1 means the gradients
+    are NaN/Inf even unscaled, at every site or only some (a NaN made inside backward)."""
+    def window(scale: float, skipped: list[bool]):
+        snap = chain("relu", [None if k else 1e-3 for k in skipped])
+        snap.grad_scale = scale
+        for st, k in zip(snap.stats.values(), skipped):
+            st.grad_skipped_share = 1.0 if k else None
         return snap
 
     rule = only("non-finite")
-    assert rule.evaluate(window(True, 20)) == []  # calibrating
-    assert rule.evaluate(window(False, 20)) == []  # it found its scale: the count starts over
-    assert rule.evaluate(window(True, 20)) == []
-    (f,) = rule.evaluate(window(True, 20))
-    assert f.severity == "error" and f.site == "act2" and f.evidence["skipped_steps"] == 40
-    assert "GradScaler skipped every optimizer step" in f.message and f.recommendation.startswith("Check the targets")
+    assert rule.evaluate(window(2.0**10, [True] * 3)) == []  # calibrating
+    (f,) = rule.evaluate(window(2.0**-4, [True, True, False]))  # NaN in backward before the last site
+    assert f.severity == "error" and f.site == "act1" and f.evidence["grad_scale"] == 2.0**-4
+    assert "scale fell to 0.0625" in f.message and "left out at 2 of 3 sites" in f.message
+    assert f.recommendation.startswith("Check the targets")
+    healthy = window(2.0**-4, [False] * 3)
+    for st in healthy.stats.values():
+        st.grad_skipped_share = None
+    assert only("non-finite").evaluate(healthy) == []  # nothing was skipped: no claim
 
 
 def test_non_finite_over_a_window_of_several_steps_does_not_claim_an_origin():
