@@ -531,7 +531,7 @@ class DiagnosticsCallbackCore:
         stage = getattr(getattr(getattr(trainer, "state", None), "stage", None), "value", None)
         return {
             "step": self._batch_step if self._batches_run else None,  # None: before the first step
-            "exception": f"{type(exception).__name__}: {exception}"[:500],
+            "exception": (f"{type(exception).__name__}: {exception}" if str(exception) else type(exception).__name__)[:500],
             "where": "training step" if in_step else str(stage or "fit"),  # e.g. "validate"
             "scheduled": bool(in_step and self._batch_measured),  # the schedule measured that step
             "measured": bool(in_step and self._batch_measured and self.monitor is not None and self.monitor.ran_in_step),
