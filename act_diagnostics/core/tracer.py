@@ -91,20 +91,24 @@ _FOLLOWED = _SAME_VALUES | _LOG | _MULTIPLY | set(LOSS_FUNCTIONS)
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
 
 
-def _gates(value: Any, output: Tensor, family: str, monitor: "ActivationMonitor") -> bool:
+# Activations whose [0, 1] output gates the values it multiplies.
+_GATE_KINDS = ("sigmoid", "hardsigmoid")
+
+
+def _gates(value: Any, output: Tensor, kind: str, monitor: "ActivationMonitor") -> bool:
     """Whether multiplying a site's ``output`` by ``value`` makes the site a gate.
 
     A gate multiplies what the model computed: ``value`` made by an op autograd records, or another
     activation's output (sigmoid(g) * h, o * tanh(c), x * se(x)). Without autograd history (the
-    input, a frozen backbone's features, an initial state, a constant, a padding or dropout mask),
-    only a sigmoid's [0, 1] output gates the values it multiplies; any other activation is scaled
-    or masked, and stays a hidden layer. A number, a one-element tensor or a parameter (LayerScale)
-    only scales."""
+    input, a frozen backbone's features, an initial state), a sigmoid's output gates values at
+    least its own size; a mask broadcast onto an activation (padding (N, L, 1), a drop-path flag) or
+    any other activation times such a tensor is masked or scaled, and stays a hidden layer. A
+    number, a one-element tensor or a parameter (LayerScale) only scales."""
     if not isinstance(value, Tensor) or value.numel() <= 1 or isinstance(value, torch.nn.Parameter):
         return False
     if value.grad_fn is not None or monitor.produced_by(value) is not None:
         return True
-    return family == "sigmoid" and value.dim() == output.dim()
+    return kind in _GATE_KINDS and value.dim() == output.dim() and all(v >= o for v, o in zip(value.shape, output.shape))
 
 
 class ActivationTracer(TorchFunctionMode):
@@ -154,8 +158,8 @@ class ActivationTracer(TorchFunctionMode):
                 if source is None:
                     continue
                 site = mon.sites.get(source[0])
-                family = site.family if site is not None else ""
-                if any(_gates(other, arg, family, mon) for j, other in enumerate(operands) if j != i):
+                kind = site.kind if site is not None else ""
+                if any(_gates(other, arg, kind, mon) for j, other in enumerate(operands) if j != i):
                     mon.add_consumer(source[0], "mul")  # a gate: sigmoid(g) * h, x * se(x)
                 elif isinstance(result, Tensor):
                     # Scaled by a constant (2.0 * tanh(z), LayerScale's learned gamma, a mask): still

@@ -417,18 +417,34 @@ def test_a_gate_on_features_without_history_is_still_a_gate(gated, batch) -> Non
     assert mon.sites[":sigmoid"].is_gate
 
 
+def _padding(h, mask):
+    return h * mask.unsqueeze(-1)  # padding positions of a sequence
+
+
+def _dropout_mask(h, mask):
+    return h * torch.ones_like(h).bernoulli_(0.9)  # dropout written by hand
+
+
+def _drop_path(h, mask):
+    return h * (mask[:, :1].unsqueeze(-1) > 0).float()  # drop-path: a keep flag per sample
+
+
 @pytest.mark.parametrize(
-    "masked",
+    "masked, act",
     [
-        lambda h, mask: h * mask.unsqueeze(-1),  # padding positions of a sequence
-        lambda h, mask: h * torch.ones_like(h).bernoulli_(0.9),  # dropout written by hand
-        lambda h, mask: h * (mask[:, :1].unsqueeze(-1) > 0).float(),  # drop-path: a keep flag per sample
+        (_padding, torch.tanh),
+        (_dropout_mask, torch.tanh),
+        (_drop_path, torch.tanh),
+        (_padding, torch.sigmoid),
+        (_drop_path, torch.sigmoid),
+        # A sigmoid times a full-size mask is not told apart from a sigmoid gating features of its
+        # own size (a frozen backbone's): it counts as a gate.
     ],
-    ids=["padding", "dropout_mask", "drop_path"],
+    ids=["padding-tanh", "dropout_mask-tanh", "drop_path-tanh", "padding-sigmoid", "drop_path-sigmoid"],
 )
-def test_a_masked_hidden_activation_is_no_gate(masked) -> None:
-    """A mask has no autograd history: a tanh multiplied by one is still a hidden layer, judged by
-    the rules (as a gate it was left out of all of them)."""
+def test_a_masked_hidden_activation_is_no_gate(masked, act) -> None:
+    """A mask has no autograd history: an activation multiplied by one is still a hidden layer,
+    judged by the rules (as a gate it was left out of all of them)."""
     from act_diagnostics.rules.base import is_hidden
 
     class Encoder(nn.Module):
@@ -437,7 +453,7 @@ def test_a_masked_hidden_activation_is_no_gate(masked) -> None:
             self.fc, self.head = nn.Linear(4, 6), nn.Linear(6, 2)
 
         def forward(self, x, mask):
-            h = masked(torch.tanh(self.fc(x)), mask)
+            h = masked(act(self.fc(x)), mask)
             return self.head(h.sum(1) / mask.sum(1, keepdim=True))
 
     model = Encoder()
@@ -445,7 +461,7 @@ def test_a_masked_hidden_activation_is_no_gate(masked) -> None:
     mask[:, 5:] = 0
     with ActivationMonitor(model) as mon:
         model(torch.randn(3, 7, 4), mask).sum().backward()
-    site = mon.sites[":tanh"]
+    (site,) = mon.sites.values()
     assert not site.is_gate and "mul" not in site.consumers and is_hidden(site)
 
 
