@@ -156,6 +156,19 @@ def _rank_zero() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def _reads_classes(shape: torch.Size, unit_dim: int, value: Tensor) -> bool:
+    """Whether ``value``, a loss input made from an output of ``shape``, holds at least two of its
+    classes (units) side by side: the whole output or a reshape of it, a subset of rows
+    (``probs[mask]``), or classes sliced with the dims kept (``probs[:, :-1]``); not one class
+    (``probs[:, 1]``, ``probs[..., 1:2]``)."""
+    if value.numel() >= shape.numel():
+        return True
+    if value.dim() == len(shape):
+        return value.shape[unit_dim] >= 2
+    # Dims were indexed away or merged: the classes survive as the last dim, whole.
+    return unit_dim == len(shape) - 1 and value.dim() >= 1 and value.shape[-1] == shape[-1] >= 2
+
+
 class _RerunSlot:
     """The site state a checkpointed call's re-run owes its gradient to, set once known."""
 
@@ -1119,11 +1132,7 @@ class ActivationMonitor:
         against the same call's output; one call reading the classes settles it."""
         shape = self._output_shape.get(site.name)
         whole = self._whole_losses.setdefault(site.name, set())
-        one_class = (
-            shape is not None
-            and value.numel() < shape.numel()
-            and (value.dim() < len(shape) or (value.dim() > site.unit_dim and value.shape[site.unit_dim] < 2))
-        )
+        one_class = shape is not None and not _reads_classes(shape, site.unit_dim, value)
         if one_class and loss not in whole:
             site.partial_losses.add(loss)
         elif not one_class:

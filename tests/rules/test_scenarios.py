@@ -341,8 +341,31 @@ def test_one_class_of_a_softmax_over_sequences_of_varying_length_is_sound():
     ids=["row_mask", "classes_but_one", "one_class_keepdim", "whole_then_one", "one_then_whole"],
 )
 def test_softmax_into_bce_is_judged_on_the_classes_the_loss_reads(loss_of, expected):
+    """Judged when the loss reads at least two classes of a row (whole rows, a row mask, classes
+    sliced with the dims kept); not when it reads one class."""
     torch.manual_seed(0)
     y = (torch.rand(16, 4) > 0.5).float()
     y[:8, 0] = 1.0  # the row mask keeps some rows
     got = _class_loss_findings(nn.Linear(6, 4), lambda model, x, t: loss_of(torch.softmax(model(x), -1), t), torch.randn(16, 6), y)
+    assert [g[0] for g in got] == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize(
+    "loss_of, expected",
+    [
+        (lambda p, y, m: F.binary_cross_entropy(p[m], y[m]), "warning"),  # padding mask over (N, L): (M, C)
+        (lambda p, y, m: F.binary_cross_entropy(p[:, :-1].reshape(-1, 3), y[:, :-1].reshape(-1, 3)), "warning"),  # shifted
+        (lambda p, y, m: F.binary_cross_entropy(p[..., 1], y[..., 1]), None),  # one class: (N, L)
+    ],
+    ids=["padding_mask", "shifted_reshape", "one_class"],
+)
+def test_softmax_into_bce_over_sequences(loss_of, expected):
+    """(N, L, C) outputs: a padding mask or a shifted reshape still hands BCE whole rows of classes."""
+    torch.manual_seed(0)
+    y = (torch.rand(4, 5, 3) > 0.5).float()
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[:, 4:] = False  # padding at the end of every sequence
+    got = _class_loss_findings(
+        nn.Linear(6, 3), lambda model, x, t: loss_of(torch.softmax(model(x), -1), t, mask), torch.randn(4, 5, 6), y
+    )
     assert [g[0] for g in got] == ([expected] if expected else [])
