@@ -14,12 +14,13 @@ HUGE = 1e4
 # Activations compared for growth: at least a first and a last (proposal).
 MIN_SITES = 2
 
-# When the largest activations are at the first layer, the scale comes in with the inputs or the
-# first layer's weights (the statistics cannot tell which).
+# When the largest activations are at the first measured activation, the scale comes in with what
+# feeds it: the inputs, or the layers before it (the statistics cannot tell which; a selection may
+# leave earlier activations unmeasured).
 INPUT_FIX = (
-    "Check the scale of the input features and of the first layer first: standardise the inputs "
-    "(subtract the mean, divide by the std per feature, e.g. in the dataset's transform) and "
-    "initialise the first layer to match. "
+    "Check the scale of what feeds it first: standardise the input features (subtract the mean, "
+    "divide by the std per feature, e.g. in the dataset's transform) and check the init of the "
+    "layers before it. "
 )
 FIX = (
     "Use init matched to the nonlinearity (Kaiming for ReLU, Xavier for tanh), add normalisation "
@@ -52,8 +53,8 @@ class ExplodingActivations(Rule):
             return [self.finding(ctx, last.name, "warning", msg, fix, **evidence)]
         if float(bs.max_abs) > self.t["huge"]:  # type: ignore[arg-type]
             msg = f"activations reach |{bs.max_abs:.3g}| (RMS {bs.rms:.3g}): overflow in float16 is near"
-            if biggest.name == ctx.snapshot.ordered()[0][0].name:  # the model's first activation
-                msg += f"; they are largest at the model's first activation '{biggest.name}': the scale comes in with the inputs or the first layer"
+            if biggest.name == ctx.snapshot.ordered()[0][0].name:  # the first measured activation
+                msg += f"; they are largest at the first measured activation '{biggest.name}': the scale comes in with what feeds it"
                 fix = INPUT_FIX + fix
             return [self.finding(ctx, biggest.name, "warning", msg, fix, **evidence)]
         return []

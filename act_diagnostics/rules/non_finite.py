@@ -12,7 +12,7 @@ from act_diagnostics.rules.finding import Finding
 
 # float16 AMP: the GradScaler halves its scale at every step it skips for NaN/Inf gradients, from
 # 2**16. Below 1, the gradients are not finite even unscaled: the model's own NaN/Inf, not float16
-# overflow, and every step is skipped (torch.amp.GradScaler docs; proposal).
+# overflow (torch.amp.GradScaler docs; proposal).
 MIN_GRAD_SCALE = 1.0
 
 FORWARD_FIX = (
@@ -75,17 +75,18 @@ class NonFinite(Rule):
     def _scaler_gave_up(self, ctx: RuleContext, ordered: list) -> list[Finding]:
         """float16 AMP: a GradScaler skips each step whose gradients are not finite, so they never
         reach the statistics (SiteStats.grad_skipped_share); its calibration at the start of a run
-        skips a few. A scale fallen below ``min_grad_scale`` means they are the model's own NaN/Inf."""
+        skips a few. A scale fallen below ``min_grad_scale`` means they are the model's own NaN/Inf,
+        on every step or on some (a NaN label in some batches)."""
         scale = ctx.snapshot.grad_scale
         skipped = [s for s, st in ordered if st.grad_skipped_share]
         if scale is None or scale >= self.t["min_grad_scale"] or not skipped:
             return []
         site = skipped[-1]
         msg = (
-            f"the GradScaler's scale fell to {scale:.3g}: it skips every step whose gradients are NaN/Inf and "
-            f"halves the scale each time, and below {self.t['min_grad_scale']:g} they are not finite even unscaled "
-            f"(left out at {len(skipped)} of {len(ordered)} sites, the nearest the output '{site.name}'; forward "
-            "values are finite), so training has stopped"
+            f"the GradScaler's scale fell to {scale:.3g}: it skips every step whose gradients are NaN/Inf, which "
+            f"then trains nothing, and halves the scale each time; below {self.t['min_grad_scale']:g} they are not "
+            f"finite even unscaled (left out at {len(skipped)} of {len(ordered)} sites, the nearest the output "
+            f"'{site.name}'; forward values are finite)"
         )
         evidence = dict(sites_affected=0, sites=len(ordered), grad_sites_affected=len(skipped), grad_scale=scale)
         return [self.finding(ctx, site.name, "error", msg, BACKWARD_FIX, **evidence)]
