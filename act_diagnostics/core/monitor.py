@@ -156,17 +156,21 @@ def _rank_zero() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def _reads_classes(shape: torch.Size, unit_dim: int, value: Tensor) -> bool:
+def _reads_classes(shape: torch.Size, unit_dim: int, value: Tensor, reordered: bool) -> bool:
     """Whether ``value``, a loss input made from an output of ``shape``, holds at least two of its
     classes (units) side by side: the whole output or a reshape of it, a subset of rows
-    (``probs[mask]``), or classes sliced with the dims kept (``probs[:, :-1]``); not one class
-    (``probs[:, 1]``, ``probs[..., 1:2]``)."""
+    (``probs[mask]``, also after moving the classes last), or classes sliced with the dims kept
+    (``probs[:, :-1]``); not one class (``probs[:, 1]``, ``probs[..., 1:2]``)."""
     if value.numel() >= shape.numel():
         return True
-    if value.dim() == len(shape):
+    if value.dim() == len(shape) and not reordered:
         return value.shape[unit_dim] >= 2
-    # Dims were indexed away or merged: the classes survive as the last dim, whole.
-    return unit_dim == len(shape) - 1 and value.dim() >= 1 and value.shape[-1] == shape[-1] >= 2
+    if tuple(value.shape) == tuple(shape[:unit_dim]) + tuple(shape[unit_dim + 1 :]):
+        return False  # the class dim indexed away: one class, whatever the other sizes
+    # Rows selected or merged: the classes survive as the last dim, whole.
+    classes = shape[unit_dim]
+    last = unit_dim == len(shape) - 1 or reordered
+    return last and classes >= 2 and value.dim() >= 1 and value.shape[-1] == classes
 
 
 class _RerunSlot:
@@ -1132,7 +1136,7 @@ class ActivationMonitor:
         against the same call's output; one call reading the classes settles it."""
         shape = self._output_shape.get(site.name)
         whole = self._whole_losses.setdefault(site.name, set())
-        one_class = shape is not None and not _reads_classes(shape, site.unit_dim, value)
+        one_class = shape is not None and not _reads_classes(shape, site.unit_dim, value, self.reordered(value))
         if one_class and loss not in whole:
             site.partial_losses.add(loss)
         elif not one_class:

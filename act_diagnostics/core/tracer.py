@@ -100,15 +100,16 @@ def _gates(value: Any, output: Tensor, kind: str, monitor: "ActivationMonitor") 
 
     A gate multiplies what the model computed: ``value`` made by an op autograd records, or another
     activation's output (sigmoid(g) * h, o * tanh(c), x * se(x)). Without autograd history (the
-    input, a frozen backbone's features, an initial state), a sigmoid's output gates values at
-    least its own size; a mask broadcast onto an activation (padding (N, L, 1), a drop-path flag) or
-    any other activation times such a tensor is masked or scaled, and stays a hidden layer. A
-    number, a one-element tensor or a parameter (LayerScale) only scales."""
-    if not isinstance(value, Tensor) or value.numel() <= 1 or isinstance(value, torch.nn.Parameter):
+    input, a frozen backbone's features, an initial state, learned or broadcast over the batch), a
+    sigmoid's output gates values of its own rank that fill every dim but the batch; a mask
+    broadcast over the features (padding (N, L, 1), a drop-path flag), or any other activation
+    times such a tensor, is masked or scaled and stays a hidden layer. A number, a one-element
+    tensor or a parameter of another rank (LayerScale's gamma) only scales."""
+    if not isinstance(value, Tensor) or value.numel() <= 1:
         return False
     if value.grad_fn is not None or monitor.produced_by(value) is not None:
         return True
-    return kind in _GATE_KINDS and value.dim() == output.dim() and all(v >= o for v, o in zip(value.shape, output.shape))
+    return kind in _GATE_KINDS and value.dim() == output.dim() and all(v >= o for v, o in zip(value.shape[1:], output.shape[1:]))
 
 
 class ActivationTracer(TorchFunctionMode):

@@ -429,6 +429,26 @@ def _drop_path(h, mask):
     return h * (mask[:, :1].unsqueeze(-1) > 0).float()  # drop-path: a keep flag per sample
 
 
+@pytest.mark.parametrize("state", ["broadcast_zeros", "learned"])
+def test_an_lstm_forget_gate_on_an_initial_state_is_a_gate(state) -> None:
+    """f * c0 at the first time step: c0 a zero state broadcast over the batch, or a learned one."""
+
+    class Cell(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f, self.head = nn.Linear(4, 6), nn.Linear(6, 2)
+            self.c0 = nn.Parameter(torch.zeros(1, 6)) if state == "learned" else None
+
+        def forward(self, x):
+            c0 = self.c0 if self.c0 is not None else torch.zeros(1, 6)
+            return self.head(torch.sigmoid(self.f(x)) * c0 + x.sum(1, keepdim=True))
+
+    model = Cell()
+    with ActivationMonitor(model) as mon:
+        model(torch.randn(5, 4)).sum().backward()
+    assert mon.sites[":sigmoid"].is_gate
+
+
 @pytest.mark.parametrize(
     "masked, act",
     [

@@ -356,16 +356,39 @@ def test_softmax_into_bce_is_judged_on_the_classes_the_loss_reads(loss_of, expec
         (lambda p, y, m: F.binary_cross_entropy(p[m], y[m]), "warning"),  # padding mask over (N, L): (M, C)
         (lambda p, y, m: F.binary_cross_entropy(p[:, :-1].reshape(-1, 3), y[:, :-1].reshape(-1, 3)), "warning"),  # shifted
         (lambda p, y, m: F.binary_cross_entropy(p[..., 1], y[..., 1]), None),  # one class: (N, L)
+        (lambda p, y, m: F.binary_cross_entropy(p[..., 1], y[..., 1]), None),  # the same with L == C (below)
     ],
-    ids=["padding_mask", "shifted_reshape", "one_class"],
+    ids=["padding_mask", "shifted_reshape", "one_class", "one_class_square"],
 )
-def test_softmax_into_bce_over_sequences(loss_of, expected):
-    """(N, L, C) outputs: a padding mask or a shifted reshape still hands BCE whole rows of classes."""
+def test_softmax_into_bce_over_sequences(loss_of, expected, request):
+    """(N, L, C) outputs: a padding mask or a shifted reshape still hands BCE whole rows of classes;
+    one class stays one class when the sequence happens to be as long as the classes are many."""
     torch.manual_seed(0)
-    y = (torch.rand(4, 5, 3) > 0.5).float()
-    mask = torch.ones(4, 5, dtype=torch.bool)
-    mask[:, 4:] = False  # padding at the end of every sequence
+    length = 3 if request.node.callspec.id == "one_class_square" else 5
+    y = (torch.rand(4, length, 3) > 0.5).float()
+    mask = torch.ones(4, length, dtype=torch.bool)
+    mask[:, length - 1 :] = False  # padding at the end of every sequence
     got = _class_loss_findings(
-        nn.Linear(6, 3), lambda model, x, t: loss_of(torch.softmax(model(x), -1), t, mask), torch.randn(4, 5, 6), y
+        nn.Linear(6, 3), lambda model, x, t: loss_of(torch.softmax(model(x), -1), t, mask), torch.randn(4, length, 6), y
     )
+    assert [g[0] for g in got] == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize(
+    "loss_of, expected",
+    [
+        (lambda p, y, m: F.binary_cross_entropy(p.permute(0, 2, 3, 1)[m], y.permute(0, 2, 3, 1)[m]), "warning"),
+        (lambda p, y, m: F.binary_cross_entropy(p.flatten(2).transpose(1, 2)[m.flatten(1)], y.flatten(2).transpose(1, 2)[m.flatten(1)]), "warning"),
+        (lambda p, y, m: F.binary_cross_entropy(p[:, 1][m], y[:, 1][m]), None),  # one class, valid pixels
+    ],
+    ids=["permute_mask", "flatten_transpose_mask", "one_class_mask"],
+)
+def test_softmax_over_channels_into_bce_after_moving_the_classes_last(loss_of, expected):
+    """A softmax over dim 1 of (N, C, H, W), classes moved last and pixels masked: whole rows."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 1)
+    y = (torch.rand(2, 3, 4, 4) > 0.5).float()
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[:, 0] = False
+    got = _class_loss_findings(conv, lambda model, x, t: loss_of(torch.softmax(model(x), 1), t, valid), torch.randn(2, 2, 4, 4), y)
     assert [g[0] for g in got] == ([expected] if expected else [])
