@@ -26,7 +26,7 @@ _PAIRS: dict[tuple[str, str], str] = {
     ("softmax", "kl_div"): "error",
     ("softmax", "kl_div(log)"): "info",
     # Classes that compete (rows sum to 1) judged as independent yes/no labels: multi-label targets
-    # need a sigmoid per class. Only when the loss reads the whole output (see _whole_output).
+    # need a sigmoid per class. Only when the loss reads its classes, not one (Site.partial_losses).
     ("softmax", "binary_cross_entropy"): "warning",
     # Sound, only less stable than the fused loss: info, never a warning.
     ("sigmoid", "binary_cross_entropy"): "info",
@@ -74,11 +74,6 @@ def _classes(site: Site, loss: str) -> tuple[int, int | None]:
     return int(shape[class_dim]), class_dim if same_layout else None
 
 
-def _whole_output(site: Site, loss: str) -> bool:
-    """The loss got every value of the output (as many elements as that call's output), not a slice."""
-    return loss not in site.partial_losses
-
-
 class ActivationLossMismatch(Rule):
     id = "activation-loss-mismatch"
     defaults: dict[str, float] = {}
@@ -96,7 +91,7 @@ class ActivationLossMismatch(Rule):
                 if severity is None:  # log_softmax into nll_loss over the classes: the right pairing
                     continue
                 softmax_bce = (kind, loss) == ("softmax", "binary_cross_entropy")
-                if softmax_bce and not (site.n_units > 1 and _whole_output(site, loss)):
+                if softmax_bce and (site.n_units < 2 or loss in site.partial_losses):
                     continue  # one class's probability (probs[:, 1]) is a sound BCE input
                 evidence: dict[str, float] = {"classes": classes}
                 msg = f"{site.kind} output feeds {loss.replace('(log)', ' after a log')}"
