@@ -48,12 +48,12 @@ from act_diagnostics.core.config import (
 )
 from act_diagnostics.core.monitor import ActivationMonitor, MonitorFailure, WindowStash, compiled_modules
 from act_diagnostics.core.snapshot import Snapshot
+from act_diagnostics.outputs.report import REPORT_DIRNAME
 from act_diagnostics.outputs.scalars import eval_tag_prefix, log_to_loggers, snapshot_scalars
 from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_tensorboard, is_tensorboard_logger, logger_prefix
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-REPORT_DIRNAME = "act_diagnostics"
 Stage = Literal["validate", "test", "predict"]
 STAGES = ("validate", "test", "predict")
 

@@ -21,11 +21,9 @@ from typing import Any, Literal
 
 from act_diagnostics.core.kinds import KINDS
 from act_diagnostics.core.snapshot import LOGGED_STATS
-from act_diagnostics.outputs.report import NOT_DEAD_FAMILIES, Report, md_cell
+from act_diagnostics.outputs.report import NOT_DEAD_FAMILIES, REPORT_DIRNAME, REPORT_FILENAME, Report, md_cell
 from act_diagnostics.outputs.scalars import LOGGER_JOIN_CHAR, TAG_PREFIX, site_tags
 
-REPORT_DIRNAME = "act_diagnostics"
-REPORT_FILENAME = "report.json"
 EVENT_FILE_MARK = "events.out.tfevents."
 # How deep below LOGDIR to look for a run (root/name/version_N is 2 levels).
 SEARCH_DEPTH = 4

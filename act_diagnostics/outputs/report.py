@@ -17,6 +17,10 @@ from typing import Any
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.rules.finding import SEVERITIES, Finding, format_number
 
+# The folder, beside a run's logs, that holds report.json and report.md (the one definition).
+REPORT_DIRNAME = "act_diagnostics"
+REPORT_FILENAME = "report.json"
+
 # Per-layer columns: (key, header). Every key is a SiteStats field.
 LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("firing_rate", "firing"),

@@ -51,6 +51,14 @@ class Finding:
     recommendation: str
     step: int
     evidence: dict[str, Any] = field(default_factory=dict)
+    # Lifecycle: None while the condition still holds (open); the step of the log step at which the
+    # rule judged it had stopped holding (resolved). The rule engine sets it.
+    resolved_step: int | None = None
+
+    @property
+    def status(self) -> Literal["open", "resolved"]:
+        """``"open"`` while the condition holds, ``"resolved"`` once it stopped holding."""
+        return "open" if self.resolved_step is None else "resolved"
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -72,6 +80,7 @@ class Finding:
             recommendation=str(d.get("recommendation", "")),
             step=int(d.get("step", 0)),
             evidence=dict(d.get("evidence", {})),
+            resolved_step=None if d.get("resolved_step") is None else int(d["resolved_step"]),
         )
 
     def evidence_text(self) -> str:
