@@ -40,7 +40,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from act_diagnostics.core.attention import ATTENTION, read_attention
+from act_diagnostics.core.attention import ATTENTION, read_attention, record_logit_peaks  # issue19: max attention logit
+from act_diagnostics.core.extras import ExtraTotals, fill_snapshot  # issue19: transformer statistics beside the sites
 from act_diagnostics.core.config import MonitorConfig, selects
 from act_diagnostics.core.kinds import (
     FUNCTIONAL_KINDS,
@@ -295,6 +296,7 @@ class ActivationMonitor:
         self._attached = False
         self._deferred = False  # this step's sites defer their results (DEFER_AFTER_STEPS)
         self._traced = False  # measuring stopped for a torch.jit.trace of the model (_model_pre_hook)
+        self.extras = ExtraTotals()  # issue19: attention logits, log Z, router loads (core/extras.py)
 
     def __reduce__(self) -> tuple[Callable[[], "ActivationMonitor"], tuple[()]]:
         # The model's hooks are this monitor's bound methods, so copying or pickling the model while
@@ -793,7 +795,8 @@ class ActivationMonitor:
             return out
         owner = self._owner
         try:
-            probs = read_attention(func, args, kwargs, self.config.sample_elements)
+            peaks: list[Tensor] = []  # issue19: largest logit per head of the same sample
+            probs = read_attention(func, args, kwargs, self.config.sample_elements, peaks)
         except Exception as exc:  # noqa: BLE001 - an input the recomputation does not handle
             self._attention_ok = False
             if _rank_zero():
@@ -814,6 +817,7 @@ class ActivationMonitor:
             )
             if state is not None:
                 state.observe(None, probs, self.detail)
+                record_logit_peaks(self.extras, name, peaks)  # issue19: attention-logit-growth
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
         return out
@@ -1222,7 +1226,8 @@ class ActivationMonitor:
             # buffer per site (moving them would only make each site move back at its next call).
             if states and shared_view(states) is None and all(st.device == device for st in states):
                 share_buffer(states, device)
-            totals, host_samples = reduce_to_host(states, names, device, all_gather, samples)  # type: ignore[arg-type]
+            extras = None if self._stashed else self.extras  # issue19: evaluation windows leave them be
+            totals, host_samples = reduce_to_host(states, names, device, all_gather, samples, extras)  # type: ignore[arg-type]
         grad_scale = host_samples.pop()[0] if isinstance(scale, Tensor) else scale
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
         sites = self.sites
@@ -1239,8 +1244,12 @@ class ActivationMonitor:
             losses=tuple(sorted(self.losses_seen)),
             grad_scale=float(grad_scale) if grad_scale is not None else None,
         )
+        if extras is not None:
+            fill_snapshot(snap, extras.last)  # issue19
         if reset:
             with self._no_torch_function():
                 reset_states(states)
+                if extras is not None:
+                    extras.reset()  # issue19
             self.window_steps = 0
         return snap

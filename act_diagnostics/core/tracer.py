@@ -20,6 +20,8 @@ from torch.overrides import TorchFunctionMode
 
 from act_diagnostics.core.attention import ATTENTION_FUNCTIONS
 from act_diagnostics.core.kinds import FUNCTIONAL_KINDS
+from act_diagnostics.core.logits import LOG_Z_LOSSES, observe_loss_logits  # issue19
+from act_diagnostics.core.routers import ROUTER_FUNCTIONS, call_topk  # issue19
 
 if TYPE_CHECKING:
     from act_diagnostics.core.monitor import ActivationMonitor
@@ -130,6 +132,10 @@ class ActivationTracer(TorchFunctionMode):
             return mon.call_functional(func, args, kwargs)
         if func in ATTENTION_FUNCTIONS and mon.functional:
             return mon.call_attention(func, args, kwargs)
+        if func in LOG_Z_LOSSES:  # issue19: log Z of the logits a classification loss reads
+            observe_loss_logits(mon, func, args, kwargs)
+        if func in ROUTER_FUNCTIONS:  # issue19: top-k over router probabilities (dead-experts)
+            return call_topk(mon, func, args, kwargs)
         if mon.tracking_structure:
             return self._track(func, args, kwargs)
         return func(*args, **kwargs)

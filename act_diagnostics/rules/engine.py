@@ -26,6 +26,7 @@ from act_diagnostics.core.checks import real
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.rules.activation_loss import ActivationLossMismatch
 from act_diagnostics.rules.attention_collapse import AttentionCollapse
+from act_diagnostics.rules.attention_logit_growth import AttentionLogitGrowth
 from act_diagnostics.rules.base import Rule, RuleContext
 from act_diagnostics.rules.dead_units import DeadUnits
 from act_diagnostics.rules.exploding_activations import ExplodingActivations
@@ -49,6 +50,7 @@ RULES: tuple[type[Rule], ...] = (
     NearDeadUnits,
     Saturation,
     AttentionCollapse,
+    AttentionLogitGrowth,
     VanishingGradient,
     ExplodingGradient,
     ExplodingActivations,

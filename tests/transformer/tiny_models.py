@@ -1,0 +1,130 @@
+"""Tiny transformers and mixture-of-experts layers for the issue-19 tests (a plain module, imported
+by name as the rules tests import snapshot_builders), and plain-torch oracles for their statistics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from act_diagnostics.core import ActivationMonitor
+from act_diagnostics.rules import RULE_IDS, RuleEngine
+
+VOCAB, LENGTH = 16, 16
+
+
+class Block(nn.Module):
+    """Pre-LN decoder block over F.scaled_dot_product_attention, optionally with QK-LayerNorm."""
+
+    def __init__(self, d: int, heads: int, qk_norm: bool = False) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.qk_norm = qk_norm
+        if qk_norm:
+            self.q_norm, self.k_norm = nn.LayerNorm(d // heads), nn.LayerNorm(d // heads)
+
+    def qk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, d = x.shape
+        q, k, v = (t.view(b, n, self.heads, d // self.heads).transpose(1, 2) for t in self.qkv(self.ln1(x)).split(d, -1))
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qk(x)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(x.shape)
+        x = x + self.proj(a)
+        return x + self.ff(self.ln2(x))
+
+
+class TinyLM(nn.Module):
+    def __init__(self, d: int = 32, heads: int = 2, layers: int = 2, qk_norm: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, d)
+        self.pos = nn.Parameter(torch.randn(LENGTH, d) * 0.02)
+        self.blocks = nn.ModuleList(Block(d, heads, qk_norm) for _ in range(layers))
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, VOCAB)
+
+    def hidden(self, x: torch.Tensor, upto: int) -> torch.Tensor:
+        h = self.embed(x) + self.pos[: x.shape[1]]
+        for block in self.blocks[:upto]:
+            h = block(h)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ln(self.hidden(x, len(self.blocks))))
+
+
+def copy_batches(seed: int = 1, batch: int = 16) -> Iterator[torch.Tensor]:
+    """Sequences whose second half repeats the first: attention has something to find."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        x = torch.randint(0, VOCAB, (batch, LENGTH + 1), generator=g)
+        x[:, LENGTH // 2 :] = x[:, : LENGTH + 1 - LENGTH // 2]
+        yield x
+
+
+def lm_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x[:, :-1]).reshape(-1, VOCAB), x[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def max_attention_logit(model: TinyLM, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """Oracle: per head, the largest causal q.k / sqrt(d_head) of ``layer`` on ``x``, plain torch."""
+    block = model.blocks[layer]
+    q, k, _ = block.qk(model.hidden(x, layer))
+    n = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+    return scores.amax(dim=(0, 2, 3))
+
+
+def only(*rule_ids: str, **thresholds: float) -> RuleEngine:
+    return RuleEngine(disable=[r for r in RULE_IDS if r not in rule_ids], thresholds=thresholds or None)
+
+
+def train(
+    model: nn.Module,
+    steps: int,
+    lr: float | Callable[[int], float],
+    engine: RuleEngine,
+    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lm_loss,
+    batches: Iterator[torch.Tensor] | None = None,
+    log_every: int = 5,
+    detail_every: int = 5,
+    on_snapshot: Callable[[int, object, torch.Tensor], None] | None = None,
+    scale_batch: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+) -> list:
+    """Adam training under a torch-only monitor; a snapshot judged every ``log_every`` steps (a
+    detail step every ``detail_every``). Returns the findings."""
+    batches = batches if batches is not None else copy_batches()
+    opt = torch.optim.Adam(model.parameters(), lr=lr(0) if callable(lr) else lr)
+    mon = ActivationMonitor(model).attach()
+    try:
+        for step in range(steps):
+            if callable(lr):
+                for group in opt.param_groups:
+                    group["lr"] = lr(step)
+            x = next(batches)
+            mon.begin_step(detail=step % detail_every == detail_every - 1 or step == 0)
+            loss = loss_fn(model, x) if scale_batch is None else loss_fn(model, scale_batch(step, x))
+            opt.zero_grad()
+            loss.backward()
+            mon.measure_param_grads()
+            opt.step()
+            mon.end_step()
+            if step % log_every == log_every - 1 or step == 0:
+                snap = mon.snapshot(step=step)
+                engine.evaluate(snap, preflight=step == 0)
+                if on_snapshot is not None:
+                    on_snapshot(step, snap, x)
+    finally:
+        mon.detach()
+    return engine.findings
