@@ -35,6 +35,7 @@ from act_diagnostics.rules.finding import Finding, emit_warning, severity_rank
 from act_diagnostics.rules.near_dead import NearDeadUnits
 from act_diagnostics.rules.non_finite import NonFinite
 from act_diagnostics.rules.output_activation import OutputActivationMismatch
+from act_diagnostics.rules.output_logit_divergence import OutputLogitDivergence
 from act_diagnostics.rules.saturating_hidden import SaturatingHiddenActivation
 from act_diagnostics.rules.saturation import Saturation
 from act_diagnostics.rules.signal_propagation import SignalPropagation
@@ -51,6 +52,7 @@ RULES: tuple[type[Rule], ...] = (
     Saturation,
     AttentionCollapse,
     AttentionLogitGrowth,
+    OutputLogitDivergence,
     VanishingGradient,
     ExplodingGradient,
     ExplodingActivations,

@@ -128,3 +128,20 @@ def train(
     finally:
         mon.detach()
     return engine.findings
+
+
+def counting_batches(seed: int = 1, batch: int = 16) -> Iterator[torch.Tensor]:
+    """x_t = x_0 + t (mod VOCAB): every next token is certain, so the loss can reach 0."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield (torch.randint(0, VOCAB, (batch, 1), generator=g) + torch.arange(LENGTH + 1)) % VOCAB
+
+
+def z_loss(coefficient: float) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """Cross-entropy plus PaLM's z-loss ``coefficient * logsumexp(logits)**2``."""
+
+    def loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        logits = model(x[:, :-1]).reshape(-1, VOCAB)
+        return F.cross_entropy(logits, x[:, 1:].reshape(-1)) + coefficient * torch.logsumexp(logits, -1).pow(2).mean()
+
+    return loss
