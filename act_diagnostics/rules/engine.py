@@ -25,6 +25,7 @@ from typing import Any
 from act_diagnostics.core.checks import real
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.rules.activation_loss import ActivationLossMismatch
+from act_diagnostics.rules.activation_spike import ActivationSpike
 from act_diagnostics.rules.attention_collapse import AttentionCollapse
 from act_diagnostics.rules.attention_logit_growth import AttentionLogitGrowth
 from act_diagnostics.rules.base import Rule, RuleContext
@@ -56,6 +57,7 @@ RULES: tuple[type[Rule], ...] = (
     VanishingGradient,
     ExplodingGradient,
     ExplodingActivations,
+    ActivationSpike,
 )
 RULE_IDS: tuple[str, ...] = tuple(r.id for r in RULES)
 STATE_VERSION = 1
