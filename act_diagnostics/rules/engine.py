@@ -29,6 +29,7 @@ from act_diagnostics.rules.activation_spike import ActivationSpike
 from act_diagnostics.rules.attention_collapse import AttentionCollapse
 from act_diagnostics.rules.attention_logit_growth import AttentionLogitGrowth
 from act_diagnostics.rules.base import Rule, RuleContext
+from act_diagnostics.rules.dead_experts import DeadExperts
 from act_diagnostics.rules.dead_units import DeadUnits
 from act_diagnostics.rules.exploding_activations import ExplodingActivations
 from act_diagnostics.rules.exploding_gradient import ExplodingGradient
@@ -54,6 +55,7 @@ RULES: tuple[type[Rule], ...] = (
     AttentionCollapse,
     AttentionLogitGrowth,
     OutputLogitDivergence,
+    DeadExperts,
     VanishingGradient,
     ExplodingGradient,
     ExplodingActivations,

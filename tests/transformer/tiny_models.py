@@ -145,3 +145,108 @@ def z_loss(coefficient: float) -> Callable[[nn.Module, torch.Tensor], torch.Tens
         return F.cross_entropy(logits, x[:, 1:].reshape(-1)) + coefficient * torch.logsumexp(logits, -1).pow(2).mean()
 
     return loss
+
+
+# ---------------------------------------------------------------- mixtures of experts
+class Expert(nn.Module):
+    """Mixtral's expert MLP (MixtralBlockSparseTop2MLP): w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.w1, self.w2, self.w3 = nn.Linear(d, hidden, bias=False), nn.Linear(hidden, d, bias=False), nn.Linear(d, hidden, bias=False)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.act_fn(self.w1(x)) * self.w3(x))
+
+
+class MixtralStyleMoE(nn.Module):
+    """The forward of Hugging Face's MixtralSparseMoeBlock (and, with ``shared``, Qwen2MoeSparseMoeBlock's
+    shared expert behind a sigmoid gate), written out: transformers is not installed here."""
+
+    def __init__(self, d: int = 16, experts: int = 4, top_k: int = 2, shared: bool = False) -> None:
+        super().__init__()
+        self.num_experts, self.top_k = experts, top_k
+        self.gate = nn.Linear(d, experts, bias=False)
+        self.experts = nn.ModuleList(Expert(d, 2 * d) for _ in range(experts))
+        self.shared = shared
+        if shared:
+            self.shared_expert, self.shared_expert_gate = Expert(d, 2 * d), nn.Linear(d, 1, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        router_logits = self.gate(hidden_states)
+        routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
+        routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+        routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
+        routing_weights = routing_weights.to(hidden_states.dtype)
+        final = torch.zeros((batch_size * sequence_length, hidden_dim), dtype=hidden_states.dtype)
+        expert_mask = F.one_hot(selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
+        for expert_idx in range(self.num_experts):
+            idx, top_x = torch.where(expert_mask[expert_idx])
+            current_state = hidden_states[None, top_x].reshape(-1, hidden_dim)
+            current = self.experts[expert_idx](current_state) * routing_weights[top_x, idx, None]
+            final.index_add_(0, top_x, current.to(hidden_states.dtype))
+        if self.shared:
+            final = final + F.sigmoid(self.shared_expert_gate(hidden_states)) * self.shared_expert(hidden_states)
+        return final.reshape(batch_size, sequence_length, hidden_dim), router_logits
+
+
+class HandRouterMoE(nn.Module):
+    """A hand-written router: logits -> softmax (or sigmoid) -> Tensor.topk -> per-expert dispatch."""
+
+    def __init__(self, d: int = 16, experts: int = 4, top_k: int = 1, sigmoid: bool = False) -> None:
+        super().__init__()
+        self.router = nn.Linear(d, experts)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d)) for _ in range(experts))
+        self.top_k, self.sigmoid = top_k, sigmoid
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.reshape(-1, x.shape[-1])
+        logits = self.router(flat)
+        probs = logits.sigmoid() if self.sigmoid else logits.softmax(-1)
+        weights, chosen = probs.topk(self.top_k)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            rows, slot = (chosen == e).nonzero(as_tuple=True)
+            out = out.index_add(0, rows, expert(flat[rows]) * weights[rows, slot, None])
+        return out.reshape(x.shape), logits
+
+
+class MoEClassifier(nn.Module):
+    """Features -> one MoE layer (residual) -> a classifier over VOCAB classes per position."""
+
+    def __init__(self, moe: nn.Module, d: int = 16) -> None:
+        super().__init__()
+        self.inp, self.moe, self.head = nn.Linear(8, d), moe, nn.Linear(d, VOCAB)
+        self.router_logits: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        y, self.router_logits = self.moe(h)
+        return self.head(h + y)
+
+
+def load_balancing_loss(router_logits: torch.Tensor, experts: int, top_k: int) -> torch.Tensor:
+    """Switch Transformer's auxiliary loss (Fedus et al. 2021), as Hugging Face's load_balancing_loss_func:
+    experts * sum_e (share of tokens routed to e) * (mean router probability of e)."""
+    probs = router_logits.softmax(-1)
+    chosen = F.one_hot(probs.topk(top_k).indices, experts).float().sum(1)
+    return experts * (chosen.mean(0) / top_k * probs.mean(0)).sum()
+
+
+def moe_batches(seed: int = 3, batch: int = 8, length: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(8, VOCAB, generator=g)
+    while True:
+        x = torch.randn(batch, length, 8, generator=g)
+        yield x, (x @ w).argmax(-1)
+
+
+def route_counts(model: MoEClassifier, x: torch.Tensor) -> torch.Tensor:
+    """Oracle: tokens per expert for ``x`` from the router's own logits, plain torch (softmax top-k)."""
+    with torch.no_grad():
+        _, logits = model.moe(model.inp(x))
+        probs = logits.sigmoid() if getattr(model.moe, "sigmoid", False) else logits.softmax(-1)
+        return torch.bincount(probs.topk(model.moe.top_k).indices.reshape(-1), minlength=probs.shape[-1])
