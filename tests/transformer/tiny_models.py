@@ -67,7 +67,7 @@ def copy_batches(seed: int = 1, batch: int = 16) -> Iterator[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     while True:
         x = torch.randint(0, VOCAB, (batch, LENGTH + 1), generator=g)
-        x[:, LENGTH // 2 :] = x[:, : LENGTH + 1 - LENGTH // 2]
+        x[:, LENGTH // 2 :] = x[:, : LENGTH + 1 - LENGTH // 2].clone()
         yield x
 
 
@@ -250,3 +250,21 @@ def route_counts(model: MoEClassifier, x: torch.Tensor) -> torch.Tensor:
         _, logits = model.moe(model.inp(x))
         probs = logits.sigmoid() if getattr(model.moe, "sigmoid", False) else logits.softmax(-1)
         return torch.bincount(probs.topk(model.moe.top_k).indices.reshape(-1), minlength=probs.shape[-1])
+
+
+class CountTransfers:
+    """Counts device-to-host reads (item, tolist, cpu, numpy, bool/float/int of a tensor) from Python,
+    also under torch._C.DisableTorchFunction (as tests/core/test_lifecycle.py does)."""
+
+    READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+    def __init__(self, monkeypatch) -> None:  # noqa: ANN001
+        self.count = 0
+        for name in self.READS:
+            original = getattr(torch.Tensor, name)
+
+            def wrapped(tensor, *a, __orig=original, **k):  # noqa: ANN001, ANN002, ANN003
+                self.count += 1
+                return __orig(tensor, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, wrapped)
