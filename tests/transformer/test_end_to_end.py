@@ -13,25 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tiny_models import (
-    VOCAB, CountTransfers, HandRouterMoE, MoEClassifier, TinyLM, copy_batches, load_balancing_loss, lm_loss, moe_batches, train,
+    VOCAB, CountTransfers, HandRouterMoE, LMWithMoE, MoEClassifier, TinyLM, copy_batches, load_balancing_loss, lm_loss, moe_batches, train,
 )  # fmt: skip
 
 from act_diagnostics.core import ActivationMonitor
 from act_diagnostics.rules import ActivationWarning, RuleEngine
 
 NEW_RULES = {"attention-logit-growth", "output-logit-divergence", "activation-spike", "dead-experts"}
-
-
-class LMWithMoE(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lm = TinyLM(d=16, layers=1)
-        self.moe = HandRouterMoE(d=16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.lm.hidden(x, 1)
-        y, _ = self.moe(h)
-        return self.lm.head(self.lm.ln(h + y))
 
 
 def test_no_host_sync_in_steps_and_one_copy_per_snapshot(monkeypatch) -> None:

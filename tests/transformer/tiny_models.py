@@ -268,3 +268,17 @@ class CountTransfers:
                 return __orig(tensor, *a, **k)
 
             monkeypatch.setattr(torch.Tensor, name, wrapped)
+
+
+class LMWithMoE(nn.Module):
+    """A one-block decoder with a hand-routed MoE layer after it: attention, a router and a loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lm = TinyLM(d=16, layers=1)
+        self.moe = HandRouterMoE(d=16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lm.hidden(x, 1)
+        y, _ = self.moe(h)
+        return self.lm.head(self.lm.ln(h + y))
