@@ -80,3 +80,24 @@ def test_history_survives_a_checkpoint() -> None:
     restored.load_state_dict(engine.state_dict())
     again = next(r for r in restored.rules if r.id == "activation-spike")
     assert list(again._series("s|rms")) == list(rule._series("s|rms"))
+
+
+def test_a_learning_rate_jump_in_a_decoder_is_flagged_where_it_starts() -> None:
+    from tiny_models import TinyLM, train
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    oracle: dict[int, float] = {}
+
+    def ff_rms(step, snap, x):  # between steps the monitor measures nothing: plain torch
+        with torch.no_grad():
+            block = model.blocks[0]
+            h = model.hidden(x[:, :-1], 0)
+            h = h + block.proj(F.scaled_dot_product_attention(*block.qk(h), is_causal=True).transpose(1, 2).reshape(h.shape))
+            oracle[step] = float(block.ff[1](block.ff[0](block.ln2(h))).pow(2).mean().sqrt())
+
+    findings = train(model, 60, lambda s: 1e-3 if s < 50 else 0.3, only("activation-spike"), log_every=1, detail_every=10, on_snapshot=ff_rms)
+    f = findings[0]
+    assert 50 <= f.step <= 55 and f.site == "blocks.0.ff.1"  # the first GELU, right after the jump
+    before = [oracle[s] for s in range(18, 50)]
+    assert spike_score(before, oracle[f.step])[1] > 2  # the oracle sees the jump in that site's RMS too
