@@ -1,6 +1,6 @@
 """The README demo: deliberately flawed models train under Lightning, and act_diagnostics says why.
 
-Five short runs on the CPU (models and data from :mod:`act_diagnostics.scenarios`, built in code,
+Seven short runs on the CPU (models and data from :mod:`act_diagnostics.scenarios`, built in code,
 nothing downloaded), each with its own TensorBoard log under ``--logdir``:
 
 1. ``deep_sigmoid_mlp``: nine Sigmoid hidden layers in a ten-layer MLP; saturating hidden activations, vanishing gradient.
@@ -11,6 +11,9 @@ nothing downloaded), each with its own TensorBoard log under ``--logdir``:
    scaled by 16 instead of 1/sqrt(head_dim): nearly one-hot attention rows.
 5. ``deep_sigmoid_mlp_fixed``: run 1 after following the advice (GELU, Kaiming init), same data and
    steps: no warnings, and a lower loss.
+6. ``attention_logit_growth``: the transformer of run 4 with the usual scale, trained by Adam at 0.03
+   without QK-norm: its largest attention logit grows past 30 before attention collapses.
+7. ``attention_logit_growth_fixed``: run 6 after following the advice (QK-LayerNorm): no warnings.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ import torch
 
 from act_diagnostics.scenarios import SCENARIOS, Setup
 
-DEMO_SCENARIOS = ("deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed")
+DEMO_SCENARIOS = (
+    "deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed",
+    "attention_logit_growth", "attention_logit_growth_fixed",
+)  # fmt: skip
 BEFORE_AFTER = ("deep_sigmoid_mlp", "deep_sigmoid_mlp_fixed")
 
 
