@@ -157,3 +157,16 @@ def fill_snapshot(snapshot: Any, last: dict[str, tuple[str, np.ndarray]]) -> Non
             r = router_stats(values)
             if r is not None:
                 snapshot.routers[key] = r
+
+
+def extra_scalars(snapshot: Any) -> dict[str, dict[str, float]]:
+    """The log Z and router scalars of one snapshot, for the writers: ``{"loss/cross_entropy":
+    {"log_z_mean": ...}, "router/moe:router": {"imbalance": ..., "share_0": ...}}``; a writer turns
+    each key into a tag as it does a site name (``act/loss/cross_entropy/log_z_mean``,
+    ``act/router/moe/router/imbalance``). ``max_logit`` is a per-site statistic (LOGGED_STATS)."""
+    out: dict[str, dict[str, float]] = {}
+    for call, z in (getattr(snapshot, "log_z", None) or {}).items():
+        out[f"loss/{call}"] = z.scalars()
+    for name, r in (getattr(snapshot, "routers", None) or {}).items():
+        out[f"router/{name}"] = r.scalars()
+    return out

@@ -1244,12 +1244,12 @@ class ActivationMonitor:
             losses=tuple(sorted(self.losses_seen)),
             grad_scale=float(grad_scale) if grad_scale is not None else None,
         )
-        if extras is not None:
-            fill_snapshot(snap, extras.last)  # issue19
+        if extras is not None:  # issue19
+            fill_snapshot(snap, extras.last)  # issue19: max_logit, log_z, routers
         if reset:
             with self._no_torch_function():
                 reset_states(states)
-                if extras is not None:
-                    extras.reset()  # issue19
+                if extras is not None:  # issue19
+                    extras.reset()  # issue19: sums to 0, maxima to -inf
             self.window_steps = 0
         return snap

@@ -93,3 +93,18 @@ def test_a_router_biased_toward_one_expert_without_aux_loss_is_flagged(sigmoid: 
 def test_a_balanced_router_with_aux_loss_raises_nothing(moe) -> None:
     findings, counts = _train(moe(), bias=0.0, aux=0.1)
     assert findings == [] and counts.min() > 0
+
+
+def test_extra_scalars_name_each_loss_call_and_router() -> None:
+    from act_diagnostics.core.extras import extra_scalars
+
+    model = MoEClassifier(HandRouterMoE(top_k=1))
+    x, y = next(moe_batches())
+    with ActivationMonitor(model) as mon:
+        F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1)).backward()
+        snap = mon.snapshot()
+    scalars = extra_scalars(snap)
+    assert set(scalars) == {"loss/cross_entropy", "router/moe:router"}
+    assert scalars["loss/cross_entropy"]["log_z_mean"] == snap.log_z["cross_entropy"].mean
+    router = scalars["router/moe:router"]
+    assert router["imbalance"] == snap.routers["moe:router"].imbalance and sum(router[f"share_{e}"] for e in range(4)) == pytest.approx(1.0)
