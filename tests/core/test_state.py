@@ -492,3 +492,30 @@ def test_half_precision_outputs_are_compared_with_exact_thresholds(kind, dtype, 
     st = make_state(kind, 16, params=params)
     st.observe(None, y, detail=False)
     assert getattr(stats(st), stat) == expected
+
+
+def test_counters_are_read_by_their_names() -> None:
+    from act_diagnostics.core import state as state_module
+
+    names = ("calls", "elements", "sampled", "sat_total", "grad_calls", "grad_elements", "detail_elements",
+             "in_elements", "param_grad_steps", "targets")  # fmt: skip
+    assert [COUNTERS[getattr(state_module, n.upper())] for n in names] == list(names)
+    st = SiteState(KINDS["sigmoid"], {}, 1, 3, torch.device("cpu"), None, 0.01)
+    y = torch.rand(4, 3)
+    st.observe(None, y, detail=True)
+    st.observe_grad(torch.ones(4, 3), detail=False)
+    c = st.counters
+    assert (c[state_module.CALLS], c[state_module.ELEMENTS], c[state_module.SAMPLED]) == (1, 12, 12)
+    assert (c[state_module.DETAIL_ELEMENTS], c[state_module.GRAD_CALLS], c[state_module.GRAD_ELEMENTS]) == (12, 1, 12)
+
+
+def test_the_dead_unit_rate_is_defined_once() -> None:
+    from act_diagnostics.core.config import MonitorConfig
+    from act_diagnostics.core.snapshot import DEAD_UNIT_RATE
+
+    assert MonitorConfig().dead_unit_rate == DEAD_UNIT_RATE == 0.01
+    # a unit firing on 1 sample in 200 (0.5%) is dead at the default rate, alive at 0.004
+    counters = dict.fromkeys(COUNTERS, 0) | {"calls": 1, "elements": 400, "sampled": 400}
+    sums = dict.fromkeys(("sum", "sumsq", "grad_sumsq", "sat_rows", "nonfinite", "in_sum", "in_sumsq", "param_grad_sq", "target_outside"), 0.0)
+    assert window_stats(counters, sums, 1.0, [1.0, 100.0], None).dead_fraction == 0.5
+    assert window_stats(counters, sums, 1.0, [1.0, 100.0], None, dead_unit_rate=0.004).dead_fraction == 0.0
