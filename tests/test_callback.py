@@ -276,7 +276,7 @@ def test_sites_only_evaluation_runs_stay_out_of_training_windows(tmp_path):
     )
     assert set(cb.eval_snapshots["validate"].stats) == {"act", ":gelu", ":tanh", "post"}
     assert set(cb.last_snapshot.stats) == set(cb.last_snapshot.sites) == {"act", ":gelu"}
-    assert cb.monitor._consumers_ok  # evaluation did not switch off the functional fast path
+    assert cb.monitor.reads_functional_at_consumers  # evaluation did not switch off the functional fast path
 
 
 def test_an_error_in_validation_counts_no_training_step(tmp_path):

@@ -545,7 +545,7 @@ def test_structure_is_learned_only_during_structure_steps(make_mlp, train_step) 
     train_step(mon, model, torch.randn(2, 4))
     assert mon.sites["1"].consumers == {"2"}
     mon.begin_step()
-    assert not mon.tracking_structure
+    assert not mon.learning_structure
     mon.end_step()
     mon.detach()
 

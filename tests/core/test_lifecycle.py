@@ -47,7 +47,7 @@ def test_detach_removes_every_hook_and_mode(train_step) -> None:
     assert _no_hooks(model)  # registered by the first measured step
     mon.begin_step()
     assert not _no_hooks(model)
-    assert _mode_stack() == [mon._tracer]
+    assert [type(m).__name__ for m in _mode_stack()] == ["ActivationTracer"] and mon.tracing
     model(torch.randn(2, 4))
     mon.detach()  # mid-step
     assert _no_hooks(model) and _mode_stack() == [] and not mon.attached
@@ -136,7 +136,9 @@ def test_internal_error_in_structure_tracking_does_not_break_training(monkeypatc
     def broken(self, *args, **kwargs):
         raise RuntimeError("tracking bug")
 
-    monkeypatch.setattr(ActivationMonitor, "produced_by", broken)
+    from act_diagnostics.core.structure import StructureFacts
+
+    monkeypatch.setattr(StructureFacts, "produced_by", broken)
     model = Mixed()
     mon = ActivationMonitor(model).attach()
     with warnings.catch_warnings(record=True) as caught:
@@ -402,7 +404,7 @@ def test_state_size_is_constant_across_steps(make_mlp) -> None:
             for t in (st.totals, st.out_sample, st.grad_sample):
                 total += 0 if t is None else t.numel()
             total += len(st.counters)
-        return total + len(mon._produced) + len(mon._layer_out) + len(mon._pending_input) + len(mon.sites)
+        return total + sum(mon.bookkeeping().values())
 
     sizes = []
     for step in range(40):
@@ -429,7 +431,8 @@ def test_micro_batches_in_one_step_do_not_pile_up(make_mlp) -> None:
         refs.append(weakref.ref(out))
         F.softmax(out, dim=-1).square().mean().backward()
         del out
-        assert len(mon._layer_out) <= 3 and len(mon._produced) <= 3
+        held = mon.bookkeeping()
+        assert held["layer_outputs"] <= 3 and held["produced"] <= 3
     gc.collect()
     assert all(r() is None for r in refs[:-1])
     mon.end_step()
@@ -616,7 +619,7 @@ def test_a_functional_call_first_made_late_is_found_on_a_detail_step(train_step)
     mon = ActivationMonitor(model).attach()
     for _ in range(4):
         train_step(mon, model, torch.randn(3, 4))
-    assert list(mon.sites) == ["act"] and not mon._tracer_on
+    assert list(mon.sites) == ["act"] and not mon.tracing
     model.late = True
     train_step(mon, model, torch.randn(3, 4))  # not a detail step: the tracer is off
     assert list(mon.sites) == ["act"]
