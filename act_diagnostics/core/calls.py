@@ -38,6 +38,9 @@ class CallMeasurement:
         self._pending_input: dict[int, tuple[Tensor, int]] = {}  # id(module) -> its input's moments (detail)
         self._attention_ok = True  # False once a call's attention weights could not be recomputed
 
+    def _call_sizes(self) -> dict[str, int]:
+        return {"pending_inputs": len(self._pending_input)}
+
     def _clear_call_refs(self) -> None:
         self._pending_input.clear()
 

@@ -29,7 +29,6 @@ class ConsumerReads:
         # The module each functional site's output goes straight into -> (module, site, the
         # grad_fn type of the activation's output).
         self._consumers: dict[int, tuple[nn.Module, str, type]] = {}
-        self._consumer_handles: list[Any] = []
         self._consumers_ok = False  # every functional site has such a consumer: no tracer needed
         self._consumer_reads: dict[int, int] = {}  # id(consumer) -> reads in the open step
         self._seen_consumers: dict[str, list[nn.Module]] = {}  # discovery: site -> modules it fed

@@ -45,6 +45,13 @@ class SiteDiscovery:
         self._functional_sites = False  # some site is a functional call
         self.eval_only: set[str] = set()  # sites measured only in evaluation batches so far
 
+    @property
+    def _found_functional_sites(self) -> bool:
+        return self._functional_sites
+
+    def _discovery_sizes(self) -> dict[str, int]:
+        return {"sites": len(self.sites), "skipped": len(self._skipped), "call_positions": len(self._calls)}
+
     def _restart_call_positions(self) -> None:
         """A new forward pass (or step): call positions and owners start over."""
         self._calls.clear()

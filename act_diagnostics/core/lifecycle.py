@@ -47,17 +47,17 @@ class HookLifecycle:
 
     def _init_lifecycle(self) -> None:
         self._attached = False
-        self._names: dict[int, str] = {}  # id(module) -> its name in the model
         self._activation_modules: list[nn.Module] = []
         self._structure_modules: list[nn.Module] = []  # every other module whose hooks may be needed
         self._handles: list[Any] = []  # the model's pre-hook and the activation modules' hooks
         self._structure_handles: list[Any] = []  # every other module's hooks, while needed
         self._input_handles: list[Any] = []  # activation modules' pre-hooks, while needed
-        self._deferred = False  # this step's sites defer their results (DEFER_AFTER_STEPS)
-        self._tracer_entered = False  # the tracer is on torch's function-mode stack
+        self._consumer_handles: list[Any] = []  # pre-hooks of functional sites' consumers, while needed
         self._step_uses_tracer = False  # this step runs the tracer (begin_step decides)
         self._modes_below: list[Any] = []  # the function-mode stack the tracer was last entered on
-        self._stopped_for_jit_trace = False  # measuring stopped for a torch.jit.trace of the model
+
+    def _hook_count(self) -> int:
+        return len(self._handles) + len(self._input_handles) + len(self._structure_handles) + len(self._consumer_handles)
 
     @property
     def attached(self) -> bool:
@@ -184,7 +184,7 @@ class HookLifecycle:
         # Functional sites whose outputs go straight into a module are read at that module's
         # pre-hook on training steps that are not detail steps: no tracer, no hooks on every module.
         consumers = self.reads_functional_at_consumers and not discovering and not detail and torch.is_grad_enabled()
-        tracing = self.config.functional and (discovering or (self._functional_sites and not consumers) or detail)
+        tracing = self.config.functional and (discovering or (self._found_functional_sites and not consumers) or detail)
         self._install_hooks(structure=self.learning_structure or tracing, inputs=tracing or detail, consumers=consumers)
         self._step_uses_tracer = self.learning_structure or tracing
         if self._step_uses_tracer:

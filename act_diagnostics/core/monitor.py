@@ -116,8 +116,14 @@ class ActivationMonitor(
         self._training = True  # the open step is a training step (not an evaluation batch)
         self._measured_in_step = False  # the open step measured a call (close_step counts it)
         self._forward_in_step = False  # the open step ran the model's forward
+        self._deferred = False  # this step's sites defer their results (DEFER_AFTER_STEPS)
+        self._tracer_entered = False  # the tracer is on torch's function-mode stack
+        self._stopped_for_jit_trace = False  # measuring stopped for a torch.jit.trace of the model
+        self._names: dict[int, str] = {}  # id(module) -> its name in the model (set by attach)
         self._facts = StructureFacts(self.sites, self.states)
         self._tracer = ActivationTracer(self, self._facts, self._fail)
+        # Each part's own state (its _init_* method); a part touches only its own private
+        # attributes and the shared ones above, and calls the others' methods.
         self._init_lifecycle()
         self._init_discovery()
         self._init_calls()
@@ -152,13 +158,11 @@ class ActivationMonitor(
         """How much the monitor keeps besides the sites' totals: for leak and growth checks (each
         per-step count is 0 after :meth:`end_step`)."""
         return {
-            "sites": len(self.sites),
-            "skipped": len(self._skipped),
-            "call_positions": len(self._calls),
-            "pending_inputs": len(self._pending_input),
-            "losses": len(self.losses_seen),
-            "hooks": len(self._handles) + len(self._input_handles) + len(self._structure_handles) + len(self._consumer_handles),
+            **self._discovery_sizes(),
+            **self._call_sizes(),
             **self._facts.held(),
+            "losses": len(self.losses_seen),
+            "hooks": self._hook_count(),
         }
 
     def _fail(self, exc: BaseException) -> None:
