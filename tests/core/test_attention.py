@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 from act_diagnostics.core import ActivationMonitor
 from act_diagnostics.core.attention import attention_probabilities, mha_probabilities
 from act_diagnostics.core.monitor import UnmeasuredModules
-from test_lifecycle import CountTransfers
+from monitor_fixtures import CountTransfers
 
 
 def _reference(q, k, mask=None, causal=False, scale=None, gqa=False):

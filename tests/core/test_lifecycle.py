@@ -1,11 +1,11 @@
-"""Hook lifecycle, failure isolation, host syncs and memory of the monitor."""
+"""Hook lifecycle and the step protocol: attach, pause, detach, failure isolation, other function
+modes, jit traces and copies of the model, and no tensor kept past its step."""
 
 from __future__ import annotations
 
-import re
-
 import gc
 import pickle
+import re
 import warnings
 import weakref
 
@@ -17,6 +17,8 @@ from torch.overrides import TorchFunctionMode
 
 from act_diagnostics.core import ActivationMonitor, MonitorConfig, MonitorFailure
 from act_diagnostics.core.state import SiteState
+
+from monitor_fixtures import ModulesOnly
 
 
 def _hook_counts(model: nn.Module) -> list[tuple[int, int]]:
@@ -219,29 +221,6 @@ def test_numpy_scalars_are_numbers() -> None:
         MonitorConfig(sample_elements=np.float64(10.0))
 
 
-def test_unit_dim_out_of_range_disables_with_a_clear_message() -> None:
-    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
-    mon = ActivationMonitor(model, unit_dim=5).attach()
-    with pytest.warns(MonitorFailure) as records:
-        mon.begin_step()
-        model(torch.randn(1, 2))
-        mon.end_step()
-    mon.detach()
-    (message,) = [str(r.message) for r in records]
-    # The user's setting, named with its valid range: not an internal error to report.
-    assert message.startswith("act_diagnostics is off for this run: `unit_dim`=5 is out of range for site '1'")
-    assert "(valid: -2 to 1, or None" in message and "internal error" not in message
-
-
-def test_gradients_false_registers_no_tensor_hooks(make_mlp, train_step) -> None:
-    model = make_mlp(4, 2)
-    mon = ActivationMonitor(model, gradients=False).attach()
-    train_step(mon, model, torch.randn(2, 4))
-    snap = mon.snapshot()
-    mon.detach()
-    assert all(st.grad_rms is None for st in snap.stats.values())
-
-
 def test_model_stays_picklable_after_detach(make_mlp, train_step) -> None:
     model = make_mlp(4, 1)
     mon = ActivationMonitor(model).attach()
@@ -323,47 +302,6 @@ def test_jit_trace_of_a_submodule_with_a_functional_activation() -> None:
     assert mon.failure is None and set(mon.sites) == {"0:relu"}
     assert mon.snapshot().stats["0:relu"].calls == 1  # the step's own call only
     mon.detach()
-
-
-# ---------------------------------------------------------------- host syncs
-class CountTransfers:
-    """Counts device-to-host reads (item, tolist, cpu, numpy, bool/float/int of a tensor) from Python,
-    including those made under torch._C.DisableTorchFunction (the monitor's own maths)."""
-
-    READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
-
-    def __init__(self, monkeypatch) -> None:
-        self.count = 0
-        for name in self.READS:
-            original = getattr(torch.Tensor, name)
-
-            def wrapped(tensor, *a, __orig=original, **k):
-                self.count += 1
-                return __orig(tensor, *a, **k)
-
-            monkeypatch.setattr(torch.Tensor, name, wrapped)
-
-
-@pytest.mark.parametrize("depth, act", [(2, nn.GELU), (2, nn.Sigmoid), (100, nn.Tanh)])
-def test_no_host_sync_during_steps_and_constant_per_snapshot(depth: int, act, monkeypatch, make_mlp) -> None:
-    model = make_mlp(16, depth, act=act)
-    x = torch.randn(4, 16)
-    mon = ActivationMonitor(model, structure_steps=1).attach()
-    counter = CountTransfers(monkeypatch)
-    for i in range(3):
-        mon.begin_step(detail=(i == 1))
-        loss = F.softmax(model(x), dim=-1).square().mean()
-        loss.backward()
-        mon.measure_param_grads()
-        mon.end_step()
-    during_steps = counter.count
-    mon.snapshot()
-    per_snapshot = counter.count - during_steps
-    monkeypatch.undo()
-    mon.detach()
-    assert during_steps == 0
-    assert 1 <= per_snapshot <= 2
-    assert len(mon.sites) == depth + 1
 
 
 # ---------------------------------------------------------------- memory
@@ -490,15 +428,6 @@ def test_two_monitors_on_one_model_each_measure_every_step() -> None:
     assert _mode_stack() == [] and _no_hooks(model)
 
 
-class ModulesOnly(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Dropout(0.0), nn.Linear(8, 2))
-
-    def forward(self, x):
-        return self.net(x)
-
-
 def _hooked(model: nn.Module) -> set[str]:
     return {name for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks}
 
@@ -546,35 +475,6 @@ def test_activation_pre_hooks_only_on_steps_that_read_inputs(train_step) -> None
     mon.end_step()
     mon.detach()
     assert _no_hooks(model)
-
-
-def test_a_window_defers_results_after_its_first_steps(train_step) -> None:
-    """A window folds each site's results once, from its third measured step on; a window logged
-    every step adds them call by call (a fold per step would cost more). Same statistics."""
-    from act_diagnostics.core.monitor import DEFER_AFTER_STEPS
-
-    torch.manual_seed(0)
-    model = ModulesOnly()
-    mon = ActivationMonitor(model).attach()
-    xs = [torch.randn(3, 4) for _ in range(DEFER_AFTER_STEPS + 3)]
-    windows, modes = [], []
-    for _ in range(2):
-        for x in xs:
-            mon.begin_step()
-            modes.append([st.deferred for st in mon.states.values()])
-            model(x).sum().backward()
-            mon.end_step()
-        assert not all(st.folded for st in mon.states.values())
-        windows.append(mon.snapshot())
-    assert modes[DEFER_AFTER_STEPS - 1] == [False, False] and modes[DEFER_AFTER_STEPS] == [True, True]
-    assert modes[len(xs)] == [False, False]  # a new window starts adding call by call
-    train_step(mon, model, xs[0])
-    assert not any(st.deferred for st in mon.states.values())
-    for name in ("net.1", "net.3"):  # same data, same weights: the same statistics
-        a, b = windows[0].stats[name], windows[1].stats[name]
-        assert (b.calls, b.unit_firing, b.saturation, b.max_abs) == (a.calls, a.unit_firing, a.saturation, a.max_abs)
-        assert b.mean == pytest.approx(a.mean, rel=1e-9) and b.grad_rms == pytest.approx(a.grad_rms, rel=1e-9)
-    mon.detach()
 
 
 def test_functional_sites_keep_the_owner_hooks(train_step) -> None:
@@ -668,68 +568,6 @@ def test_a_compiled_model_is_refused_with_a_clear_error(how: str) -> None:
         ActivationMonitor(model)
 
 
-@pytest.mark.parametrize("case", ["lstm", "filtered"])
-def test_a_model_with_nothing_to_measure_says_why_once(case: str) -> None:
-    from act_diagnostics.core import UnmeasuredModules
-
-    class Recurrent(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 2)
-
-        def forward(self, x):
-            return self.head(self.rnn(x)[0][:, -1])
-
-    model = Recurrent() if case == "lstm" else nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    x = torch.randn(3, 5, 4) if case == "lstm" else torch.randn(3, 4)
-    with warnings.catch_warnings(record=True) as records:
-        warnings.simplefilter("always")
-        mon = ActivationMonitor(model, kinds=None if case == "lstm" else ["sigmoid"]).attach()
-        for _ in range(4):
-            mon.begin_step()
-            model(x).sum().backward()
-            mon.end_step()
-        mon.detach()
-    ours = [str(r.message) for r in records if r.category is UnmeasuredModules]
-    assert len(ours) == 1 and "no activation site" in ours[0]
-    assert ("rnn" in ours[0] and "fused kernels" in ours[0]) if case == "lstm" else "kinds/include/exclude" in ours[0]
-
-
-def test_a_stashed_window_comes_back_whole(train_step) -> None:
-    """stash_window / restore_window (evaluation measured apart): the training window after the
-    round trip equals one never interrupted, over deferred results, counters and step counts."""
-    torch.manual_seed(0)
-    model = ModulesOnly()
-    xs = [torch.randn(6, 4) for _ in range(5)]
-
-    def window(interrupt: bool):
-        mon = ActivationMonitor(model).attach()
-        train_step(mon, model, xs[0])
-        mon.snapshot()
-        for i, x in enumerate(xs[1:]):
-            train_step(mon, model, x)
-            if interrupt and i == 2:  # deferred results pending: the stash folds them first
-                stash = mon.stash_window()
-                with torch.no_grad():
-                    for _ in range(2):
-                        mon.begin_step()
-                        model(torch.randn(3, 4) * 5)
-                        mon.end_step(training=False)
-                evaluated = mon.snapshot()
-                mon.restore_window(stash)
-                assert evaluated.window_steps == 2 and evaluated.stats["net.1"].calls == 2
-        steps, snap = mon.steps, mon.snapshot()
-        mon.detach()
-        return steps, snap
-
-    (plain_steps, plain), (steps, restored) = window(False), window(True)
-    assert steps == plain_steps == 5 and restored.window_steps == plain.window_steps == 4
-    for name in ("net.1", "net.3"):
-        a, b = plain.stats[name], restored.stats[name]
-        assert (b.calls, b.elements, b.unit_firing, b.saturation, b.max_abs) == (a.calls, a.elements, a.unit_firing, a.saturation, a.max_abs)
-        assert b.mean == pytest.approx(a.mean, rel=1e-12) and b.grad_rms == pytest.approx(a.grad_rms, rel=1e-12)
-
-
 def test_leaving_a_with_block_counts_only_steps_that_ran(make_mlp) -> None:
     """The README's loop calls step() after each batch, so the last one opens a step that never
     runs: leaving the block does not count it."""
@@ -741,144 +579,6 @@ def test_leaving_a_with_block_counts_only_steps_that_ran(make_mlp) -> None:
     snap = mon.snapshot()
     assert mon.steps == 3 and snap.window_steps == 3
     assert {st.calls for st in snap.stats.values()} == {3}
-
-
-def test_a_shared_block_checkpointed_twice_keeps_each_calls_gradient() -> None:
-    """Reentrant checkpoints re-run in backward last first: each call's gradient goes to its own
-    site (they were swapped), as without checkpointing."""
-    from torch.utils.checkpoint import checkpoint
-
-    class Net(nn.Module):
-        def __init__(self, use_checkpoint: bool) -> None:
-            super().__init__()
-            self.fc, self.act, self.head = nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 1)
-            self.use_checkpoint = use_checkpoint
-
-        def block(self, h):
-            return self.act(self.fc(h))
-
-        def forward(self, x):
-            h = x
-            for _ in range(2):
-                h = checkpoint(self.block, h, use_reentrant=True) if self.use_checkpoint else self.block(h)
-            return self.head(h * torch.arange(1.0, 7.0))  # unequal weights: the two calls' gradients differ
-
-    grads = []
-    for use_checkpoint in (False, True):
-        torch.manual_seed(0)
-        model = Net(use_checkpoint)
-        x = torch.randn(5, 6, requires_grad=True)
-        mon = ActivationMonitor(model).attach()
-        mon.begin_step()
-        model(x).pow(2).sum().backward()
-        mon.end_step()
-        snap = mon.snapshot()
-        mon.detach()
-        grads.append([snap.stats[n].grad_rms for n in ("act", "act#1")])
-    plain, checkpointed = grads
-    assert plain[0] != pytest.approx(plain[1], rel=0.1)
-    assert checkpointed == pytest.approx(plain, rel=1e-6)
-
-
-
-def test_calls_repeated_inside_one_checkpointed_region_keep_their_gradients() -> None:
-    """A reentrant checkpoint re-runs the calls of one region in forward order (regions last first):
-    a ResNet block's shared ReLU, or F.silu called twice, gets each call's gradient back at its call."""
-    from torch.utils.checkpoint import checkpoint
-
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc1, self.fc2, self.act = nn.Linear(6, 6), nn.Linear(6, 6), nn.ReLU()
-
-        def forward(self, h):
-            h = F.silu(self.act(self.fc1(h)))
-            return F.silu(self.act(self.fc2(h)) * torch.arange(1.0, 7.0))  # unequal: the calls' gradients differ
-
-    class Net(nn.Module):
-        def __init__(self, use_checkpoint: bool) -> None:
-            super().__init__()
-            self.blocks, self.head = nn.ModuleList([Block(), Block()]), nn.Linear(6, 1)
-            self.use_checkpoint = use_checkpoint
-
-        def forward(self, x):
-            for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=True) if self.use_checkpoint else block(x)
-            return self.head(x)
-
-    grads = []
-    for use_checkpoint in (False, True):
-        torch.manual_seed(0)
-        model = Net(use_checkpoint)
-        mon = ActivationMonitor(model).attach()
-        mon.begin_step()
-        model(torch.randn(5, 6, requires_grad=True)).pow(2).sum().backward()
-        mon.end_step()
-        snap = mon.snapshot()
-        mon.detach()
-        grads.append({name: st.grad_rms for name, st in snap.stats.items()})
-    plain, checkpointed = grads
-    assert sorted(plain) == sorted(checkpointed) and {"blocks.0.act#1", "blocks.1:silu#1"} <= set(plain)
-    assert plain["blocks.0.act"] != pytest.approx(plain["blocks.0.act#1"], rel=0.1)
-    assert checkpointed == pytest.approx(plain, rel=1e-6)
-
-
-class GeluMLP(nn.Module):
-    """A functional activation: measured by the tracer (detail steps) or at its consumer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-@pytest.mark.parametrize("functional", [False, True], ids=["modules", "functional"])
-@pytest.mark.parametrize("detail", [False, True], ids=["plain_step", "detail_step"])
-def test_statistic_ops_stay_out_of_other_torch_function_modes(make_mlp, train_step, functional, detail) -> None:
-    """A user's TorchFunctionMode (a FLOP counter) sees the model's ops only, whether the
-    monitor's tracer is on (detail steps, functional sites) or off."""
-    from torch.overrides import TorchFunctionMode
-
-    class Counting(TorchFunctionMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls = 0
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-            self.calls += 1
-            return func(*args, **(kwargs or {}))
-
-    model, x = (GeluMLP() if functional else make_mlp()), torch.randn(4, 8)
-    with Counting() as bare:
-        model(x)
-    mon = ActivationMonitor(model).attach()
-    for _ in range(4):  # past discovery
-        train_step(mon, model, x)
-    mon.begin_step(detail=detail)
-    with Counting() as seen:
-        model(x)
-    mon.end_step()
-    mon.detach()
-    assert seen.calls == bare.calls
-
-
-def test_param_grad_norm_covers_weight_norm_parametrizations(train_step) -> None:
-    from torch.nn.utils.parametrizations import weight_norm
-
-    torch.manual_seed(0)
-    model = nn.Sequential(weight_norm(nn.Linear(4, 4, bias=False)), nn.ReLU(), nn.Linear(4, 2))
-    mon = ActivationMonitor(model).attach()
-    mon.begin_step(detail=True)
-    model(torch.randn(8, 4)).pow(2).mean().backward()
-    mon.measure_param_grads()
-    mon.end_step()
-    snap = mon.snapshot()
-    mon.detach()
-    expected = torch.sqrt(sum(p.grad.pow(2).sum() for p in model[0].parametrizations.parameters())).item()
-    assert mon.sites["1"].feeding_layer == "0"
-    assert snap.stats["1"].param_grad_norm == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_later_forward_under_a_users_mode_does_not_restart_the_tracer_above_it() -> None:
@@ -897,3 +597,19 @@ def test_a_later_forward_under_a_users_mode_does_not_restart_the_tracer_above_it
         assert _mode_stack() == []
     mon.detach()
     assert _mode_stack() == [] and mon.failure is None
+
+
+def test_the_public_probes_follow_a_step(make_mlp) -> None:
+    model = make_mlp(4, 1)
+    mon = ActivationMonitor(model).attach()
+    assert not mon.tracing and not mon.ran_in_step and mon.bookkeeping()["hooks"] == 0
+    mon.begin_step()
+    assert mon.tracing and not mon.ran_in_step  # discovery: the tracer is on the mode stack
+    model(torch.randn(2, 4)).sum().backward()
+    held = mon.bookkeeping()
+    assert mon.ran_in_step and held["produced"] > 0 and held["hooks"] > 0
+    mon.end_step()
+    held = mon.bookkeeping()
+    assert not mon.tracing and held["produced"] == held["layer_outputs"] == held["pending_inputs"] == 0
+    mon.detach()
+    assert mon.bookkeeping()["hooks"] == 0
