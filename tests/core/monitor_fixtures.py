@@ -70,3 +70,27 @@ class CountTransfers:
                 return __orig(tensor, *a, **k)
 
             monkeypatch.setattr(torch.Tensor, name, wrapped)
+
+
+def hook_counts(model: nn.Module) -> list[tuple[int, int]]:
+    """(forward hooks, forward pre-hooks) of every module."""
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+
+
+def no_hooks(model: nn.Module) -> bool:
+    return all(f == 0 and p == 0 for f, p in hook_counts(model))
+
+
+def mode_stack() -> list:
+    """The TorchFunctionModes now on torch's stack."""
+    return list(torch.overrides._get_current_function_mode_stack())
+
+
+class Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return F.softmax(self.fc2(F.relu(self.act(self.fc1(x)))), dim=-1)
