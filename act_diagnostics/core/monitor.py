@@ -54,27 +54,19 @@ from act_diagnostics.core.calls import CallMeasurement
 from act_diagnostics.core.config import MonitorConfig
 from act_diagnostics.core.consumers import ConsumerReads
 from act_diagnostics.core.discovery import SiteDiscovery
-from act_diagnostics.core.errors import MonitorFailure, SettingError, UnmeasuredModules, failure_message
+from act_diagnostics.core.errors import MonitorFailure, UnmeasuredModules, failure_message
 from act_diagnostics.core.gradients import GradientMeasurement
 from act_diagnostics.core.lifecycle import HookLifecycle
-from act_diagnostics.core.modules import compiled_modules, own_parameters
+from act_diagnostics.core.modules import compiled_modules
 from act_diagnostics.core.reruns import CheckpointReruns
 from act_diagnostics.core.sites import Site
 from act_diagnostics.core.state import SiteState
 from act_diagnostics.core.structure import StructureFacts
 from act_diagnostics.core.tracer import ActivationTracer
-from act_diagnostics.core.windows import DEFER_AFTER_STEPS, WindowStash, WindowSnapshots
+from act_diagnostics.core.windows import WindowStash, WindowSnapshots
 
-__all__ = [
-    "DEFER_AFTER_STEPS",
-    "ActivationMonitor",
-    "MonitorFailure",
-    "SettingError",
-    "UnmeasuredModules",
-    "WindowStash",
-    "compiled_modules",
-    "own_parameters",
-]
+# Also importable from here, where the callbacks and older code find them.
+__all__ = ["ActivationMonitor", "MonitorFailure", "UnmeasuredModules", "WindowStash", "compiled_modules"]
 
 
 def _unattached_monitor() -> "ActivationMonitor":

@@ -24,36 +24,6 @@ from act_diagnostics.core.attention import ATTENTION_FUNCTIONS
 from act_diagnostics.core.kinds import FUNCTIONAL_KINDS
 
 
-class CallRouter(Protocol):
-    """What the tracer hands calls to (the monitor), and the flags it reads on every torch call."""
-
-    enabled: bool  # a step is being measured
-    functional: bool  # functional calls are measured, not only modules
-    activation_depth: int  # > 0 inside an activation module's forward (its F.relu is the module's)
-    learning_structure: bool  # this step follows values into gates and losses
-
-    def call_functional(self, func: Any, args: tuple, kwargs: dict) -> Any: ...
-
-    def call_attention(self, func: Any, args: tuple, kwargs: dict) -> Any: ...
-
-
-class StructureRecorder(Protocol):
-    """Where the tracer records what it follows (StructureFacts)."""
-
-    sites: dict[str, Any]
-
-    def produced_by(self, value: Any) -> tuple[str, str] | None: ...
-
-    def reordered(self, value: Any) -> bool: ...
-
-    def mark_produced(self, tensor: Tensor, site: str, via: str = "", reordered: bool = False) -> None: ...
-
-    def add_consumer(self, site: str, consumer: str, value: Any = None) -> None: ...
-
-    def note_loss(self, loss: str, prediction: Any, target: Any) -> None: ...
-
-    def note_targets(self, site: str, loss: str, target: Any) -> None: ...
-
 # Loss functions whose first argument is the model's prediction.
 LOSS_FUNCTIONS: dict[Any, str] = {
     F.cross_entropy: "cross_entropy",
@@ -215,3 +185,35 @@ class ActivationTracer(TorchFunctionMode):
                 mon.add_consumer(site, f"loss:{loss}" + (f"({via})" if via else ""), prediction)
                 if not via:
                     mon.note_targets(site, loss, target)
+
+
+# ---------------------------------------------------------------- what the tracer talks to
+class CallRouter(Protocol):
+    """What the tracer hands calls to (the monitor), and the flags it reads on every torch call."""
+
+    enabled: bool  # a step is being measured
+    functional: bool  # functional calls are measured, not only modules
+    activation_depth: int  # > 0 inside an activation module's forward (its F.relu is the module's)
+    learning_structure: bool  # this step follows values into gates and losses
+
+    def call_functional(self, func: Any, args: tuple, kwargs: dict) -> Any: ...
+
+    def call_attention(self, func: Any, args: tuple, kwargs: dict) -> Any: ...
+
+
+class StructureRecorder(Protocol):
+    """Where the tracer records what it follows (StructureFacts)."""
+
+    sites: dict[str, Any]
+
+    def produced_by(self, value: Any) -> tuple[str, str] | None: ...
+
+    def reordered(self, value: Any) -> bool: ...
+
+    def mark_produced(self, tensor: Tensor, site: str, via: str = "", reordered: bool = False) -> None: ...
+
+    def add_consumer(self, site: str, consumer: str, value: Any = None) -> None: ...
+
+    def note_loss(self, loss: str, prediction: Any, target: Any) -> None: ...
+
+    def note_targets(self, site: str, loss: str, target: Any) -> None: ...

@@ -13,7 +13,7 @@ from monitor_fixtures import ModulesOnly
 def test_a_window_defers_results_after_its_first_steps(train_step) -> None:
     """A window folds each site's results once, from its third measured step on; a window logged
     every step adds them call by call (a fold per step would cost more). Same statistics."""
-    from act_diagnostics.core.monitor import DEFER_AFTER_STEPS
+    from act_diagnostics.core.windows import DEFER_AFTER_STEPS
 
     torch.manual_seed(0)
     model = ModulesOnly()
