@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import ddp_script
-from prod_models import Classifier, SnapshotRecorder, diagnostics, loader, mlp, trainer
+from prod_models import Classifier, RuleOptions, SnapshotRecorder, diagnostics, loader, mlp, trainer
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 SCENARIOS = ("shards", "branch")
@@ -42,7 +42,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
 def _single_process_reference(tmp_path: Path) -> list:
     """One process over the global batch (both shards), same weights and schedule."""
     torch.manual_seed(0)
-    cb = diagnostics(log_every_n_steps=ddp_script.INTERVAL, thresholds=ddp_script.THRESHOLDS)
+    cb = diagnostics(log_every_n_steps=ddp_script.INTERVAL, rules=RuleOptions(thresholds=ddp_script.THRESHOLDS))
     rec = SnapshotRecorder(cb)
     t = trainer(tmp_path, [cb, rec], max_steps=ddp_script.STEPS, log_every_n_steps=ddp_script.INTERVAL)
     t.fit(Classifier(net=ddp_script.net(), lr=0.0), loader(n=ddp_script.GLOBAL_SAMPLES, batch_size=2 * ddp_script.PER_RANK_BATCH))
