@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import statistics
 import sys
 import time
@@ -295,9 +294,11 @@ def run_lightning(
 def quiet_callback(callback_class: type, interval: int) -> Any:
     """``callback_class`` logging every ``interval`` steps, without report, table or warnings. The
     class may be an earlier version's (compare.py), whose constructor took flat keywords."""
-    if "outputs" not in inspect.signature(callback_class.__init__).parameters:
+    package = next(c.__module__ for c in callback_class.__mro__ if ".callbacks." in c.__module__).split(".callbacks.")[0]
+    try:
+        options = importlib.import_module(f"{package}.callbacks.options")
+    except ImportError:  # a version before the option groups
         return callback_class(log_every_n_steps=interval, report=False, verbose=False, warn=False)
-    options = importlib.import_module(callback_class.__module__.rsplit(".", 1)[0] + ".options")
     return callback_class(log_every_n_steps=interval, verbose=False, outputs=options.OutputOptions(report=False),
                           rules=options.RuleOptions(warn=False))
 

@@ -477,7 +477,7 @@ def test_automatic_measurement_schedule(tmp_path):
     cb = ActivationDiagnostics(log_every_n_steps=20, verbose=False, outputs=OutputOptions(report=False), rules=False)
     t = trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv")], max_epochs=-1, max_steps=40)
     t.fit(Net(), loader(n=1024))
-    assert cb._measure_every(t) == 4
+    assert cb._schedule_for(t).measure_every == 4
     # Steps 0..19 (the first window), then 20, 24, 28, 32, 36 and the log step 39.
     assert cb.monitor.steps == 26
 
@@ -530,3 +530,14 @@ def test_eval_stages_are_measured_and_logged_apart_from_training(tmp_path):
     # Logged at the step Lightning logs the validation's own metrics at.
     (val_loss_step,) = {r["step"] for r in rows if r.get("val_loss")}
     assert {r["step"] for r in rows if r.get("act_validate/act/firing_rate")} == {val_loss_step} == {str(val.step)}
+
+
+def test_a_subclass_forwarding_keywords_keeps_the_checks():
+    class Mine(ActivationDiagnostics):
+        def __init__(self, tag: str = "", **kw) -> None:
+            super().__init__(**kw)
+            self.tag = tag
+
+    assert Mine(tag="a", log_every_n_steps=3).options.log_every_n_steps == 3
+    with pytest.raises(TypeError, match=re.escape("Mine got an unexpected keyword argument 'verbos'; did you mean 'verbose'?")):
+        Mine(verbos=False)

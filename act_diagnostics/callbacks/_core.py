@@ -25,43 +25,35 @@ Hook use (ecosystem.md lists Lightning's order):
 * ``on_exception``: judge and write what was measured since the last log step (the failing step
   included, rank-local), then remove every hook. ``teardown`` removes them too (safe twice).
 
-Distributed (docs/production.md): on a log step every rank first compares its site layout (and
-health) with one tiny all-gather, then the packed statistics go through one all-gather; every rank
-judges the same reduced statistics, and rank zero alone logs, warns and writes the report.
+Distributed: see :mod:`.distributed` and docs/production.md.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from typing_extensions import override
 
 from act_diagnostics.callbacks import compat
 from act_diagnostics.callbacks.distributed import DistributedMismatch, RankCheck  # noqa: F401 - DistributedMismatch re-exported
-from act_diagnostics.callbacks.guard import COMPILED, UnsupportedSetup, guarded, warn_disabled, warn_unsupported  # noqa: F401 - UnsupportedSetup re-exported
-from act_diagnostics.callbacks.options import MonitorOptions, OutputOptions, RuleOptions, Stage, check_options, unexpected_keyword
+from act_diagnostics.callbacks.guard import (  # noqa: F401 - UnsupportedSetup re-exported
+    COMPILED, UnsupportedSetup, guarded, how_it_stopped, warn_disabled, warn_unsupported)
+from act_diagnostics.callbacks.options import MonitorOptions, OutputOptions, RuleOptions, Stage, check_call, check_options
 from act_diagnostics.callbacks.publishing import Publisher, reduce
 from act_diagnostics.callbacks.schedule import StepSchedule
 from act_diagnostics.callbacks.windows import EvalWindows
 from act_diagnostics.core.monitor import ActivationMonitor
 from act_diagnostics.core.snapshot import Snapshot
+from act_diagnostics.outputs.report import Report
 
 
 class DiagnosticsCallbackCore:
     """Activation diagnostics for a Lightning Trainer. See the flavour classes for the docstring."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> DiagnosticsCallbackCore:
-        # Checked here, before __init__, so a wrong keyword is answered in the user's words (the
-        # public class, where a moved option lives now, the closest valid name), not by Python's
-        # "DiagnosticsCallbackCore.__init__() got an unexpected keyword argument".
-        name = cls.__name__
-        if args:
-            raise TypeError(f"{name} takes keyword arguments only, got {len(args)} positional; e.g. {name}(log_every_n_steps=10)")
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        for key in kwargs:
-            if key not in valid:
-                raise unexpected_keyword(name, key, valid)
+        # Checked before __init__, so a wrong keyword is answered in the user's words, not by
+        # Python's "DiagnosticsCallbackCore.__init__() got an unexpected keyword argument".
+        check_call(cls, args, kwargs)
         return super().__new__(cls)
 
     def __init__(
@@ -104,14 +96,6 @@ class DiagnosticsCallbackCore:
 
     # ------------------------------------------------------------------ what the user reads
     @property
-    def log_every_n_steps(self) -> int | None:
-        return self.options.log_every_n_steps
-
-    @property
-    def verbose(self) -> bool:
-        return self.options.verbose
-
-    @property
     def eval_stages(self) -> tuple[str, ...]:
         return self.options.eval_stages
 
@@ -121,10 +105,8 @@ class DiagnosticsCallbackCore:
         return self._windows.snapshots
 
     @property
-    def report(self) -> Any:
+    def report(self) -> Report:
         """The findings so far (an :class:`act_diagnostics.outputs.report.Report`)."""
-        from act_diagnostics.outputs.report import Report
-
         findings = list(self.engine.findings) if self.engine is not None else []
         return Report(findings=findings, snapshot=self.last_snapshot, stopped=self._stopped)
 
@@ -149,9 +131,6 @@ class DiagnosticsCallbackCore:
         if self._schedule is None or self._schedule.interval != interval:
             self._schedule = StepSchedule(interval, self.options.measure_every_n_steps, self.options.preflight)
         return self._schedule
-
-    def _measure_every(self, trainer: Any) -> int:
-        return self._schedule_for(trainer).measure_every
 
     # ------------------------------------------------------------------ Lightning hooks: set-up
     @override
@@ -272,7 +251,7 @@ class DiagnosticsCallbackCore:
         publish = self._batch_log and stepped and self._batch_step != self._last_logged_step
         if self._disabled:
             if publish and compat.world_size(trainer) > 1:
-                self._answer_rank_check(trainer)
+                self._rank_check.answer_disabled(trainer)
             return
         self._end_batch(trainer, stepped, publish)
 
@@ -282,17 +261,6 @@ class DiagnosticsCallbackCore:
         if compat.world_size(trainer) > 1 or self.monitor is None or self._disabled:
             return True
         return self.monitor.ran_in_step
-
-    def _answer_rank_check(self, trainer: Any) -> None:
-        """A disabled rank still takes part in the rank check, so the others never wait for it."""
-        try:
-            self._ranks_agree(trainer, healthy=False)
-        except Exception:  # noqa: BLE001 - already disabled and warned; training goes on
-            self._rank_check.diverged = True
-
-    def _ranks_agree(self, trainer: Any, healthy: bool) -> bool:
-        """Whether this log step can be reduced across ranks (see :class:`RankCheck`)."""
-        return self._rank_check.agree(trainer, self.monitor, healthy)
 
     @guarded
     def _end_batch(self, trainer: Any, stepped: bool, publish: bool) -> None:
@@ -325,7 +293,7 @@ class DiagnosticsCallbackCore:
             pending = self.monitor is not None and self.monitor.window_steps > 0
         if self._disabled:
             if pending and distributed:
-                self._answer_rank_check(trainer)
+                self._rank_check.answer_disabled(trainer)
             return
         self._train_end(trainer, pending, max(0, last))
 
@@ -348,7 +316,10 @@ class DiagnosticsCallbackCore:
                 # no finding behind: the report says how the run ended, and whether that was seen.
                 # A test or validation run after fit raising is no end of the training.
                 if self._stage == "fit":
-                    self._stopped = self._how_it_stopped(trainer, exception)
+                    in_step = self._in_train_batch
+                    measured = in_step and self._batch_measured and mon.ran_in_step
+                    self._stopped = how_it_stopped(trainer, exception, self._batch_step if self._batches_run else None,
+                                                   in_step, in_step and self._batch_measured, measured)
                 # The failing step may have stopped inside its forward or backward (counted), or
                 # before measuring anything (not counted); an evaluation batch is no training step.
                 mon.close_step(training=not self._windows.open)
@@ -362,16 +333,6 @@ class DiagnosticsCallbackCore:
             pass
         finally:
             mon.detach()
-
-    def _how_it_stopped(self, trainer: Any, exception: BaseException) -> dict[str, Any]:
-        in_step = self._in_train_batch
-        return {
-            "step": self._batch_step if self._batches_run else None,  # None: before the first step
-            "exception": (f"{type(exception).__name__}: {exception}" if str(exception) else type(exception).__name__)[:500],
-            "where": "training step" if in_step else str(compat.running_stage(trainer) or "fit"),  # e.g. "validate"
-            "scheduled": bool(in_step and self._batch_measured),  # the schedule measured that step
-            "measured": bool(in_step and self._batch_measured and self.monitor is not None and self.monitor.ran_in_step),
-        }
 
     # ------------------------------------------------------------------ Lightning hooks: evaluation
     # Lightning passes (trainer, pl_module, [outputs,] batch, batch_idx, dataloader_idx).
@@ -414,7 +375,9 @@ class DiagnosticsCallbackCore:
         self._eval_batch(start=True)
 
     @override
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._eval_batch(start=False)
 
     @override
@@ -472,17 +435,14 @@ class DiagnosticsCallbackCore:
     def _disable(self, exc: BaseException) -> None:
         """An internal error: diagnostics off for this run, with one warning; training goes on."""
         self._failure = exc
-        self._disabled = True
-        if self.monitor is not None:
-            self.monitor.detach()
-        warn_disabled(exc)
+        self._stand_down(None, exc)
 
-    def _stand_down(self, why: str) -> None:
-        """Switch diagnostics off for a set-up they cannot serve, with one warning; training goes on."""
+    def _stand_down(self, why: str | None, exc: BaseException | None = None) -> None:
+        """Switch diagnostics off for this run (a set-up they cannot serve: ``why``), with one warning."""
         self._disabled = True
         if self.monitor is not None:
             self.monitor.detach()
-        warn_unsupported(why)
+        warn_disabled(exc) if exc is not None else warn_unsupported(str(why))
 
     # ------------------------------------------------------------------ checkpointing
     @property

@@ -65,6 +65,13 @@ class RankCheck:
             )
         return False
 
+    def answer_disabled(self, trainer: Any) -> None:
+        """A disabled rank still takes part in the check, so the others never wait for it."""
+        try:
+            self.agree(trainer, None, healthy=False)
+        except Exception:  # noqa: BLE001 - already disabled and warned; training goes on
+            self.diverged = True
+
 
 def _why(rows: list[list[float]]) -> str:
     failed = [rank for rank, row in enumerate(rows) if row[0] != 1.0]

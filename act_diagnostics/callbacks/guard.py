@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from act_diagnostics.callbacks import compat
 from act_diagnostics.core.monitor import MonitorFailure
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,3 +57,13 @@ def warn_disabled(exc: BaseException) -> None:
 
 def warn_unsupported(why: str) -> None:
     warnings.warn(f"act_diagnostics: {why}", UnsupportedSetup, stacklevel=4)
+
+
+def how_it_stopped(
+    trainer: Any, exception: BaseException, step: int | None, in_step: bool, scheduled: bool, measured: bool
+) -> dict[str, Any]:
+    """How a run that raised ended, for the report: ``step`` (None: before the first step), where,
+    and whether the schedule measured the failing step (``scheduled``) and it ran (``measured``)."""
+    text = f"{type(exception).__name__}: {exception}" if str(exception) else type(exception).__name__
+    where = "training step" if in_step else str(compat.running_stage(trainer) or "fit")  # e.g. "validate"
+    return {"step": step, "exception": text[:500], "where": where, "scheduled": bool(scheduled), "measured": bool(measured)}

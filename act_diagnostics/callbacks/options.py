@@ -12,6 +12,7 @@ The keywords that moved answer with a TypeError naming their new place (:func:`u
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -257,3 +258,20 @@ def unexpected_keyword(owner: str, name: str, valid: list[str]) -> TypeError:
     else:
         message += f"; valid keywords: {', '.join(valid)}"
     return TypeError(message)
+
+
+def check_call(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Keyword arguments only, each one ``cls.__init__`` takes; errors name ``cls`` (the public class)."""
+    name = cls.__name__
+    if args:
+        raise TypeError(f"{name} takes keyword arguments only, got {len(args)} positional; e.g. {name}(log_every_n_steps=10)")
+    valid: list[str] = []
+    for klass in cls.__mro__:  # a subclass's __init__(**kw) forwards to its base: theirs count too
+        if "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters.values()
+            valid += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+    for key in kwargs:
+        if key not in valid:
+            raise unexpected_keyword(name, key, valid)

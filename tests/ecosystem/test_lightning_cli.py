@@ -58,7 +58,7 @@ def test_command_line_form(flavour: str, tmp_path: Path) -> None:
         ],
     )
     (cb,) = ours(cli, flavour)
-    assert cb.log_every_n_steps == 5 and cb.verbose is False and cb.eval_stages == ("validate",)
+    assert cb.options.log_every_n_steps == 5 and cb.options.verbose is False and cb.eval_stages == ("validate",)
     assert cb.options.measure_every_n_steps == 2
     assert cb.monitor_config.kinds == ("relu",) and cb.monitor_config.gradients is False
     assert cb.engine.disabled == ("saturation",) and cb.options.warn is False
@@ -94,7 +94,7 @@ def test_yaml_form(flavour: str, tmp_path: Path) -> None:
     )
     cli = run_cli(flavour, tmp_path, [f"--config={config}"])
     (cb,) = ours(cli, flavour)
-    assert cb.log_every_n_steps == 3
+    assert cb.options.log_every_n_steps == 3
     cfg = cb.monitor_config
     assert (cfg.include, cfg.exclude, cfg.kinds) == (("fc1", "act"), ("head",), ("relu",))
     assert (cfg.functional, cfg.unit_dim, cfg.saturation_eps, cfg.sample_elements) == (False, -1, 0.02, None)

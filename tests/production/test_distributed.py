@@ -146,8 +146,8 @@ def test_failure_on_another_rank_stops_gathering_with_one_warning():
     _monitored(cb)
     t = _FakeTrainer(lambda mine: torch.zeros_like(mine))  # rank 1 reports "unhealthy"
     with pytest.warns(DistributedMismatch, match=r"internal error on rank\(s\) \[1\]"):
-        assert cb._ranks_agree(t, healthy=True) is False
-    assert cb._ranks_agree(t, healthy=True) is False  # decided once: no further collective, no warning
+        assert cb._rank_check.agree(t, cb.monitor, healthy=True) is False
+    assert cb._rank_check.agree(t, cb.monitor, healthy=True) is False  # decided once: no further collective, no warning
     assert t.strategy.calls == 1
 
 
@@ -155,6 +155,6 @@ def test_agreeing_ranks_gather_once_per_log_step():
     cb = diagnostics(rules=False)
     _monitored(cb)
     t = _FakeTrainer(lambda mine: mine.clone())  # rank 1 has the same layout
-    assert cb._ranks_agree(t, healthy=True) is True
+    assert cb._rank_check.agree(t, cb.monitor, healthy=True) is True
     cb._publish(t, step=0, preflight=False)  # check + statistics: two collectives in all
-    assert t.strategy.calls == 3  # (the first _ranks_agree call above, then two in _publish)
+    assert t.strategy.calls == 3  # (the first check above, then two in _publish)
