@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 pl = pytest.importorskip("pytorch_lightning")
+# Net defines a validation_step that most tests run without a validation loader, on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 

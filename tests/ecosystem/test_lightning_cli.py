@@ -29,7 +29,7 @@ def run_cli(flavour: str, tmp_path: Path, args: list[str]) -> Any:
     with mock.patch.object(sys, "argv", ["train.py"]):
         return cli_mod.LightningCLI(
             tiny_module_class(flavour),
-            args=[f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=6", *QUIET, *args],
+            args=["--seed_everything=0", f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=6", *QUIET, *args],
             run=False,
             save_config_callback=None,
         )

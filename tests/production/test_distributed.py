@@ -42,7 +42,8 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
 def _single_process_reference(tmp_path: Path) -> list:
     """One process over the global batch (both shards), same weights and schedule."""
     torch.manual_seed(0)
-    cb = diagnostics(log_every_n_steps=ddp_script.INTERVAL, rules=RuleOptions(thresholds=ddp_script.THRESHOLDS))
+    # warn=False: its findings are compared below, not warned (rank zero of the DDP run warns them)
+    cb = diagnostics(log_every_n_steps=ddp_script.INTERVAL, rules=RuleOptions(thresholds=ddp_script.THRESHOLDS, warn=False))
     rec = SnapshotRecorder(cb)
     t = trainer(tmp_path, [cb, rec], max_steps=ddp_script.STEPS, log_every_n_steps=ddp_script.INTERVAL)
     t.fit(Classifier(net=ddp_script.net(), lr=0.0), loader(n=ddp_script.GLOBAL_SAMPLES, batch_size=2 * ddp_script.PER_RANK_BATCH))
@@ -53,6 +54,7 @@ COMPARED = ("elements", "sampled", "units", "firing_rate", "dead_fraction", "mea
             "nonfinite", "nonfinite_share", "input_std", "grad_rms", "param_grad_norm")
 
 
+@pytest.mark.slow  # the two-process launch
 def test_reduced_statistics_equal_one_process_over_global_data(ranks, tmp_path):
     r0, r1 = ranks["shards"]
     ref_snaps, ref_findings = _single_process_reference(tmp_path)
@@ -77,6 +79,7 @@ def test_reduced_statistics_equal_one_process_over_global_data(ranks, tmp_path):
     assert r0["steps"] == r1["steps"] == ddp_script.STEPS
 
 
+@pytest.mark.slow  # the two-process launch
 def test_warnings_from_rank_zero_only(ranks):
     r0, r1 = ranks["shards"]
     assert [w for w in r0["warnings"] if w[0] == "ActivationWarning"]
@@ -96,6 +99,7 @@ def test_warnings_from_rank_zero_only(ranks):
     assert r1["report_dir"] is None
 
 
+@pytest.mark.slow  # the two-process launch
 def test_site_mismatch_across_ranks_warns_once_and_finishes(ranks):
     r0, r1 = ranks["branch"]
     assert r0["global_step"] == r1["global_step"] == ddp_script.STEPS

@@ -52,7 +52,7 @@ def test_a_failing_run_reports_its_last_window_and_the_failing_step(tmp_path):
     """What was measured after the last log step, the failing step included, is judged and
     written: the NaN that stopped the run is in the report (the old code dropped it)."""
     cb = diagnostics(log_every_n_steps=5, measure_every_n_steps=1, outputs=OutputOptions())
-    with pytest.raises(FloatingPointError):
+    with pytest.raises(FloatingPointError), pytest.warns(ActivationWarning, match=r"non-finite\] error at step 6"):
         trainer(tmp_path, [cb], max_steps=20).fit(NaNLossAtStep6(), loader())
     assert [(f.rule, f.step) for f in cb.report.findings if f.rule == "non-finite"] == [("non-finite", 6)]
     assert cb.report.stopped == {"step": 6, "exception": "FloatingPointError: loss is nan", "where": "training step", "scheduled": True, "measured": True}

@@ -53,7 +53,7 @@ class SaveAt(pl.Callback):
             trainer.save_checkpoint(self.path)
 
 
-class Tested(Classifier):
+class EvaluatedClassifier(Classifier):
     def test_step(self, batch, batch_idx):
         return self.training_step(batch, batch_idx)
 
@@ -62,7 +62,7 @@ def test_testing_from_a_checkpoint_after_fit_keeps_the_fits_findings(tmp_path):
     """trainer.test(ckpt_path=...) restores every callback from the checkpoint: the fit's own,
     newer state must survive it; a callback with no run of its own takes the checkpoint's."""
     ckpt = tmp_path / "early.ckpt"
-    model = Tested(net=mlp(dead=True))
+    model = EvaluatedClassifier(net=mlp(dead=True))
     cb = diagnostics(log_every_n_steps=2, rules=RuleOptions(thresholds=THRESHOLDS))
     t = trainer(tmp_path / "a", [cb, SaveAt(2, ckpt)], max_steps=6)
     with warnings.catch_warnings():
@@ -74,10 +74,10 @@ def test_testing_from_a_checkpoint_after_fit_keeps_the_fits_findings(tmp_path):
         assert cb.steps == steps and [f.to_dict() for f in cb.engine.findings] == findings
 
         fresh = diagnostics(log_every_n_steps=2, rules=RuleOptions(thresholds=THRESHOLDS))
-        trainer(tmp_path / "b", [fresh]).test(Tested(net=mlp(dead=True)), loader(n=32), ckpt_path=str(ckpt))
+        trainer(tmp_path / "b", [fresh]).test(EvaluatedClassifier(net=mlp(dead=True)), loader(n=32), ckpt_path=str(ckpt))
         assert fresh.steps == 2 and fresh.engine.findings  # the checkpoint's training state
         t.save_checkpoint(tmp_path / "late.ckpt")
-        trainer(tmp_path / "b", [fresh]).test(Tested(net=mlp(dead=True)), loader(n=32), ckpt_path=str(tmp_path / "late.ckpt"))
+        trainer(tmp_path / "b", [fresh]).test(EvaluatedClassifier(net=mlp(dead=True)), loader(n=32), ckpt_path=str(tmp_path / "late.ckpt"))
     assert fresh.steps == 6  # testing checkpoint after checkpoint: each one's state
 
 
