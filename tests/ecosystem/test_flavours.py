@@ -93,6 +93,7 @@ print("OK", cls.__module__)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter per flavour
 @pytest.mark.parametrize(
     ("snippet", "needs", "expected_module"),
     [
