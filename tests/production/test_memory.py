@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -51,6 +52,7 @@ def _state_size(mon: ActivationMonitor) -> tuple:
     return (len(mon.states), tensors, *sorted(mon.bookkeeping().items()))
 
 
+@pytest.mark.slow  # hundreds of steps
 def test_soak_state_and_object_counts_do_not_grow():
     """A few thousand tiny monitored steps with a snapshot every 50: constant state, no object growth."""
     torch.manual_seed(0)
