@@ -269,17 +269,9 @@ class DiagnosticsCallbackCore:
         if stepped:
             self.monitor.end_step()
         else:  # gradient accumulation: one step is counted per optimizer step
-            self._end_uncounted_step(self.monitor)
+            self.monitor.end_step(count=False)
         if publish:
             self._publish(trainer, self._batch_step, preflight=self._batch_step == 0 and self.options.preflight)
-
-    @staticmethod
-    def _end_uncounted_step(monitor: ActivationMonitor) -> None:
-        """End a batch that ran no optimizer step without counting it as a training step."""
-        # lead: replace with the monitor's public uncounted end_step
-        counts = (monitor.steps, monitor.window_steps)
-        monitor.end_step()
-        monitor.steps, monitor.window_steps = counts
 
     @override
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
