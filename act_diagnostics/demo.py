@@ -124,6 +124,7 @@ def _run_scenario(name: str, logdir: str, steps: int, quiet: bool) -> DemoRun:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
 
+    from act_diagnostics.callbacks.options import RuleOptions
     from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
 
     scenario = SCENARIOS[name]
@@ -132,7 +133,7 @@ def _run_scenario(name: str, logdir: str, steps: int, quiet: bool) -> DemoRun:
     data = torch.utils.data.TensorDataset(setup.inputs, setup.targets)
     loader = torch.utils.data.DataLoader(data, batch_size=setup.batch_size, shuffle=True, generator=torch.Generator().manual_seed(1))
     module = lightning_module(setup)
-    callback = ActivationDiagnostics(log_every_n_steps=25, verbose=False, warn=not quiet)
+    callback = ActivationDiagnostics(log_every_n_steps=25, verbose=False, rules=RuleOptions(warn=not quiet))
     _clear_previous_run(os.path.join(logdir, name))
     logger = TensorBoardLogger(logdir, name=name, version="")
     trainer = pl.Trainer(

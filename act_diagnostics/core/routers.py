@@ -84,11 +84,11 @@ def router_stats(values: np.ndarray) -> RouterStats | None:
     )
 
 
-def _reads_router_probabilities(monitor: Any, probs: Any) -> bool:
-    source = monitor.produced_by(probs) if monitor.tracking_structure else None
+def _reads_router_probabilities(monitor: Any, facts: Any, probs: Any) -> bool:
+    source = facts.produced_by(probs) if monitor.learning_structure else None
     if source is None or source[1] not in ("", "scale"):  # scale: a router temperature or a mask
         return False
-    site = monitor.sites.get(source[0])
+    site = facts.sites.get(source[0])
     return site is not None and site.kind in _ROUTER_KINDS
 
 
@@ -97,8 +97,9 @@ def _topk_dim(args: tuple, kwargs: dict, ndim: int) -> int | None:
     return dim % ndim if isinstance(dim, int) and ndim else None
 
 
-def call_topk(monitor: Any, func: Any, args: tuple, kwargs: dict) -> Any:
-    """Run a ``topk`` call seen by the tracer; measure it if it is a router's (see module docstring)."""
+def call_topk(monitor: Any, facts: Any, func: Any, args: tuple, kwargs: dict) -> Any:
+    """Run a ``topk`` call seen by the tracer; measure it if it is a router's (see module docstring).
+    ``monitor``: the tracer's call router (the ActivationMonitor); ``facts``: its structure recorder."""
     result = func(*args, **kwargs)
     if not monitor.enabled or monitor.failure is not None or not getattr(monitor, "_training", True):
         return result
@@ -110,7 +111,7 @@ def call_topk(monitor: Any, func: Any, args: tuple, kwargs: dict) -> Any:
             if not isinstance(probs, Tensor) or probs.dim() == 0 or not probs.is_floating_point():
                 return result
             key = monitor._next_call(functional_base(monitor._owner, "router"))
-            if key not in monitor.extras and not _reads_router_probabilities(monitor, probs):
+            if key not in monitor.extras and not _reads_router_probabilities(monitor, facts, probs):
                 return result
             if _topk_dim(args, kwargs, probs.dim()) != probs.dim() - 1 or not probs.numel():
                 return result

@@ -114,10 +114,6 @@ class Snapshot:
         return [(self.sites[n], self.stats[n]) for n in sorted(self.stats, key=lambda n: self.sites[n].index)]
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den > 0 else None
-
-
 def window_stats(
     counters: dict[str, int],
     sums: dict[str, float],

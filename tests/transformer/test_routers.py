@@ -96,7 +96,7 @@ def test_a_balanced_router_with_aux_loss_raises_nothing(moe) -> None:
 
 
 def test_extra_scalars_name_each_loss_call_and_router() -> None:
-    from act_diagnostics.core.extras import extra_scalars
+    from act_diagnostics.core.transformer_stats import extra_scalars
 
     model = MoEClassifier(HandRouterMoE(top_k=1))
     x, y = next(moe_batches())
