@@ -65,6 +65,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_two_ranks_give_the_single_process_values(tmp_path) -> None:
     # fork: the children need not import torch again (spawn costs ~20 s per run on a loaded machine)
