@@ -119,14 +119,27 @@ class ExtraTotals:
         return f"{len(self._entries)}:{zlib.crc32(text.encode())}"
 
 
+def _runs(ops: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(op, length) of each run of equal ops, in order."""
+    runs: list[tuple[int, int]] = []
+    for op in ops:
+        if runs and runs[-1][0] == op:
+            runs[-1] = (op, runs[-1][1] + 1)
+        else:
+            runs.append((op, 1))
+    return runs
+
+
 def _initial(ops: tuple[int, ...], device: torch.device) -> Tensor:
+    """Sums at 0, maxima at -inf, filled on the device (no host-to-device copy inside a hook)."""
     dtype = accumulator_dtype(device)
-    init = torch.tensor([float("-inf") if op == OP_MAX else 0.0 for op in ops], dtype=dtype)
-    return init.to(device)
+    parts = [torch.full((n,), float("-inf") if op == OP_MAX else 0.0, dtype=dtype, device=device) for op, n in _runs(ops)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _is_max(ops: tuple[int, ...], device: torch.device) -> Tensor:
-    return torch.tensor([op == OP_MAX for op in ops], dtype=torch.bool).to(device)
+    parts = [torch.full((n,), op == OP_MAX, dtype=torch.bool, device=device) for op, n in _runs(ops)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def measured_max(value: float) -> float | None:
