@@ -45,6 +45,7 @@ from act_diagnostics.callbacks.windows import EvalWindows
 from act_diagnostics.core.monitor import ActivationMonitor
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.outputs.report import Report
+from act_diagnostics.rules.activation_spike import take_detail_requests
 
 
 class DiagnosticsCallbackCore:
@@ -413,6 +414,8 @@ class DiagnosticsCallbackCore:
         self.last_snapshot = snap
         self._last_logged_step = step
         new = self.engine.evaluate(snap, preflight=preflight) if self.engine is not None else []
+        if self.engine is not None and self._schedule is not None and take_detail_requests(self.engine):
+            self._schedule.request_detail()  # a spike: the next log step records its histograms
         if compat.is_global_zero(trainer):
             self._publisher.write(trainer, snap, step, new, lambda: self.report)
 

@@ -34,6 +34,9 @@ def layout_signature(monitor: Any) -> tuple[int, int]:
     """(sites, checksum of names and widths): equal on two ranks iff their packed layouts match."""
     states = monitor.states if monitor is not None else {}
     text = ";".join(f"{n}:{st.n_units}:{int(st.unit_saturated is not None)}" for n, st in states.items())
+    extras = getattr(monitor, "extras", None)  # losses' log Z, routers: columns beside the sites'
+    if extras is not None:
+        text += "|" + extras.signature()
     return len(states), zlib.crc32(text.encode())
 
 
