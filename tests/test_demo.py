@@ -34,7 +34,7 @@ def test_demo_flags_flaws_and_writes_logs(tmp_path, capsys):
     assert f"act-diagnostics report '{logdir / 'deep_sigmoid_mlp'}'" in out
     for name in ("deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed"):
         assert len(glob.glob(str(logdir / name / "events.out.tfevents.*"))) == 1, name
-        assert glob.glob(str(logdir / name / "act_diagnostics" / "report.json")), name
+        assert glob.glob(str(logdir / name / "act-diagnostics" / "report.json")), name
 
 
 def test_version_flag(capsys):

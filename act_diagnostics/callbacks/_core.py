@@ -48,6 +48,7 @@ from act_diagnostics.core.config import (
 )
 from act_diagnostics.core.monitor import ActivationMonitor, MonitorFailure, WindowStash, compiled_modules
 from act_diagnostics.core.snapshot import Snapshot
+from act_diagnostics.outputs.history import record_history  # lead: port to the new callbacks
 from act_diagnostics.outputs.report import REPORT_DIRNAME
 from act_diagnostics.outputs.scalars import eval_tag_prefix, log_to_loggers, snapshot_scalars
 from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_tensorboard, is_tensorboard_logger, logger_prefix
@@ -235,10 +236,11 @@ class DiagnosticsCallbackCore:
     @property
     def report(self) -> Any:
         """The findings so far (an :class:`act_diagnostics.outputs.report.Report`)."""
+        from act_diagnostics.outputs.chart import engine_thresholds  # lead: port to the new callbacks
         from act_diagnostics.outputs.report import Report
 
         findings = list(self.engine.findings) if self.engine is not None else []
-        return Report(findings=findings, snapshot=self.last_snapshot, stopped=self._stopped)
+        return Report(findings=findings, snapshot=self.last_snapshot, stopped=self._stopped, history=getattr(self, "_history", None), thresholds=engine_thresholds(self.engine))  # lead: port to the new callbacks
 
     @property
     def failure(self) -> BaseException | None:
@@ -617,6 +619,7 @@ class DiagnosticsCallbackCore:
         new = self.engine.evaluate(snap, preflight=preflight) if self.engine is not None else []
         if not self._rank_zero(trainer):
             return
+        self._history = record_history(getattr(self, "_history", None), snap)  # lead: port to the new callbacks
         loggers = list(getattr(trainer, "loggers", []) or [])
         if not any(lg is self._tb_logger for lg in loggers):  # first log step, or another trainer's loggers
             found = find_tensorboard(loggers)
