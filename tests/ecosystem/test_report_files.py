@@ -96,3 +96,83 @@ def test_report_md_shows_evidence_status_and_a_linked_chart(tmp_path: Path) -> N
     assert "(open): 30% of 8 units never fire" in report.console_table()
     assert "      evidence: dead_fraction=0.3, units=8" in report.console_table()
     assert report.to_dict()["findings"][0]["status"] == "resolved"
+
+
+# A second run in the same working directory, as an editable install imports the package: Python's
+# PathFinder looks at the working directory before the editable install's finder, so a folder there
+# named like the package (even without __init__.py) would shadow it.
+_SECOND_RUN = """
+import importlib.abc, importlib.machinery, importlib.util, os, sys, warnings
+ROOT = {root!r}
+
+class Editable(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "act_diagnostics":
+            return None
+        pkg = os.path.join(ROOT, "act_diagnostics")
+        return importlib.util.spec_from_file_location(name, os.path.join(pkg, "__init__.py"), submodule_search_locations=[pkg])
+
+sys.meta_path.insert(sys.meta_path.index(importlib.machinery.PathFinder) + 1, Editable())
+from act_diagnostics import ActivationDiagnostics
+import torch
+from torch import nn
+torch.set_num_threads(1)
+torch.manual_seed(0)
+{fit}
+trainer_fit(ActivationDiagnostics)
+print("second run ok")
+"""
+
+_FIT = """
+def trainer_fit(cls):
+    import pytorch_lightning as pl
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        def training_step(self, batch, i):
+            return self.net(batch[0]).pow(2).mean()
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(32, 4)), batch_size=8)
+    trainer = pl.Trainer(logger=False, max_steps=3, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[cls()], accelerator="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(M(), data)
+"""
+
+
+def _second_run(cwd: Path) -> "subprocess.CompletedProcess[str]":
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = _SECOND_RUN.format(root=root, fit=_FIT)
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_second_run_in_the_same_folder_imports_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from act_diagnostics import ActivationDiagnostics
+    from act_diagnostics.outputs.report import REPORT_DIRNAME
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"torch": __import__("torch"), "nn": __import__("torch").nn, "warnings": warnings}
+    exec(_FIT, namespace)  # noqa: S102 - the same fit as the subprocess's, first in this process
+    namespace["trainer_fit"](ActivationDiagnostics)
+    assert (tmp_path / REPORT_DIRNAME / "report.json").is_file() and not (tmp_path / "act_diagnostics").exists()
+    proc = _second_run(tmp_path)
+    assert proc.returncode == 0 and "second run ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_a_folder_named_like_the_package_would_shadow_it(tmp_path: Path) -> None:
+    """The control: the set-up above reproduces the failure a folder named act_diagnostics caused."""
+    (tmp_path / "act_diagnostics").mkdir()
+    proc = _second_run(tmp_path)
+    assert proc.returncode != 0 and "cannot import name 'ActivationDiagnostics' from 'act_diagnostics' (unknown location)" in proc.stderr
