@@ -26,5 +26,8 @@ pip_install() {
 }
 pip_install --upgrade pip
 pip_install -c .ci/constraints.txt torch
-pip_install -c .ci/constraints.txt -e ".[dev]"
+# setuptools' note on editable installs ("folders in your working directory with the same name as
+# your package may take precedence") is for packages that write such a folder; the report folder is
+# named act-diagnostics, which cannot be imported.
+PYTHONWARNINGS="ignore:Editable installation" pip_install -c .ci/constraints.txt -e ".[dev]"
 echo "$want" > "$STAMP"

@@ -45,7 +45,7 @@ def table_cell(stat: str, value: Any, family: str | None = None) -> str:
         return "-"
     if stat == "nonfinite" or isinstance(value, bool):
         return "yes" if float(value) > 0 else "no"
-    return format_number(value)
+    return "0" if value == 0 else format_number(value)
 
 
 def aligned(table: Iterable[list[str]], left: int = 2) -> list[str]:
