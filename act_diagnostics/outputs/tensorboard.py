@@ -170,7 +170,8 @@ class TensorBoardExtras:
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import summary
 
-        self.write_layout(site_tags(site.name for site, _ in snapshot.ordered()).values())
+        if not self._layout_written:  # the sites of the first log step name the layout's groups
+            self.write_layout(site_tags(site.name for site, _ in snapshot.ordered()).values())
         # What add_scalar writes (summary.scalar's simple_value), at a quarter of its cost.
         prefix = self.scalar_prefix
         values = [Summary.Value(tag=prefix + tag, simple_value=float(value)) for tag, value in (scalars or {}).items()]
