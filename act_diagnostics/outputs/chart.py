@@ -33,8 +33,8 @@ _SEVERITY_PREFIX = {"info": "info", "warning": "warn", "error": "error"}
 # Statistics that are shares: the y axis is 0..1 whatever the data.
 SHARE_STATS = frozenset({"firing_rate", "dead_fraction", "saturation", "saturated_units"})
 
-WIDTH, HEIGHT = 480, 180
-RIGHT, TOP, BOTTOM = 16, 24, 32
+WIDTH, HEIGHT = 480, 190
+RIGHT, TOP, BOTTOM = 16, 30, 34
 LINE_RGB = (33, 102, 172)
 THRESHOLD_RGB = (200, 30, 30)
 MARK_RGB = (150, 150, 150)

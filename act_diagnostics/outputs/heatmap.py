@@ -45,15 +45,15 @@ DEFAULT_MAX_COLUMNS = 128
 IMAGE_EVERY_WINDOWS = 10
 # Pixel geometry. The cell area is at least PLOT_WIDTH x MIN_PLOT_HEIGHT, so a 3-site model still
 # gives a picture of about 560x200 pixels; a row is never lower than one line of text.
-FONT_SIZE = 12
-ROW_HEIGHT = 16
-MIN_PLOT_HEIGHT = 112
+FONT_SIZE = 15
+ROW_HEIGHT = 19
+MIN_PLOT_HEIGHT = 120
 PLOT_WIDTH = 400
 MIN_CELL_WIDTH = 2
 MAX_LABEL_CHARS = 32  # longer site names keep their end, the most specific part ("...layers.11.mlp.act")
 PAD = 6
-TITLE_HEIGHT = 22
-AXIS_HEIGHT = 34  # tick marks, step numbers and the axis name
+TITLE_HEIGHT = 24
+AXIS_HEIGHT = 40  # tick marks, step numbers and the axis name
 COLORBAR_WIDTH = 12
 COLORBAR_TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
 STEP_TICKS = 5
@@ -253,7 +253,7 @@ class HeatmapHistory:
         return m
 
     def title(self) -> str:
-        return f"{STAT_TITLES.get(self.stat, self.stat)} per site; grey: does not apply"
+        return f"{self.stat.replace('_', ' ')} per site (grey: does not apply)"
 
     def image(self) -> np.ndarray:
         """The CHW uint8 picture of the history, titled and labelled (see :func:`render_heatmap`)."""
