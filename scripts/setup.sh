@@ -15,7 +15,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "setting up .venv (first run only: a few minutes) ..." >&2
     "$PY" -m venv .venv
 else
-    echo "pyproject.toml or .ci/constraints.txt changed: updating .venv ..." >&2
+    echo "updating .venv to match pyproject.toml and .ci/constraints.txt ..." >&2
 fi
 . .venv/bin/activate
 

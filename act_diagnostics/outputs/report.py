@@ -34,7 +34,6 @@ MARKDOWN_FILENAME = "report.md"
 # (``act/<site>/<stat>``) and in report.json: the console table, report.md, TensorBoard's text and
 # ``act-diagnostics report`` all use these names.
 TABLE_STATS: tuple[str, ...] = ("firing_rate", "dead_fraction", "saturation", "grad_rms", "std", "max_abs", "nonfinite")
-LAYER_COLUMNS: tuple[tuple[str, str], ...] = tuple((stat, stat) for stat in TABLE_STATS)
 _ORDER = {s: i for i, s in enumerate(reversed(SEVERITIES))}  # errors first
 
 
