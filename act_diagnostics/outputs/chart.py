@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from act_diagnostics.outputs.heatmap import font
+from act_diagnostics.outputs.heatmap import draw_text, font
 from act_diagnostics.rules.finding import Finding, format_number
 
 # rule id -> (site statistic charted, threshold suffix or None). The threshold drawn is the rule's
@@ -102,9 +102,9 @@ def draw_chart(
         v_lo, v_hi = (min(min(values), 0.0), max(values) * 1.1) if values else (0.0, 1.0)
         v_hi = v_hi if v_hi > v_lo else v_lo + 1.0
     y_labels = [format_number(float(v)) if v else "0" for v in (v_lo, v_hi)]
-    left = 10 + max(int(draw.textlength(t, font=fnt)) for t in y_labels)
+    left = 10 + max(int(draw.textbbox((0, 0), t, font=fnt)[2]) for t in y_labels)
     x0, x1, y0, y1 = left, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP
-    draw.text((x0, 4), title, fill=INK_RGB, font=fnt)
+    draw_text(draw, (x0, 6), title, fnt)
     draw.rectangle([x0, y1, x1, y0], outline=INK_RGB)
 
     def xy(step: float, value: float) -> tuple[float, float]:
@@ -113,22 +113,22 @@ def draw_chart(
     for step, label in marks:  # labelled at the bottom, inside the plot
         x = xy(step, v_lo)[0]
         draw.line([x, y1, x, y0], fill=MARK_RGB)
-        draw.text((x + 3, y0 - 3), label, fill=MARK_RGB, font=fnt, anchor="lb")
+        draw_text(draw, (x + 3, y0 - 3), label, fnt, anchor="lb", fill=MARK_RGB)
     if threshold is not None:
         label, value = threshold
         y = int(round(xy(s_lo, value)[1]))
         _dashed_hline(draw, x0, x1, y, THRESHOLD_RGB)
-        draw.text((x1 - 2, y - 2), f"{label} {format_number(value)}", fill=THRESHOLD_RGB, font=fnt, anchor="rb")
+        draw_text(draw, (x1 - 2, y - 2), f"{label} {format_number(value)}", fnt, anchor="rb", fill=THRESHOLD_RGB)
     line = [xy(s, v) for s, v in points if math.isfinite(v)]
     if len(line) > 1:
         draw.line(line, fill=LINE_RGB, width=2)
     for x, y in line:
         draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=LINE_RGB)
     for value, label in zip((v_lo, v_hi), y_labels):  # y axis: its two ends
-        draw.text((x0 - 4, xy(s_lo, value)[1]), label, fill=INK_RGB, font=fnt, anchor="rm")
-    draw.text((x0, y0 + 4), str(s_lo), fill=INK_RGB, font=fnt, anchor="la")
-    draw.text((x1, y0 + 4), str(s_hi), fill=INK_RGB, font=fnt, anchor="ra")
-    draw.text(((x0 + x1) // 2, y0 + 4), "training step", fill=INK_RGB, font=fnt, anchor="ma")
+        draw_text(draw, (x0 - 4, xy(s_lo, value)[1]), label, fnt, anchor="rm", fill=INK_RGB)
+    draw_text(draw, (x0, y0 + 4), str(s_lo), fnt, anchor="la", fill=INK_RGB)
+    draw_text(draw, (x1, y0 + 4), str(s_hi), fnt, anchor="ra", fill=INK_RGB)
+    draw_text(draw, ((x0 + x1) // 2, y0 + 4), "training step", fnt, anchor="ma", fill=INK_RGB)
     img.save(path, format="PNG")
 
 

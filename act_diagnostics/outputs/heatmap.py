@@ -91,9 +91,23 @@ def font(size: int = FONT_SIZE) -> Any:
         return ImageFont.load_default()
 
 
+def _text_box(draw: Any, text: str, fnt: Any) -> tuple[int, int, int, int]:
+    return tuple(int(v) for v in draw.textbbox((0, 0), text, font=fnt))  # type: ignore[return-value]
+
+
 def _text_width(draw: Any, text: str, fnt: Any) -> int:
-    left, _, right, _ = draw.textbbox((0, 0), text, font=fnt)
-    return int(right - left)
+    left, _, right, _ = _text_box(draw, text, fnt)
+    return right - left
+
+
+def draw_text(draw: Any, xy: tuple[float, float], text: str, fnt: Any, anchor: str = "la", fill: tuple[int, int, int] = INK_RGB) -> None:
+    """``draw.text`` placed by a two-letter anchor (horizontal l/m/r, vertical a/m/b: top, middle,
+    bottom of the ink), computed here rather than by Pillow: its ``anchor`` argument needs a
+    TrueType font, which the bitmap default font of Pillow < 10.1 is not."""
+    left, top, right, bottom = _text_box(draw, text, fnt)
+    x = xy[0] - {"l": left, "m": (left + right) / 2, "r": right}[anchor[0]]
+    y = xy[1] - {"a": top, "m": (top + bottom) / 2, "b": bottom}[anchor[1]]
+    draw.text((x, y), text, fill=fill, font=fnt)
 
 
 def short_label(name: str, limit: int = MAX_LABEL_CHARS) -> str:
@@ -168,17 +182,17 @@ def render_heatmap(
     img.paste(Image.fromarray(cells), (left, top))
     draw.rectangle([left - 1, top - 1, left + plot_w, top + plot_h], outline=INK_RGB)
     if title:
-        draw.text((PAD, PAD // 2), title, fill=INK_RGB, font=fnt)
+        draw_text(draw, (PAD, PAD), title, fnt)
     for i, name in enumerate(names):  # right-aligned beside their row
         centre = top + i * row_h + row_h // 2
-        draw.text((left - PAD, centre), name, fill=INK_RGB, font=fnt, anchor="rm")
+        draw_text(draw, (left - PAD, centre), name, fnt, anchor="rm")
     # Step axis: ticks below the cell area, the steps they mark, and the axis name.
     axis_y = top + plot_h
     for pos, label in _step_ticks(m.shape[1], spans):
         x = left + min(int(round(pos * cell_w)), plot_w - 1)
         draw.line([x, axis_y, x, axis_y + 4], fill=INK_RGB)
-        draw.text((x, axis_y + 5), label, fill=INK_RGB, font=fnt, anchor="ma")
-    draw.text((left + plot_w // 2, axis_y + 5 + FONT_SIZE + 3), "training step" if spans else "column", fill=INK_RGB, font=fnt, anchor="ma")
+        draw_text(draw, (x, axis_y + 7), label, fnt, anchor="ma")
+    draw_text(draw, (left + plot_w // 2, axis_y + 7 + FONT_SIZE + 3), "training step" if spans else "column", fnt, anchor="ma")
     if colorbar:
         x0 = left + plot_w + 2 * PAD
         gradient = colormap(np.linspace(1.0, 0.0, plot_h))[:, None, :]  # bright at the top
@@ -187,7 +201,7 @@ def render_heatmap(
         for value, label in zip(COLORBAR_TICKS, tick_labels):
             y = top + int(round((1.0 - value) * (plot_h - 1)))
             draw.line([x0 + COLORBAR_WIDTH, y, x0 + COLORBAR_WIDTH + 3, y], fill=INK_RGB)
-            draw.text((x0 + COLORBAR_WIDTH + 5, y), label, fill=INK_RGB, font=fnt, anchor="lm")
+            draw_text(draw, (x0 + COLORBAR_WIDTH + 5, y), label, fnt, anchor="lm")
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 

@@ -161,11 +161,14 @@ class Report:
             stat, name, value = spec
             marks = [(f.step, "raised")] + ([(f.resolved_step, "resolved")] if f.resolved_step is not None else [])
             filename = f"finding-{i}-{f.rule}.png"
-            draw_chart(
-                points, Path(folder) / filename, f"{stat} of {f.site}",
-                threshold=(f"{f.rule}.{name}", value) if name is not None and value is not None else None,
-                marks=marks, share=stat in SHARE_STATS,
-            )  # fmt: skip
+            try:
+                draw_chart(
+                    points, Path(folder) / filename, f"{stat} of {f.site}",
+                    threshold=(f"{f.rule}.{name}", value) if name is not None and value is not None else None,
+                    marks=marks, share=stat in SHARE_STATS,
+                )  # fmt: skip
+            except Exception:  # noqa: BLE001 - a picture must never cost the report its text
+                continue
             written[i] = filename
         return written
 

@@ -167,3 +167,22 @@ def test_images_every_few_windows_and_the_last_at_the_end() -> None:
     assert writer.final() == []
     with pytest.raises(ValueError, match="`image_every` must be a positive int, got 0"):
         hm.HeatmapWriter(image_every=0)
+
+
+def test_older_pillows_bitmap_font_still_labels_the_picture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow < 10.1 has no sized default font: its bitmap font (no `anchor` support) still draws."""
+    from PIL import ImageFont
+
+    monkeypatch.setattr(hm, "font", lambda size=hm.FONT_SIZE: ImageFont.load_default_imagefont())
+    img = hm.render_heatmap(np.zeros((3, 4)), labels=["a.act", "b.act", "c.act"], title="dead fraction", spans=[(0, 0), (1, 1), (2, 2), (3, 3)])
+    hwc = img.transpose(1, 2, 0)
+    assert hwc.shape[1] >= 480 and _ink(hwc[: hm.TITLE_HEIGHT]) > 20
+    from act_diagnostics.outputs import chart
+
+    monkeypatch.setattr(chart, "font", lambda size=hm.FONT_SIZE: ImageFont.load_default_imagefont())
+    import tempfile
+    from pathlib import Path as _Path
+
+    with tempfile.TemporaryDirectory() as d:
+        chart.draw_chart([(0, 0.1), (5, 0.2)], _Path(d) / "c.png", "x", threshold=("t", 0.5), share=True)
+        assert (_Path(d) / "c.png").stat().st_size > 0
