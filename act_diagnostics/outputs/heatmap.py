@@ -298,6 +298,21 @@ def legend_markdown(rows: list[str], spans: list[tuple[int, int]]) -> str:
     return "\n".join(lines)
 
 
+def image_value(tag: str, chw: np.ndarray) -> Any:
+    """A TensorBoard image summary value of a CHW uint8 RGB picture. Encoded here at PNG compression
+    level 3: a quarter of the time of ``summary.image`` (which converts to float and back, then
+    compresses at level 6), for a file a few percent larger."""
+    import io
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    _, height, width = chw.shape
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))).save(buffer, format="PNG", compress_level=3)
+    return Summary.Value(tag=tag, image=Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue()))
+
+
 def image_description(stat: str) -> str:
     """TensorBoard's description of a heatmap image (markdown)."""
     return (
@@ -364,7 +379,7 @@ class HeatmapWriter:
 
         values = []
         for stat, history in self.histories.items():
-            value = summary.image(IMAGE_TAG.format(stat=stat), history.image(), dataformats="CHW").value[0]
+            value = image_value(IMAGE_TAG.format(stat=stat), history.image())
             # The description TensorBoard's Images tab shows; the plugin named as its own PNG images do.
             value.metadata.CopyFrom(image_metadata.create_summary_metadata(display_name=value.tag, description=image_description(stat)))
             values.append(value)
