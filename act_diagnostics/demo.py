@@ -1,6 +1,6 @@
 """The README demo: deliberately flawed models train under Lightning, and act_diagnostics says why.
 
-Five short runs on the CPU (models and data from :mod:`act_diagnostics.scenarios`, built in code,
+Seven short runs on the CPU (models and data from :mod:`act_diagnostics.scenarios`, built in code,
 nothing downloaded), each with its own TensorBoard log under ``--logdir``:
 
 1. ``deep_sigmoid_mlp``: nine Sigmoid hidden layers in a ten-layer MLP; saturating hidden activations, vanishing gradient.
@@ -11,9 +11,12 @@ nothing downloaded), each with its own TensorBoard log under ``--logdir``:
    scaled by 16 instead of 1/sqrt(head_dim): nearly one-hot attention rows.
 5. ``deep_sigmoid_mlp_fixed``: run 1 after following the advice (GELU, Kaiming init), same data and
    steps: no warnings, and a lower loss.
+6. ``attention_logit_growth``: the transformer of run 4 with the usual scale, trained by Adam at 0.03
+   without QK-norm: its largest attention logit grows past 30 before attention collapses.
+7. ``attention_logit_growth_fixed``: run 6 after following the advice (QK-LayerNorm): no warnings.
 
 Each run logs its training loss as ``train_loss``, so TensorBoard's Scalars tab shows run 1 and
-run 5 on one chart.
+run 5 (and runs 6 and 7) on one chart.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ import torch
 from act_diagnostics.outputs.report import LEGACY_REPORT_DIRNAMES, REPORT_DIRNAME
 from act_diagnostics.scenarios import SCENARIOS, Setup
 
-DEMO_SCENARIOS = ("deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed")
+DEMO_SCENARIOS = (
+    "deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed",
+    "attention_logit_growth", "attention_logit_growth_fixed",
+)  # fmt: skip
 BEFORE_AFTER = ("deep_sigmoid_mlp", "deep_sigmoid_mlp_fixed")
 LOSS_TAG = "train_loss"
 
@@ -127,6 +133,7 @@ def _run_scenario(name: str, logdir: str, steps: int, quiet: bool) -> DemoRun:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
 
+    from act_diagnostics.callbacks.options import RuleOptions
     from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
 
     scenario = SCENARIOS[name]
@@ -135,7 +142,7 @@ def _run_scenario(name: str, logdir: str, steps: int, quiet: bool) -> DemoRun:
     data = torch.utils.data.TensorDataset(setup.inputs, setup.targets)
     loader = torch.utils.data.DataLoader(data, batch_size=setup.batch_size, shuffle=True, generator=torch.Generator().manual_seed(1))
     module = lightning_module(setup)
-    callback = ActivationDiagnostics(log_every_n_steps=25, verbose=False, warn=not quiet)
+    callback = ActivationDiagnostics(log_every_n_steps=25, verbose=False, rules=RuleOptions(warn=not quiet))
     _clear_previous_run(os.path.join(logdir, name))
     logger = TensorBoardLogger(logdir, name=name, version="")
     trainer = pl.Trainer(

@@ -30,6 +30,7 @@ def test_demo_flags_flaws_and_writes_logs(tmp_path, capsys):
     assert "activation-loss-mismatch" in lines["softmax_into_cross_entropy"]
     assert "attention-collapse" in lines["collapsed_attention"]
     assert lines["deep_sigmoid_mlp_fixed"].endswith("warnings: none")
+    assert lines["attention_logit_growth_fixed"].endswith("warnings: none")  # QK-LayerNorm
     assert f"tensorboard --logdir '{logdir}'" in out
     assert f"act-diagnostics report '{logdir / 'deep_sigmoid_mlp'}'" in out
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

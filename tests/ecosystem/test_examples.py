@@ -27,6 +27,7 @@ def test_every_example_is_tested() -> None:
     assert listed == {"cnn_synthetic_images", "transformer_lm", "sigmoid_mlp_before_after", "hf_transformers_tiny"}
 
 
+@pytest.mark.slow
 def test_cnn_synthetic_images(tmp_path: Path) -> None:
     callback = load("cnn_synthetic_images").main([*FAST, "--logdir", str(tmp_path)])
     sites = callback.last_snapshot.sites
@@ -35,6 +36,7 @@ def test_cnn_synthetic_images(tmp_path: Path) -> None:
     assert (Path(callback.report_dir) / "report.json").is_file()
 
 
+@pytest.mark.slow
 def test_transformer_lm_functional_activations(tmp_path: Path) -> None:
     pytest.importorskip("lightning.pytorch")
     callback = load("transformer_lm").main([*FAST, "--logdir", str(tmp_path)])
@@ -44,8 +46,13 @@ def test_transformer_lm_functional_activations(tmp_path: Path) -> None:
     assert sites["encoder.layers.1.self_attn:attention"].source == "attention"
 
 
+@pytest.mark.slow
 def test_sigmoid_mlp_before_after(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    results = load("sigmoid_mlp_before_after").main([*FAST, "--logdir", str(tmp_path)])
+    from act_diagnostics import ActivationWarning
+
+    with pytest.warns(ActivationWarning) as warned:  # the "before" run warns
+        results = load("sigmoid_mlp_before_after").main([*FAST, "--logdir", str(tmp_path)])
+    assert any("saturating-hidden-activation" in str(w.message) for w in warned)
     before, loss_before, steps = results["sigmoid_before"]
     after, loss_after, _ = results["gelu_after"]
     # Six steps were trained: the loss compared is the mean of those six, and says so.
@@ -56,6 +63,7 @@ def test_sigmoid_mlp_before_after(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "saturating-hidden-activation" not in {f.rule for f in after.report.findings}
 
 
+@pytest.mark.slow
 def test_hf_transformers_tiny(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     callback = load("hf_transformers_tiny").main([*FAST, "--logdir", str(tmp_path)])

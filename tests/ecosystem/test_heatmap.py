@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from act_diagnostics import OutputOptions
 from act_diagnostics.outputs import heatmap as hm
 from tests.ecosystem.conftest import callback_class, deep_sigmoid_net, fit, make_trainer, seq_module_class
 
@@ -133,7 +134,7 @@ def test_images_in_the_event_file(tmp_path: Path) -> None:
 
 def test_heatmaps_can_be_switched_off(tmp_path: Path) -> None:
     flavour = "pytorch_lightning"
-    callback = callback_class(flavour)(log_every_n_steps=4, verbose=False, heatmaps=False)
+    callback = callback_class(flavour)(log_every_n_steps=4, verbose=False, outputs=OutputOptions(heatmaps=False))
     trainer = make_trainer(flavour, tmp_path, callbacks=[callback], max_steps=8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
