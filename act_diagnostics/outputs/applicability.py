@@ -15,7 +15,8 @@ against the families of :mod:`act_diagnostics.core.kinds`:
 * ``saturation``: the core leaves it None where a kind has no saturation test (ReLU, leaky ReLU,
   threshold, tanhshrink); nothing to decide here.
 * ``mean``, ``std``, ``max_abs``, ``grad_rms``, ``nonfinite``: every kind. ``param_grad_norm``: the
-  core leaves it None where no layer feeds the activation.
+  core leaves it None where no layer feeds the activation; ``max_logit``: None except on attention
+  sites.
 """
 
 from __future__ import annotations
