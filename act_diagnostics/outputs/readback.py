@@ -256,16 +256,13 @@ def _md_cells(line: str) -> list[str]:
 def parse_findings_markdown(text: str) -> list[dict[str, Any]]:
     """The findings of a :meth:`Report.markdown_table` (this version's columns or older ones')."""
     lines = text.splitlines()
-    for i, line in enumerate(lines):
-        header = _md_cells(line) if line.startswith("| severity | rule |") else []
-        if header:
-            break
-    else:
+    start = next((i for i, line in enumerate(lines) if line.startswith("| severity | rule |")), None)
+    if start is None:
         return []
     rename = {"finding": "message", "fix": "recommendation"}
-    keys = [rename.get(h, h) for h in header]
+    keys = [rename.get(h, h) for h in _md_cells(lines[start])]
     findings = []
-    for line in lines[i + 2 :]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = _md_cells(line)

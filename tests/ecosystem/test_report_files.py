@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -145,9 +146,8 @@ def trainer_fit(cls):
 """
 
 
-def _second_run(cwd: Path) -> "subprocess.CompletedProcess[str]":
+def _second_run(cwd: Path) -> subprocess.CompletedProcess[str]:
     import os
-    import subprocess
     import sys
 
     root = str(Path(__file__).resolve().parents[2])
