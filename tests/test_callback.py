@@ -210,7 +210,7 @@ def test_a_tensorboard_logger_subclass_gets_the_extras_and_the_report(tmp_path):
     trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv"), tb], max_steps=8).fit(Net(), loader())
     acc = event_accumulator(tmp_path)
     assert acc.Tags()["histograms"] and acc.Tensors("custom_scalars__config__")
-    assert os.path.isfile(os.path.join(tb.log_dir, "act_diagnostics", "report.json"))
+    assert os.path.isfile(os.path.join(tb.log_dir, "act-diagnostics", "report.json"))
 
 
 def test_a_second_trainer_gets_its_own_tensorboard_events(tmp_path):
@@ -335,7 +335,7 @@ def test_report_lies_beside_the_tensorboard_events(tmp_path):
     cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False)
     tb = TensorBoardLogger(str(tmp_path), name="tb")
     trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv"), tb], max_steps=8).fit(Net(), loader())
-    assert cb.report_dir == os.path.join(tb.log_dir, "act_diagnostics")
+    assert cb.report_dir == os.path.join(tb.log_dir, "act-diagnostics")
     run = load_run(tb.log_dir)
     assert run.report_path is not None and run.report_path.is_file() and run.layers
 

@@ -44,6 +44,7 @@ from act_diagnostics.callbacks.schedule import StepSchedule
 from act_diagnostics.callbacks.windows import EvalWindows
 from act_diagnostics.core.monitor import ActivationMonitor
 from act_diagnostics.core.snapshot import Snapshot
+from act_diagnostics.outputs.chart import engine_thresholds  # lead: port to the new callbacks
 from act_diagnostics.outputs.report import Report
 from act_diagnostics.rules.activation_spike import take_detail_requests
 
@@ -109,7 +110,7 @@ class DiagnosticsCallbackCore:
     def report(self) -> Report:
         """The findings so far (an :class:`act_diagnostics.outputs.report.Report`)."""
         findings = list(self.engine.findings) if self.engine is not None else []
-        return Report(findings=findings, snapshot=self.last_snapshot, stopped=self._stopped)
+        return Report(findings=findings, snapshot=self.last_snapshot, stopped=self._stopped, history=self._publisher.history, thresholds=engine_thresholds(self.engine))  # lead: port to the new callbacks
 
     @property
     def failure(self) -> BaseException | None:
