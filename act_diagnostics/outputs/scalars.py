@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from act_diagnostics.core.snapshot import LOGGED_STATS, Snapshot
+from act_diagnostics.core.transformer_stats import extra_scalars
 from act_diagnostics.outputs.applicability import applies
 
 TAG_PREFIX = "act"
@@ -59,6 +60,10 @@ def snapshot_scalars(snapshot: Snapshot, stats: Iterable[str] = LOGGED_STATS, pr
         for key in wanted:
             if key in values and applies(key, site.family):
                 out[f"{prefix}/{tags[site.name]}/{key}"] = values[key]
+    # Statistics of no site: log Z per loss call, token shares per MoE router (docs/logged-metrics.md).
+    for name, values in extra_scalars(snapshot).items():
+        for key, value in values.items():
+            out[f"{prefix}/{site_tag(name)}/{key}"] = value
     return out
 
 

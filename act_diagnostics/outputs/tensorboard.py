@@ -39,6 +39,12 @@ DASHBOARD_CHARTS = {
     "output max |value|": "max_abs",
     "feeding-layer gradient norm": "param_grad_norm",
 }
+# Transformer and mixture-of-experts statistics (issue-19 rules), charted when the model has them.
+TRANSFORMER_CHARTS = {
+    "attention: largest pre-softmax logit": r".*/max_logit",
+    "log Z of the logits reaching the loss (mean)": r"loss/.*/log_z_mean",
+    "MoE router load imbalance (1 balanced, E all on one)": r"router/.*/imbalance",
+}
 LAYOUT_CATEGORY = "act_diagnostics"
 FINDINGS_TEXT_TAG = "act_diagnostics/findings"
 
@@ -121,17 +127,24 @@ def _group_pattern(prefix: str) -> str:
     return re.escape(prefix) + r"(?:[./].*)?"
 
 
-def dashboard_layout(scalar_prefix: str = "", site_tags: Iterable[str] | None = None) -> dict[str, dict[str, list]]:
+def dashboard_layout(
+    scalar_prefix: str = "", site_tags: Iterable[str] | None = None, transformer: bool = False
+) -> dict[str, dict[str, list]]:
     """Custom-scalars layout: one multiline chart per statistic, every site on it; with ``site_tags``
     (forward order) of more than :data:`MAX_LINES_PER_CHART` sites, one category per statistic
     holding a chart per group of sites. ``scalar_prefix``: what the TensorBoard logger puts before
-    each tag (:func:`logger_prefix`)."""
+    each tag (:func:`logger_prefix`). ``transformer``: add a category for the attention logits, log Z
+    and router statistics (the model has attention sites, classification losses or MoE routers)."""
     start = rf"^{re.escape(scalar_prefix)}{TAG_PREFIX}/"
     tags = list(site_tags or [])
+    layout: dict[str, dict[str, list]] = {}
+    if transformer:
+        layout[f"{LAYOUT_CATEGORY}: transformer"] = {
+            title: ["Multiline", [rf"{start}{pattern}$"]] for title, pattern in TRANSFORMER_CHARTS.items()
+        }
     if len(tags) <= MAX_LINES_PER_CHART:
         charts = {title: ["Multiline", [rf"{start}.*/{stat}$"]] for title, stat in DASHBOARD_CHARTS.items()}
-        return {LAYOUT_CATEGORY: charts}
-    layout: dict[str, dict[str, list]] = {}
+        return {LAYOUT_CATEGORY: charts, **layout}
     groups = site_groups(tags)
     for title, stat in DASHBOARD_CHARTS.items():
         category = layout.setdefault(f"{LAYOUT_CATEGORY}: {title}", {})
@@ -158,10 +171,10 @@ class TensorBoardExtras:
         self.heatmaps = HeatmapWriter() if heatmaps else None
         self._layout_written = False
 
-    def write_layout(self, site_tags: Iterable[str] | None = None) -> None:
+    def write_layout(self, site_tags: Iterable[str] | None = None, transformer: bool = False) -> None:
         """The custom-scalars layout, once per run (grouped by module path when ``site_tags`` are many)."""
         if not self._layout_written:
-            self.writer.add_custom_scalars(dashboard_layout(self.scalar_prefix, site_tags))
+            self.writer.add_custom_scalars(dashboard_layout(self.scalar_prefix, site_tags, transformer))
             self._layout_written = True
 
     def write_snapshot(self, snapshot: Snapshot, step: int, scalars: dict[str, float] | None = None) -> None:
@@ -171,7 +184,11 @@ class TensorBoardExtras:
         from torch.utils.tensorboard import summary
 
         if not self._layout_written:  # the sites of the first log step name the layout's groups
-            self.write_layout(site_tags(site.name for site, _ in snapshot.ordered()).values())
+            transformer = bool(
+                getattr(snapshot, "log_z", None) or getattr(snapshot, "routers", None)
+                or any(site.source == "attention" for site in snapshot.sites.values())
+            )
+            self.write_layout(site_tags(site.name for site, _ in snapshot.ordered()).values(), transformer)
         # What add_scalar writes (summary.scalar's simple_value), at a quarter of its cost.
         prefix = self.scalar_prefix
         values = [Summary.Value(tag=prefix + tag, simple_value=float(value)) for tag, value in (scalars or {}).items()]

@@ -50,3 +50,23 @@ def test_groups_split_deeper_only_where_needed() -> None:
     patterns = dashboard_layout("", tags)
     chart = next(iter(patterns.values()))["firing_rate: blocks.0 ... blocks.7"][1][0]
     assert re.match(chart, "act/blocks.1.act/firing_rate") and not re.match(chart, "act/blocks.10.act/firing_rate")
+
+
+def test_transformer_statistics_are_logged_and_charted() -> None:
+    import re
+
+    from act_diagnostics.core.logits import LogZStats
+    from act_diagnostics.core.snapshot import Snapshot
+    from act_diagnostics.outputs.scalars import snapshot_scalars
+    from act_diagnostics.outputs.tensorboard import TRANSFORMER_CHARTS
+
+    snap = Snapshot(step=3, window_steps=1, stats={}, sites={}, log_z={"cross_entropy": LogZStats(rows=8, mean=21.5, max=30.0, min=12.0)})
+    scalars = snapshot_scalars(snap)
+    assert scalars["act/loss/cross_entropy/log_z_mean"] == 21.5 and scalars["act/loss/cross_entropy/log_z_max"] == 30.0
+    layout = dashboard_layout("", ["net.1"], transformer=True)
+    charts = layout["act_diagnostics: transformer"]
+    assert list(charts) == list(TRANSFORMER_CHARTS)
+    log_z_chart = charts["log Z of the logits reaching the loss (mean)"][1][0]
+    assert re.match(log_z_chart, "act/loss/cross_entropy/log_z_mean")
+    assert re.match(charts["attention: largest pre-softmax logit"][1][0], "act/blocks.0.attn/attention/max_logit")
+    assert "act_diagnostics: transformer" not in dashboard_layout("", ["net.1"])  # a CNN gets no empty charts
