@@ -16,8 +16,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     exit 1
 fi
 PIP=("$VENV/bin/python" -m pip install --quiet -c .ci/constraints.txt)
-"${PIP[@]}" -e ".[zoo]"
-if ! "$VENV/bin/python" -c "import timm" >/dev/null 2>&1 || [ "$("$VENV/bin/python" -c 'import timm; print(timm.__version__)' 2>/dev/null)" != "$TIMM_VERSION" ]; then
+# Fast path on a second run: everything is there already.
+if ! "$VENV/bin/python" -c "import sklearn, transformers, yaml, huggingface_hub, safetensors" >/dev/null 2>&1; then
+    "${PIP[@]}" -e ".[zoo]"
+fi
+if [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("timm"))' 2>/dev/null)" != "$TIMM_VERSION" ]; then
     "${PIP[@]}" --no-deps "timm==$TIMM_VERSION"
 fi
 "$VENV/bin/python" - <<'PY'

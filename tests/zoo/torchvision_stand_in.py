@@ -9,6 +9,11 @@ C++ ops do not load and ``import torchvision`` fails (``operator torchvision::nm
 ``torchvision.*`` import with a stub module: ``FrozenBatchNorm2d`` is real (a few lines), any other
 name is a placeholder class that raises when instantiated, so code that really needs torchvision
 fails loudly instead of silently doing something else.
+
+Side effect, in the process that installs it: ``importlib.util.find_spec("torchvision")`` succeeds,
+so libraries that probe for torchvision that way (transformers' ``is_torchvision_available``,
+lightning's ``RequirementCache``) report it available. The zoo's models never use it; install it
+only where timm must import (tests/zoo/conftest.py does, when timm is installed).
 """
 
 from __future__ import annotations
