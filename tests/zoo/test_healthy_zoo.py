@@ -41,6 +41,14 @@ def _params() -> list:
     return params
 
 
+def test_the_zoo_covers_twenty_architectures_across_libraries() -> None:
+    import inspect
+
+    sources = {name: inspect.getsource(case.build) for name, case in CASES.items()}
+    by_library = {lib: [n for n, src in sources.items() if key in src] for lib, key in (("timm", "timm_"), ("transformers", "hf("))}
+    assert len(CASES) >= 20 and len(by_library["timm"]) >= 6 and len(by_library["transformers"]) >= 6, by_library
+
+
 @pytest.mark.parametrize(("name", "schedule"), _params())
 def test_healthy_model_learns_and_gets_no_warning(name: str, schedule: str, tmp_path, zoo_timings) -> None:
     run = fit(CASES[name], tmp_path, every_step=SCHEDULES[schedule])
