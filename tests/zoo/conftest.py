@@ -21,6 +21,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+
+def _code_under_test_from_pythonpath() -> None:
+    """tests/conftest.py puts this checkout first on sys.path. A checkout named in PYTHONPATH goes
+    before it, so that another tree's code can be run against this zoo:
+    ``cd <other checkout> && PYTHONPATH=$PWD python -m pytest <this checkout>/tests/zoo``."""
+    for entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
+        root = os.path.abspath(entry)
+        if os.path.isfile(os.path.join(root, "act_diagnostics", "__init__.py")):
+            if root in sys.path:
+                sys.path.remove(root)
+            sys.path.insert(0, root)
+            for name in [n for n in sys.modules if n == "act_diagnostics" or n.startswith("act_diagnostics.")]:
+                del sys.modules[name]
+
+
+_code_under_test_from_pythonpath()
+
 import torchvision_stand_in  # noqa: E402
 
 if importlib.util.find_spec("timm") is not None:  # only where the zoo can run
@@ -51,7 +68,9 @@ def zoo_timings() -> dict[str, float]:
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
     if not _TIMINGS:
         return
-    terminalreporter.section("zoo: seconds in fit per run")
+    import act_diagnostics
+
+    terminalreporter.section(f"zoo: seconds in fit per run (act_diagnostics from {Path(act_diagnostics.__file__).parent.parent})")
     for name, seconds in sorted(_TIMINGS.items(), key=lambda kv: -kv[1]):
         terminalreporter.write_line(f"{seconds:6.1f}  {name}")
     terminalreporter.write_line(f"{sum(_TIMINGS.values()):6.1f}  total")
