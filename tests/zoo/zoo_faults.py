@@ -9,7 +9,6 @@ where ``forwards`` run the case's loss on fixed batches of its data.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -229,7 +228,6 @@ GELU_TAIL, SILU_TAIL, TANH_FLAT = -3.07, -6.26, 2.99  # where the derivative fal
 def _faults() -> list[Fault]:
     C = zm.CASES
     case = lambda base, **changes: dataclasses.replace(C[base], **changes)  # noqa: E731
-    digits = lambda: data.tabular("digits")  # noqa: E731
     return [
         # dead-units: ReLU units that never fire
         Fault("dead-units", "mlp-digits-sgd-lr1", case("mlp-digits-sgd", data=data.digit_pixels, optimizer=zm.sgd(1.0, momentum=0, weight_decay=0), steps=60),

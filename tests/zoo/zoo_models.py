@@ -6,7 +6,6 @@ timm and transformers are imported inside the builders, so this module imports w
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
