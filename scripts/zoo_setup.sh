@@ -10,7 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-TIMM_VERSION=1.0.31  # the version the zoo was written against (it builds models by name and keyword)
+# The versions the zoo was written and checked against: it builds models by name and keyword, so a
+# new release may change what it builds. The `zoo` extra itself accepts ranges.
+TIMM_VERSION=1.0.31
+ZOO_PINS=("transformers==5.25.0" "scikit-learn==1.9.1")
 if [ ! -x "$VENV/bin/python" ]; then
     echo "zoo_setup: $VENV/bin/python not found; run scripts/setup.sh first (or set VENV)" >&2
     exit 1
@@ -18,7 +21,7 @@ fi
 PIP=("$VENV/bin/python" -m pip install --quiet -c .ci/constraints.txt)
 # Fast path on a second run: everything is there already.
 if ! "$VENV/bin/python" -c "import sklearn, transformers, yaml, huggingface_hub, safetensors" >/dev/null 2>&1; then
-    "${PIP[@]}" -e ".[zoo]"
+    "${PIP[@]}" -e ".[zoo]" "${ZOO_PINS[@]}"
 fi
 if [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("timm"))' 2>/dev/null)" != "$TIMM_VERSION" ]; then
     "${PIP[@]}" --no-deps "timm==$TIMM_VERSION"
