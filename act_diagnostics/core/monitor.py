@@ -42,6 +42,7 @@ from torch import Tensor
 
 from act_diagnostics.core.attention import ATTENTION, read_attention
 from act_diagnostics.core.config import MonitorConfig, selects
+from act_diagnostics.core.facts import BatchFacts, OutputLayers, parameter_scales  # facts
 from act_diagnostics.core.kinds import (
     FUNCTIONAL_KINDS,
     KINDS,
@@ -276,6 +277,8 @@ class ActivationMonitor:
         self._output_shape: dict[str, torch.Size] = {}  # site -> shape of its latest output (structure steps)
         self._whole_losses: dict[str, set[str]] = {}  # site -> losses seen reading its classes
         self._tracer = ActivationTracer(self)
+        self.param_scales: dict[str, float] = {}  # facts: parameter scales at attach
+        self.output_layers, self.batch_facts = OutputLayers(), BatchFacts()  # facts: output layers, batch rows
         self._tracer_on = False
         self._step_traces = False  # this step runs the tracer (begin_step decides)
         self._modes_below: list[Any] = []  # the function-mode stack the tracer was last entered on
@@ -341,6 +344,7 @@ class ActivationMonitor:
             if module_kind(m) is None
             and (functional or m is self.model or _has_params(m) or not any(True for _ in m.children()))
         ]
+        self.param_scales = parameter_scales(self.model)  # facts: parameter scales at attach
         self._attached = True
         return self
 
@@ -572,6 +576,7 @@ class ActivationMonitor:
         # tensors (its loss is computed by now) are let go, so gradient accumulation over many
         # micro-batches in one step does not keep every micro-batch alive.
         self._forward_in_step = True
+        self.batch_facts.note(args, self.detail and self._training)  # facts: batch rows and spread
         self._calls.clear()
         self._owner_stack.clear()
         self._clear_step_refs()
@@ -621,6 +626,7 @@ class ActivationMonitor:
             return
         try:
             if module is self.model:
+                self.output_layers.note(output, self._layer_out)  # facts: output layers
                 for t in _tensors(output):
                     source = self.produced_by(t)
                     if source is not None:
@@ -1110,6 +1116,7 @@ class ActivationMonitor:
                 self._note_partial(self.sites[site], loss, value)
 
     def note_loss(self, loss: str, prediction: Any, target: Any) -> None:
+        self.output_layers.note(prediction, self._layer_out)  # facts: loss-input layers
         info = self.losses_seen.setdefault(loss, {"calls": 0})
         info["calls"] += 1
         if isinstance(prediction, Tensor):
@@ -1217,12 +1224,14 @@ class ActivationMonitor:
         scale = self.grad_scale() if self.grad_scale is not None else None
         if isinstance(scale, Tensor):
             samples.append(scale.detach().reshape(-1)[:1])
+        samples += self.batch_facts.pending()  # facts: batch spread, in the one host copy
         with self._no_torch_function():
             # New sites, or a device move: one buffer again. A model split across devices keeps a
             # buffer per site (moving them would only make each site move back at its next call).
             if states and shared_view(states) is None and all(st.device == device for st in states):
                 share_buffer(states, device)
             totals, host_samples = reduce_to_host(states, names, device, all_gather, samples)  # type: ignore[arg-type]
+        facts = self.batch_facts.read(host_samples)  # facts: batch rows and spread
         grad_scale = host_samples.pop()[0] if isinstance(scale, Tensor) else scale
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
         sites = self.sites
@@ -1238,6 +1247,7 @@ class ActivationMonitor:
             grad_samples=dict(zip(grad_names, host_samples[len(sample_names) :])),
             losses=tuple(sorted(self.losses_seen)),
             grad_scale=float(grad_scale) if grad_scale is not None else None,
+            output_layers=tuple(sorted(self.output_layers.names)), param_scales=self.param_scales, **facts,  # facts
         )
         if reset:
             with self._no_torch_function():

@@ -99,6 +99,15 @@ class Snapshot:
     losses: tuple[str, ...] = ()
     # float16 AMP: the GradScaler's scale at the snapshot (None without one).
     grad_scale: float | None = None
+    # Structural facts (core/facts.py). Parametrised layers whose output is a model output or a loss
+    # input (reached through views, copies, dropout).
+    output_layers: tuple[str, ...] = ()
+    # Largest |value| of each parameter that is not a bias, read once at attach.
+    param_scales: dict[str, float] = field(default_factory=dict, repr=False)
+    # The model's first tensor input on the window's latest detail step: its rows, and the largest
+    # |row - first row| (0: every row the same). None where not recorded (keyword-only inputs).
+    batch_rows: int | None = None
+    batch_spread: float | None = None
 
     def ordered(self) -> list[tuple[Site, SiteStats]]:
         """(site, stats) pairs in forward order, input side first."""

@@ -37,12 +37,48 @@ class RuleContext:
         self.held.add(site)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a threshold may take: ``lo``..``hi``, each end open or closed; ``integer``: whole
+    numbers only (counts)."""
+
+    lo: float = 0.0
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.integer and value != int(value):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        kind = "a whole number " if self.integer else ""
+        if math.isinf(self.hi):
+            return f"{kind}{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{kind}in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+# The ranges most thresholds take.
+FRACTION = Range(0.0, 1.0)  # a share of units, rows or outputs
+PROBABILITY = Range(0.0, 1.0, lo_open=True, hi_open=True)  # a chance strictly between 0 and 1
+COUNT = Range(1.0, integer=True)  # windows, sites, samples
+POSITIVE = Range(0.0, lo_open=True)  # a ratio or a magnitude
+FACTOR = Range(1.0, lo_open=True)  # a growth factor: more than 1x
+
+
 class Rule:
     """One diagnostic. Subclasses set the class attributes and implement :meth:`evaluate`."""
 
     id: ClassVar[str] = ""
     # Default thresholds, overridable as ``{"<id>.<name>": value}`` (named constants in each module).
     defaults: ClassVar[dict[str, float]] = {}
+    # The valid range of each threshold (checked by the engine); a threshold not listed takes any
+    # finite number >= 0.
+    ranges: ClassVar[dict[str, Range]] = {}
     # Consecutive evaluations a condition must hold before it is reported (1: at once).
     windows: ClassVar[int] = 1
     # Evidence key measuring how bad a finding is (higher is worse): a finding already reported
@@ -129,6 +165,16 @@ def depth_chain(snapshot: Snapshot) -> list[tuple[Site, SiteStats]]:
 
 def pct(value: float) -> str:
     return f"{100.0 * value:.0f}%"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 unit``, ``2 units``: a number with its noun agreeing."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+
+
+def was_were(n: int) -> str:
+    """``1 was``, ``2 were``."""
+    return f"{n} {'was' if n == 1 else 'were'}"
 
 
 class SamplePool:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from act_diagnostics.rules.base import Rule, RuleContext, SamplePool, pct, samples_per_unit
+from act_diagnostics.rules.base import COUNT, FRACTION, PROBABILITY, Rule, RuleContext, SamplePool, pct, samples_per_unit, was_were
 from act_diagnostics.rules.finding import Finding
 
 # Kinds whose output and gradient are exactly zero below the threshold: a unit that never fires
@@ -55,6 +55,10 @@ class DeadUnits(Rule):
         "min_samples": MIN_SAMPLES,
         "preflight_min_samples": PREFLIGHT_MIN_SAMPLES,
     }
+    ranges = {
+        "unit_rate": PROBABILITY, "warn_fraction": FRACTION, "error_fraction": FRACTION,
+        "min_samples": COUNT, "preflight_min_samples": COUNT,
+    }  # fmt: skip
     windows = 2
     primary = "dead_fraction"
 
@@ -92,7 +96,7 @@ class DeadUnits(Rule):
                 msg = f"{pct(fraction)} of {len(rates)} units never fire ({when})"
                 fix = BORN_DEAD_FIX
             else:
-                also = f"; {born} were dead from the start" if born else ""
+                also = f"; {was_were(born)} dead from the start" if born else ""
                 msg = f"{pct(fraction)} of {len(rates)} units never fire ({later} died after step {early_step}{also})"
                 fix = DIED_LATER_FIX
             out.append(

@@ -26,7 +26,7 @@ from act_diagnostics.core.checks import real
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.rules.activation_loss import ActivationLossMismatch
 from act_diagnostics.rules.attention_collapse import AttentionCollapse
-from act_diagnostics.rules.base import Rule, RuleContext
+from act_diagnostics.rules.base import Range, Rule, RuleContext
 from act_diagnostics.rules.dead_units import DeadUnits
 from act_diagnostics.rules.exploding_activations import ExplodingActivations
 from act_diagnostics.rules.exploding_gradient import ExplodingGradient
@@ -80,6 +80,7 @@ def _check_thresholds(thresholds: Any) -> dict[str, dict[str, float]]:
         raise TypeError(f"`thresholds` must be a dict like {{'dead-units.warn_fraction': 0.3}}, got {thresholds!r}")
     by_rule: dict[str, dict[str, float]] = {}
     defaults = {r.id: r.defaults for r in RULES}
+    ranges = {r.id: r.ranges for r in RULES}
     for key, value in thresholds.items():
         rule, _, name = str(key).partition(".")
         if rule not in defaults:
@@ -88,8 +89,11 @@ def _check_thresholds(thresholds: Any) -> dict[str, dict[str, float]]:
             valid = ", ".join(f"{rule}.{n}" for n in defaults[rule]) or "none (this rule has no thresholds)"
             raise ValueError(f"`thresholds` key {key!r} is not a threshold of {rule}; valid keys: {valid}")
         number = real(value)
-        if number is None or not math.isfinite(number) or number < 0:
-            raise TypeError(f"`thresholds[{key!r}]` must be a finite number >= 0, got {value!r}")
+        valid = ranges[rule].get(name, Range())
+        if number is None or not math.isfinite(number):
+            raise TypeError(f"`thresholds[{key!r}]` must be a finite number {valid}, got {value!r}")
+        if number not in valid:
+            raise ValueError(f"`thresholds[{key!r}]` must be {valid}, got {value!r}")
         by_rule.setdefault(rule, {})[name] = number
     return by_rule
 

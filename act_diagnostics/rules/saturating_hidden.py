@@ -9,7 +9,7 @@ gates), so those are never flagged.
 from __future__ import annotations
 
 from act_diagnostics.core.sites import Site
-from act_diagnostics.rules.base import Rule, RuleContext
+from act_diagnostics.rules.base import Range, Rule, RuleContext
 from act_diagnostics.rules.finding import Finding
 
 # Layers in the stack (hidden activations + 1) from which a hidden sigmoid is a warning:
@@ -33,6 +33,7 @@ class SaturatingHiddenActivation(Rule):
     id = "saturating-hidden-activation"
     per_site = False
     defaults = {"sigmoid_min_depth": SIGMOID_MIN_DEPTH, "tanh_min_depth": TANH_MIN_DEPTH}
+    ranges = {"sigmoid_min_depth": Range(2.0, integer=True), "tanh_min_depth": Range(2.0, integer=True)}
     primary = None
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:

@@ -6,7 +6,7 @@ first training step's detail pass) across hidden activations in forward order.
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import Rule, RuleContext, finite, is_hidden
+from act_diagnostics.rules.base import FACTOR, Range, Rule, RuleContext, finite, is_hidden
 from act_diagnostics.rules.finding import Finding
 
 # SageMaker Debugger PoorWeightInitialization: max/min variance of ReLU inputs across layers > 10.
@@ -27,6 +27,7 @@ class SignalPropagation(Rule):
     id = "signal-propagation"
     per_site = False
     defaults = {"ratio": RATIO, "min_sites": MIN_SITES}
+    ranges = {"ratio": FACTOR, "min_sites": Range(2.0, integer=True)}
     in_training = False
     primary = "ratio"
 

@@ -7,7 +7,7 @@ softmax, forward order).
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import Rule, RuleContext, depth_chain, finite
+from act_diagnostics.rules.base import POSITIVE, PROBABILITY, Range, Rule, RuleContext, depth_chain, finite
 from act_diagnostics.rules.finding import Finding
 
 # AUTOTRAINER (ICSE 2021): vanishing when ||g_first|| / ||g_last|| < 1e-3 and ||g_first|| < 1e-4.
@@ -38,6 +38,7 @@ class VanishingGradient(Rule):
         "tiny_ratio": TINY_RATIO,
         "min_sites": MIN_SITES,
     }
+    ranges = {"ratio": PROBABILITY, "first_abs": POSITIVE, "tiny": POSITIVE, "tiny_ratio": PROBABILITY, "min_sites": Range(2.0, integer=True)}
     windows = 2
     primary = "shrink_factor"
 

@@ -32,7 +32,11 @@ def test_rule_ids_cover_the_contract():
         ({"disable": 3}, TypeError, "`disable` must be a rule id or a list of rule ids, got 3"),
         ({"thresholds": {"dead-units.warn": 0.3}}, ValueError, r"not a threshold of dead-units; valid keys: dead-units.unit_rate"),
         ({"thresholds": {"nope.x": 1}}, ValueError, "names no rule; valid ids"),
-        ({"thresholds": {"dead-units.warn_fraction": "high"}}, TypeError, r"`thresholds\['dead-units.warn_fraction'\]` must be a finite number >= 0, got 'high'"),
+        ({"thresholds": {"dead-units.warn_fraction": "high"}}, TypeError, r"`thresholds\['dead-units.warn_fraction'\]` must be a finite number in \[0, 1\], got 'high'"),
+        ({"thresholds": {"dead-units.warn_fraction": 2}}, ValueError, r"`thresholds\['dead-units.warn_fraction'\]` must be in \[0, 1\], got 2"),
+        ({"thresholds": {"dead-units.unit_rate": 0}}, ValueError, r"`thresholds\['dead-units.unit_rate'\]` must be in \(0, 1\), got 0"),
+        ({"thresholds": {"exploding-gradient.min_sites": 2.5}}, ValueError, r"must be a whole number >= 2, got 2.5"),
+        ({"thresholds": {"exploding-gradient.growth": 0.5}}, ValueError, r"must be > 1, got 0.5"),
         ({"thresholds": [("a", 1)]}, TypeError, "`thresholds` must be a dict"),
         ({"warn": "yes"}, TypeError, "`warn` must be True or False, got 'yes'"),
     ],
@@ -128,3 +132,16 @@ def test_sample_pool_weights_windows_until_enough_samples() -> None:
     assert pool.add("s", [1.0], 600, 1000) == (None, 600)  # a new window starts the pool over
     means, seen = pool.add("s", [0.5, 0.5, 0.5], 2000, 1000)  # the site changed width
     assert seen == 2000 and means.tolist() == [0.5, 0.5, 0.5]
+
+
+def test_every_threshold_has_a_range_its_default_lies_in():
+    """Each rule of this package declares the range of each threshold; the defaults lie inside."""
+    from act_diagnostics.rules.engine import RULES
+
+    for rule in RULES:
+        for name, value in rule.defaults.items():
+            valid = rule.ranges.get(name)
+            if rule.id in ("activation-loss-mismatch", "output-activation-mismatch") and valid is None:
+                continue  # owned elsewhere: any number >= 0 until they declare theirs
+            assert valid is not None, f"{rule.id}.{name} declares no range"
+            assert value in valid, f"{rule.id}.{name} = {value} outside {valid}"
