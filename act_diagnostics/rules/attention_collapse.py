@@ -39,6 +39,8 @@ FIX = (
 
 class AttentionCollapse(Rule):
     id = "attention-collapse"
+    resolvable = True
+    reads_rows = True
     defaults = {
         "warn_share": WARN_SHARE,
         "error_share": ERROR_SHARE,

@@ -18,16 +18,27 @@ from act_diagnostics.core.sites import Site
 from act_diagnostics.core.snapshot import SiteStats, Snapshot
 from act_diagnostics.core.tracer import REGRESSION_LOSSES
 from act_diagnostics.rules.finding import Finding, Severity
+from act_diagnostics.rules.notions import SQUASHING_OUTPUT_FAMILIES, Notions, is_hidden  # noqa: F401 - re-exported
 
 
 @dataclass
 class RuleContext:
-    """What a rule sees: one window's snapshot, and whether it is the pre-flight check."""
+    """What a rule sees: one window's snapshot, whether it is the pre-flight check, and the
+    snapshot's notions (rules/notions.py: gates, heads, hidden stack, small-scale branches)."""
 
     snapshot: Snapshot
     preflight: bool = False
-    # Sites a rule could not judge this window (too few samples): their debounce streak is kept.
+    # Sites a rule could not judge this window (too few samples): their debounce streak is kept,
+    # and an open finding about them is not counted as resolved.
     held: set[str] = field(default_factory=set)
+    _notions: Notions | None = None
+
+    @property
+    def notions(self) -> Notions:
+        """Computed once per snapshot (the engine shares them across its rules)."""
+        if self._notions is None:
+            self._notions = Notions.of(self.snapshot)
+        return self._notions
 
     @property
     def step(self) -> int:
@@ -90,6 +101,14 @@ class Rule:
     # Deduplicate per (rule, site), or once per model (whole-network conditions whose named site
     # may move from window to window: NaN spreading, first/last comparisons).
     per_site: ClassVar[bool] = True
+    # Lifecycle: a rule that re-judges its condition every window (statistics) lets the engine mark
+    # its finding resolved once the condition has not held for ``resolve_windows`` judged windows in
+    # a row; a finding about the model's static structure cannot resolve.
+    resolvable: ClassVar[bool] = False
+    resolve_windows: ClassVar[int] = 2
+    # Judges statistics across the rows of a batch: skipped in a pre-flight check whose batch is
+    # degenerate (one row, or identical rows), where those statistics mean nothing.
+    reads_rows: ClassVar[bool] = False
 
     def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
         self.t: dict[str, float] = {**self.defaults, **dict(thresholds or {})}
@@ -125,18 +144,6 @@ def samples_per_unit(stats: SiteStats) -> float:
     return stats.sampled / stats.units if stats.units else 0.0
 
 
-def is_hidden(site: Site) -> bool:
-    """An activation inside the network: not a head, not a gate, not a softmax (attention, outputs)."""
-    return not site.is_output and not site.is_gate and site.family != "softmax"
-
-
-# Output activations left out of the depth chain: a probability output's gradient is the loss's
-# (p - y) / (p (1 - p)), which grows as the model gets confident and the activation's own derivative
-# p (1 - p) shrinks it again one step back. Across that one layer the gradient falls 1000x on a
-# healthy classifier at 100% training accuracy: not depth.
-SQUASHING_OUTPUT_FAMILIES = ("sigmoid", "tanh", "softmax")
-
-
 # Appended to the growth rules' findings when the model regresses: large targets need large
 # outputs, so growth across depth may be the targets' scale rather than a fault.
 REGRESSION_SCALE_NOTE = (
@@ -149,18 +156,6 @@ def growth_fix(snapshot: Snapshot, fix: str) -> str:
     """A growth rule's ``fix``, plus the target-scale note when the model trains with a regression
     loss (mse, l1, smooth_l1, huber)."""
     return fix + REGRESSION_SCALE_NOTE if any(loss in REGRESSION_LOSSES for loss in snapshot.losses) else fix
-
-
-def depth_chain(snapshot: Snapshot) -> list[tuple[Site, SiteStats]]:
-    """Sites that make up the network's depth, in forward order: hidden activations plus the final
-    output activation unless it squashes (sigmoid, tanh, softmax); gates and attention softmaxes
-    scale differently and are left out."""
-    chain = [(s, st) for s, st in snapshot.ordered() if is_hidden(s)]
-    outputs = [(s, st) for s, st in snapshot.ordered() if s.is_output and not s.is_gate]
-    if outputs and (not chain or outputs[-1][0].index > chain[-1][0].index):
-        if outputs[-1][0].family not in SQUASHING_OUTPUT_FAMILIES:
-            chain.append(outputs[-1])
-    return chain
 
 
 def pct(value: float) -> str:

@@ -48,6 +48,8 @@ DIED_LATER_FIX = (
 
 class DeadUnits(Rule):
     id = "dead-units"
+    resolvable = True
+    reads_rows = True
     defaults = {
         "unit_rate": UNIT_RATE,
         "warn_fraction": WARN_FRACTION,

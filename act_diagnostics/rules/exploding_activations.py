@@ -31,6 +31,8 @@ FIX = (
 class ExplodingActivations(Rule):
     id = "exploding-activations"
     per_site = False
+    resolvable = True
+    reads_rows = True
     defaults = {"growth": GROWTH, "huge": HUGE, "min_sites": MIN_SITES}
     ranges = {"growth": FACTOR, "huge": POSITIVE, "min_sites": Range(2.0, integer=True)}
     windows = 2

@@ -42,6 +42,8 @@ FIX = (
 
 class NearDeadUnits(Rule):
     id = "near-dead-units"
+    resolvable = True
+    reads_rows = True
     defaults = {
         "info_fraction": INFO_FRACTION,
         "warn_fraction": WARN_FRACTION,

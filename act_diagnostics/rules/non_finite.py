@@ -36,6 +36,7 @@ BACKWARD_FIX = (
 class NonFinite(Rule):
     id = "non-finite"
     per_site = False
+    resolvable = True
     defaults: dict[str, float] = {"min_grad_scale": MIN_GRAD_SCALE}
     ranges = {"min_grad_scale": POSITIVE}
     windows = 1  # immediate: one NaN poisons every weight it touches

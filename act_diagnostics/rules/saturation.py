@@ -37,6 +37,8 @@ FIX = (
 
 class Saturation(Rule):
     id = "saturation"
+    resolvable = True
+    reads_rows = True
     defaults = {
         "warn_fraction": WARN_FRACTION,
         "warn_share": WARN_SHARE,

@@ -145,3 +145,80 @@ def test_every_threshold_has_a_range_its_default_lies_in():
                 continue  # owned elsewhere: any number >= 0 until they declare theirs
             assert valid is not None, f"{rule.id}.{name} declares no range"
             assert value in valid, f"{rule.id}.{name} = {value} outside {valid}"
+
+
+def _until_reported(engine: RuleEngine, snap_at, start: int) -> tuple[Finding, int]:
+    for step in range(start, start + 1000, 100):
+        new = engine.evaluate(snap_at(step))
+        if new:
+            return new[0], step
+    raise AssertionError("never reported")
+
+
+def test_a_finding_resolves_after_two_clear_windows_and_reopens_as_a_new_one():
+    engine = RuleEngine()
+    f, step = _until_reported(engine, lambda s: dead(4, s), 100)
+    assert f.status == "open" and engine.resolved == []
+    assert engine.evaluate(dead(0, step + 100)) == [] and engine.resolved == [] and f.status == "open"
+    engine.evaluate(dead(0, step + 200))
+    assert engine.resolved == [f] and f.resolved_step == step + 200 and f.status == "resolved"
+    engine.evaluate(dead(0, step + 300))
+    assert engine.resolved == []  # resolved once
+    g, _ = _until_reported(engine, lambda s: dead(4, s), step + 400)
+    assert g is not f and g.status == "open" and f.status == "resolved"
+    assert [x.status for x in engine.findings] == ["resolved", "open"]
+
+
+def test_a_window_that_holds_the_condition_restarts_the_count():
+    engine = RuleEngine()
+    f, step = _until_reported(engine, lambda s: dead(4, s), 100)
+    engine.evaluate(dead(0, step + 100))
+    engine.evaluate(dead(4, step + 200))  # holds again: not news, the clear count starts over
+    engine.evaluate(dead(0, step + 300))
+    assert f.status == "open"
+    engine.evaluate(dead(0, step + 400))
+    assert f.resolved_step == step + 400
+
+
+def test_windows_the_rule_could_not_judge_do_not_resolve():
+    engine = RuleEngine()
+    f, step = _until_reported(engine, lambda s: dead(4, s), 100)
+    few = make_snapshot([(make_site("fc.act", "relu"), relu_stats([0.0] * 8, samples_per_unit=1))], step=step + 100)
+    for k in range(1, 4):
+        few.step = step + 100 * k
+        engine.evaluate(few)
+    assert f.status == "open"
+
+
+def test_static_structure_findings_never_resolve():
+    from snapshot_builders import chain
+
+    engine = RuleEngine(disable=[r for r in RULE_IDS if r != "saturating-hidden-activation"])
+    (f,) = engine.evaluate(chain("sigmoid", [1.0] * 6), preflight=True)
+    for step in (100, 200, 300):
+        engine.evaluate(chain("relu", [1.0] * 6))
+    assert f.status == "open"
+
+
+def test_lifecycle_survives_a_checkpoint():
+    engine = RuleEngine()
+    f, step = _until_reported(engine, lambda s: dead(4, s), 100)
+    engine.evaluate(dead(0, step + 100))  # one clear window so far
+    state = json.loads(json.dumps(engine.state_dict()))
+    resumed = RuleEngine()
+    resumed.load_state_dict(state)
+    resumed.evaluate(dead(0, step + 200))  # the second: resolved
+    assert [x.resolved_step for x in resumed.findings] == [step + 200]
+    again = RuleEngine()
+    again.load_state_dict(json.loads(json.dumps(resumed.state_dict())))
+    assert again.findings[0].status == "resolved"
+
+
+def test_a_degenerate_preflight_batch_is_not_judged():
+    from snapshot_builders import chain
+
+    collapsed = chain("relu", [1e-3] * 4, input_std=[1.0, 0.05, 0.01, 0.5])
+    assert [f.rule for f in RuleEngine().evaluate(collapsed, preflight=True)] == ["signal-propagation"]
+    for rows, spread in ((1, 2.0), (16, 0.0)):
+        collapsed.batch_rows, collapsed.batch_spread = rows, spread
+        assert RuleEngine().evaluate(collapsed, preflight=True) == []
