@@ -181,8 +181,8 @@ class RuleEngine:
             if key in seen:
                 self._clear.pop(key, None)
                 continue
-            if key[1] in ctx.held:  # not judged this window: neither holds nor clears
-                continue
+            if key[1] in ctx.held or (rule.per_site and key[1] not in ctx.snapshot.stats):
+                continue  # not judged this window (too few samples, or not measured): neither holds nor clears
             n = self._clear.get(key, 0) + 1
             if n < rule.resolve_windows:
                 self._clear[key] = n

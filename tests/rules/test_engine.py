@@ -8,6 +8,7 @@ import warnings
 import pytest
 from snapshot_builders import make_site, make_snapshot, relu_stats
 
+from act_diagnostics.core import SiteStats
 from act_diagnostics.rules import RULE_IDS, ActivationWarning, Finding, RuleEngine, emit_warning
 
 REQUIRED = {
@@ -53,22 +54,33 @@ def test_disable_and_thresholds():
     assert RuleEngine().evaluate(dead(1, 1), preflight=True) == []
 
 
+def saturated(on: bool, step: int):
+    """A tanh layer saturated (or not) over a window of 2000 samples per unit (saturation: 2 windows)."""
+    share = 0.8 if on else 0.1
+    st = SiteStats(calls=1, elements=16000, sampled=16000, units=8, saturation=share, saturated_units=share, rms=0.9, max_abs=1.0)
+    return make_snapshot([(make_site("h.tanh", "tanh"), st)], step=step)
+
+
 def test_debounce_streak_resets_when_condition_clears():
-    engine = RuleEngine()
-    assert engine.evaluate(dead(4, 100)) == []
-    assert engine.evaluate(dead(0, 200)) == []  # cleared: the streak starts over
-    assert engine.evaluate(dead(4, 300)) == []
-    assert [f.step for f in engine.evaluate(dead(4, 400))] == [400]
+    engine = RuleEngine(disable="saturating-hidden-activation")
+    assert engine.evaluate(saturated(True, 100)) == []
+    assert engine.evaluate(saturated(False, 200)) == []  # cleared: the streak starts over
+    assert engine.evaluate(saturated(True, 300)) == []
+    assert [f.step for f in engine.evaluate(saturated(True, 400))] == [400]
+
+
+def dead16(n_dead: int, step: int):
+    rates = [0.0] * n_dead + [0.5] * (16 - n_dead)
+    return make_snapshot([(make_site("fc.act", "relu", n_units=16), relu_stats(rates))], step=step)
 
 
 def test_dedupe_reports_again_only_when_markedly_worse():
     engine = RuleEngine()
-    engine.evaluate(dead(2, 100))
-    assert [f.severity for f in engine.evaluate(dead(2, 200))] == ["warning"]  # 25%
-    assert engine.evaluate(dead(3, 300)) == []  # 37.5%: worse, but neither doubled nor an error
-    assert [f.severity for f in engine.evaluate(dead(4, 400))] == ["error"]  # 50%: severity rises
-    assert [f.evidence["dead_fraction"] for f in engine.evaluate(dead(8, 500))] == [1.0]  # doubled
-    assert engine.evaluate(dead(8, 600)) == []
+    assert [f.severity for f in engine.evaluate(dead16(4, 100))] == ["warning"]  # 25%
+    assert engine.evaluate(dead16(6, 200)) == []  # 37.5%: worse, but neither doubled nor an error
+    assert [f.severity for f in engine.evaluate(dead16(8, 300))] == ["error"]  # 50%: severity rises
+    assert [f.evidence["dead_fraction"] for f in engine.evaluate(dead16(16, 400))] == [1.0]  # doubled
+    assert engine.evaluate(dead16(16, 500)) == []
     assert len(engine.findings) == 3
 
 
@@ -95,21 +107,31 @@ def test_emit_warning_and_finding_round_trip():
         emit_warning(f)
 
 
-def test_state_dict_round_trip_keeps_dedupe_streaks_and_born_dead_reference():
-    engine = RuleEngine()
-    engine.evaluate(dead(6, 1), preflight=True)  # born dead, reported
-    engine.evaluate(dead(6, 100))
+def test_state_dict_round_trip_keeps_dedupe_streaks_and_dead_unit_evidence():
+    engine = RuleEngine(disable="saturating-hidden-activation")
+    engine.evaluate(dead(3, 1), preflight=True)  # born dead, reported
+    engine.evaluate(dead(3, 100))
+    engine.evaluate(saturated(True, 100))  # a debounce streak in progress
     state = json.loads(json.dumps(engine.state_dict()))  # checkpoints may be serialised
-    resumed = RuleEngine()
+    resumed = RuleEngine(disable="saturating-hidden-activation")
     resumed.load_state_dict(state)
     assert [f.rule for f in resumed.findings] == ["dead-units"]
-    assert resumed.evaluate(dead(6, 200)) == []  # already reported: not repeated after resume
-    assert resumed.state_dict() == {**state, "streaks": resumed.state_dict()["streaks"]}
-    # A fresh engine without the state would call units dead since step 300 born at step 300 too,
-    # but the resumed one still knows which were dead at initialisation.
-    resumed.evaluate(dead(8, 300))
-    assert resumed.rules[[r.id for r in resumed.rules].index("dead-units")].state_dict()["early"]["fc.act"][0] == 1
+    assert [f.rule for f in resumed.evaluate(saturated(True, 200))] == ["saturation"]  # the streak survived
+    assert resumed.evaluate(dead(3, 200)) == []  # already reported: not repeated after resume
+    # The resumed engine still knows which units were dead at initialisation: 5 more dying later
+    # are told apart from the 3 born dead.
+    (f,) = resumed.evaluate(dead(8, 300))
+    assert (f.evidence["born_dead"], f.evidence["died_later"]) == (3, 5) and "died after step 200" in f.message
     RuleEngine().load_state_dict({})  # tolerant of empty / old checkpoints
+
+
+def test_dead_unit_evidence_in_progress_survives_a_resume():
+    engine = RuleEngine()
+    few = lambda step: make_snapshot([(make_site("fc.act", "relu"), relu_stats([0.0] * 8, samples_per_unit=300))], step=step)  # noqa: E731
+    assert engine.evaluate(few(100)) == []  # 300 silent samples: not conclusive yet
+    resumed = RuleEngine()
+    resumed.load_state_dict(json.loads(json.dumps(engine.state_dict())))
+    assert [f.rule for f in resumed.evaluate(few(200))] == ["dead-units"]  # 600: conclusive
 
 
 def test_a_failing_rule_is_disabled_not_raised(monkeypatch):

@@ -23,13 +23,13 @@ def dead_snapshot(rates: list[float], spu: int = 2000, step: int = 100, kind: st
 
 
 # ---------------------------------------------------------------- dead-units
-def test_dead_units_needs_two_windows_and_reports_fraction():
+def test_dead_units_decide_in_the_first_window_whose_evidence_is_conclusive():
     engine = only("dead-units")
     rates = [0.0] * 4 + [0.5] * 4  # 50% dead -> error
-    assert engine.evaluate(dead_snapshot(rates)) == []  # debounced: first window only arms it
-    (f,) = engine.evaluate(dead_snapshot(rates, step=200))
+    (f,) = engine.evaluate(dead_snapshot(rates))  # 2000 silent samples: (0.99)^2000 ~ 2e-9
     assert (f.rule, f.site, f.severity) == ("dead-units", "fc1.act", "error")
-    assert f.evidence["dead_fraction"] == 0.5 and f.evidence["dead_units"] == 4
+    assert f.evidence["dead_fraction"] == 0.5 and f.evidence["dead_units"] == 4 and f.evidence["samples_per_unit"] == 2000
+    assert "each fired on under 1% of its last 2000 or more samples" in f.message
 
 
 def test_dead_units_quiet_below_warn_fraction_and_for_leaky_relu():
@@ -39,13 +39,60 @@ def test_dead_units_quiet_below_warn_fraction_and_for_leaky_relu():
         assert engine.evaluate(dead_snapshot([0.0] * 8, step=step, kind="leaky_relu")) == []
 
 
-def test_dead_units_pools_small_windows_until_enough_samples():
+@pytest.mark.parametrize(
+    "spu,windows",
+    [
+        (400, 2),  # 400 silent samples: 0.99^400 = 1.8% > 1%; 800: 0.03% -> the second window decides
+        (160, 3),  # 0.99^480 = 0.8%: the third
+        (50, 10),  # batches of 5-10: 0.99^500 = 0.66% after ten windows of 50
+        (2000, 1),
+    ],
+)
+def test_dead_units_decide_once_the_silent_samples_make_a_live_unit_improbable(spu, windows):
     engine = only("dead-units")
-    rates = [0.0] * 8
-    # 400 samples per unit per window: 1000 are reached in the third window, the next judged
-    # window (sixth) confirms it.
-    fired = [bool(engine.evaluate(dead_snapshot(rates, spu=400, step=s))) for s in range(1, 7)]
-    assert fired == [False, False, False, False, False, True]
+    fired = [bool(engine.evaluate(dead_snapshot([0.0] * 8, spu=spu, step=s))) for s in range(1, windows + 2)]
+    assert fired.index(True) == windows - 1
+    assert (0.99 ** (spu * windows)) < 0.01 <= (0.99 ** (spu * (windows - 1)))  # the oracle
+
+
+def test_dead_units_hold_a_layer_while_undecided_units_could_reach_the_fraction():
+    from act_diagnostics.rules.base import RuleContext
+    from act_diagnostics.rules.dead_units import DeadUnits
+
+    rule = DeadUnits()
+    ctx = RuleContext(dead_snapshot([0.0] * 8, spu=100))
+    assert rule.evaluate(ctx) == [] and ctx.held == {"fc1.act"}
+    ctx = RuleContext(dead_snapshot([0.5] * 8, spu=100, step=200))  # all alive: clear, not held
+    assert rule.evaluate(ctx) == [] and ctx.held == set()
+
+
+def test_a_unit_that_fires_rarely_but_above_the_rate_is_not_dead():
+    """A unit firing on 2% of its samples, window after window, never accumulates evidence."""
+    engine = only("dead-units")
+    for step in range(1, 20):
+        assert engine.evaluate(dead_snapshot([0.02] * 8, spu=200, step=step)) == []
+
+
+def test_dead_units_evidence_counts_firings_below_the_rate():
+    """6 firings in 2000 samples: P(Binomial(2000, 1%) <= 6) < exp(-2000 KL(0.003 || 0.01)) = 1.1e-3,
+    dead; 12 firings (0.6%): the bound is 0.11, not conclusive (the bound errs on the side of alive)."""
+    assert only("dead-units").evaluate(dead_snapshot([0.003] * 4 + [0.5] * 4))
+    assert not only("dead-units").evaluate(dead_snapshot([0.006] * 4 + [0.5] * 4))
+
+
+def test_dead_units_impact_in_a_gate_bottleneck_and_few_units():
+    """Squeeze-excitation: 2 of 8 ReLU units dead in the bottleneck feeding the gate: info."""
+    relu = make_site("se.act", "relu", index=0, consumers={"se.fc2"}, feeding_layer="se.fc1")
+    gate = make_site("se.gate", "sigmoid", index=1, consumers={"mul"}, feeding_layer="se.fc2")
+    pairs = [(relu, relu_stats([0.0] * 2 + [0.5] * 6)), (gate, SiteStats())]
+    (f,) = only("dead-units").evaluate(make_snapshot(pairs))
+    assert f.severity == "info" and "gate's bottleneck" in f.recommendation and "only 2 units" in f.recommendation
+    pairs[0] = (relu, relu_stats([0.0] * 8))  # all dead: the gate is constant, still worth a warning
+    (f,) = only("dead-units").evaluate(make_snapshot(pairs))
+    assert f.severity == "warning"
+    main = make_site("fc.act", "relu", index=0, consumers={"fc2"}, feeding_layer="fc1")  # main path, 3 dead of 8
+    (f,) = only("dead-units").evaluate(make_snapshot([(main, relu_stats([0.0] * 3 + [0.5] * 5))]))
+    assert f.severity == "warning"
 
 
 def test_dead_units_born_dead_versus_died_later():
@@ -79,8 +126,8 @@ def test_dead_units_without_a_preflight_window_say_when_they_were_first_seen():
     for step in (100, 200):
         engine.evaluate(dead_snapshot([0.0] * 6 + [0.5] * 2, step=step))
     (f,) = engine.findings
-    assert f.evidence["born_dead"] == 6 and f.step == 200
-    assert "6 dead already in the first judged window, at step 100: likely born dead" in f.message
+    assert f.evidence["born_dead"] == 6 and f.step == 100
+    assert "6 dead already in the first window, at step 100: likely born dead" in f.message
 
 
 # ---------------------------------------------------------------- saturation
