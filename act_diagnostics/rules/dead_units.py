@@ -4,8 +4,8 @@ A unit that fires with probability p shows at most c firings in n samples with p
 P(Binomial(n, p) <= c) (for c = 0, (1 - p)^n). A unit is called dead at the first log step at which
 its firings since it last looked alive are improbable (below ``evidence``) for any rate worth calling
 alive (``unit_rate``, the core's DEAD_UNIT_RATE: 1%): no fixed sample count, no waiting for a second
-window. With 1% and 1%, about 460 silent samples decide; a unit firing on 1.5% of its inputs is
-called dead with a chance below 1%. The pre-flight check has one batch and judges against a rate
+window. At 1% and 5%, 299 silent samples decide; a unit firing on 2% of its inputs shows that
+silence with a chance of 0.2%. The pre-flight check has one batch and judges against a rate
 worth calling alive at initialisation (``preflight_unit_rate``, 20%: a Kaiming-initialised unit
 fires on about half its inputs).
 
@@ -39,9 +39,11 @@ from act_diagnostics.rules.finding import SEVERITIES, Finding
 DEAD_KINDS = ("relu", "relu6", "threshold")
 
 # Chance, for a unit firing at ``unit_rate``, of showing as few firings as a unit called dead did
-# (proposal: 1%; a layer is reported only when a quarter of its units pass this test, so a false
-# layer-level report needs many unlikely units at once).
-EVIDENCE = 0.01
+# (proposal: 5%, the usual significance level. A layer is reported only when a quarter of its units
+# pass the test, so even a layer of units all firing at exactly 1% expects 5% of them flagged, far
+# from 25%: a false layer-level report needs many unlikely units at once; healthy units fire far
+# more often and are flagged with a vanishing chance).
+EVIDENCE = 0.05
 # Rate worth calling alive at initialisation, for the pre-flight check's one batch (proposal: a
 # Kaiming-initialised unit fires on ~50% of its inputs; 21 silent samples reject 20% at 1%).
 PREFLIGHT_UNIT_RATE = 0.2

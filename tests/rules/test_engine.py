@@ -127,11 +127,11 @@ def test_state_dict_round_trip_keeps_dedupe_streaks_and_dead_unit_evidence():
 
 def test_dead_unit_evidence_in_progress_survives_a_resume():
     engine = RuleEngine()
-    few = lambda step: make_snapshot([(make_site("fc.act", "relu"), relu_stats([0.0] * 8, samples_per_unit=300))], step=step)  # noqa: E731
-    assert engine.evaluate(few(100)) == []  # 300 silent samples: not conclusive yet
+    few = lambda step: make_snapshot([(make_site("fc.act", "relu"), relu_stats([0.0] * 8, samples_per_unit=200))], step=step)  # noqa: E731
+    assert engine.evaluate(few(100)) == []  # 200 silent samples: 0.99^200 = 13%, not conclusive yet
     resumed = RuleEngine()
     resumed.load_state_dict(json.loads(json.dumps(engine.state_dict())))
-    assert [f.rule for f in resumed.evaluate(few(200))] == ["dead-units"]  # 600: conclusive
+    assert [f.rule for f in resumed.evaluate(few(200))] == ["dead-units"]  # 400: 1.8%, conclusive
 
 
 def test_a_failing_rule_is_disabled_not_raised(monkeypatch):

@@ -42,9 +42,10 @@ def test_dead_units_quiet_below_warn_fraction_and_for_leaky_relu():
 @pytest.mark.parametrize(
     "spu,windows",
     [
-        (400, 2),  # 400 silent samples: 0.99^400 = 1.8% > 1%; 800: 0.03% -> the second window decides
-        (160, 3),  # 0.99^480 = 0.8%: the third
-        (50, 10),  # batches of 5-10: 0.99^500 = 0.66% after ten windows of 50
+        (400, 1),  # 400 silent samples: 0.99^400 = 1.8% < 5%
+        (160, 2),  # 0.99^160 = 20%; 0.99^320 = 4%: the second window decides
+        (100, 3),  # 0.99^300 = 4.9%: the third
+        (50, 6),  # batches of 5-10: 0.99^300 after six windows of 50
         (2000, 1),
     ],
 )
@@ -52,7 +53,7 @@ def test_dead_units_decide_once_the_silent_samples_make_a_live_unit_improbable(s
     engine = only("dead-units")
     fired = [bool(engine.evaluate(dead_snapshot([0.0] * 8, spu=spu, step=s))) for s in range(1, windows + 2)]
     assert fired.index(True) == windows - 1
-    assert (0.99 ** (spu * windows)) < 0.01 <= (0.99 ** (spu * (windows - 1)))  # the oracle
+    assert (0.99 ** (spu * windows)) < 0.05 <= (0.99 ** (spu * (windows - 1)))  # the oracle
 
 
 def test_dead_units_hold_a_layer_while_undecided_units_could_reach_the_fraction():
@@ -75,7 +76,7 @@ def test_a_unit_that_fires_rarely_but_above_the_rate_is_not_dead():
 
 def test_dead_units_evidence_counts_firings_below_the_rate():
     """6 firings in 2000 samples: P(Binomial(2000, 1%) <= 6) < exp(-2000 KL(0.003 || 0.01)) = 1.1e-3,
-    dead; 12 firings (0.6%): the bound is 0.11, not conclusive (the bound errs on the side of alive)."""
+    dead; 12 firings (0.6%): the bound is 0.11 > 5%, not conclusive (the bound errs on the side of alive)."""
     assert only("dead-units").evaluate(dead_snapshot([0.003] * 4 + [0.5] * 4))
     assert not only("dead-units").evaluate(dead_snapshot([0.006] * 4 + [0.5] * 4))
 
