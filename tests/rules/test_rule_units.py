@@ -211,7 +211,10 @@ def stack(kind: str, hidden: int, **last_kw):
 
 
 def test_saturating_hidden_activation_depth_and_family():
-    assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("sigmoid", 2))] == ["warning"]
+    # Two hidden sigmoid layers (a three-layer MLP, the textbook net): an info note; three: a warning.
+    (f,) = only("saturating-hidden-activation").evaluate(stack("sigmoid", 2))
+    assert f.severity == "info" and "shallow stack (3 layers) and does not saturate" in f.message
+    assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("sigmoid", 3))] == ["warning"]
     assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("tanh", 2))] == ["info"]
     assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("tanh", 4))] == ["warning"]
     # The binary sigmoid head alone (behind ReLUs) is never flagged.
@@ -267,7 +270,7 @@ def test_saturating_hidden_activation_names_the_kind_and_skips_logsigmoid():
     """Softsign is of the tanh family, not tanh; LogSigmoid is -softplus(-x), linear on one side."""
     softsign = [(make_site(f"s{i}", "softsign", family="tanh", index=i, feeding_layer=f"l{i}"), relu_stats([0.5] * 8)) for i in range(5)]
     (f,) = only("saturating-hidden-activation").evaluate(make_snapshot(softsign))
-    assert f.message.startswith("softsign (the tanh family) is used in 5 hidden layer(s) of a 6-layer stack")
+    assert f.message.startswith("softsign (the tanh family) is used in 5 hidden layers in a row (s0, s1, s2, s3, s4), a stack 6 layers deep")
     assert "the tanh family saturates" in f.message
     logsig = [(make_site(f"s{i}", "logsigmoid", family="sigmoid", index=i, feeding_layer=f"l{i}"), relu_stats([0.5] * 8)) for i in range(5)]
     assert only("saturating-hidden-activation").evaluate(make_snapshot(logsig)) == []
@@ -279,6 +282,50 @@ def test_saturating_hidden_activation_names_the_kind_and_skips_logsigmoid():
 def test_saturating_hidden_activation_ignores_gates():
     pairs = [(make_site(f"g{i}", "sigmoid", index=i, consumers={"mul"}, consumer_layer_types=set()), relu_stats([0.5] * 8)) for i in range(4)]
     assert only("saturating-hidden-activation").evaluate(make_snapshot(pairs)) == []
+
+
+def test_saturating_hidden_activation_a_head_is_no_stack():
+    """BERT's pooler: GELU encoder layers, then one tanh on [CLS] whose consumer (the classifier)
+    feeds the loss: a head, not a hidden stack. Behind a sigmoid stack, a head adds to its depth."""
+    pairs = [(make_site(f"enc.{i}.act", "gelu", index=i, consumers={f"enc.{i}.out"}, feeding_layer=f"enc.{i}.in"), relu_stats([0.5] * 8)) for i in range(6)]
+    pooler = make_site("pooler.act", "tanh", index=6, consumers={"classifier"}, feeding_layer="pooler.dense")
+    snap = make_snapshot(pairs + [(pooler, relu_stats([0.5] * 8))])
+    snap.output_layers = ("classifier",)
+    assert only("saturating-hidden-activation").evaluate(snap) == []
+    snap.output_layers = ()  # without the fact, the lone tanh is a shallow stack: info at most
+    assert [f.severity for f in only("saturating-hidden-activation").evaluate(snap)] == ["info"]
+    sig = [(make_site(f"h{i}", "sigmoid", index=i, consumers={f"fc{i + 1}"}, feeding_layer=f"fc{i}"), relu_stats([0.5] * 8)) for i in range(3)]
+    snap = make_snapshot(sig)
+    snap.output_layers = ("fc3",)  # h2 is a head, and the third sigmoid layer in a row
+    (f,) = only("saturating-hidden-activation").evaluate(snap)
+    assert f.severity == "warning" and f.evidence["depth"] == 4
+
+
+def test_saturating_hidden_activation_counts_the_saturating_run_not_every_activation():
+    """Six GELU layers then two tanh layers: the tanh stack is 3 layers deep, not 9."""
+    kinds = ["gelu"] * 6 + ["tanh"] * 2
+    pairs = [(make_site(f"a{i}", k, index=i, feeding_layer=f"l{i}"), relu_stats([0.5] * 8)) for i, k in enumerate(kinds)]
+    (f,) = only("saturating-hidden-activation").evaluate(make_snapshot(pairs))
+    assert f.severity == "info" and f.evidence["depth"] == 3
+
+
+@pytest.mark.parametrize(
+    "saturation,grads,severity",
+    [
+        (0.1, [1e-3, 1e-3], "info"),
+        (0.7, [1e-3, 1e-3], "warning"),  # measurably saturated
+        (0.1, [1e-6, 1e-3], "warning"),  # the gradient shrinks 1000x across two layers
+        (0.1, [2e-4, 1e-3], "info"),  # 5x: a healthy sigmoid layer's shrink
+    ],
+)
+def test_saturating_hidden_activation_shallow_stack_escalates_on_measurements(saturation, grads, severity):
+    pairs = []
+    for i, g in enumerate(grads):
+        st = relu_stats([0.5] * 8, grad_rms=g)
+        st.saturation = saturation
+        pairs.append((make_site(f"h{i}", "sigmoid", index=i, feeding_layer=f"fc{i}"), st))
+    (f,) = only("saturating-hidden-activation").evaluate(make_snapshot(pairs))
+    assert f.severity == severity
 
 
 # ---------------------------------------------------------------- gradients and activations across depth
