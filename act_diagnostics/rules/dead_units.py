@@ -17,8 +17,9 @@ initialisation, the bias or the depth; units that fired at first and stopped lat
 learning rate (rules.md, "dead units"; Lu et al. 2020 for born-dead ReLU networks).
 
 Impact: dead units in a gate bottleneck (the ReLU inside squeeze-excitation, which only modulates the
-main path through a gate) or only a couple of them (a narrow layer) cost little, so the severity is
-one step lower there.
+main path through a gate) cost little: an info note, a warning only when every unit is dead (the
+gate is then a constant scale). Only a couple of dead units (a narrow layer) lower the severity one
+step.
 """
 
 from __future__ import annotations
@@ -183,11 +184,14 @@ class DeadUnits(Rule):
         severity = "error" if fraction >= self.t["error_fraction"] else "warning"
         why = []
         if site.name in ctx.notions.gate_bottlenecks:
+            # The gate still modulates the main path with the units left; with none left it is a
+            # constant scale: the block is wasted, the model still trains.
             why.append("a gate's bottleneck, a side path that only modulates the main signal")
+            severity = "warning" if dead.size == units else "info"
         if dead.size < self.t["min_dead_units"]:
             why.append(f"only {count(int(dead.size), 'unit')}")
+            severity = SEVERITIES[max(0, SEVERITIES.index(severity) - 1)]  # type: ignore[assignment]
         if why:
-            severity = SEVERITIES[SEVERITIES.index(severity) - 1]  # type: ignore[assignment]
             fix += LOW_IMPACT_NOTE.format(why="; ".join(why))
         return self.finding(
             ctx, site.name, severity, msg, fix,

@@ -88,7 +88,10 @@ def test_dead_units_impact_in_a_gate_bottleneck_and_few_units():
     pairs = [(relu, relu_stats([0.0] * 2 + [0.5] * 6)), (gate, SiteStats())]
     (f,) = only("dead-units").evaluate(make_snapshot(pairs))
     assert f.severity == "info" and "gate's bottleneck" in f.recommendation and "only 2 units" in f.recommendation
-    pairs[0] = (relu, relu_stats([0.0] * 8))  # all dead: the gate is constant, still worth a warning
+    pairs[0] = (relu, relu_stats([0.0] * 4 + [0.5] * 4))  # half of them: still an info note
+    (f,) = only("dead-units").evaluate(make_snapshot(pairs))
+    assert f.severity == "info"
+    pairs[0] = (relu, relu_stats([0.0] * 8))  # all dead: the gate is constant, worth a warning
     (f,) = only("dead-units").evaluate(make_snapshot(pairs))
     assert f.severity == "warning"
     main = make_site("fc.act", "relu", index=0, consumers={"fc2"}, feeding_layer="fc1")  # main path, 3 dead of 8
