@@ -46,7 +46,7 @@ DEAD_KINDS = ("relu", "relu6", "threshold")
 # more often and are flagged with a vanishing chance).
 EVIDENCE = 0.05
 # Rate worth calling alive at initialisation, for the pre-flight check's one batch (proposal: a
-# Kaiming-initialised unit fires on ~50% of its inputs; 21 silent samples reject 20% at 1%).
+# Kaiming-initialised unit fires on ~50% of its inputs; 14 silent samples reject 20% at 5%).
 PREFLIGHT_UNIT_RATE = 0.2
 # Share of a layer's units dead before warning: proposal within rules.md's 0.10-0.25 range, set at
 # the top so small healthy layers (a few percent of units idle on synthetic data) stay quiet.
