@@ -77,3 +77,42 @@ def test_dead_units_at_lr_1_flagged_within_a_60_step_run(tmp_path, seed):
     findings = [f for f in diag.report.findings if f.rule == "dead-units" and f.site == site]
     assert findings, f"oracle: {[round(d[layer], 2) for d in oracle.dead[::10]]}; findings {diag.report.findings}"
     assert findings[0].step <= 59 and findings[0].severity in ("warning", "error")
+
+
+class SmallTabular(pl.LightningModule):
+    """A tabular MLP whose second layer's bias was set to -10: most of its units never fire."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+        with torch.no_grad():
+            self.net[2].bias[:16] = -10.0
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def test_small_batches_of_a_small_dataset_reach_a_verdict():
+    """300 rows in batches of 8, the callback's defaults (log every 50 steps): half of a layer's
+    units never fire (oracle: plain torch on every row); the evidence collected decides."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 10, generator=g)
+    y = (x[:, 0] > 0).long()
+    model = SmallTabular()
+    with torch.no_grad():
+        z = torch.relu(model.net[0](x)) @ model.net[2].weight.T + model.net[2].bias
+    assert float(((z > 0).sum(0) == 0).float().mean()) >= 0.5  # the oracle, at initialisation
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True, generator=g)
+    diag = ActivationDiagnostics(verbose=False, report=False, warn=False)
+    trainer = pl.Trainer(
+        max_epochs=2, logger=False, callbacks=[diag], enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(model, loader)
+    found = [f for f in diag.report.findings if f.rule == "dead-units" and f.site == "net.3"]
+    assert found and found[0].severity == "error" and found[0].evidence["born_dead"] >= 16

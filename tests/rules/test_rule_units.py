@@ -581,3 +581,19 @@ def test_attention_collapse_pools_few_rows_and_judges_preflight_on_one_batch():
     (pre,) = only("attention-collapse").evaluate(attention_snapshot(0.95, rows=48, step=0), preflight=True)
     assert pre.severity == "error" and "at initialisation" in pre.message
     assert only("attention-collapse").evaluate(attention_snapshot(0.95, rows=16, step=0), preflight=True) == []
+
+
+def test_transient_dead_units_end_resolved():
+    """T5's ReLU feed-forward: 28% of its units dead around step 39, 13% at the end. The finding
+    opens, then resolves once the layer has been under the warning fraction for two windows."""
+    engine = only("dead-units")
+    rates = lambda dead: [0.0] * dead + [0.4] * (64 - dead)  # noqa: E731
+    snap = lambda dead, step: make_snapshot([(make_site("ffn.act", "relu", n_units=64), relu_stats(rates(dead), 400))], step=step)  # noqa: E731
+    assert engine.evaluate(snap(0, 9)) == []
+    (f,) = engine.evaluate(snap(18, 39))  # 28%
+    engine.evaluate(snap(18, 49))
+    engine.evaluate(snap(8, 59))  # 10 units fire again: 13%
+    assert f.status == "open"
+    engine.evaluate(snap(8, 69))
+    assert f.status == "resolved" and f.resolved_step == 69 and engine.rules[0].id == "dead-units"
+    assert engine.resolved == [f]
