@@ -53,6 +53,9 @@ class SiteStats:
     # Share of the regression targets this output can never reach (outside its activation's range).
     target_outside: float | None = None
     unit_firing: list[float] = field(default_factory=list, repr=False)
+    # Attention sites (detail steps): largest pre-softmax logit q.k * scale, overall and per head.
+    max_logit: float | None = None
+    max_logit_heads: list[float] = field(default_factory=list, repr=False)
 
     def scalars(self) -> dict[str, float]:
         """The per-site values logged as ``act/<site>/<stat>`` (see LOGGED_STATS)."""
@@ -82,6 +85,7 @@ LOGGED_STATS = (
     "grad_rms",
     "param_grad_norm",
     "nonfinite",
+    "max_logit",
 )
 
 
@@ -99,6 +103,11 @@ class Snapshot:
     losses: tuple[str, ...] = ()
     # float16 AMP: the GradScaler's scale at the snapshot (None without one).
     grad_scale: float | None = None
+    # Log Z of the logits reaching each classification loss call ("cross_entropy", "cross_entropy#1"),
+    # and the token loads of each mixture-of-experts router ("<owner>:router"); core/logits.py,
+    # core/routers.py. Filled on the steps the tracer runs.
+    log_z: dict[str, Any] = field(default_factory=dict)
+    routers: dict[str, Any] = field(default_factory=dict)
     # Structural facts (core/facts.py). Parametrised layers whose output is a model output or a loss
     # input (reached through views, copies, dropout).
     output_layers: tuple[str, ...] = ()
@@ -112,10 +121,6 @@ class Snapshot:
     def ordered(self) -> list[tuple[Site, SiteStats]]:
         """(site, stats) pairs in forward order, input side first."""
         return [(self.sites[n], self.stats[n]) for n in sorted(self.stats, key=lambda n: self.sites[n].index)]
-
-
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den > 0 else None
 
 
 def window_stats(

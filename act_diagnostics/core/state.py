@@ -40,7 +40,8 @@ SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ, TA
 N_SUMS = 11
 # Offset of max |value| in a site's device totals (reduced by max); the per-unit counts follow it.
 MAX_ABS = N_SUMS
-# Host-side integer counters, in this order (reduced by sum).
+# Host-side integer counters (SiteState.counters, reduced by sum), by index and by name.
+CALLS, ELEMENTS, SAMPLED, SAT_TOTAL, GRAD_CALLS, GRAD_ELEMENTS, DETAIL_ELEMENTS, IN_ELEMENTS, PARAM_GRAD_STEPS, TARGETS = range(10)
 COUNTERS = (
     "calls",
     "elements",
@@ -302,7 +303,7 @@ class SiteState:
     def observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
         """Add one forward call's output ``y`` (and its input ``x``, when intact) to the window."""
         c = self.counters
-        c[0] += 1
+        c[CALLS] += 1
         plan = self._plan(y)
         if plan.n == 0:  # empty batch: counted as a call, nothing to measure
             return
@@ -322,7 +323,7 @@ class SiteState:
             flat = flat.float()
             if plan.low_precision:  # the float32 copy made for the moments serves the indicators
                 sample = flat.view(sample.shape)
-        c[1] += plan.n
+        c[ELEMENTS] += plan.n
         total, squares = flat.sum(), torch.dot(flat, flat)
         kind, params = self.kind, self.params
         deferred = self.deferred
@@ -347,7 +348,7 @@ class SiteState:
             # building and counting a bool mask. A NaN output makes its unit's count NaN: that
             # window is reported non-finite anyway.
             self._count_units(kind.active_indicator(sample, params), self._active, self.unit_active, plan)
-            c[2] += plan.n
+            c[SAMPLED] += plan.n
         else:
             self.unit_mismatch += 1
         # Saturation per row (softmax rows, GLU's gate half) does not depend on the unit count:
@@ -357,10 +358,10 @@ class SiteState:
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
                     self._count_units(saturated, self._saturated, self.unit_saturated, plan)
-                    c[3] += plan.n
+                    c[SAT_TOTAL] += plan.n
                 else:  # softmax rows, or GLU's gate half
                     self.sums[SAT_ROWS].add_(saturated.sum())
-                    c[3] += saturated.numel()
+                    c[SAT_TOTAL] += saturated.numel()
         if deferred and (len(self._sums) >= FOLD_CALLS or self._deferred_units >= FOLD_UNIT_COUNTS):
             self.fold()
 
@@ -369,7 +370,7 @@ class SiteState:
             # ops are ~6x cheaper on the CPU than a bool mask.
             flat = flat_float(y)
             self.sums[NONFINITE].add_(torch.nan_to_num(flat - flat, nan=1.0).sum())
-            c[6] += flat.numel()
+            c[DETAIL_ELEMENTS] += flat.numel()
             if self.histogram_samples:
                 self.out_sample = _strided_sample(flat, self.histogram_samples)
 
@@ -393,7 +394,7 @@ class SiteState:
         if moments.device != self.device:
             self.to(moments.device)
         self.sums[IN_SUM : IN_SUMSQ + 1].add_(moments)
-        self.counters[7] += n
+        self.counters[IN_ELEMENTS] += n
 
     def observe_grad(self, g: Tensor, detail: bool, scale: Tensor | float | None = None) -> None:
         """Add the gradient with respect to this site's output (called from a tensor hook); it reads
@@ -425,8 +426,8 @@ class SiteState:
                 self.fold()
         else:
             self._grad.add_(squares)
-        self.counters[4] += 1
-        self.counters[5] += plan.n
+        self.counters[GRAD_CALLS] += 1
+        self.counters[GRAD_ELEMENTS] += plan.n
         if detail and self.histogram_samples:
             self.grad_sample = _strided_sample(flat, self.histogram_samples)
 
@@ -439,7 +440,7 @@ class SiteState:
             self.sums[PARAM_GRAD_SKIPPED].add_(finite.logical_not())
             sq = sq.where(finite, 0.0)
         self.sums[PARAM_GRAD_SQ].add_(sq)
-        self.counters[8] += 1
+        self.counters[PARAM_GRAD_STEPS] += 1
 
     def observe_targets(self, target: Tensor, low: float, high: float) -> None:
         """Count the regression targets that this site's output (a model output fed to the loss)
@@ -448,7 +449,7 @@ class SiteState:
         if t.device != self.device:
             self.to(t.device)
         self.sums[TARGET_OUTSIDE].add_((t < low).sum() + (t > high).sum())
-        self.counters[9] += t.numel()
+        self.counters[TARGETS] += t.numel()
 
 
 def _strided_sample(flat: Tensor, n: int) -> Tensor:

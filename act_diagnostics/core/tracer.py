@@ -2,16 +2,18 @@
 
 Module hooks never see ``F.relu`` inside a forward (nn.TransformerEncoderLayer's default
 activation is a function). While a training step runs, :class:`ActivationTracer` sits on torch's
-function-mode stack and hands every call of a known activation function to the monitor. During the
-first training steps it also follows activation outputs through view-like ops into multiplications
-(gates) and loss functions, which is how the rules learn that a softmax feeds ``F.cross_entropy``.
+function-mode stack and hands every call of a known activation function to the monitor (a
+:class:`CallRouter`). During the first training steps it also follows activation outputs through
+view-like ops into multiplications (gates) and loss functions, and tells a :class:`StructureRecorder`
+(:class:`~act_diagnostics.core.structure.StructureFacts`), which is how the rules learn that a
+softmax feeds ``F.cross_entropy``. An error while following is handed to ``on_error``.
 
 Everything else passes straight through: one dictionary lookup per torch call.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +22,9 @@ from torch.overrides import TorchFunctionMode
 
 from act_diagnostics.core.attention import ATTENTION_FUNCTIONS
 from act_diagnostics.core.kinds import FUNCTIONAL_KINDS
+from act_diagnostics.core.logits import LOG_Z_LOSSES, observe_loss_logits  # issue19
+from act_diagnostics.core.routers import ROUTER_FUNCTIONS, call_topk  # issue19
 
-if TYPE_CHECKING:
-    from act_diagnostics.core.monitor import ActivationMonitor
 
 # Loss functions whose first argument is the model's prediction.
 LOSS_FUNCTIONS: dict[Any, str] = {
@@ -95,7 +97,7 @@ _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) 
 _GATE_KINDS = ("sigmoid", "hardsigmoid")
 
 
-def _gates(value: Any, output: Tensor, kind: str, monitor: "ActivationMonitor") -> bool:
+def _gates(value: Any, output: Tensor, kind: str, monitor: StructureRecorder) -> bool:
     """Whether multiplying a site's ``output`` by ``value`` makes the site a gate.
 
     A gate multiplies what the model computed: ``value`` made by an op autograd records, or another
@@ -113,11 +115,14 @@ def _gates(value: Any, output: Tensor, kind: str, monitor: "ActivationMonitor") 
 
 
 class ActivationTracer(TorchFunctionMode):
-    """Routes functional activations (and, while tracking structure, losses and gates) to a monitor."""
+    """Routes functional activations to a monitor, and while it learns structure, records what
+    activation outputs flow into (losses, gates) with a structural-facts recorder."""
 
-    def __init__(self, monitor: "ActivationMonitor") -> None:
+    def __init__(self, monitor: CallRouter, facts: StructureRecorder, on_error: Callable[[BaseException], None]) -> None:
         super().__init__()
         self.monitor = monitor
+        self.facts = facts
+        self.on_error = on_error
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
         kwargs = kwargs or {}
@@ -130,7 +135,11 @@ class ActivationTracer(TorchFunctionMode):
             return mon.call_functional(func, args, kwargs)
         if func in ATTENTION_FUNCTIONS and mon.functional:
             return mon.call_attention(func, args, kwargs)
-        if mon.tracking_structure:
+        if func in LOG_Z_LOSSES:  # issue19: log Z of the logits a classification loss reads
+            observe_loss_logits(mon, func, args, kwargs)
+        if func in ROUTER_FUNCTIONS:  # issue19: top-k over router probabilities (dead-experts)
+            return call_topk(mon, self.facts, func, args, kwargs)
+        if mon.learning_structure:
             return self._track(func, args, kwargs)
         return func(*args, **kwargs)
 
@@ -140,11 +149,11 @@ class ActivationTracer(TorchFunctionMode):
             try:
                 self._follow(func, args, kwargs, result)
             except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
-                self.monitor._fail(exc)
+                self.on_error(exc)
         return result
 
     def _follow(self, func, args: tuple, kwargs: dict, result: Any) -> None:
-        mon = self.monitor
+        mon = self.facts  # the structural-facts recorder
         if func in _SAME_VALUES or func in _LOG:
             value = args[0] if args else None
             source = mon.produced_by(value)
@@ -182,3 +191,35 @@ class ActivationTracer(TorchFunctionMode):
                 mon.add_consumer(site, f"loss:{loss}" + (f"({via})" if via else ""), prediction)
                 if not via:
                     mon.note_targets(site, loss, target)
+
+
+# ---------------------------------------------------------------- what the tracer talks to
+class CallRouter(Protocol):
+    """What the tracer hands calls to (the monitor), and the flags it reads on every torch call."""
+
+    enabled: bool  # a step is being measured
+    functional: bool  # functional calls are measured, not only modules
+    activation_depth: int  # > 0 inside an activation module's forward (its F.relu is the module's)
+    learning_structure: bool  # this step follows values into gates and losses
+
+    def call_functional(self, func: Any, args: tuple, kwargs: dict) -> Any: ...
+
+    def call_attention(self, func: Any, args: tuple, kwargs: dict) -> Any: ...
+
+
+class StructureRecorder(Protocol):
+    """Where the tracer records what it follows (StructureFacts)."""
+
+    sites: dict[str, Any]
+
+    def produced_by(self, value: Any) -> tuple[str, str] | None: ...
+
+    def reordered(self, value: Any) -> bool: ...
+
+    def mark_produced(self, tensor: Tensor, site: str, via: str = "", reordered: bool = False) -> None: ...
+
+    def add_consumer(self, site: str, consumer: str, value: Any = None) -> None: ...
+
+    def note_loss(self, loss: str, prediction: Any, target: Any) -> None: ...
+
+    def note_targets(self, site: str, loss: str, target: Any) -> None: ...

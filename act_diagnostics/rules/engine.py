@@ -32,8 +32,11 @@ from typing import Any
 from act_diagnostics.core.checks import real
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.rules.activation_loss import ActivationLossMismatch
+from act_diagnostics.rules.activation_spike import ActivationSpike
 from act_diagnostics.rules.attention_collapse import AttentionCollapse
+from act_diagnostics.rules.attention_logit_growth import AttentionLogitGrowth
 from act_diagnostics.rules.base import Range, Rule, RuleContext
+from act_diagnostics.rules.dead_experts import DeadExperts
 from act_diagnostics.rules.dead_units import DeadUnits
 from act_diagnostics.rules.exploding_activations import ExplodingActivations
 from act_diagnostics.rules.exploding_gradient import ExplodingGradient
@@ -41,6 +44,7 @@ from act_diagnostics.rules.finding import Finding, emit_warning, severity_rank
 from act_diagnostics.rules.near_dead import NearDeadUnits
 from act_diagnostics.rules.non_finite import NonFinite
 from act_diagnostics.rules.output_activation import OutputActivationMismatch
+from act_diagnostics.rules.output_logit_divergence import OutputLogitDivergence
 from act_diagnostics.rules.saturating_hidden import SaturatingHiddenActivation
 from act_diagnostics.rules.saturation import Saturation
 from act_diagnostics.rules.signal_propagation import SignalPropagation
@@ -56,9 +60,13 @@ RULES: tuple[type[Rule], ...] = (
     NearDeadUnits,
     Saturation,
     AttentionCollapse,
+    AttentionLogitGrowth,
+    OutputLogitDivergence,
+    DeadExperts,
     VanishingGradient,
     ExplodingGradient,
     ExplodingActivations,
+    ActivationSpike,
 )
 RULE_IDS: tuple[str, ...] = tuple(r.id for r in RULES)
 STATE_VERSION = 1

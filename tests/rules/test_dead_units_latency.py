@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 pl = pytest.importorskip("pytorch_lightning")
 
-from act_diagnostics import ActivationDiagnostics  # noqa: E402
+from act_diagnostics import ActivationDiagnostics, OutputOptions, RuleOptions  # noqa: E402
 
 
 def digits_like(seed: int = 0, n: int = 1797) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +65,7 @@ def test_dead_units_at_lr_1_flagged_within_a_60_step_run(tmp_path, seed):
     model = DigitsMLP()
     g = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True, generator=g)
-    diag, oracle = ActivationDiagnostics(verbose=False, report=False, warn=False), DeadOracle(x)
+    diag, oracle = ActivationDiagnostics(verbose=False, rules=RuleOptions(warn=False), outputs=OutputOptions(report=False)), DeadOracle(x)
     trainer = pl.Trainer(
         max_steps=60, log_every_n_steps=10, logger=False, callbacks=[diag, oracle], enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, accelerator="cpu",
@@ -108,7 +108,7 @@ def test_small_batches_of_a_small_dataset_reach_a_verdict():
         z = torch.relu(model.net[0](x)) @ model.net[2].weight.T + model.net[2].bias
     assert float(((z > 0).sum(0) == 0).float().mean()) >= 0.5  # the oracle, at initialisation
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True, generator=g)
-    diag = ActivationDiagnostics(verbose=False, report=False, warn=False)
+    diag = ActivationDiagnostics(verbose=False, rules=RuleOptions(warn=False), outputs=OutputOptions(report=False))
     trainer = pl.Trainer(
         max_epochs=2, logger=False, callbacks=[diag], enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, accelerator="cpu",
