@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from act_diagnostics.core.sites import Site
 from act_diagnostics.core.snapshot import SiteStats, Snapshot
 from act_diagnostics.core.tracer import REGRESSION_LOSSES
 from act_diagnostics.rules.finding import Finding, Severity

@@ -32,7 +32,17 @@ from typing import Any
 import numpy as np
 
 from act_diagnostics.core.snapshot import DEAD_UNIT_RATE
-from act_diagnostics.rules.base import COUNT, FRACTION, PROBABILITY, Rule, RuleContext, count, pct, samples_per_unit, was_were
+from act_diagnostics.rules.base import (
+    COUNT,
+    FRACTION,
+    PROBABILITY,
+    Rule,
+    RuleContext,
+    count,
+    pct,
+    samples_per_unit,
+    was_were,
+)
 from act_diagnostics.rules.finding import SEVERITIES, Finding
 
 # Kinds whose output and gradient are exactly zero below the threshold: a unit that never fires
@@ -53,9 +63,9 @@ PREFLIGHT_UNIT_RATE = 0.2
 WARN_FRACTION = 0.25
 # Share of dead units that is an error: SageMaker DeadRelu threshold_layer = 50%.
 ERROR_FRACTION = 0.5
-# Fewer dead units than this cost a layer little (two of a squeeze-excitation's eight): one step
-# lower severity (proposal).
-MIN_DEAD_UNITS = 3
+# Fewer dead units than this cost a layer little (one unit of a 4-unit layer is 25% of it, yet the
+# layer still computes with three): one step lower severity (proposal).
+MIN_DEAD_UNITS = 2
 
 BORN_DEAD_FIX = (
     "Units are dead from initialisation: use Kaiming (He) init matched to ReLU "
@@ -92,7 +102,7 @@ class _Evidence:
     alive_at: np.ndarray  # step of the last window the unit looked alive in (-1: never)
 
     @classmethod
-    def new(cls, units: int, step: int, preflight: bool) -> "_Evidence":
+    def new(cls, units: int, step: int, preflight: bool) -> _Evidence:
         z = np.zeros(units)
         return cls(step, preflight, z, z.copy(), np.full(units, -1), np.full(units, -1))
 
@@ -179,8 +189,10 @@ class DeadUnits(Rule):
             also = f"; {was_were(born)} dead from the start" if born else ""
             msg = f"{pct(fraction)} of {units} units never fire ({later} died after step {since}{also})"
             fix = DIED_LATER_FIX
-        rate = self.t["preflight_unit_rate"] if ctx.preflight else self.t["unit_rate"]
-        msg += f"; each fired on under {pct(rate)} of its last {evidence_n} or more samples"
+        if ev.firings[dead].max() == 0:
+            msg += f"; each silent on at least its last {evidence_n} samples"
+        else:
+            msg += f"; each fired on under {pct(self.t['unit_rate'])} of at least its last {evidence_n} samples"
         severity = "error" if fraction >= self.t["error_fraction"] else "warning"
         why = []
         if site.name in ctx.notions.gate_bottlenecks:

@@ -117,7 +117,7 @@ class Notions:
     degenerate_batch: bool
 
     @classmethod
-    def of(cls, snapshot: Snapshot) -> "Notions":
+    def of(cls, snapshot: Snapshot) -> Notions:
         sites = [s for s, _ in snapshot.ordered()]
         bottlenecks = gate_bottlenecks(sites)
         head_names = heads(sites, snapshot.output_layers)

@@ -21,7 +21,15 @@ from __future__ import annotations
 
 from act_diagnostics.core.sites import Site
 from act_diagnostics.core.snapshot import SiteStats
-from act_diagnostics.rules.base import FRACTION, PROBABILITY, Range, Rule, RuleContext, count, finite
+from act_diagnostics.rules.base import (
+    FRACTION,
+    PROBABILITY,
+    Range,
+    Rule,
+    RuleContext,
+    count,
+    finite,
+)
 from act_diagnostics.rules.finding import Finding
 
 # Layers in the stack (consecutive hidden sigmoid layers + 1) from which it is a warning whatever

@@ -14,7 +14,15 @@ reaches its bottom.
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import POSITIVE, PROBABILITY, Range, Rule, RuleContext, count, finite
+from act_diagnostics.rules.base import (
+    POSITIVE,
+    PROBABILITY,
+    Range,
+    Rule,
+    RuleContext,
+    count,
+    finite,
+)
 from act_diagnostics.rules.finding import Finding
 
 # AUTOTRAINER (ICSE 2021): vanishing when ||g_first|| / ||g_last|| < 1e-3 and ||g_first|| < 1e-4.

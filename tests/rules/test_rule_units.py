@@ -29,7 +29,7 @@ def test_dead_units_decide_in_the_first_window_whose_evidence_is_conclusive():
     (f,) = engine.evaluate(dead_snapshot(rates))  # 2000 silent samples: (0.99)^2000 ~ 2e-9
     assert (f.rule, f.site, f.severity) == ("dead-units", "fc1.act", "error")
     assert f.evidence["dead_fraction"] == 0.5 and f.evidence["dead_units"] == 4 and f.evidence["samples_per_unit"] == 2000
-    assert "each fired on under 1% of its last 2000 or more samples" in f.message
+    assert "each silent on at least its last 2000 samples" in f.message
 
 
 def test_dead_units_quiet_below_warn_fraction_and_for_leaky_relu():
@@ -77,7 +77,8 @@ def test_a_unit_that_fires_rarely_but_above_the_rate_is_not_dead():
 def test_dead_units_evidence_counts_firings_below_the_rate():
     """6 firings in 2000 samples: P(Binomial(2000, 1%) <= 6) < exp(-2000 KL(0.003 || 0.01)) = 1.1e-3,
     dead; 12 firings (0.6%): the bound is 0.11 > 5%, not conclusive (the bound errs on the side of alive)."""
-    assert only("dead-units").evaluate(dead_snapshot([0.003] * 4 + [0.5] * 4))
+    (f,) = only("dead-units").evaluate(dead_snapshot([0.003] * 4 + [0.5] * 4))
+    assert "each fired on under 1% of at least its last 2000 samples" in f.message
     assert not only("dead-units").evaluate(dead_snapshot([0.006] * 4 + [0.5] * 4))
 
 
@@ -87,16 +88,19 @@ def test_dead_units_impact_in_a_gate_bottleneck_and_few_units():
     gate = make_site("se.gate", "sigmoid", index=1, consumers={"mul"}, feeding_layer="se.fc2")
     pairs = [(relu, relu_stats([0.0] * 2 + [0.5] * 6)), (gate, SiteStats())]
     (f,) = only("dead-units").evaluate(make_snapshot(pairs))
-    assert f.severity == "info" and "gate's bottleneck" in f.recommendation and "only 2 units" in f.recommendation
+    assert f.severity == "info" and "gate's bottleneck" in f.recommendation
     pairs[0] = (relu, relu_stats([0.0] * 4 + [0.5] * 4))  # half of them: still an info note
     (f,) = only("dead-units").evaluate(make_snapshot(pairs))
     assert f.severity == "info"
     pairs[0] = (relu, relu_stats([0.0] * 8))  # all dead: the gate is constant, worth a warning
     (f,) = only("dead-units").evaluate(make_snapshot(pairs))
     assert f.severity == "warning"
-    main = make_site("fc.act", "relu", index=0, consumers={"fc2"}, feeding_layer="fc1")  # main path, 3 dead of 8
-    (f,) = only("dead-units").evaluate(make_snapshot([(main, relu_stats([0.0] * 3 + [0.5] * 5))]))
+    main = make_site("fc.act", "relu", index=0, consumers={"fc2"}, feeding_layer="fc1")  # main path, 2 dead of 8
+    (f,) = only("dead-units").evaluate(make_snapshot([(main, relu_stats([0.0] * 2 + [0.5] * 6))]))
     assert f.severity == "warning"
+    narrow = make_site("fc.act", "relu", index=0, n_units=4, consumers={"fc2"}, feeding_layer="fc1")  # 1 of 4
+    (f,) = only("dead-units").evaluate(make_snapshot([(narrow, relu_stats([0.0] + [0.5] * 3))]))
+    assert f.severity == "info" and "only 1 unit;" not in f.recommendation and "(only 1 unit)" in f.recommendation
 
 
 def test_dead_units_born_dead_versus_died_later():
