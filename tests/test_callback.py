@@ -385,7 +385,7 @@ def test_bad_arguments(kwargs, error, match):
         (lambda: RuleOptions(warn="yes"), TypeError, "`warn` must be True or False, got 'yes'"),
         (lambda: RuleOptions(disable=["saturaton"]), ValueError, r"`disable` got unknown rule id\(s\) \['saturaton'\]"),
         (lambda: RuleOptions(thresholds={"dead-units.unit_rate": 1.5}), ValueError,
-         r"`thresholds\['dead-units.unit_rate'\]` must be a number in \[0, 1\), got 1.5"),
+         r"`thresholds\['dead-units.unit_rate'\]` must be in \(0, 1\), got 1.5"),
         (lambda: OutputOptions(heatmaps=1), TypeError, "`heatmaps` must be True or False, got 1"),
         (lambda: OutputOptions(histogram_samples=-1), ValueError, r"`histogram_samples` must be an int >= 0 \(0 turns histograms off\), got -1"),
     ],

@@ -53,6 +53,7 @@ import torch.nn as nn
 from act_diagnostics.core.calls import CallMeasurement
 from act_diagnostics.core.config import MonitorConfig
 from act_diagnostics.core.consumers import ConsumerReads
+from act_diagnostics.core.facts import BatchFacts  # facts
 from act_diagnostics.core.discovery import SiteDiscovery
 from act_diagnostics.core.extras import ExtraTotals  # issue19: transformer statistics beside the sites
 from act_diagnostics.core.errors import MonitorFailure, UnmeasuredModules, failure_message
@@ -116,6 +117,8 @@ class ActivationMonitor(
         self.extras = ExtraTotals()  # issue19: attention logits, log Z, router loads (core/extras.py)
         self._facts = StructureFacts(self.sites, self.states)
         self._tracer = ActivationTracer(self, self._facts, self._fail)
+        self.param_scales: dict[str, float] = {}  # facts: parameter scales, read at attach
+        self.batch_facts = BatchFacts()  # facts: the batch's rows and spread
         # Each part's own state (its _init_* method); a part touches only its own private
         # attributes and the shared ones above, and calls the others' methods.
         self._init_lifecycle()

@@ -108,6 +108,15 @@ class Snapshot:
     # core/routers.py. Filled on the steps the tracer runs.
     log_z: dict[str, Any] = field(default_factory=dict)
     routers: dict[str, Any] = field(default_factory=dict)
+    # Structural facts (core/facts.py). Parametrised layers whose output is a model output or a loss
+    # input (reached through views, copies, dropout).
+    output_layers: tuple[str, ...] = ()
+    # Largest |value| of each parameter that is not a bias, read once at attach.
+    param_scales: dict[str, float] = field(default_factory=dict, repr=False)
+    # The model's first tensor input on the window's latest detail step: its rows, and the largest
+    # |row - first row| (0: every row the same). None where not recorded (keyword-only inputs).
+    batch_rows: int | None = None
+    batch_spread: float | None = None
 
     def ordered(self) -> list[tuple[Site, SiteStats]]:
         """(site, stats) pairs in forward order, input side first."""

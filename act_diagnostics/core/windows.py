@@ -92,6 +92,7 @@ class WindowSnapshots:
         scale = self.grad_scale() if self.grad_scale is not None else None
         if isinstance(scale, Tensor):
             samples.append(scale.detach().reshape(-1)[:1])
+        samples += self.batch_facts.pending()  # facts: batch spread, in the one host copy
         with self._no_torch_function():
             # New sites, or a device move: one buffer again. A model split across devices keeps a
             # buffer per site (moving them would only make each site move back at its next call).
@@ -99,6 +100,7 @@ class WindowSnapshots:
                 share_buffer(states, device)
             extras = None if self._stashed else self.extras  # issue19: evaluation windows leave them be
             totals, host_samples = reduce_to_host(states, names, device, all_gather, samples, extras)  # type: ignore[arg-type]
+        facts = self.batch_facts.read(host_samples)  # facts: batch rows and spread
         grad_scale = host_samples.pop()[0] if isinstance(scale, Tensor) else scale
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
         sites = self.sites
@@ -114,6 +116,7 @@ class WindowSnapshots:
             grad_samples=dict(zip(grad_names, host_samples[len(sample_names) :])),
             losses=tuple(sorted(self.losses_seen)),
             grad_scale=float(grad_scale) if grad_scale is not None else None,
+            output_layers=tuple(sorted(self._facts.output_layers.names)), param_scales=self.param_scales, **facts,  # facts
         )
         if extras is not None:  # issue19
             fill_snapshot(snap, extras.last)  # issue19: max_logit, log_z, routers

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from act_diagnostics.rules.base import Rule, RuleContext, finite
+from act_diagnostics.rules.base import FACTOR, POSITIVE, Range, Rule, RuleContext, finite
 from act_diagnostics.rules.finding import Finding
 
 # Score above which a value is a spike: OLMo-core's 6 sigma (loss and grad-norm spike score).
@@ -60,6 +60,7 @@ def spike_score(history: np.ndarray | list[float], value: float) -> tuple[float,
 class ActivationSpike(Rule):
     id = "activation-spike"
     defaults = {"score": SCORE, "min_ratio": MIN_RATIO, "history": HISTORY, "min_history": MIN_HISTORY}
+    ranges = {"score": POSITIVE, "min_ratio": FACTOR, "history": Range(2.0, integer=True), "min_history": Range(2.0, integer=True)}
     windows = 1  # a spike is an event: one window
     primary = "score"
     in_preflight = False

@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from act_diagnostics.rules.base import Rule, RuleContext, finite, pct
+from act_diagnostics.rules.base import FACTOR, POSITIVE, Rule, RuleContext, finite, pct
 from act_diagnostics.rules.finding import Finding
 
 # Largest logit before warning (proposal, see the module docstring: a gap of 30 leaves other keys
@@ -48,6 +48,7 @@ FIX = (
 class AttentionLogitGrowth(Rule):
     id = "attention-logit-growth"
     defaults = {"warn_logit": WARN_LOGIT, "error_logit": ERROR_LOGIT, "min_growth": MIN_GROWTH}
+    ranges = {"warn_logit": POSITIVE, "error_logit": POSITIVE, "min_growth": FACTOR}
     windows = 2
     primary = "max_logit"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from act_diagnostics.rules.base import Rule, RuleContext, pct
+from act_diagnostics.rules.base import COUNT, FRACTION, Rule, RuleContext, pct
 from act_diagnostics.rules.finding import Finding
 
 # An expert is dead when its share of the assignments is below this fraction of the uniform share
@@ -40,6 +40,7 @@ FIX = (
 class DeadExperts(Rule):
     id = "dead-experts"
     defaults = {"dead_share": DEAD_SHARE, "error_experts": ERROR_EXPERTS, "min_assignments": MIN_ASSIGNMENTS}
+    ranges = {"dead_share": FRACTION, "error_experts": FRACTION, "min_assignments": COUNT}
     windows = 2
     primary = "dead"
 

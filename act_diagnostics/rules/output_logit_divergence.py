@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from act_diagnostics.rules.base import Rule, RuleContext, finite
+from act_diagnostics.rules.base import POSITIVE, Rule, RuleContext, finite
 from act_diagnostics.rules.finding import Finding
 
 # |mean log Z| at or above this warns (proposal: bfloat16 spacing 0.125 between 16 and 32, above
@@ -36,6 +36,7 @@ FIX = (
 class OutputLogitDivergence(Rule):
     id = "output-logit-divergence"
     defaults = {"warn_drift": WARN_DRIFT, "error_drift": ERROR_DRIFT}
+    ranges = {"warn_drift": POSITIVE, "error_drift": POSITIVE}
     windows = 2
     primary = "drift"
 

@@ -28,7 +28,7 @@ GLOBAL_SAMPLES = 32
 PER_RANK_BATCH = 4
 STEPS = 4
 INTERVAL = 2
-THRESHOLDS = {"dead-units.min_samples": 4, "dead-units.preflight_min_samples": 4}
+THRESHOLDS = {"dead-units.preflight_unit_rate": 0.5, "dead-units.evidence": 0.1}  # 4 silent samples decide (0.5^4 < 0.1)
 
 
 def net() -> torch.nn.Module:

@@ -10,7 +10,7 @@ import torch
 from act_diagnostics.rules import ActivationWarning
 from prod_models import Classifier, MonitorOptions, RuleOptions, diagnostics, hook_count, loader, mlp, trainer
 
-THRESHOLDS = {"dead-units.min_samples": 4, "dead-units.preflight_min_samples": 4}
+THRESHOLDS = {"dead-units.preflight_unit_rate": 0.5, "dead-units.evidence": 0.1}  # 4 silent samples decide (0.5^4 < 0.1)
 
 
 def _fit(tmp_path, max_steps, ckpt_path=None):
