@@ -22,8 +22,6 @@ ORACLE_BATCHES = 16
 # Faults the current rules miss (issue 16). A fix that lands turns the case into an XPASS, which
 # fails the run (strict): then delete its line here.
 KNOWN_MISSES: dict[str, str] = {
-    "dead-units/mlp-digits-sgd-lr1": "dead-units missed (latency): 47% of the first layer's units never fire over the whole data after 60 steps "
-    "at SGD lr 1.0, but samples are pooled to 1000 per unit over two judged windows, so a 60-step run gets nothing",
 }
 
 

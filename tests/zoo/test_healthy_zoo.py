@@ -14,19 +14,10 @@ from zoo_train import fit  # noqa: E402
 
 # What the current rules get wrong on healthy models (issue 16). A fix that lands turns the case
 # into an XPASS, which fails the run (strict): then delete its line here.
-_SE_DEAD = "dead-units false alarm: SE bottleneck of 8 ReLU units with 2-4 dead at init while the model learns (loss 2.4 -> 0.55); the gate's bottleneck, not the signal path"
-_SE_SIGNAL = "signal-propagation false alarm: the SE gate's bottleneck ReLU (input std 0.03, a 1x1 conv on pooled features) is compared with the trunk"
 KNOWN_FALSE_ALARMS: dict[tuple[str, str], str] = {
-    ("seresnet18", "default"): f"{_SE_DEAD}; {_SE_SIGNAL}",
-    ("seresnet18", "every-step"): f"{_SE_DEAD}; {_SE_SIGNAL}",
-    ("mobilenetv3-small-tv-init", "default"): "signal-propagation false alarm: torchvision's N(0, 0.01) head init read as a 16x collapse across 24 layers",
-    ("mobilenetv3-small-tv-init", "every-step"): "signal-propagation false alarm: torchvision's N(0, 0.01) head init read as a 16x collapse across 24 layers",
-    ("convnext-atto", "default"): "vanishing-gradient false alarm: LayerScale 1e-6 makes the GELU gradients ~1e-11 while the blocks learn (loss 2.3 -> 0.4)",
-    ("convnext-atto", "every-step"): "vanishing-gradient false alarm: LayerScale 1e-6 makes the GELU gradients ~1e-11 while the blocks learn (loss 2.3 -> 0.4)",
-    ("bert-pooler-cls", "default"): "saturating-hidden-activation false alarm: BERT's pooler (one tanh on [CLS] before the classifier) called a 6-layer hidden stack",
-    ("bert-pooler-cls", "every-step"): "saturating-hidden-activation false alarm: BERT's pooler (one tanh on [CLS] before the classifier) called a 6-layer hidden stack",
-    ("roberta-cls", "default"): "saturating-hidden-activation false alarm: RoBERTa's classification head (dense + tanh on <s>) called a 6-layer hidden stack",
-    ("roberta-cls", "every-step"): "saturating-hidden-activation false alarm: RoBERTa's classification head (dense + tanh on <s>) called a 6-layer hidden stack",
+    # No finding since the rules' head notion; the run fails the zoo's own learning check instead.
+    ("roberta-cls", "default"): "learns too little in 40 steps for the learning check (loss 1.39 -> 1.32)",
+    ("roberta-cls", "every-step"): "learns too little in 40 steps for the learning check (loss 1.39 -> 1.32)",
 }
 SCHEDULES = {"default": False, "every-step": True}
 
