@@ -28,6 +28,11 @@ class Case:
     optimizer: Callable[[Any], torch.optim.Optimizer]
     batch_size: int = 32
     steps: int = STEPS
+    log_every: int = LOG_EVERY
+    # A fault's event at a training step: the batch it changes (a scaled batch), the factor on the
+    # learning rate (a jump); None: the run as people train it.
+    perturb: Callable[[int, tuple], tuple] | None = None
+    lr_factor: Callable[[int], float] | None = None
 
 
 class ZooModule(pl.LightningModule):
@@ -38,12 +43,19 @@ class ZooModule(pl.LightningModule):
         self.losses: list[float] = []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self.case.loss(self.net, tuple(batch))
+        batch = tuple(batch)
+        if self.case.perturb is not None:
+            batch = self.case.perturb(self.global_step, batch)
+        loss = self.case.loss(self.net, batch)
         self.losses.append(loss.detach())  # read once after fit: no host sync per step
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.case.optimizer(self.net.parameters())
+    def configure_optimizers(self) -> Any:
+        optimizer = self.case.optimizer(self.net.parameters())
+        if self.case.lr_factor is None:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.case.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def diagnostics(every_step: bool) -> ActivationDiagnostics:
@@ -88,7 +100,7 @@ def fit(case: Case, root: Any, every_step: bool = False, net: nn.Module | None =
     module = ZooModule(net, case)
     cb = diagnostics(every_step)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps or case.steps, log_every_n_steps=LOG_EVERY,
+        accelerator="cpu", devices=1, max_steps=steps or case.steps, log_every_n_steps=case.log_every,
         callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=str(root), num_sanity_val_steps=0,
     )
