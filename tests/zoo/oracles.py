@@ -221,3 +221,18 @@ def max_attention_logits(net: nn.Module, forward: Forward) -> list[float]:
     with torch.no_grad(), mock.patch.object(F, "scaled_dot_product_attention", spy):
         forward(net)
     return peaks
+
+
+def loss_input_log_z(net: nn.Module, forwards: list[Forward], loss: str = "cross_entropy") -> float:
+    """Mean log Z (logsumexp over the classes, the last dim) of the logits handed to ``F.<loss>``
+    over the data."""
+    original = getattr(F, loss)
+    values: list[torch.Tensor] = []
+
+    def spy(inp: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        values.append(torch.logsumexp(inp.detach().float(), dim=-1).flatten())
+        return original(inp, *args, **kwargs)
+
+    with mock.patch.object(F, loss, spy):
+        _run(net, forwards)
+    return float(torch.cat(values).mean())

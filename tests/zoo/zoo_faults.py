@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -169,6 +170,30 @@ def moe_gates(net: nn.Module) -> list[nn.Module]:
     return [layer.mlp.gate for layer in net.model.layers]
 
 
+SPIKE_STEP = 24
+
+
+def scaled_batch(factor: float, keep_target: bool = False) -> Callable[[int, tuple], tuple]:
+    """One batch of inputs ``factor`` times too large at step SPIKE_STEP (data that skipped its
+    scaling); ``keep_target``: the unscaled inputs are appended as the target (an autoencoder's)."""
+    def perturb(step: int, batch: tuple) -> tuple:
+        if step != SPIKE_STEP:
+            return batch
+        return (batch[0] * factor,) + tuple(batch[1:]) + ((batch[0],) if keep_target else ())
+    return perturb
+
+
+def vae_loss_with_target(net: nn.Module, batch: tuple) -> torch.Tensor:
+    """The VAE's loss, reconstructing ``batch[2]`` when the batch carries a target (a scaled batch)."""
+    return zm.vae_loss(net, batch) if len(batch) < 3 else vae_loss_raw_target(net, batch[0], batch[2])
+
+
+def vae_loss_raw_target(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    probs, mu, logvar = net(x)
+    recon = F.binary_cross_entropy(probs, target, reduction="sum") / len(x)
+    return recon - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(x)
+
+
 # ---- oracle helpers ------------------------------------------------------------------------------
 def modules_of(net: nn.Module, kinds: tuple[type[nn.Module], ...]) -> list[nn.Module]:
     return [m for m in net.modules() if isinstance(m, kinds)]
@@ -280,6 +305,24 @@ def logit_growth_oracle(initial: nn.Module, final: nn.Module, forwards: list) ->
     return end >= 30 and end >= 10 * start, f"largest attention logit {start:.3g} at init -> {end:.3g} at the end"
 
 
+def log_z_oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
+    """Mean logsumexp of the logits reaching cross_entropy, at init and at the end."""
+    start, end = (oracles.loss_input_log_z(net, forwards) for net in (initial, final))
+    return abs(end) >= 20 and abs(end - start) >= 10, f"mean log Z {start:.3g} at init -> {end:.3g} at the end"
+
+
+def spike_oracle(pick: Callable[[nn.Module], nn.Module], perturb: Callable[[int, tuple], tuple]) -> Oracle:
+    """RMS of the site's output on a batch of the data, and on the same batch perturbed as the
+    spiking step's was, on the trained model (plain forward hooks)."""
+    def oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
+        site = pick(final)
+        normal = oracles.output_rms(final, [site], forwards[0])[0]
+        fwd = forwards[0]
+        spiked = oracles.output_rms(final, [site], partial(fwd.func, batch=perturb(SPIKE_STEP, fwd.keywords["batch"])))[0]
+        return at_least(spiked / max(normal, 1e-30), 5, f"RMS of the site on the scaled batch / on the data ({spiked:.3g} / {normal:.3g})")
+    return oracle
+
+
 # ---- the faulty zoo ------------------------------------------------------------------------------
 GELU_TAIL, SILU_TAIL, TANH_FLAT = -3.07, -6.26, 2.99  # where the derivative falls below 0.01
 
@@ -347,6 +390,16 @@ def _faults() -> list[Fault]:
         # attention-logit-growth: no QK-norm, AdamW at a learning rate 30x the usual
         Fault("attention-logit-growth", "gpt2-high-lr", case("gpt2", optimizer=zm.adamw(3e-2)), logit_growth_oracle),
         Fault("attention-logit-growth", "llama-high-lr", case("llama", optimizer=zm.adamw(3e-2)), logit_growth_oracle),
+        # output-logit-divergence: a next byte that is always certain, AdamW 3e-2: the loss goes to 0 and the logits up
+        Fault("output-logit-divergence", "gpt2-certain-next-byte", case("gpt2", data=lambda: (data.counting_windows(),), optimizer=zm.adamw(3e-2), steps=60),
+              log_z_oracle, "loss:cross_entropy"),
+        Fault("output-logit-divergence", "llama-certain-next-byte", case("llama", data=lambda: (data.counting_windows(),), optimizer=zm.adamw(3e-2), steps=60),
+              log_z_oracle, "loss:cross_entropy"),
+        # activation-spike: one batch 30x too large at step SPIKE_STEP (24) of 30, judged every 2 steps
+        Fault("activation-spike", "mlp-scaled-batch", case("mlp-digits-sgd", perturb=scaled_batch(30.0), steps=30, log_every=2),
+              spike_oracle(lambda n: n[1], scaled_batch(30.0)), "net.1"),
+        Fault("activation-spike", "vae-scaled-batch", case("vae-digits", perturb=scaled_batch(30.0, keep_target=True), loss=vae_loss_with_target, steps=30, log_every=2),
+              spike_oracle(lambda n: n.encoder[1], scaled_batch(30.0, keep_target=True)), "net.encoder.1"),
     ]
 
 
