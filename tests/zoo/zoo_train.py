@@ -29,10 +29,9 @@ class Case:
     batch_size: int = 32
     steps: int = STEPS
     log_every: int = LOG_EVERY
-    # A fault's event at a training step: the batch it changes (a scaled batch), the factor on the
-    # learning rate (a jump); None: the run as people train it.
+    # A fault's event at a training step: perturb(step, batch) -> the batch trained on (a scaled
+    # batch); None: the run as people train it.
     perturb: Callable[[int, tuple], tuple] | None = None
-    lr_factor: Callable[[int], float] | None = None
 
 
 class ZooModule(pl.LightningModule):
@@ -50,12 +49,8 @@ class ZooModule(pl.LightningModule):
         self.losses.append(loss.detach())  # read once after fit: no host sync per step
         return loss
 
-    def configure_optimizers(self) -> Any:
-        optimizer = self.case.optimizer(self.net.parameters())
-        if self.case.lr_factor is None:
-            return optimizer
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.case.lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.case.optimizer(self.net.parameters())
 
 
 def diagnostics(every_step: bool) -> ActivationDiagnostics:
