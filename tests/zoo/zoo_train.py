@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -103,5 +104,8 @@ def fit(case: Case, root: Any, every_step: bool = False, net: nn.Module | None =
     trainer.fit(module, loader(case, data))
     seconds = time.perf_counter() - start
     losses = torch.stack(module.losses).float().tolist()
+    if cb.failure is not None:  # diagnostics switched off: the run says nothing about the rules
+        trace = "".join(traceback.format_exception(cb.failure))
+        raise AssertionError(f"act_diagnostics disabled itself in {case.name}:\n{trace}")
     findings = list(cb.report.findings) if cb.report is not None else []
     return Run(case, net, cb, losses, seconds, findings)
