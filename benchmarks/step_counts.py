@@ -41,7 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import overhead  # noqa: E402
+import overhead
 
 
 class OpCounter(TorchDispatchMode):
@@ -51,7 +51,7 @@ class OpCounter(TorchDispatchMode):
         super().__init__()
         self.ops = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
         return func(*args, **(kwargs or {}))
 
@@ -62,12 +62,12 @@ class CallCounter:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, frame, event, arg):  # noqa: ANN001
+    def __call__(self, frame, event, arg):
         if event in ("call", "c_call"):
             self.calls += 1
 
 
-def one_step(model, opt, batch, variant: overhead.Bare) -> None:  # noqa: ANN001
+def one_step(model, opt, batch, variant: overhead.Bare) -> None:
     step = variant.step
     x, y = batch
     variant.before(step)
@@ -81,7 +81,7 @@ def one_step(model, opt, batch, variant: overhead.Bare) -> None:  # noqa: ANN001
     variant.step += 1
 
 
-def count_mode(base, batches, make_variant, warmup: int, steps: int) -> list[tuple[int, int, str]]:  # noqa: ANN001
+def count_mode(base, batches, make_variant, warmup: int, steps: int) -> list[tuple[int, int, str]]:
     """(ops, Python calls, step kind) for each of ``steps`` steps after ``warmup`` untimed ones."""
     model = copy.deepcopy(base)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -114,7 +114,7 @@ def heap_mode(name: str, model_name: str, steps: int, defer_on_cpu: bool) -> Non
     import resource
 
     if defer_on_cpu:  # the behaviour before the tenth session: sites on the CPU defer too
-        import act_diagnostics.core.lifecycle as lifecycle
+        from act_diagnostics.core import lifecycle
 
         lifecycle.defers_on = lambda device, deferred: deferred
     torch.set_num_threads(2)
@@ -188,7 +188,7 @@ def main() -> None:
         steps = min(args.steps, interval) if name == "first window" else args.steps
         rows = count_mode(base, batches, make, warmup, steps)
         plain = [r for r in rows if r[2] in ("plain", "bare")]
-        mean = lambda xs: statistics.fmean(xs) if xs else float("nan")  # noqa: E731
+        mean = lambda xs: statistics.fmean(xs) if xs else float("nan")
         print(
             f"| {name} | {mean([r[0] for r in rows]):.1f} | {mean([r[1] for r in rows]):.0f} | {len(plain)} "
             f"| {mean([r[0] for r in plain]):.1f} | {mean([r[1] for r in plain]):.0f} |",

@@ -31,8 +31,8 @@ def defers_on(device: torch.device, deferred: bool) -> bool:
 
     Not on the CPU: results kept from step to step are small host allocations made among the
     step's large temporaries, and they fragment the allocator's heap (docs/performance.md, tenth
-    session: the arena grew to 4x the live memory over the first window, with about 1000 more page
-    faults per step). There a call adds its results at once, as a window logged every step does.
+    session: the heap grew to 6 times the live memory over the first window, with about 1000 more
+    page faults per step). There a call adds its results at once, as a window logged every step does.
     """
     return deferred and device.type != "cpu"
 
