@@ -24,7 +24,7 @@ from act_diagnostics.core.errors import UnmeasuredModules, rank_zero
 from act_diagnostics.core.facts import parameter_scales  # facts
 from act_diagnostics.core.kinds import module_kind, prepare_thresholds
 from act_diagnostics.core.modules import has_params, in_backward, is_leaf
-from act_diagnostics.core.windows import DEFER_AFTER_STEPS
+from act_diagnostics.core.windows import DEFER_AFTER_STEPS, defers_on
 
 if TYPE_CHECKING:
     from act_diagnostics.core.tracer import ActivationTracer
@@ -175,7 +175,7 @@ class HookLifecycle:
         if deferred != self._deferred:
             self._deferred = deferred
             for st in self.states.values():
-                st.deferred = deferred
+                st.deferred = defers_on(st.device, deferred)
         self.learning_structure = training and self.steps < self.config.structure_steps
         self.activation_depth = 0
         self._restart_call_positions()
