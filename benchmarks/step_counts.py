@@ -134,7 +134,10 @@ def heap_mode(name: str, model_name: str, steps: int, defer_on_cpu: bool) -> Non
     arena = live = float("nan")
     try:  # glibc only
         class MallInfo2(ctypes.Structure):
-            _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+            _fields_ = [
+                (f, ctypes.c_size_t)
+                for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+            ]
 
         libc = ctypes.CDLL("libc.so.6")
         libc.mallinfo2.restype = MallInfo2
@@ -164,7 +167,8 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # --heap runs each mode through this
     args = parser.parse_args()
     if args.one:
-        heap_mode(args.one, args.model, min(args.steps, overhead.DEFAULT_INTERVAL) if args.one == "first window" else args.steps, args.defer_on_cpu)
+        steps = min(args.steps, overhead.DEFAULT_INTERVAL) if args.one == "first window" else args.steps
+        heap_mode(args.one, args.model, steps, args.defer_on_cpu)
         return
     if args.heap:
         import subprocess
@@ -188,7 +192,9 @@ def main() -> None:
         steps = min(args.steps, interval) if name == "first window" else args.steps
         rows = count_mode(base, batches, make, warmup, steps)
         plain = [r for r in rows if r[2] in ("plain", "bare")]
-        mean = lambda xs: statistics.fmean(xs) if xs else float("nan")
+
+        def mean(xs: list[float]) -> float:
+            return statistics.fmean(xs) if xs else float("nan")
         print(
             f"| {name} | {mean([r[0] for r in rows]):.1f} | {mean([r[1] for r in rows]):.0f} | {len(plain)} "
             f"| {mean([r[0] for r in plain]):.1f} | {mean([r[1] for r in plain]):.0f} |",

@@ -143,7 +143,7 @@ class DeadUnits(Rule):
                 out.append(self._finding(ctx, site, *verdict))
         return out
 
-    def _judge(self, ctx: RuleContext, name: str, rates: np.ndarray, n: float) -> tuple | None | bool:
+    def _judge(self, ctx: RuleContext, name: str, rates: np.ndarray, n: float) -> tuple | bool | None:
         """Add one window's evidence; the dead units' verdict, False when the layer is clear, None
         while undecided units could still reach the warning fraction."""
         ev = self._evidence.get(name)

@@ -70,7 +70,7 @@ class Finding:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
         """Inverse of :meth:`to_dict`; tolerant of missing keys (old checkpoints)."""
         return cls(
             rule=str(d.get("rule", "")),

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monitor_fixtures import ModulesOnly
 
 from act_diagnostics.core import ActivationMonitor
-
-from monitor_fixtures import ModulesOnly
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def test_a_script_edited_while_it_trains_still_gets_its_warning(tmp_path: Path) 
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
         loader = importlib.machinery.SourceFileLoader("train", str(script))  # reads the file as it is now
-        exec(code, {"__name__": "train", "__loader__": loader, "emit_warning": emit_warning, "finding": finding})  # noqa: S102
+        exec(code, {"__name__": "train", "__loader__": loader, "emit_warning": emit_warning, "finding": finding})
     (record,) = records
     assert record.filename == str(script) and record.lineno == 10
     assert str(record.message).startswith("[act_diagnostics:dead-units] warning at step 5")

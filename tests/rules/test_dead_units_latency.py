@@ -31,7 +31,7 @@ class DigitsMLP(pl.LightningModule):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001
+    def training_step(self, batch, batch_idx):
         x, y = batch
         return F.cross_entropy(self.net(x), y)
 
@@ -47,7 +47,7 @@ class DeadOracle(pl.Callback):
         self.x = x
         self.dead: list[list[float]] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         with torch.no_grad():
             h, shares = self.x, []
             linears = [m for m in pl_module.net if isinstance(m, nn.Linear)]
@@ -88,7 +88,7 @@ class SmallTabular(pl.LightningModule):
         with torch.no_grad():
             self.net[2].bias[:16] = -10.0
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001
+    def training_step(self, batch, batch_idx):
         x, y = batch
         return F.cross_entropy(self.net(x), y)
 

@@ -13,7 +13,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tiny_models import (
-    VOCAB, CountTransfers, HandRouterMoE, LMWithMoE, MoEClassifier, TinyLM, copy_batches, load_balancing_loss, lm_loss, moe_batches, train,
+    VOCAB,
+    CountTransfers,
+    HandRouterMoE,
+    LMWithMoE,
+    MoEClassifier,
+    TinyLM,
+    copy_batches,
+    lm_loss,
+    load_balancing_loss,
+    moe_batches,
+    train,
 )  # fmt: skip
 
 from act_diagnostics.core import ActivationMonitor
@@ -103,7 +113,7 @@ def test_lightning_run_with_the_default_callback(tmp_path) -> None:
             super().__init__()
             self.model = TinyLM()
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001
+        def training_step(self, batch, batch_idx):
             return lm_loss(self.model, batch[0])
 
         def configure_optimizers(self):
