@@ -51,7 +51,7 @@ class SmallCNN(pl.LightningModule):
         self.features = nn.Sequential(
             nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        )  # fmt: skip
+        )
         self.fc = nn.Linear(16 * 4 * 4, 32)
         self.head = nn.Linear(32, CLASSES)
         self.lr = lr

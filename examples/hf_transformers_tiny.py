@@ -44,7 +44,7 @@ def tiny_model(kind: str) -> torch.nn.Module:
     config = transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=CONTEXT, hidden_act="gelu", num_labels=CLASSES,
-    )  # fmt: skip
+    )
     return transformers.BertForSequenceClassification(config)
 
 

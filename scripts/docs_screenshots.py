@@ -60,7 +60,7 @@ def train(logdir: str, name: str, steps: int) -> tuple[Path, object]:
     trainer = pl.Trainer(
         max_steps=steps, logger=logger, callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, accelerator="cpu", devices=1, log_every_n_steps=5,
-    )  # fmt: skip
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(Classifier(net(), lr=lr), loader)

@@ -343,7 +343,7 @@ def test_report_lies_beside_the_tensorboard_events(tmp_path):
 def test_fast_dev_run_writes_no_report(tmp_path):
     cb = ActivationDiagnostics(log_every_n_steps=1, verbose=False)
     pl.Trainer(fast_dev_run=2, callbacks=[cb], default_root_dir=str(tmp_path), enable_progress_bar=False,
-               enable_model_summary=False, accelerator="cpu").fit(Net(), loader())  # fmt: skip
+               enable_model_summary=False, accelerator="cpu").fit(Net(), loader())
     assert cb.last_snapshot is not None and cb.steps == 2  # measured and judged as usual
     assert cb.report_dir is None and not list(tmp_path.rglob("report.json"))
 

@@ -406,7 +406,7 @@ KINDS: dict[str, ActivationKind] = {
             modules=(nn.GLU,), functions=((F.glu, {"dim": 1}),),
         ),
     ]
-}  # fmt: skip
+}
 
 # Class names of other libraries' identity activations: not an activation site.
 NOT_ACTIVATIONS = frozenset({"LinearActivation"})

@@ -138,7 +138,7 @@ class HookLifecycle:
                 self._handles.append(module.register_forward_hook(self._activation_hook, always_call=True))
         _toggle(self._input_handles, inputs, lambda: [
             module.register_forward_pre_hook(self._activation_pre_hook) for module in self._activation_modules
-        ])  # fmt: skip
+        ])
         _toggle(self._structure_handles, structure, lambda: [
             handle
             for module in self._structure_modules
@@ -146,7 +146,7 @@ class HookLifecycle:
                 module.register_forward_pre_hook(self._module_pre_hook),
                 module.register_forward_hook(self._module_hook, always_call=True),
             )
-        ])  # fmt: skip
+        ])
         _toggle(self._consumer_handles, consumers, self._register_consumer_hooks)
 
     # ------------------------------------------------------------------ the step protocol

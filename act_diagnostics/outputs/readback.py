@@ -375,7 +375,7 @@ def _table_rows(run: RunReadback) -> tuple[list[str], list[list[str]]]:
             *(table_cell(s, row.values.get(s), row.family) for s in TABLE_STATS),
         ]
         for row in run.layers
-    ]  # fmt: skip
+    ]
     return header, body
 
 

@@ -166,7 +166,7 @@ class Report:
                     points, Path(folder) / filename, f"{stat} of {f.site}",
                     threshold=(f"{f.rule}.{name}", value) if name is not None and value is not None else None,
                     marks=marks, share=stat in SHARE_STATS,
-                )  # fmt: skip
+                )
             except Exception:  # noqa: BLE001 - a picture must never cost the report its text
                 continue
             written[i] = filename

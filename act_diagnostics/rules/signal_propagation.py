@@ -63,4 +63,4 @@ class SignalPropagation(Rule):
                 ctx, deep.name, "warning", msg, FIX,
                 ratio=ratio, min_std=lo, max_std=hi, direction=1 if grows else -1, sites=len(chain),
             )
-        ]  # fmt: skip
+        ]

@@ -24,7 +24,7 @@ from tiny_models import (
     load_balancing_loss,
     moe_batches,
     train,
-)  # fmt: skip
+)
 
 from act_diagnostics.core import ActivationMonitor
 from act_diagnostics.rules import ActivationWarning, RuleEngine
@@ -125,7 +125,7 @@ def test_lightning_run_with_the_default_callback(tmp_path) -> None:
     trainer = pl.Trainer(
         max_steps=60, log_every_n_steps=5, callbacks=[callback], logger=CSVLogger(str(tmp_path)),
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    )
     with pytest.warns(ActivationWarning, match="attention-logit-growth"):
         trainer.fit(LitLM(), loader)
     rules = {f.rule for f in callback.report.findings}
