@@ -8,6 +8,13 @@ values, so one earlier spike does not mask the next. Activation spikes usually p
 (Wortsman et al. 2023; Takase et al., "Spike No More"); the earliest site in forward order that
 spiked is where it starts, and the finding names it.
 
+Only the signal path is judged: not gates (their output multiplies another tensor: a GLU's or a
+shared expert's sigmoid gate), not softmaxes (probabilities: attention, outputs, a mixture-of-experts
+router) and not the sigmoid of a router (the site a ``topk`` reads, see core/routers.py). Their
+gradients are small and swing legitimately while the routing and gating learn (a healthy Mixtral's
+router softmax moves its gradient RMS ~2e-5 by 3.8x in early training); a real spike shows on the
+signal path they modulate.
+
 On a spike the rule asks for detail: :func:`take_detail_requests` returns (and forgets) the sites
 that spiked since it was last called, so the training loop can make its next log step a detail step
 (histograms of every site, the spiked ones included).
@@ -21,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from act_diagnostics.core.sites import Site
 from act_diagnostics.rules.base import FACTOR, POSITIVE, Range, Rule, RuleContext, finite
 from act_diagnostics.rules.finding import Finding
 
@@ -37,6 +45,9 @@ MIN_HISTORY = 8
 # The MAD is floored at this share of the median (a constant history would make any change infinite).
 MAD_FLOOR = 0.01
 _MAD_TO_SIGMA = 1.4826
+
+# Activation families a mixture-of-experts router applies before its top-k (core/routers.py).
+ROUTER_FAMILIES = ("softmax", "sigmoid")
 
 QUANTITIES = (("rms", "activation RMS"), ("grad_rms", "gradient RMS"))
 
@@ -69,6 +80,13 @@ class ActivationSpike(Rule):
         super().__init__(thresholds)
         self._history: dict[str, deque[float]] = {}  # "<site>|<quantity>" -> recent values
         self.detail_requests: list[str] = []
+        self._router_owners: set[str] = set()  # modules seen routing with a top-k (snapshot.routers)
+
+    def on_signal_path(self, site: Site) -> bool:
+        """Judged: not attention, a gate, a softmax, or a router's sigmoid (see module docstring)."""
+        if site.source == "attention" or site.is_gate or site.family == "softmax":
+            return False
+        return not (site.family in ROUTER_FAMILIES and site.owner in self._router_owners)
 
     def _series(self, key: str) -> deque[float]:
         series = self._history.get(key)
@@ -78,9 +96,11 @@ class ActivationSpike(Rule):
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         spiked: list[tuple[str, str, float, float, float]] = []  # site, quantity, value, score, ratio
+        # "<owner>:router" or "<owner>:router#k"; routers are measured on the steps the tracer runs.
+        self._router_owners.update(key.rpartition(":")[0] for key in getattr(ctx.snapshot, "routers", {}) or {})
         for site, stats in ctx.snapshot.ordered():
-            if site.source == "attention" or not stats.calls:
-                continue  # attention weights are bounded and sampled on detail steps only
+            if not stats.calls or not self.on_signal_path(site):
+                continue
             for quantity, _ in QUANTITIES:
                 value = getattr(stats, quantity)
                 if not finite(value):
@@ -112,10 +132,11 @@ class ActivationSpike(Rule):
         return [self.finding(ctx, first_site, "warning", msg, FIX, **evidence)]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": {k: list(v) for k, v in self._history.items()}}
+        return {"history": {k: list(v) for k, v in self._history.items()}, "router_owners": sorted(self._router_owners)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._history = {}
+        self._router_owners = {str(o) for o in state.get("router_owners", ()) or ()}
         for key, values in (state.get("history", {}) or {}).items():
             self._series(str(key)).extend(float(v) for v in values)
 

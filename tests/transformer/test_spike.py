@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tiny_models import only
 
-from act_diagnostics.core import ActivationMonitor
+from act_diagnostics.core import ActivationMonitor, Site, SiteStats, Snapshot
 from act_diagnostics.rules.activation_spike import spike_score, take_detail_requests
 
 SPIKE_STEP = 60
@@ -101,3 +101,44 @@ def test_a_learning_rate_jump_in_a_decoder_is_flagged_where_it_starts() -> None:
     assert 50 <= f.step <= 55 and f.site == "blocks.0.ff.1"  # the first GELU, right after the jump
     before = [oracle[s] for s in range(18, 50)]
     assert spike_score(before, oracle[f.step])[1] > 2  # the oracle sees the jump in that site's RMS too
+
+
+def _judge_series(site: Site, values: list[float], quantity: str, routers: dict[str, object]) -> list:
+    """Feed one site's series to the rule, one snapshot per value; the findings it raises."""
+    engine = only("activation-spike")
+    for step, value in enumerate(values):
+        stats = SiteStats(calls=1, rms=1.0, grad_rms=1e-5)
+        setattr(stats, quantity, value)
+        engine.evaluate(Snapshot(step=step, window_steps=1, stats={site.name: stats}, sites={site.name: site}, routers=routers))
+    return [f for f in engine.findings if f.rule == "activation-spike"]
+
+
+def _site(kind: str, family: str, consumers: set[str], owner: str = "moe", source: str = "module") -> Site:
+    return Site(name=f"{owner}:{kind}", kind=kind, family=family, source=source, owner=owner, module_type=kind, index=0,
+                unit_dim=1, n_units=4, shape=(2, 4), consumers=consumers)
+
+
+ROUTER = {"moe:router": None}  # the tracer saw a top-k read a site of module "moe" (core/routers.py)
+STEADY = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.02, 0.98, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("site", "routers", "flagged"),
+    [
+        (_site("gelu", "smooth", {"moe.w2"}), {}, True),  # the signal path
+        (_site("sigmoid", "sigmoid", {"moe.w2"}, owner="mlp"), ROUTER, True),  # a sigmoid of a module that routes nothing
+        (_site("sigmoid", "sigmoid", {"mul"}), {}, False),  # a gate: a shared expert's sigmoid gate times its output
+        (_site("glu", "other", {"moe.w2"}), {}, False),  # a GLU gates by construction
+        (_site("softmax", "softmax", {"activation"}), {}, False),  # probabilities: a router's softmax, an output's
+        (_site("sigmoid", "sigmoid", {"activation"}), ROUTER, False),  # the sigmoid a router's top-k reads
+        (_site("softmax", "softmax", {"matmul"}, source="attention"), {}, False),  # attention weights
+    ],
+    ids=["signal", "sigmoid-not-router", "sigmoid-gate", "glu", "softmax", "sigmoid-router", "attention"],
+)
+@pytest.mark.parametrize("quantity", ["rms", "grad_rms"])
+def test_only_the_signal_path_is_judged(site: Site, routers: dict[str, object], flagged: bool, quantity: str) -> None:
+    scale = 1.0 if quantity == "rms" else 2e-5  # a router's gradient RMS is ~2e-5 on a healthy Mixtral
+    values = [v * scale for v in [*STEADY, 10.0]]
+    findings = _judge_series(site, values, quantity, routers)
+    assert spike_score(values[:-1], values[-1])[0] > 6  # the series spikes by the score and the ratio alike
+    assert [(f.step, f.site, f.evidence["quantity"]) for f in findings] == ([(len(STEADY), site.name, quantity)] if flagged else [])

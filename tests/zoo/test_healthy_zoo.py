@@ -76,13 +76,7 @@ def test_healthy_model_learns_and_gets_no_warning(name: str, schedule: str, tmp_
 TRANSFORMER_RULES = {"attention-logit-growth", "output-logit-divergence", "activation-spike", "dead-experts"}
 TRANSFORMERS = ["gpt2", "llama", "mistral", "qwen2", "mixtral-moe", "qwen2-moe", "bert-pooler-cls", "t5-relu", "vit-tiny"]
 # What the transformer rules get wrong when judged this often. A fix turns the case into an XPASS.
-_EARLY_SPIKE = ("activation-spike false alarm: judged from the eighth log step (step 17 at one log step every 2), the history is "
-                "16-32 steps of early training, where a router's gradient RMS (2e-5 to 6e-5) moves by 2-4x while the router collapses "
-                "and the loss keeps falling; the scaled-batch faults jump by 30x and more")
-KNOWN_TRANSFORMER_FALSE_ALARMS: dict[str, str] = {
-    "mixtral-moe": f"{_EARLY_SPIKE} (layer 0's router softmax, 3.8x at step 19)",
-    "qwen2-moe": f"{_EARLY_SPIKE} (layer 1's shared-expert sigmoid gate 2.1x at step 35, its router softmax 2.5x at step 39)",
-}
+KNOWN_TRANSFORMER_FALSE_ALARMS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_TRANSFORMER_FALSE_ALARMS[n])]
