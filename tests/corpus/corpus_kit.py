@@ -130,13 +130,14 @@ def one_hot(y: Tensor, classes: int) -> Tensor:
 class TabularModule(pl.LightningModule):
     """The boilerplate every program shares: its data set, loader and optimiser."""
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, lr: float, optimizer: str = "adam") -> None:
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, lr: float, optimizer: str = "adam", shuffle: bool = True) -> None:
         super().__init__()
         self.x, self.y = x, y
-        self.batch_size, self.lr, self.optimizer_name = batch_size, lr, optimizer
+        self.batch_size, self.lr, self.optimizer_name, self.shuffle = batch_size, lr, optimizer, shuffle
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size, shuffle=True, generator=_gen(1))
+        data = TensorDataset(self.x, self.y)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=self.shuffle, generator=_gen(1) if self.shuffle else None)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name == "sgd":

@@ -445,6 +445,75 @@ class IrisTutorialBatchOne(TabularModule):
         return nn.CrossEntropyLoss()(self(x), y)
 
 
+class SoftmaxClampMSELoss(TabularModule):
+    """Three proportions-that-are-not predicted with softmax, clamped, into F.mse_loss."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*scores(n=200, seed=17), batch_size=25, lr=1e-2)
+        self.body = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+        self.buggy = buggy
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        y = self.body(x)
+        return torch.softmax(y, dim=1).clamp(1e-6, 1 - 1e-6) if self.buggy else y
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return F.mse_loss(self(x), y)
+
+
+class ManualLoopReluClampBCELoss(TabularModule):
+    """The plain-PyTorch loop pasted into training_step (manual optimisation); the ReLU output was
+    clamped to [0, 1] after BCELoss complained about values above 1."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*tumours(standardise=True, seed=18), batch_size=16, lr=1e-2)
+        self.automatic_optimization = False
+        self.model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1), nn.ReLU() if buggy else nn.Sigmoid())
+        self.criterion = nn.BCELoss()
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        optimizer = self.optimizers()
+        inputs, labels = batch
+        optimizer.zero_grad()
+        outputs = torch.clamp(self(inputs), 0, 1)
+        loss = self.criterion(outputs, labels)
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+class ReluLogitsOneHotRowsBatchOne(TabularModule):
+    """One-hot encoded categorical features read in file order (the first row is all zeros), batch 1;
+    a ReLU after every layer, the last one included, into nn.CrossEntropyLoss."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, y = blobs(n=64, d=6, classes=3, seed=19)
+        x = (x > 0.5).float()
+        x[0] = 0.0
+        super().__init__(x, y, batch_size=1, lr=0.01, optimizer="sgd", shuffle=False)
+        layers = [nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)]
+        self.classifier = nn.Sequential(*layers, nn.ReLU()) if buggy else nn.Sequential(*layers)
+        self.loss_function = nn.CrossEntropyLoss()
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.classifier(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        features, target = batch
+        return self.loss_function(self(features), target)
+
+
+def relu_logits_oracle(module) -> bool:  # noqa: ANN001
+    """The logits cross_entropy reads come from a ReLU: no score can go below 0."""
+    x = module.x[:32]
+    out = module(x)
+    return producer(out) == "relu" and bool((out >= 0).all())
+
+
 # ----------------------------------------------------------------- PROGRAMS
 # Why today's code misses a buggy variant (strict xfail reasons; issue 20's classes).
 CLAMP_GAP = "class 1: a clamp, epsilon, log or row-sum division between the output activation and the loss hides the output"
@@ -600,6 +669,33 @@ PROGRAMS: list[Program] = [
         rules=("activation-loss-mismatch",),
         site="softmax",
         oracle=softmax_into_ce_oracle,
+        steps=40,
+    ),
+    Program(
+        name="softmax_clamp_mse_loss",
+        story="softmax (clamped) over 3 standardised regression targets into F.mse_loss",
+        build=SoftmaxClampMSELoss,
+        rules=("output-activation-mismatch",),
+        site=":softmax",
+        oracle=softmax_regression_oracle,
+        buggy_xfail=CLAMP_GAP,
+    ),
+    Program(
+        name="manual_loop_relu_clamp01_bceloss",
+        story="tutorial loop (manual optimisation): ReLU output clamped to [0, 1] into nn.BCELoss",
+        build=ManualLoopReluClampBCELoss,
+        rules=("output-activation-mismatch",),
+        site="model.3",
+        oracle=relu_probability_oracle,
+        buggy_xfail=RELU_GAP,
+    ),
+    Program(
+        name="relu_logits_one_hot_rows_batch_one",
+        story="ReLU after the last layer into nn.CrossEntropyLoss; batch 1, first row all zeros",
+        build=ReluLogitsOneHotRowsBatchOne,
+        rules=("output-activation-mismatch",),
+        site="classifier.5",
+        oracle=relu_logits_oracle,
         steps=40,
     ),
 ]

@@ -16,10 +16,12 @@ from corpus_kit import (
     TabularModule,
     blobs,
     circles,
+    first_batch,
     houses,
     is_affine,
     never_firing_share,
     plain_train,
+    standardised,
     tumours,
 )
 
@@ -223,23 +225,99 @@ class DeepSigmoidVsRelu(TabularModule):
         return F.cross_entropy(self(x), y)
 
 
-def deep_sigmoid_oracle(module) -> bool:  # noqa: ANN001
-    """At least 4 sigmoid hidden layers (forward hooks on the graph: sigmoid nodes feeding a layer),
-    and the gradient reaching the first layer is over 10x smaller than at the last layer."""
-    x, y = next(iter(module.train_dataloader()))
+def saturating_stack_oracle(module) -> bool:  # noqa: ANN001
+    """At least 4 sigmoid/tanh layers in a row (read from autograd's graph), and the gradient at the
+    first one's output is under a tenth of the gradient at the last one's (node hooks, one step)."""
+    x, y = first_batch(module)
     loss = module.training_step((x, y), 0)
-    sigmoids, node, frontier, seen = 0, None, [loss.grad_fn], set()
+    nodes, frontier, seen = [], [loss.grad_fn], set()
     while frontier:
         node = frontier.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        sigmoids += type(node).__name__ == "SigmoidBackward0"
+        if type(node).__name__ in ("SigmoidBackward0", "TanhBackward0"):
+            nodes.append(node)
         frontier += [fn for fn, _ in node.next_functions]
+    nodes.sort(key=lambda n: n._sequence_nr())  # creation order = forward order
+    if len(nodes) < 4:
+        return False
+    rms: dict[int, float] = {}
+    for i in (0, len(nodes) - 1):
+        nodes[i].register_hook(lambda grad_in, grad_out, i=i: rms.__setitem__(i, float(grad_out[0].pow(2).mean().sqrt())))
     loss.backward()
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    ratio = linears[-1].weight.grad.norm() / linears[0].weight.grad.norm()
-    return sigmoids >= 4 and bool(ratio > 10)
+    return rms[0] < 0.1 * rms[len(nodes) - 1]
+
+
+class DeepSigmoidVsThreeLayer(TabularModule):
+    """Six sigmoid hidden layers; the fix keeps two (the three-layer sigmoid MLP of the textbooks)."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*blobs(n=200, d=6, classes=3, seed=29), batch_size=20, lr=1e-2)
+        widths = [6] + [24] * (6 if buggy else 2)
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip(widths, widths[1:]):
+            layers += [nn.Linear(w_in, w_out), nn.Sigmoid()]
+        self.model = nn.Sequential(*layers, nn.Linear(24, 3))
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+
+class DeepTanhVsThreeLayer(TabularModule):
+    """Eight tanh hidden layers (batch 12); the fix keeps two."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*blobs(n=180, d=5, classes=3, seed=30), batch_size=12, lr=1e-2)
+        self.first = nn.Linear(5, 20)
+        self.hidden = nn.ModuleList([nn.Linear(20, 20) for _ in range(7 if buggy else 1)])
+        self.last = nn.Linear(20, 3)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        x = torch.tanh(self.first(x))
+        for layer in self.hidden:
+            x = torch.tanh(layer(x))
+        return self.last(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+
+class ManualLoopRawIncomeTanh(TabularModule):
+    """The plain-PyTorch loop pasted into training_step (manual optimisation): loan defaults from raw
+    income (tens of thousands), loan amount and age into a tanh MLP."""
+
+    def __init__(self, buggy: bool) -> None:
+        g = torch.Generator().manual_seed(31)
+        n = 300
+        income = 20000 + 60000 * torch.rand(n, generator=g)
+        amount = 5000 + 30000 * torch.rand(n, generator=g)
+        age = 20 + 50 * torch.rand(n, generator=g)
+        x = torch.stack([income, amount, age], 1)
+        y = ((amount / income + 0.004 * (45 - age) + 0.1 * torch.randn(n, generator=g)) > 0.5).float().unsqueeze(1)
+        super().__init__(x if buggy else standardised(x), y, batch_size=32, lr=1e-2)
+        self.automatic_optimization = False
+        self.fc1 = nn.Linear(3, 16)
+        self.fc2 = nn.Linear(16, 1)
+        self.criterion = nn.BCEWithLogitsLoss()
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        optimizer = self.optimizers()
+        inputs, labels = batch
+        optimizer.zero_grad()
+        outputs = self(inputs)
+        loss = self.criterion(outputs, labels)
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
 
 
 class XorBatchOne(TabularModule):
@@ -248,7 +326,7 @@ class XorBatchOne(TabularModule):
     def __init__(self, buggy: bool) -> None:
         x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]).repeat(16, 1)
         y = (x[:, :1] != x[:, 1:]).float()
-        super().__init__(x, y, batch_size=1, lr=0.5, optimizer="sgd")
+        super().__init__(x, y, batch_size=1, lr=0.5, optimizer="sgd", shuffle=False)  # rows in order: [0, 0] first
         self.hidden = nn.Linear(2, 4)
         self.output = nn.Linear(4, 1)
         self.buggy = buggy
@@ -283,6 +361,7 @@ def xor_affine_oracle(module) -> bool:  # noqa: ANN001
 LINEAR_GAP = "class 3: no rule missing-nonlinearity yet (consecutive Linear layers with nothing nonlinear between)"
 NAN_GAP = "class 3: a non-finite loss is not reported when the model has no activation site"
 SCALE_GAP = "class 4: no rule input-scale yet (raw features in the thousands)"
+SHALLOW_SIGMOID_GAP = "class 6: a shallow, unsaturated sigmoid MLP gets a saturating-hidden-activation warning"
 SMALL_DATA_GAP = "class 5: with tiny batches and few rows dead units never reach the evidence threshold"
 PROGRAMS: list[Program] = [
     Program(
@@ -350,14 +429,14 @@ PROGRAMS: list[Program] = [
         story="7 sigmoid hidden layers; the fix is the textbook 2-layer sigmoid MLP",
         build=DeepSigmoidVsTextbook,
         rules=("saturating-hidden-activation",),
-        oracle=deep_sigmoid_oracle,
+        oracle=saturating_stack_oracle,
     ),
     Program(
         name="deep_functional_sigmoid_vs_relu",
         story="torch.sigmoid in a loop over 7 layers (batch 64); the fix uses ReLU with He init",
         build=DeepSigmoidVsRelu,
         rules=("saturating-hidden-activation",),
-        oracle=deep_sigmoid_oracle,
+        oracle=saturating_stack_oracle,
     ),
     Program(
         name="xor_batch_one_lost_hidden_sigmoid",
@@ -367,5 +446,28 @@ PROGRAMS: list[Program] = [
         oracle=xor_affine_oracle,
         steps=40,
         buggy_xfail=LINEAR_GAP,
+    ),
+    Program(
+        name="deep_sigmoid_vs_three_layer_sigmoid",
+        story="six sigmoid hidden layers (batch 20); the fix is a three-layer sigmoid MLP (two hidden)",
+        build=DeepSigmoidVsThreeLayer,
+        rules=("saturating-hidden-activation",),
+        oracle=saturating_stack_oracle,
+        fixed_xfail=SHALLOW_SIGMOID_GAP,
+    ),
+    Program(
+        name="deep_tanh_vs_three_layer_tanh",
+        story="torch.tanh over eight hidden layers (batch 12); the fix keeps two",
+        build=DeepTanhVsThreeLayer,
+        rules=("saturating-hidden-activation",),
+        oracle=saturating_stack_oracle,
+    ),
+    Program(
+        name="manual_loop_raw_income_tanh",
+        story="tutorial loop in training_step (manual optimisation), raw incomes into a tanh MLP",
+        build=ManualLoopRawIncomeTanh,
+        rules=("input-scale",),
+        oracle=raw_scale_oracle,
+        buggy_xfail=SCALE_GAP,
     ),
 ]
