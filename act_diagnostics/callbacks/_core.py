@@ -425,6 +425,7 @@ class DiagnosticsCallbackCore:
     @_guarded
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
         # Manual optimisation may run another forward after this backward: keep tracing then.
+        if self.monitor is not None and self.monitor.enabled: self.monitor.network.observe_loss(loss)  # lead: port to the new callbacks  # noqa: E701
         if self.monitor is not None and getattr(pl_module, "automatic_optimization", True):
             self.monitor.stop_tracing()
 

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from act_diagnostics.core.attention import ATTENTION, read_attention
 from act_diagnostics.core.config import MonitorConfig, selects
+from act_diagnostics.core.network import NetworkWatch  # corpus: whole-model facts (layer links, input, losses)
 from act_diagnostics.core.kinds import (
     FUNCTIONAL_KINDS,
     KINDS,
@@ -275,6 +276,7 @@ class ActivationMonitor:
         self._layer_out: dict[int, tuple[str, str, Tensor]] = {}
         self._output_shape: dict[str, torch.Size] = {}  # site -> shape of its latest output (structure steps)
         self._whole_losses: dict[str, set[str]] = {}  # site -> losses seen reading its classes
+        self.network = NetworkWatch()  # corpus: whole-model facts, read in snapshot()
         self._tracer = ActivationTracer(self)
         self._tracer_on = False
         self._step_traces = False  # this step runs the tracer (begin_step decides)
@@ -403,6 +405,10 @@ class ActivationMonitor:
         self.end_step()
         self.begin_step(detail=detail)
 
+    @property  # corpus: the tracer follows loss-building ops only outside every module's forward
+    def in_module_forward(self) -> bool:  # corpus: (see core/following.py)
+        return bool(self._owner_stack)  # corpus:
+
     @property
     def ran_in_step(self) -> bool:
         """The open (or last closed) step ran the model's forward or measured a call."""
@@ -493,7 +499,7 @@ class ActivationMonitor:
             reasons.append("the model called no activation module or function act_diagnostics knows (docs/statistics.md lists them)")
         warnings.warn(
             f"act_diagnostics found no activation site to measure in {type(self.model).__name__} after "
-            f"{self.steps} step(s): {'; '.join(reasons)}. Nothing will be measured or reported.",
+            f"{self.steps} step(s): {'; '.join(reasons)}. Only whole-model checks (missing-nonlinearity, input-scale, a non-finite loss) will run.",  # corpus: they run without sites
             UnmeasuredModules,
             stacklevel=2,
         )
@@ -595,6 +601,7 @@ class ActivationMonitor:
             if self._rerun_tracer_module is None and any(isinstance(key, str) for key in self._awaiting_grad):
                 self._enter_rerun_tracer(module)
             return
+        self.network.layer_input(self._names.get(id(module), ""), module, args, self.tracking_structure, self.detail)  # corpus: links, input scale
         if not self.tracking_structure:
             return
         self._module_calls[id(module)] = self._module_calls.get(id(module), 0) + 1
@@ -629,6 +636,7 @@ class ActivationMonitor:
                 out = _first_tensor(output)
                 if out is not None:
                     self._layer_out[id(out)] = (self._names.get(id(module), ""), type(module).__name__, out)
+                    self.network.layer_output(*self._layer_out[id(out)])  # corpus: layer links (missing-nonlinearity)
             elif self._produced and not any(True for _ in module.children()):
                 # Parameter-free leaves (Dropout, Flatten, pooling) pass an activation's output on.
                 source = self.produced_by(args[0] if args else None)
@@ -1213,6 +1221,8 @@ class ActivationMonitor:
         sample_names = [n for n, st in zip(names, states) if st.out_sample is not None]
         grad_names = [n for n, st in zip(names, states) if st.grad_sample is not None]
         samples = [self.states[n].out_sample for n in sample_names] + [self.states[n].grad_sample for n in grad_names]
+        network_totals = self.network.device_totals()  # corpus: whole-model totals ride in the same host copy
+        samples += [network_totals] if network_totals is not None else []  # corpus:
         # float16 AMP: the GradScaler's current scale, in the same host copy (rules: non-finite).
         scale = self.grad_scale() if self.grad_scale is not None else None
         if isinstance(scale, Tensor):
@@ -1224,6 +1234,7 @@ class ActivationMonitor:
                 share_buffer(states, device)
             totals, host_samples = reduce_to_host(states, names, device, all_gather, samples)  # type: ignore[arg-type]
         grad_scale = host_samples.pop()[0] if isinstance(scale, Tensor) else scale
+        network = self.network.read(host_samples.pop() if network_totals is not None else None)  # corpus:
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
         sites = self.sites
         if self.eval_only and not self._stashed:  # a training window: sites only evaluation ran stay out
@@ -1238,9 +1249,11 @@ class ActivationMonitor:
             grad_samples=dict(zip(grad_names, host_samples[len(sample_names) :])),
             losses=tuple(sorted(self.losses_seen)),
             grad_scale=float(grad_scale) if grad_scale is not None else None,
+            network=network,  # corpus:
         )
         if reset:
             with self._no_torch_function():
                 reset_states(states)
+                self.network.reset()  # corpus:
             self.window_steps = 0
         return snap
