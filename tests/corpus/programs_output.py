@@ -17,6 +17,7 @@ from corpus_kit import (
     TabularModule,
     blobs,
     first_batch,
+    houses,
     multilabel,
     one_hot,
     parameter_grads_all_zero,
@@ -514,6 +515,102 @@ def relu_logits_oracle(module) -> bool:  # noqa: ANN001
     return producer(out) == "relu" and bool((out >= 0).all())
 
 
+class KerasSoftmaxColumnBCE(TabularModule):
+    """Keras binary port squeezing its output for the hand-written BCE. Buggy: Dense(1, softmax).
+    Fixed: Dense(2, softmax) and the positive class's column, p[:, 1], clipped into the same BCE."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*tumours(standardise=True, seed=32), batch_size=40, lr=1e-2)
+        self.dense = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 1 if buggy else 2)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return F.softmax(self.head(F.relu(self.dense(x))), dim=-1)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        probs = self(x)
+        p = probs.squeeze(-1) if probs.shape[-1] == 1 else probs[:, 1]
+        return keras_binary_crossentropy(y.squeeze(-1), p)
+
+
+# ----------------------------------------------------------------- output range against the targets
+class SigmoidPriceL1(TabularModule):
+    """House prices in $100k (0.5 to 5) regressed through a sigmoid head, L1 written by hand.
+    The fix min-max scales the targets into [0, 1]."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, price = houses(seed=33, standardise=True)
+        price = price.clamp(min=0.1)
+        y = price if buggy else (price - price.min()) / (price.max() - price.min())
+        super().__init__(x, y, batch_size=30, lr=1e-2)
+        self.fc1 = nn.Linear(4, 16)
+        self.fc2 = nn.Linear(16, 1)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(x))))
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return torch.abs(self(x) - y).mean()
+
+
+class ReluHeadStandardisedTargets(TabularModule):
+    """A ReLU head for a non-negative quantity (price), but the copied preprocessing standardised the
+    targets too (half of them negative). The fix keeps the targets in their positive units."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, price = houses(seed=34, standardise=True)
+        price = price.clamp(min=0.1)
+        y = (price - price.mean()) / price.std() if buggy else price
+        super().__init__(x, y, batch_size=16, lr=1e-2)
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1), nn.ReLU())
+        self.criterion = nn.MSELoss()
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return self.criterion(self(x), y)
+
+
+def targets_out_of_range_oracle(module) -> bool:  # noqa: ANN001
+    """Over a tenth of the targets lie where the output activation cannot reach: (0, 1) for a
+    sigmoid, [0, inf) for a ReLU (activation read from autograd's graph)."""
+    x, _ = first_batch(module)
+    kind = producer(module(x))
+    y = module.y
+    if kind == "sigmoid":
+        outside = (y < 0) | (y > 1)
+    elif kind == "relu":
+        outside = y < 0
+    else:
+        return False
+    return bool(outside.float().mean() > 0.1)
+
+
+class SortedDuplicatesSoftmaxCE(TabularModule):
+    """A CSV with duplicated records, read in file order: the first batch is 16 identical rows.
+    nn.Softmax at the end of a 4-layer ReLU MLP, into F.cross_entropy."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, y = blobs(n=160, d=6, classes=3, seed=35)
+        x[:16], y[:16] = x[0], y[0]
+        super().__init__(x, y, batch_size=16, lr=1e-2, shuffle=False)
+        layers: list[nn.Module] = []
+        for w_in in (6, 24, 24, 24):
+            layers += [nn.Linear(w_in, 24), nn.ReLU()]
+        self.mlp = nn.Sequential(*layers, nn.Linear(24, 3), *([nn.Softmax(dim=1)] if buggy else []))
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.mlp(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+
 # ----------------------------------------------------------------- PROGRAMS
 # Why today's code misses a buggy variant (strict xfail reasons; issue 20's classes).
 CLAMP_GAP = "class 1: a clamp, epsilon, log or row-sum division between the output activation and the loss hides the output"
@@ -554,7 +651,6 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":sigmoid",
         oracle=sigmoid_categorical_oracle,
-        buggy_xfail=HAND_LOSS,
     ),
     Program(
         name="sigmoid_log_nll_loss",
@@ -563,7 +659,6 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":sigmoid",
         oracle=sigmoid_log_nll_oracle,
-        buggy_xfail=CLAMP_GAP,
     ),
     Program(
         name="sigmoid_into_cross_entropy",
@@ -580,7 +675,6 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":softmax",
         oracle=single_unit_softmax_oracle,
-        buggy_xfail=CLAMP_GAP,
     ),
     Program(
         name="keras_softmax_mse_regression",
@@ -589,7 +683,6 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":softmax",
         oracle=softmax_regression_oracle,
-        buggy_xfail=HAND_LOSS,
     ),
     Program(
         name="multilabel_softmax_clamp_bce",
@@ -598,7 +691,6 @@ PROGRAMS: list[Program] = [
         rules=("activation-loss-mismatch", "output-activation-mismatch"),
         site=":softmax",
         oracle=softmax_multilabel_oracle,
-        buggy_xfail=CLAMP_GAP,
     ),
     Program(
         name="multilabel_softmax_mse",
@@ -607,7 +699,6 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch", "activation-loss-mismatch"),
         site="model.3",
         oracle=softmax_multilabel_oracle,
-        buggy_xfail=TARGETS_GAP,
     ),
     Program(
         name="relu_output_clamped_bce",
@@ -616,7 +707,6 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site="out_act",
         oracle=relu_probability_oracle,
-        buggy_xfail=RELU_GAP,
     ),
     Program(
         name="relu_scores_over_row_sum",
@@ -634,7 +724,6 @@ PROGRAMS: list[Program] = [
         rules=("activation-loss-mismatch",),
         site="net.3",
         oracle=softmax_into_ce_oracle,
-        buggy_xfail=CLAMP_GAP,
     ),
     Program(
         name="softmax_row_sum_cross_entropy",
@@ -643,7 +732,6 @@ PROGRAMS: list[Program] = [
         rules=("activation-loss-mismatch",),
         site=":softmax",
         oracle=softmax_into_ce_oracle,
-        buggy_xfail=CLAMP_GAP,
     ),
     Program(
         name="sigmoid_into_bce_with_logits",
@@ -660,7 +748,6 @@ PROGRAMS: list[Program] = [
         rules=("activation-loss-mismatch",),
         site=":sigmoid",
         oracle=sigmoid_into_logits_loss_oracle,
-        buggy_xfail=CLAMP_GAP,
     ),
     Program(
         name="iris_tutorial_batch_one_softmax_ce",
@@ -678,7 +765,6 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":softmax",
         oracle=softmax_regression_oracle,
-        buggy_xfail=CLAMP_GAP,
     ),
     Program(
         name="manual_loop_relu_clamp01_bceloss",
@@ -687,7 +773,6 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site="model.3",
         oracle=relu_probability_oracle,
-        buggy_xfail=RELU_GAP,
     ),
     Program(
         name="relu_logits_one_hot_rows_batch_one",
@@ -697,5 +782,37 @@ PROGRAMS: list[Program] = [
         site="classifier.5",
         oracle=relu_logits_oracle,
         steps=40,
+    ),
+    Program(
+        name="keras_softmax_column_bce",
+        story="Keras binary port, output squeezed into a hand BCE; fixed: 2-unit softmax and p[:, 1]",
+        build=KerasSoftmaxColumnBCE,
+        rules=("output-activation-mismatch",),
+        site=":softmax",
+        oracle=single_unit_softmax_oracle,
+    ),
+    Program(
+        name="sigmoid_head_price_targets_l1",
+        story="prices in $100k through a sigmoid head, L1 written by hand; fixed: min-max scaled targets",
+        build=SigmoidPriceL1,
+        rules=("output-activation-mismatch",),
+        site=":sigmoid",
+        oracle=targets_out_of_range_oracle,
+    ),
+    Program(
+        name="relu_head_standardised_targets",
+        story="ReLU head for a price whose targets were standardised (half negative), nn.MSELoss",
+        build=ReluHeadStandardisedTargets,
+        rules=("output-activation-mismatch",),
+        site="net.3",
+        oracle=targets_out_of_range_oracle,
+    ),
+    Program(
+        name="sorted_duplicates_softmax_ce",
+        story="first batch = 16 identical rows (file order); Softmax ending a ReLU MLP into cross_entropy",
+        build=SortedDuplicatesSoftmaxCE,
+        rules=("activation-loss-mismatch",),
+        site="mlp.9",
+        oracle=softmax_into_ce_oracle,
     ),
 ]

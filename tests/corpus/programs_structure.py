@@ -370,7 +370,6 @@ PROGRAMS: list[Program] = [
         build=LinearStackCircles,
         rules=("missing-nonlinearity",),
         oracle=affine_oracle,
-        buggy_xfail=LINEAR_GAP,
     ),
     Program(
         name="linear_layers_with_dropout",
@@ -378,7 +377,6 @@ PROGRAMS: list[Program] = [
         build=LinearLayersWithDropout,
         rules=("missing-nonlinearity",),
         oracle=affine_oracle,
-        buggy_xfail=LINEAR_GAP,
     ),
     Program(
         name="linear_regression_nan_loss",
@@ -387,7 +385,6 @@ PROGRAMS: list[Program] = [
         rules=("non-finite",),
         oracle=nan_loss_oracle,
         residual={"missing-nonlinearity": affine_oracle},
-        buggy_xfail=NAN_GAP,
     ),
     Program(
         name="raw_tumour_features_sigmoid_net",
@@ -395,7 +392,6 @@ PROGRAMS: list[Program] = [
         build=RawTumourSigmoidNet,
         rules=("input-scale",),
         oracle=raw_scale_oracle,
-        buggy_xfail=SCALE_GAP,
     ),
     Program(
         name="raw_house_features_tanh_regression",
@@ -403,7 +399,6 @@ PROGRAMS: list[Program] = [
         build=RawHousesTanhRegression,
         rules=("input-scale",),
         oracle=raw_scale_oracle,
-        buggy_xfail=SCALE_GAP,
     ),
     Program(
         name="dead_relu_tiny_batches_high_lr",
@@ -445,7 +440,6 @@ PROGRAMS: list[Program] = [
         rules=("missing-nonlinearity",),
         oracle=xor_affine_oracle,
         steps=40,
-        buggy_xfail=LINEAR_GAP,
     ),
     Program(
         name="deep_sigmoid_vs_three_layer_sigmoid",
@@ -468,6 +462,5 @@ PROGRAMS: list[Program] = [
         build=ManualLoopRawIncomeTanh,
         rules=("input-scale",),
         oracle=raw_scale_oracle,
-        buggy_xfail=SCALE_GAP,
     ),
 ]
