@@ -137,6 +137,13 @@ def term_kind(steps: tuple[str, ...]) -> str | None:
     return None
 
 
+def _is_own_total(numerator: tuple[str, ...], denominator: tuple[str, ...]) -> bool:
+    """The denominator is a sum or norm of the numerator's values (an epsilon added to either is
+    ignored): the division normalises."""
+    num, den = (tuple(s for s in steps if s != CLAMP) for steps in (numerator, denominator))
+    return den[-1:] == (REDUCED,) and den[:-1] == num
+
+
 def _is_term(flow: Flow) -> bool:
     return TARGET in flow.steps or ERROR in flow.steps or BOTH_TERMS in flow.steps
 
@@ -264,8 +271,8 @@ class Following:
         c = _number(b)
         if c is not None or (isinstance(b, Tensor) and b.numel() == 1 and fb is None):
             self.put(mon, result, fa if _is_term(fa) else fa.then(SCALE))  # a mean written as sum / n
-        elif fb is not None and fb.site == fa.site and fb.steps[-1:] == (REDUCED,) and fb.steps[:-1] == fa.steps:
-            self.put(mon, result, fa.then(NORMALISED))  # x / x.sum(dim, keepdim=True), x / x.norm(...)
+        elif fb is not None and fb.site == fa.site and _is_own_total(fa.steps, fb.steps):
+            self.put(mon, result, fa.then(NORMALISED))  # x / x.sum(dim, keepdim=True), x / (x.norm(...) + eps)
 
     def _reduce(self, mon: Any, func: Any, flow: Flow, value: Tensor, result: Any, outside: bool) -> None:
         if func in _NORMALIZE:

@@ -136,12 +136,13 @@ class OutputActivationMismatch(Rule):
                 msg = f"sigmoid outputs in [0, 1] feed the multi-class loss {loss}, which expects logits (or log-probabilities)"
                 fix = "Pass raw logits to cross_entropy (or log_softmax to nll_loss); use sigmoid only with BCE for binary/multi-label targets."
             return self.finding(ctx, site.name, "error", msg, fix, units=site.n_units)
-        probability = [n for n, steps in parts if n in PROBABILITY_LOSSES or (LOG in steps and n != "kl_div")]
+        probability = [(n, steps) for n, steps in parts if n in PROBABILITY_LOSSES or (LOG in steps and n != "kl_div")]
         if site.kind in NON_NEGATIVE_KINDS and probability:
-            loss = probability[0]
+            loss, steps = probability[0]
+            bound = "divided by its row sum it" if NORMALISED in steps else f"a {site.kind} is not bounded by 1 and"
             msg = (
-                f"{site.kind} outputs feed {loss}, which reads them as probabilities: a {site.kind} is not bounded by 1 "
-                "and outputs exactly 0 wherever it is off, whose log is -inf"
+                f"{site.kind} outputs feed {loss}, which reads them as probabilities: {bound} outputs exactly 0 "
+                "wherever it is off, whose log is -inf (or an epsilon's), and those classes get no gradient"
             )
             fix = (
                 "End the model with a sigmoid for binary or multi-label targets (softmax for one class per sample); "
