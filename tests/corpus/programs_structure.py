@@ -405,6 +405,7 @@ PROGRAMS: list[Program] = [
         story="200 rows, batches of 5, SGD at lr 1.0: ReLU units die",
         build=DeadReluTinyBatches,
         rules=("dead-units",),
+        site="net.3",
         oracle=dead_units_oracle,
         steps=40,
         buggy_xfail=SMALL_DATA_GAP,
