@@ -193,14 +193,15 @@ class Following:
             return None
         return Flow(source[0], via_steps(source[1]), mon.reordered(value))
 
-    def put(self, mon: Any, result: Any, flow: Flow) -> None:
-        """Record ``result`` as derived along ``flow``; a structural value made inside the model is
-        also the monitor's produced value (layers and the model's outputs are matched against those;
-        values made after the forward, for the loss, matter to nothing but the loss)."""
+    def put(self, mon: Any, result: Any, flow: Flow, produced: bool = False) -> None:
+        """Record ``result`` as derived along ``flow``. A structural value is also the monitor's
+        produced value (layers, the model's outputs and the losses' layouts are matched against
+        those) when made inside the model, or by a view, a log or a scaling (``produced``); the
+        other values made after the forward, for the loss, matter to nothing but the loss."""
         if not isinstance(result, Tensor):
             return
         self._flows[id(result)] = (weakref.ref(result), flow)
-        if flow.structural and mon.in_module_forward:
+        if flow.structural and (produced or mon.in_module_forward):
             mon.mark_produced(result, flow.site, flow.via, flow.reordered)
 
     # ------------------------------------------------------------------ following
@@ -224,7 +225,7 @@ class Following:
         elif func in _CLAMP:
             self.put(mon, result, flow.then(CLAMP))
         elif func in _LOG:
-            self.put(mon, result, flow.then(LOG))
+            self.put(mon, result, flow.then(LOG), produced=True)
         elif func in _LOG1P:  # log1p(-p) is log(1 - p); log1p(p) changes the range
             negated = flow.steps[-1:] == (NEGATE,)
             self.put(mon, result, replace(flow, steps=flow.steps[:-1]).then(COMPLEMENT).then(LOG) if negated else flow.then(SCALE))

@@ -160,7 +160,7 @@ class ActivationTracer(TorchFunctionMode):
             value = args[0] if args else None
             flow = following.flow_of(mon, value)
             if flow is not None:
-                following.put(mon, result, replace(flow, reordered=flow.reordered or func in _REORDER))
+                following.put(mon, result, replace(flow, reordered=flow.reordered or func in _REORDER), produced=True)
             mon.network.follow_layer_output(value, result)  # a layer's output, viewed or dropped out
         elif func in _MULTIPLY:
             operands = (*args, *kwargs.values())  # torch.mul(a, other=b)
@@ -177,7 +177,7 @@ class ActivationTracer(TorchFunctionMode):
                 elif isinstance(result, Tensor):
                     # Scaled by a constant (2.0 * tanh(z), LayerScale's learned gamma, a mask): still
                     # a hidden activation. "scale": its range changed, so no target or logit check.
-                    following.put(mon, result, flow.then(SCALE))
+                    following.put(mon, result, flow.then(SCALE), produced=True)
         elif func in LOSS_FUNCTIONS:
             loss = LOSS_FUNCTIONS[func]
             prediction = args[0] if args else kwargs.get("input")
@@ -191,6 +191,7 @@ class ActivationTracer(TorchFunctionMode):
             mon.note_loss(loss, prediction, target)
             mon.network.observe_loss(result)
             if flow is not None and flow.structural:
+                following.put(mon, prediction, flow, produced=True)  # its layout (reordered dims) for add_consumer
                 mon.add_consumer(flow.site, f"loss:{loss}" + (f"({flow.via})" if flow.via else ""), prediction)
                 if all(step in RANGE_KEPT for step in flow.steps):  # clamped or normalised: still in range
                     mon.note_targets(flow.site, loss, target)
