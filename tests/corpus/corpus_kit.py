@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -198,14 +199,17 @@ def plain_train(module: pl.LightningModule, steps: int) -> list[float]:
     return losses
 
 
-def is_affine(model: nn.Module, d_in: int) -> bool:
-    """Exact check that ``model`` equals one affine map x -> xW + b (eval mode: dropout off)."""
+def is_affine(model: nn.Module, shape: int | tuple[int, ...]) -> bool:
+    """Exact check that ``model`` equals one affine map x -> xW + b on inputs of per-row ``shape``
+    (float64, eval mode: dropout off, batch norm on its running statistics)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    d_in = math.prod(shape)
     model = copy.deepcopy(model).double().eval()
     with torch.no_grad():
-        b = model(torch.zeros(1, d_in, dtype=torch.float64))
-        w = model(torch.eye(d_in, dtype=torch.float64)) - b
-        x = torch.randn(64, d_in, dtype=torch.float64, generator=_gen(7)) * 3
-        return bool(torch.allclose(model(x), x @ w + b, rtol=1e-9, atol=1e-9))
+        b = model(torch.zeros(1, *shape, dtype=torch.float64)).flatten(1)
+        w = model(torch.eye(d_in, dtype=torch.float64).view(d_in, *shape)).flatten(1) - b
+        x = torch.randn(64, *shape, dtype=torch.float64, generator=_gen(7)) * 3
+        return bool(torch.allclose(model(x).flatten(1), x.flatten(1) @ w + b, rtol=1e-9, atol=1e-9))
 
 
 def never_firing_share(model: nn.Module, x: Tensor, kinds: tuple[type, ...] = (nn.ReLU,)) -> dict[str, float]:

@@ -611,12 +611,94 @@ class SortedDuplicatesSoftmaxCE(TabularModule):
         return F.cross_entropy(self(x), y)
 
 
+class KerasTwoClassSoftmaxBCE(TabularModule):
+    """Keras `binary_crossentropy` kept while the head changed. Buggy: Dense(1, softmax) on (N, 1)
+    labels. Fixed (the accepted answer): Dense(2, softmax) on one-hot labels, the same loss: rows of
+    the targets sum to 1, so the softmax fits them."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, y = tumours(standardise=True, seed=36)
+        super().__init__(x, y if buggy else one_hot(y.squeeze(1).long(), 2), batch_size=32, lr=1e-2)
+        self.dense = nn.Linear(8, 16)
+        self.out = nn.Linear(16, 1 if buggy else 2)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return torch.softmax(self.out(torch.relu(self.dense(x))), dim=1)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return F.binary_cross_entropy(self(x).clamp(EPS, 1 - EPS), y)
+
+
+def softmax_fault_oracle(module) -> bool:  # noqa: ANN001
+    """Either softmax fault: over a single unit, or against targets whose rows do not sum to 1."""
+    return single_unit_softmax_oracle(module) or softmax_multilabel_oracle(module)
+
+
+class FocalLoss(nn.Module):
+    """The focal loss as posted on forums: it takes logits."""
+
+    def __init__(self, gamma: float = 2.0) -> None:
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, inputs, targets):  # noqa: ANN001, ANN201
+        bce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+        pt = torch.exp(-bce)
+        return ((1 - pt) ** self.gamma * bce).mean()
+
+
+class SigmoidIntoFocalLoss(TabularModule):
+    """An imbalanced binary task: the model ends in nn.Sigmoid and feeds a focal loss written for logits."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, y = tumours(n=300, standardise=True, seed=37)
+        super().__init__(x, y, batch_size=32, lr=1e-2)
+        layers = [nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)]
+        self.net = nn.Sequential(*layers, nn.Sigmoid()) if buggy else nn.Sequential(*layers)
+        self.criterion = FocalLoss()
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return self.criterion(self(x), y)
+
+
+class SigmoidSoftTargetsCrossEntropy(TabularModule):
+    """F.cross_entropy with one-hot float targets (class probabilities) on torch.sigmoid of the scores."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, y = blobs(n=200, d=5, classes=4, seed=38)
+        super().__init__(x, one_hot(y, 4), batch_size=25, lr=1e-2)
+        self.fc1 = nn.Linear(5, 20)
+        self.fc2 = nn.Linear(20, 4)
+        self.buggy = buggy
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        scores = self.fc2(F.relu(self.fc1(x)))
+        return torch.sigmoid(scores) if self.buggy else scores
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+
+def sigmoid_into_soft_ce_oracle(module) -> bool:  # noqa: ANN001
+    """cross_entropy reads values a sigmoid bounded to (0, 1): its softmax of them stays nearly flat
+    (no class can get more than e / (e + C - 1) of the mass)."""
+    x, _ = first_batch(module)
+    out = module(x)
+    return producer(out) == "sigmoid" and bool(((out > 0) & (out < 1)).all())
+
+
 # ----------------------------------------------------------------- PROGRAMS
 # Why today's code misses a buggy variant (strict xfail reasons; issue 20's classes).
 CLAMP_GAP = "class 1: a clamp, epsilon, log or row-sum division between the output activation and the loss hides the output"
 HAND_LOSS = "class 1: a hand-written loss (log-likelihood or squared error against targets) is not recognised as a loss"
 TARGETS_GAP = "class 2: softmax over multi-label targets is judged only for BCE, not for MSE"
-RELU_GAP = "class 2: a ReLU output fed to a probability loss is not flagged"
+ONE_HOT_BCE_GAP = "class 2: softmax into BCE is a warning whatever the targets; one-hot targets (rows summing to 1) fit a softmax"
 
 PROGRAMS: list[Program] = [
     Program(
@@ -715,7 +797,6 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":relu#1",
         oracle=relu_probability_oracle,
-        buggy_xfail=RELU_GAP,
     ),
     Program(
         name="softmax_clamp_cross_entropy",
@@ -814,5 +895,30 @@ PROGRAMS: list[Program] = [
         rules=("activation-loss-mismatch",),
         site="mlp.9",
         oracle=softmax_into_ce_oracle,
+    ),
+    Program(
+        name="keras_two_class_softmax_bce",
+        story="Keras binary_crossentropy, Dense(1, softmax); fixed: Dense(2, softmax) on one-hot labels",
+        build=KerasTwoClassSoftmaxBCE,
+        rules=("output-activation-mismatch",),
+        site=":softmax",
+        oracle=softmax_fault_oracle,
+        fixed_xfail=ONE_HOT_BCE_GAP,
+    ),
+    Program(
+        name="sigmoid_into_focal_loss",
+        story="nn.Sigmoid ending the model, into a forum focal loss built on BCE-with-logits",
+        build=SigmoidIntoFocalLoss,
+        rules=("activation-loss-mismatch",),
+        site="net.3",
+        oracle=sigmoid_into_logits_loss_oracle,
+    ),
+    Program(
+        name="sigmoid_soft_targets_cross_entropy",
+        story="F.cross_entropy with one-hot float targets on torch.sigmoid(scores)",
+        build=SigmoidSoftTargetsCrossEntropy,
+        rules=("output-activation-mismatch",),
+        site=":sigmoid",
+        oracle=sigmoid_into_soft_ce_oracle,
     ),
 ]

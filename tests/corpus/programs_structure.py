@@ -74,7 +74,7 @@ class LinearLayersWithDropout(TabularModule):
 
 def affine_oracle(module) -> bool:  # noqa: ANN001
     """The whole model is one affine map: exact check against xW + b (float64, dropout off)."""
-    return is_affine(module, module.x.shape[1])
+    return is_affine(module, tuple(module.x.shape[1:]))
 
 
 class LinearRegressionNaN(TabularModule):
@@ -356,6 +356,78 @@ def xor_affine_oracle(module) -> bool:  # noqa: ANN001
     return is_affine(_BeforeOutputSigmoid(module), 2)
 
 
+class LinearBatchNormStack(TabularModule):
+    """Linear -> BatchNorm1d -> Linear -> BatchNorm1d -> Linear: normalised, still one affine map."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*circles(n=256, seed=39), batch_size=32, lr=1e-2)
+        blocks: list[nn.Module] = []
+        for w_in in (2, 32):
+            blocks += [nn.Linear(w_in, 32), nn.BatchNorm1d(32)] + ([] if buggy else [nn.ReLU()])
+        self.model = nn.Sequential(*blocks, nn.Linear(32, 1))
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(self(x), y)
+
+
+class FlattenLinearDigits(TabularModule):
+    """The MNIST MLP tutorial on 8x8 digit images: Flatten, then 64 -> 32 -> 16 -> 10, the ReLUs lost."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, y = blobs(n=300, d=64, classes=10, seed=40)
+        super().__init__(x.view(-1, 1, 8, 8), y, batch_size=50, lr=1e-3)
+        act = nn.Identity if buggy else nn.ReLU
+        self.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), act(), nn.Linear(32, 16), act(), nn.Linear(16, 10))
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        images, labels = batch
+        return F.cross_entropy(self(images), labels)
+
+
+class KerasIrisSigmoidStack(TabularModule):
+    """Keras iris port: Dense(8, sigmoid) layers, Dense(3, softmax), categorical_crossentropy by hand.
+    Buggy: five sigmoid hidden layers. Fixed: the two of the original tutorial."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, y = blobs(n=150, d=4, classes=3, seed=41)
+        super().__init__(x, F.one_hot(y, 3).float(), batch_size=10, lr=1e-2)
+        widths = [4] + [8] * (5 if buggy else 2)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        for dense in self.hidden:
+            x = torch.sigmoid(dense(x))
+        return torch.softmax(self.out(x), dim=-1)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        p = torch.clamp(self(x), 1e-7, 1 - 1e-7)
+        return -(y * torch.log(p)).sum(dim=1).mean()
+
+
+class DeadReluAdamRegression(TabularModule):
+    """150 rows, batch 8, Adam at lr 0.1 ("it converged faster"): a regression MLP whose ReLUs die."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*houses(n=150, seed=42, standardise=True), batch_size=8, lr=0.1 if buggy else 1e-3)
+        self.layers = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.layers(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return F.mse_loss(self(x), y)
+
+
 # ----------------------------------------------------------------- PROGRAMS
 # Why today's code misses a buggy variant (strict xfail reasons; issue 20's classes).
 LINEAR_GAP = "class 3: no rule missing-nonlinearity yet (consecutive Linear layers with nothing nonlinear between)"
@@ -463,5 +535,37 @@ PROGRAMS: list[Program] = [
         build=ManualLoopRawIncomeTanh,
         rules=("input-scale",),
         oracle=raw_scale_oracle,
+    ),
+    Program(
+        name="linear_batchnorm_stack",
+        story="Linear -> BatchNorm1d twice, then Linear, on two rings: no nonlinearity",
+        build=LinearBatchNormStack,
+        rules=("missing-nonlinearity",),
+        oracle=affine_oracle,
+    ),
+    Program(
+        name="flatten_linear_digits",
+        story="MNIST-tutorial MLP on 8x8 images, Flatten then three Linear layers, the ReLUs lost",
+        build=FlattenLinearDigits,
+        rules=("missing-nonlinearity",),
+        oracle=affine_oracle,
+    ),
+    Program(
+        name="keras_iris_sigmoid_stack",
+        story="Keras iris port, 5 sigmoid hidden layers; fixed: the tutorial's 2, softmax + hand CE",
+        build=KerasIrisSigmoidStack,
+        rules=("saturating-hidden-activation",),
+        oracle=saturating_stack_oracle,
+        fixed_xfail=SHALLOW_SIGMOID_GAP,
+    ),
+    Program(
+        name="dead_relu_adam_regression",
+        story="150 rows, batch 8, Adam at lr 0.1: the regression MLP's ReLUs die",
+        build=DeadReluAdamRegression,
+        rules=("dead-units",),
+        site="layers.3",
+        oracle=dead_units_oracle,
+        steps=40,
+        buggy_xfail=SMALL_DATA_GAP,
     ),
 ]
