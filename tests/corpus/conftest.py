@@ -38,12 +38,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "corpus: real-style buggy/fixed programs run through the callback (tests/corpus)")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/corpus/" in item.nodeid.replace("\\", "/") or item.nodeid.startswith("test_corpus"):
-            item.add_marker(pytest.mark.corpus)
-
-
 @pytest.fixture
 def diagnose(tmp_path):
     """``diagnose(module, steps)``: fit ``module`` for ``steps`` steps with the callback and a

@@ -12,6 +12,8 @@ import programs_output
 import programs_structure
 from corpus_kit import SERIOUS, Program
 
+pytestmark = pytest.mark.corpus
+
 PROGRAMS: list[Program] = programs_output.PROGRAMS + programs_structure.PROGRAMS
 
 
