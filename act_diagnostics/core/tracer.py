@@ -140,7 +140,17 @@ class ActivationTracer(TorchFunctionMode):
             return mon.call_attention(func, args, kwargs)
         if mon.tracking_structure:
             return self._track(func, args, kwargs)
+        if mon.detail and func in LOSS_FUNCTIONS:  # a NaN loss is news even where no site shows it
+            return self._observe_loss(func, args, kwargs)
         return func(*args, **kwargs)
+
+    def _observe_loss(self, func, args: tuple, kwargs: dict) -> Any:
+        result = func(*args, **kwargs)
+        try:
+            self.monitor.network.observe_loss(result)
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
+            self.monitor._fail(exc)
+        return result
 
     def _track(self, func, args: tuple, kwargs: dict) -> Any:
         result = func(*args, **kwargs)  # the user's errors propagate unchanged
