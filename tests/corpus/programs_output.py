@@ -693,6 +693,128 @@ def sigmoid_into_soft_ce_oracle(module) -> bool:  # noqa: ANN001
     return producer(out) == "sigmoid" and bool(((out > 0) & (out < 1)).all())
 
 
+class ImplicitDimSoftmaxBCELoss(TabularModule):
+    """`nn.Softmax()` with no dim (PyTorch picks dim=1 for 2-D input) over one unit, nn.BCELoss."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*tumours(standardise=True, seed=43), batch_size=64, lr=1e-2)
+        self.layer_1 = nn.Linear(8, 16)
+        self.layer_out = nn.Linear(16, 1)
+        self.relu = nn.ReLU()
+        self.final = nn.Softmax() if buggy else nn.Sigmoid()  # noqa: the implicit dim is the bug's context
+        self.criterion = nn.BCELoss()
+
+    def forward(self, inputs):  # noqa: ANN001, ANN201
+        x = self.relu(self.layer_1(inputs))
+        return self.final(self.layer_out(x))
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x_batch, y_batch = batch
+        return self.criterion(self(x_batch), y_batch)
+
+
+class BinaryAsTwoClassNLL(TabularModule):
+    """One probability per row made into two columns, [1 - p, p], then log and F.nll_loss. Buggy:
+    p from a softmax over the single unit. Fixed: p from a sigmoid (a sound binary model)."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, y = tumours(standardise=True, seed=44)
+        super().__init__(x, y.squeeze(1).long(), batch_size=20, lr=1e-2)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 1)
+        self.buggy = buggy
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        z = self.fc2(F.relu(self.fc1(x)))
+        return F.softmax(z, dim=1) if self.buggy else torch.sigmoid(z)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        p = self(x)
+        probs = torch.cat([1 - p, p], dim=1)
+        return F.nll_loss(torch.log(probs + 1e-8), y)
+
+
+class TanhHeadUnscaledTargets(TabularModule):
+    """A tanh head copied from a [-1, 1] example, now on ratings of 0 to 10, F.smooth_l1_loss.
+    The fix scales the targets into [-1, 1] (and back at prediction time)."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, score = scores(n=200, outputs=1, seed=45)
+        ratings = (score - score.min()) / (score.max() - score.min()) * 10
+        super().__init__(x, ratings if buggy else ratings / 5 - 1, batch_size=40, lr=1e-2)
+        self.model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1), nn.Tanh())
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return F.smooth_l1_loss(self(x), y)
+
+
+def tanh_targets_oracle(module) -> bool:  # noqa: ANN001
+    """Over a tenth of the targets lie outside [-1, 1], the range of the tanh that made the output."""
+    x, _ = first_batch(module)
+    return producer(module(x)) == "tanh" and bool((module.y.abs() > 1).float().mean() > 0.1)
+
+
+class RatingsDotProduct(TabularModule):
+    """A recommender on (user id, item id) pairs (ids up to 1999 go into embeddings, not layers):
+    ratings 1 to 5 against sigmoid(dot). The fix is fastai's sigmoid_range: (0, 5.5) * sigmoid."""
+
+    def __init__(self, buggy: bool) -> None:
+        g = torch.Generator().manual_seed(46)
+        n, users, items = 400, 300, 2000
+        ids = torch.stack([torch.randint(0, users, (n,), generator=g), torch.randint(0, items, (n,), generator=g)], 1)
+        taste = torch.randn(users, generator=g)
+        quality = torch.randn(items, generator=g)
+        ratings = (3 + taste[ids[:, 0]] + quality[ids[:, 1]]).clamp(1, 5).round().unsqueeze(1)
+        super().__init__(ids, ratings, batch_size=64, lr=3e-2)
+        self.user_factors = nn.Embedding(users, 8)
+        self.item_factors = nn.Embedding(items, 8)
+        self.y_range = None if buggy else (0.0, 5.5)
+
+    def forward(self, ids):  # noqa: ANN001, ANN201
+        dot = (self.user_factors(ids[:, 0]) * self.item_factors(ids[:, 1])).sum(1, keepdim=True)
+        if self.y_range is None:
+            return torch.sigmoid(dot)
+        low, high = self.y_range
+        return torch.sigmoid(dot) * (high - low) + low
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        ids, ratings = batch
+        return F.mse_loss(self(ids), ratings)
+
+
+def ratings_range_oracle(module) -> bool:  # noqa: ANN001
+    """A sigmoid makes the prediction, and over a tenth of the ratings lie outside the range the
+    forward can reach (sigmoid's (0, 1), or the y_range it is stretched to)."""
+    x, _ = first_batch(module)
+    low, high = module.y_range or (0.0, 1.0)
+    outside = (module.y < low) | (module.y > high)
+    return producer(module(x)) == "sigmoid" and bool(outside.float().mean() > 0.1)
+
+
+class MultiLabelSoftmaxHandBCE(TabularModule):
+    """Multi-label tags, softmax over the tags, BCE written by hand with an epsilon inside the logs."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*multilabel(n=200, labels=6, seed=47), batch_size=10, lr=1e-2)
+        self.fc1 = nn.Linear(8, 24)
+        self.fc2 = nn.Linear(24, 6)
+        self.buggy = buggy
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        return F.softmax(logits, -1) if self.buggy else torch.sigmoid(logits)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        p = self(x)
+        return -(y * torch.log(p + 1e-9) + (1 - y) * torch.log(1 - p + 1e-9)).mean()
+
+
 # ----------------------------------------------------------------- PROGRAMS
 # Why today's code misses a buggy variant (strict xfail reasons; issue 20's classes).
 CLAMP_GAP = "class 1: a clamp, epsilon, log or row-sum division between the output activation and the loss hides the output"
@@ -920,5 +1042,45 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":sigmoid",
         oracle=sigmoid_into_soft_ce_oracle,
+    ),
+    Program(
+        name="implicit_dim_softmax_bceloss",
+        story="nn.Softmax() with no dim over one unit, nn.BCELoss, batch 64",
+        build=ImplicitDimSoftmaxBCELoss,
+        rules=("output-activation-mismatch",),
+        site="final",
+        oracle=single_unit_softmax_oracle,
+    ),
+    Program(
+        name="binary_as_two_class_nll",
+        story="[1 - p, p] then log into F.nll_loss; buggy p = softmax over one unit, fixed p = sigmoid",
+        build=BinaryAsTwoClassNLL,
+        rules=("output-activation-mismatch",),
+        site=":softmax",
+        oracle=single_unit_softmax_oracle,
+    ),
+    Program(
+        name="tanh_head_unscaled_targets",
+        story="tanh head on ratings 0-10 with F.smooth_l1_loss; fixed: targets scaled to [-1, 1]",
+        build=TanhHeadUnscaledTargets,
+        rules=("output-activation-mismatch",),
+        site="model.3",
+        oracle=tanh_targets_oracle,
+    ),
+    Program(
+        name="ratings_sigmoid_without_range",
+        story="embedding recommender, sigmoid(dot) against ratings 1-5; fixed: sigmoid stretched to (0, 5.5)",
+        build=RatingsDotProduct,
+        rules=("output-activation-mismatch",),
+        site=":sigmoid",
+        oracle=ratings_range_oracle,
+    ),
+    Program(
+        name="multilabel_softmax_hand_bce",
+        story="multi-label tags, softmax, BCE by hand with log(p + 1e-9), batch 10",
+        build=MultiLabelSoftmaxHandBCE,
+        rules=("activation-loss-mismatch", "output-activation-mismatch"),
+        site=":softmax",
+        oracle=softmax_multilabel_oracle,
     ),
 ]

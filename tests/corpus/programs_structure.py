@@ -428,6 +428,26 @@ class DeadReluAdamRegression(TabularModule):
         return F.mse_loss(self(x), y)
 
 
+class TutorialClampRelu(TabularModule):
+    """The PyTorch "learning by examples" net: `h_relu = linear1(x).clamp(min=0)`. The buggy copy
+    dropped the clamp ("it only guards against negatives"), leaving two Linear layers in a row."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*circles(n=200, seed=48), batch_size=25, lr=1e-2)
+        self.linear1 = nn.Linear(2, 32)
+        self.linear2 = nn.Linear(32, 1)
+        self.buggy = buggy
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        h = self.linear1(x)
+        h_relu = h if self.buggy else h.clamp(min=0)
+        return self.linear2(h_relu)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(self(x), y)
+
+
 # ----------------------------------------------------------------- PROGRAMS
 # Why today's code misses a buggy variant (strict xfail reasons; issue 20's classes).
 LINEAR_GAP = "class 3: no rule missing-nonlinearity yet (consecutive Linear layers with nothing nonlinear between)"
@@ -567,5 +587,12 @@ PROGRAMS: list[Program] = [
         oracle=dead_units_oracle,
         steps=40,
         buggy_xfail=SMALL_DATA_GAP,
+    ),
+    Program(
+        name="tutorial_clamp_relu_dropped",
+        story="PyTorch tutorial net whose ReLU is .clamp(min=0); the buggy copy dropped the clamp",
+        build=TutorialClampRelu,
+        rules=("missing-nonlinearity",),
+        oracle=affine_oracle,
     ),
 ]
