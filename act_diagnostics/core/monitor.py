@@ -601,7 +601,8 @@ class ActivationMonitor:
             if self._rerun_tracer_module is None and any(isinstance(key, str) for key in self._awaiting_grad):
                 self._enter_rerun_tracer(module)
             return
-        self.network.layer_input(self._names.get(id(module), ""), module, args, self.tracking_structure, self.detail)  # corpus: links, input scale
+        if self.tracking_structure or self.detail:  # corpus: layer links (structure steps), the input's scale
+            self.network.layer_input(self._names.get(id(module), ""), module, args, self.tracking_structure, self.detail)  # corpus:
         if not self.tracking_structure:
             return
         self._module_calls[id(module)] = self._module_calls.get(id(module), 0) + 1
