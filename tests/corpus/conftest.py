@@ -18,9 +18,18 @@ Adding a program:
 2. Write its oracle with plain torch (``corpus_kit`` has helpers: ``producer`` reads the
    activation that made a tensor from autograd's graph, ``is_affine``, ``never_firing_share``,
    ``plain_train``...). It returns True when the fault is present.
-3. Add a ``Program(...)`` to the module's ``PROGRAMS`` list. If today's code misses the buggy
-   variant (or warns on the fixed one), set ``buggy_xfail`` / ``fixed_xfail`` to the reason: the
-   test is a strict xfail, so it fails loudly the day detection lands and the mark must go.
+3. Add a ``Program(...)`` to the ``PROGRAMS`` list of the module for its fault (one module per
+   group, under 500 lines; a new module goes into ``GROUPS`` in ``test_corpus.py``). If today's
+   code misses the buggy variant (or warns on the fixed one), set ``buggy_xfail`` / ``fixed_xfail``
+   to the reason: the test is a strict xfail, so it fails loudly the day detection lands and the
+   mark must go.
+
+Modules: ``programs_single_unit`` (softmax over one unit), ``programs_categorical`` (sigmoid into
+class losses, softmax into cross_entropy), ``programs_logits`` (sigmoid into BCEWithLogits),
+``programs_multilabel`` (softmax over multi-label targets, ReLU as probabilities),
+``programs_ranges`` (regression heads against their targets), ``programs_linear`` (no
+nonlinearity, NaN without activations), ``programs_scale`` (raw features), ``programs_hidden``
+(dead units, sigmoid stacks).
 
 Run only the corpus with ``pytest tests/corpus`` (or ``-m corpus``).
 """
@@ -42,10 +51,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def diagnose(tmp_path):
     """``diagnose(module, steps)``: fit ``module`` for ``steps`` steps with the callback and a
     CSVLogger in ``tmp_path``; returns the callback's findings."""
-    from act_diagnostics import ActivationDiagnostics
     from corpus_kit import pl
 
-    def run(module, steps: int, log_every: int = 10):  # noqa: ANN001, ANN202
+    from act_diagnostics import ActivationDiagnostics
+
+    def run(module, steps: int, log_every: int = 10):
         callback = ActivationDiagnostics(log_every_n_steps=log_every)
         trainer = pl.Trainer(
             max_steps=steps,

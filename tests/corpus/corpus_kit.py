@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - only the lightning package installed
     import lightning.pytorch as pl
 
 SERIOUS = ("warning", "error")
+EPS = 1e-7  # Keras's backend epsilon: the clip users port with their losses
 
 
 # ----------------------------------------------------------------------------- the record
@@ -171,6 +172,28 @@ def producer(t: Tensor) -> str | None:
     return None
 
 
+# Matrix products and the saved tensor that is their left operand (the layer's input).
+_MATMUL_INPUTS = {"AddmmBackward0": "_saved_mat1", "MmBackward0": "_saved_self"}
+
+
+def first_layer_input(out: Tensor) -> Tensor | None:
+    """The input of the first matrix product (an nn.Linear, or ``x @ W`` by hand) on the way to
+    ``out``, read from the tensors autograd saved: what the model's first layer really received."""
+    frontier, seen, products = [out.grad_fn], set(), []
+    while frontier:
+        node = frontier.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ in _MATMUL_INPUTS:
+            products.append(node)
+        frontier += [fn for fn, _ in node.next_functions]
+    if not products:
+        return None
+    first = min(products, key=lambda n: n._sequence_nr())  # created first = run first
+    return getattr(first, _MATMUL_INPUTS[type(first).__name__])
+
+
 def first_batch(module: pl.LightningModule) -> tuple[Tensor, Tensor]:
     return next(iter(module.train_dataloader()))
 
@@ -218,7 +241,7 @@ def never_firing_share(model: nn.Module, x: Tensor, kinds: tuple[type, ...] = (n
     hooks = []
     for name, mod in model.named_modules():
         if isinstance(mod, kinds):
-            def hook(_m, _i, out, name=name):  # noqa: ANN001, ANN202
+            def hook(_m, _i, out, name=name):
                 seen = (out > 0).flatten(1).any(0)
                 fired[name] = seen if name not in fired else fired[name] | seen
             hooks.append(mod.register_forward_hook(hook))

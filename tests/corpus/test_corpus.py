@@ -8,13 +8,29 @@ from __future__ import annotations
 import pytest
 import torch
 
-import programs_output
-import programs_structure
+import programs_categorical
+import programs_hidden
+import programs_linear
+import programs_logits
+import programs_multilabel
+import programs_ranges
+import programs_scale
+import programs_single_unit
 from corpus_kit import SERIOUS, Program
 
 pytestmark = pytest.mark.corpus
 
-PROGRAMS: list[Program] = programs_output.PROGRAMS + programs_structure.PROGRAMS
+GROUPS = (
+    programs_single_unit,
+    programs_categorical,
+    programs_logits,
+    programs_multilabel,
+    programs_ranges,
+    programs_linear,
+    programs_scale,
+    programs_hidden,
+)
+PROGRAMS: list[Program] = [program for group in GROUPS for program in group.PROGRAMS]
 
 
 def _params(with_xfail: bool) -> list:
@@ -32,6 +48,7 @@ def test_names_are_unique():
     assert len(names) == len(set(names)) and len(PROGRAMS) >= 20
 
 
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice for softmax")
 @pytest.mark.parametrize("program,variant", _params(with_xfail=False))
 def test_oracle(program: Program, variant: str) -> None:
     """Plain torch: the fault is in the buggy variant and not in the fixed one; a fault the fix
