@@ -49,17 +49,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def diagnose(tmp_path):
-    """``diagnose(module, steps)``: fit ``module`` for ``steps`` steps with the callback and a
-    CSVLogger in ``tmp_path``; returns the callback's findings."""
+    """``diagnose(module, steps, csv_logger=True)``: fit ``module`` for ``steps`` steps with the
+    callback and a CSVLogger in ``tmp_path`` (or ``logger=False``); returns the callback's findings."""
     from corpus_kit import pl
 
     from act_diagnostics import ActivationDiagnostics
 
-    def run(module, steps: int, log_every: int = 10):
+    def run(module, steps: int, csv_logger: bool = True, log_every: int = 10):
         callback = ActivationDiagnostics(log_every_n_steps=log_every)
         trainer = pl.Trainer(
             max_steps=steps,
-            logger=pl.loggers.CSVLogger(str(tmp_path), name="corpus"),
+            logger=pl.loggers.CSVLogger(str(tmp_path), name="corpus") if csv_logger else False,
             callbacks=[callback],
             log_every_n_steps=log_every,
             enable_progress_bar=False,

@@ -38,6 +38,7 @@ class Program:
     ``residual``: rule id -> plain-torch oracle, for faults the fixed variant knowingly keeps (the
     fixed variant may raise that rule only while its oracle confirms the fault).
     ``buggy_xfail`` / ``fixed_xfail``: why today's code gets that variant wrong (strict xfail).
+    ``csv_logger``: train with a CSVLogger (else ``logger=False``, as scripts without logging do).
     """
 
     name: str
@@ -47,6 +48,7 @@ class Program:
     oracle: Callable[[pl.LightningModule], bool]
     site: str | None = None
     steps: int = 30
+    csv_logger: bool = True
     residual: dict[str, Callable[[pl.LightningModule], bool]] = field(default_factory=dict)
     buggy_xfail: str | None = None
     fixed_xfail: str | None = None

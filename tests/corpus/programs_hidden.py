@@ -210,6 +210,28 @@ def saturating_stack_oracle(module) -> bool:
     return rms[0] < 0.1 * rms[len(nodes) - 1]
 
 
+class SparseBagOfWordsBatchTwo(TabularModule):
+    """Bag-of-words rows (60 words, ~4 present per row), 120 rows, batches of 2, a wide ReLU layer:
+    most units see few words. Buggy: SGD at lr 3.0 kills them. Fixed: lr 0.05, where units that
+    fire rarely are alive (over the data set nearly every one fires)."""
+
+    def __init__(self, buggy: bool) -> None:
+        g = torch.Generator().manual_seed(56)
+        words = (torch.rand(120, 60, generator=g) < 0.07).float()
+        y = (words @ torch.randn(60, 3, generator=g)).argmax(1)
+        super().__init__(words, y, batch_size=2, lr=3.0 if buggy else 0.05, optimizer="sgd")
+        self.hidden = nn.Linear(60, 48)
+        self.relu = nn.ReLU()
+        self.classify = nn.Linear(48, 3)
+
+    def forward(self, x):
+        return self.classify(self.relu(self.hidden(x)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+
 PROGRAMS: list[Program] = [
     Program(
         name="dead_relu_tiny_batches_high_lr",
@@ -277,5 +299,15 @@ PROGRAMS: list[Program] = [
         rules=("saturating-hidden-activation",),
         oracle=saturating_stack_oracle,
         fixed_xfail=SHALLOW_SIGMOID_GAP,
+    ),
+    Program(
+        name="sparse_bag_of_words_batch_two",
+        story="bag-of-words rows, batch 2, a wide ReLU layer: SGD at lr 3.0 kills the units",
+        build=SparseBagOfWordsBatchTwo,
+        rules=("dead-units",),
+        site="relu",
+        oracle=dead_units_oracle,
+        steps=40,
+        buggy_xfail=SMALL_DATA_GAP,
     ),
 ]

@@ -224,6 +224,25 @@ def nan_loss_oracle(module) -> bool:
     return not all(math.isfinite(v) for v in plain_train(module, 30))
 
 
+class GatedVersusLinearStack(TabularModule):
+    """Three Linear layers in a row; the fix makes the hidden layers gated linear units,
+    `fc(x) * sigmoid(gate(x))` (nonlinear through the product, no ReLU anywhere)."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*circles(n=240, seed=55), batch_size=24, lr=1e-2)
+        self.fc1, self.fc2, self.out = nn.Linear(2, 16), nn.Linear(16, 16), nn.Linear(16, 1)
+        self.gate1, self.gate2 = (None, None) if buggy else (nn.Linear(2, 16), nn.Linear(16, 16))
+
+    def forward(self, x):
+        h = self.fc1(x) if self.gate1 is None else self.fc1(x) * torch.sigmoid(self.gate1(x))
+        h = self.fc2(h) if self.gate2 is None else self.fc2(h) * torch.sigmoid(self.gate2(h))
+        return self.out(h)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(self(x), y)
+
+
 PROGRAMS: list[Program] = [
     Program(
         name="linear_stack_circles",
@@ -275,6 +294,7 @@ PROGRAMS: list[Program] = [
         rules=("missing-nonlinearity",),
         oracle=xor_affine_oracle,
         steps=40,
+        csv_logger=False,
     ),
     Program(
         name="linear_regression_nan_loss",
@@ -290,5 +310,13 @@ PROGRAMS: list[Program] = [
         build=ScratchLogisticRegressionNaN,
         rules=("non-finite",),
         oracle=nan_loss_oracle,
+        csv_logger=False,
+    ),
+    Program(
+        name="gated_units_versus_linear_stack",
+        story="three Linear layers in a row; fixed with gated linear units fc(x) * sigmoid(gate(x))",
+        build=GatedVersusLinearStack,
+        rules=("missing-nonlinearity",),
+        oracle=affine_oracle,
     ),
 ]

@@ -1,5 +1,6 @@
-"""A sigmoid into a loss that applies its own: `BCEWithLogitsLoss`, through a clamp, inside a
-forum focal loss. The loss then squeezes every prediction into (0.5, 0.731).
+"""A loss fed probabilities where it expects logits or log-probabilities: a sigmoid into
+`BCEWithLogitsLoss` (through a clamp, inside a forum focal loss), which then squeezes every
+prediction into (0.5, 0.731); a softmax into `F.kl_div` in a distillation loop.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import torch.nn.functional as F
 from corpus_kit import (
     Program,
     TabularModule,
+    blobs,
     first_batch,
     producer,
+    rows_sum_to_one,
     tumours,
 )
 
@@ -91,6 +94,37 @@ class SigmoidIntoFocalLoss(TabularModule):
         return self.criterion(self(x), y)
 
 
+class DistillationKL(TabularModule):
+    """Knowledge distillation from a frozen teacher: F.kl_div(student, teacher probabilities).
+    Buggy: the student's softmax goes in. Fixed: its log_softmax (the teacher's softmax, the
+    target, was right in both)."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*blobs(n=240, d=6, classes=4, seed=54), batch_size=32, lr=1e-2)
+        self.teacher = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 4)).requires_grad_(False)
+        self.student = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+        self.temperature = 2.0
+        self.buggy = buggy
+
+    def forward(self, x):
+        scaled = self.student(x) / self.temperature
+        return F.softmax(scaled, dim=1) if self.buggy else F.log_softmax(scaled, dim=1)
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        with torch.no_grad():
+            soft_targets = F.softmax(self.teacher(x) / self.temperature, dim=1)
+        return F.kl_div(self(x), soft_targets, reduction="batchmean") * self.temperature**2
+
+
+def kl_input_probabilities_oracle(module) -> bool:
+    """kl_div reads its input as log-probabilities (values <= 0 whose exp sums to 1 per row); here
+    it gets probabilities a softmax made (rows summing to 1 themselves)."""
+    x, _ = first_batch(module)
+    out = module(x)
+    return producer(out) == "softmax" and rows_sum_to_one(out, tol=1e-4)
+
+
 PROGRAMS: list[Program] = [
     Program(
         name="sigmoid_into_bce_with_logits",
@@ -115,5 +149,13 @@ PROGRAMS: list[Program] = [
         rules=("activation-loss-mismatch",),
         site="net.3",
         oracle=sigmoid_into_logits_loss_oracle,
+    ),
+    Program(
+        name="distillation_kl_div_softmax",
+        story="distillation: F.kl_div on the student's softmax; fixed: its log_softmax",
+        build=DistillationKL,
+        rules=("activation-loss-mismatch",),
+        site=":softmax",
+        oracle=kl_input_probabilities_oracle,
     ),
 ]

@@ -234,6 +234,7 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site="model.3",
         oracle=relu_probability_oracle,
+        csv_logger=False,
     ),
     Program(
         name="relu_logits_one_hot_rows_batch_one",

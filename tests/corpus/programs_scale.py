@@ -169,6 +169,7 @@ PROGRAMS: list[Program] = [
         build=ManualLoopRawIncomeTanh,
         rules=("input-scale",),
         oracle=raw_scale_oracle,
+        csv_logger=False,
     ),
     Program(
         name="scratch_sigmoid_net_raw_features",

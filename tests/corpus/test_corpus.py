@@ -67,7 +67,7 @@ def test_diagnosis(program: Program, variant: str, diagnose) -> None:
     """The callback names the fault in the buggy variant and stays quiet on the fixed one."""
     buggy = variant == "buggy"
     torch.manual_seed(0)
-    findings = diagnose(program.build(buggy), program.steps)
+    findings = diagnose(program.build(buggy), program.steps, csv_logger=program.csv_logger)
     serious = [f for f in findings if f.severity in SERIOUS]
     seen = sorted((f.rule, f.site, f.severity) for f in findings)
     if buggy:
