@@ -249,6 +249,7 @@ PROGRAMS: list[Program] = [
         story="three Linear layers, no activation, on two rings (BCEWithLogits)",
         build=LinearStackCircles,
         rules=("missing-nonlinearity",),
+        site="net.0",
         oracle=affine_oracle,
     ),
     Program(
@@ -256,6 +257,7 @@ PROGRAMS: list[Program] = [
         story="fc1 -> dropout -> fc2 -> fc3 in a hand-written forward, cross_entropy",
         build=LinearLayersWithDropout,
         rules=("missing-nonlinearity",),
+        site="fc1",
         oracle=affine_oracle,
     ),
     Program(
@@ -263,6 +265,7 @@ PROGRAMS: list[Program] = [
         story="Linear -> BatchNorm1d twice, then Linear, on two rings: no nonlinearity",
         build=LinearBatchNormStack,
         rules=("missing-nonlinearity",),
+        site="model.0",
         oracle=affine_oracle,
     ),
     Program(
@@ -270,6 +273,7 @@ PROGRAMS: list[Program] = [
         story="MNIST-tutorial MLP on 8x8 images, Flatten then three Linear layers, the ReLUs lost",
         build=FlattenLinearDigits,
         rules=("missing-nonlinearity",),
+        site="model.1",
         oracle=affine_oracle,
     ),
     Program(
@@ -277,6 +281,7 @@ PROGRAMS: list[Program] = [
         story="PyTorch tutorial net whose ReLU is .clamp(min=0); the buggy copy dropped the clamp",
         build=TutorialClampRelu,
         rules=("missing-nonlinearity",),
+        site="linear1",
         oracle=affine_oracle,
     ),
     Program(
@@ -292,6 +297,7 @@ PROGRAMS: list[Program] = [
         story="textbook XOR net, batch 1, MSE; the buggy copy lost its hidden sigmoid",
         build=XorBatchOne,
         rules=("missing-nonlinearity",),
+        site="hidden",
         oracle=xor_affine_oracle,
         steps=40,
         csv_logger=False,
@@ -317,6 +323,7 @@ PROGRAMS: list[Program] = [
         story="three Linear layers in a row; fixed with gated linear units fc(x) * sigmoid(gate(x))",
         build=GatedVersusLinearStack,
         rules=("missing-nonlinearity",),
+        site="fc1",
         oracle=affine_oracle,
     ),
 ]

@@ -154,6 +154,7 @@ PROGRAMS: list[Program] = [
         story="tumour table in raw units (areas in the thousands) into a sigmoid MLP",
         build=RawTumourSigmoidNet,
         rules=("input-scale",),
+        site="hidden",
         oracle=raw_scale_oracle,
     ),
     Program(
@@ -161,6 +162,7 @@ PROGRAMS: list[Program] = [
         story="raw square feet and years into a tanh MLP regression, batch 64",
         build=RawHousesTanhRegression,
         rules=("input-scale",),
+        site="model.0",
         oracle=raw_scale_oracle,
     ),
     Program(
@@ -168,6 +170,7 @@ PROGRAMS: list[Program] = [
         story="tutorial loop in training_step (manual optimisation), raw incomes into a tanh MLP",
         build=ManualLoopRawIncomeTanh,
         rules=("input-scale",),
+        site="fc1",
         oracle=raw_scale_oracle,
         csv_logger=False,
     ),
@@ -183,6 +186,7 @@ PROGRAMS: list[Program] = [
         story="nn.Embedding of a category concatenated with raw numeric columns into a tanh MLP",
         build=EmbeddingPlusRawNumeric,
         rules=("input-scale",),
+        site="mlp.0",
         oracle=raw_scale_oracle,
         buggy_xfail=CONCAT_SCALE_GAP,
     ),
@@ -191,6 +195,7 @@ PROGRAMS: list[Program] = [
         story="raw house features into a tanh MLP; fixed by nn.BatchNorm1d as the first layer",
         build=BatchNormFirstRaw,
         rules=("input-scale",),
+        site="regressor.0",
         oracle=raw_scale_oracle,
     ),
 ]

@@ -73,7 +73,7 @@ def test_diagnosis(program: Program, variant: str, diagnose) -> None:
     if buggy:
         hits = [f for f in serious if f.rule in program.rules and (program.site is None or f.site == program.site)]
         where = f" at {program.site!r}" if program.site else ""
-        assert hits, f"{program.name}: no {program.rules[0]} warning{where}; findings: {seen}"
+        assert hits, f"{program.name} ({program.story}): no {program.rules[0]} warning{where}; findings: {seen}"
     else:
         unexpected = [f for f in serious if f.rule not in program.residual]
-        assert not unexpected, f"{program.name} (fixed): unexpected findings: {seen}"
+        assert not unexpected, f"{program.name} ({program.story}), fixed: unexpected findings: {seen}"
