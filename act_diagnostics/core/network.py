@@ -8,7 +8,8 @@ A model may have no activation site at all (a stack of Linear layers), and still
   residual sum, a product, a concatenation) is a shared representation, not a link. Two linear
   layers linked this way compose into one linear map (rules: missing-nonlinearity).
 * **The model's input** (structure and detail steps): sum, sum of squares, count and max |x| of
-  the input of the first parametrised layer the forward calls, on the device (rules: input-scale).
+  the input of the first parametrised layer the forward feeds floating values (an Embedding's
+  integer input is no such input), on the device (rules: input-scale).
 * **Losses** (structure steps through the tracer; every measured step through the Lightning
   callback): how many loss values were seen, and how many were NaN/Inf, counted on the device
   (rules: non-finite, when no activation site shows the NaN).
@@ -56,8 +57,11 @@ class NetworkFacts:
     # Per linked layer: (input width, output width, grouped): features or channels, None if unknown;
     # grouped for a convolution with groups > 1 (depthwise: a factorised convolution).
     layer_widths: dict[str, tuple[int | None, int | None, bool]] = field(default_factory=dict)
+    # The first parametrised layer the forward fed floating values (after any Embedding, whose input
+    # is integers), and whether an Embedding ran before it (its input then holds learned vectors).
     first_layer: str | None = None
     first_layer_type: str | None = None
+    after_embedding: bool = False
     input_elements: int = 0  # elements of the first layer's input measured in this window
     input_mean: float | None = None
     input_std: float | None = None
@@ -95,6 +99,7 @@ class NetworkWatch:
         self._pending: list[tuple[dict[str, Any], tuple[str, str], tuple[str, str]]] = []
         self.widths: dict[str, tuple[int | None, int | None, bool]] = {}
         self.first_layer: tuple[str, str] | None = None
+        self.after_embedding = False  # a layer took integers (an Embedding) before the first layer
         # Layer outputs and views of them: (tensor, layer, type, version counter when recorded, uses of
         # the layer's output: {"layers": layers it fed, "combined": combined with other values}).
         self._outputs: dict[int, tuple[weakref.ref, str, str, int, dict[str, Any]]] = {}
@@ -157,7 +162,11 @@ class NetworkWatch:
         type_name = type(module).__name__
         if structure:
             if self.first_layer is None:
-                self.first_layer = (name, type_name)
+                x = args[0] if args else None
+                if isinstance(x, Tensor) and x.is_floating_point():
+                    self.first_layer = (name, type_name)
+                elif isinstance(x, Tensor):
+                    self.after_embedding = True
             self.widths.setdefault(name, layer_widths(module))
             for arg in args:
                 source = self._layer_of(arg)
@@ -222,6 +231,7 @@ class NetworkWatch:
             layer_widths=dict(self.widths),
             first_layer=self.first_layer[0] if self.first_layer else None,
             first_layer_type=self.first_layer[1] if self.first_layer else None,
+            after_embedding=self.after_embedding,
             losses=self._losses,
         )
         if host is None:

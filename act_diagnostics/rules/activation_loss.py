@@ -119,7 +119,7 @@ class ActivationLossMismatch(Rule):
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         out: list[Finding] = []
-        for site, _ in ctx.snapshot.ordered():
+        for site, stats in ctx.snapshot.ordered():
             kind = site.kind if site.kind in ("softmax", "sigmoid", "log_softmax") else ("softmax" if site.kind == "softmin" else None)
             if kind is None:
                 continue
@@ -135,6 +135,8 @@ class ActivationLossMismatch(Rule):
                 softmax_bce = kind == "softmax" and loss in ("binary_cross_entropy", HANDWRITTEN_BCE)
                 if softmax_bce and (site.n_units < 2 or entry in site.partial_losses):
                     continue  # one class's probability (probs[:, 1]) is a sound BCE input
+                if softmax_bce and stats.target_rows_off == 0.0:
+                    severity = "info"  # one-hot targets (every row sums to 1): a softmax can fit them
                 evidence: dict[str, float] = {"classes": classes}
                 msg = f"{site.kind} output feeds {describe(entry)}"
                 advice = _WRONG_DIM_ADVICE if wrong_dim else _SOFTMAX_BCE_ADVICE if softmax_bce else _advice(kind, loss)
@@ -157,6 +159,13 @@ class ActivationLossMismatch(Rule):
                     msg += ": kl_div reads its input as log-probabilities, so the loss is not the divergence and can go negative"
                 elif kind == "log_softmax":
                     msg += ": its outputs are log-probabilities (<= 0), and the log of a negative number is NaN"
+                elif softmax_bce and severity == "info":
+                    evidence["target_rows_off"] = 0.0
+                    msg += (
+                        ": the targets are one class per sample (every row sums to 1), which a softmax can fit; "
+                        "cross_entropy on the logits is the usual and more stable pairing"
+                    )
+                    advice = _ADVICE["cross_entropy"]
                 elif softmax_bce:
                     msg += (
                         f": BCE judges each of the {site.n_units} outputs as an independent yes/no, but softmax makes "

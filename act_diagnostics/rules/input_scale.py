@@ -8,9 +8,11 @@ is far too large for the first (LeCun et al., Efficient BackProp, 1998: "the inp
 normalised", zero mean and unit variance). UMLAUT (CHI 2021) flags inputs outside [-1, 1]; this
 rule is laxer, since standardised features have an RMS of 1 and a few units of max |x|.
 
-The core measures the input of the first parametrised layer the forward calls (sum, sum of squares
-and max |x| on the device, on structure and detail steps: ``Snapshot.network``). A first layer that
-normalises its input itself (BatchNorm, LayerNorm, ...) is not judged. The finding names the
+The core measures the input of the first parametrised layer the forward feeds floating values
+(sum, sum of squares and max |x| on the device, on structure and detail steps:
+``Snapshot.network``); after an Embedding (raw numeric columns concatenated to embedded
+categories) the threshold is EMBEDDED_RMS. A first layer that normalises its input itself
+(BatchNorm, LayerNorm, ...) is not judged. The finding names the
 symptoms it explains (saturation, exploding activations) at the first sites, when they show.
 """
 
@@ -23,6 +25,10 @@ from act_diagnostics.rules.finding import Finding
 
 # RMS of the input above which it is far from unit scale (proposal: 10x a standardised input's 1).
 LARGE_RMS = 10.0
+# The same after an Embedding, whose vectors are often scaled by sqrt(d_model) on purpose (Vaswani
+# et al. 2017: RMS 23 for d = 512, 32 for 1024): raw columns concatenated to them are judged above
+# this (proposal).
+EMBEDDED_RMS = 100.0
 # Max |x| below which every input value is tiny (proposal: 100x below unit scale).
 SMALL_MAX_ABS = 0.01
 # Input elements measured in the window before judging.
@@ -42,7 +48,7 @@ FIX = (
 
 class InputScale(Rule):
     id = "input-scale"
-    defaults = {"large_rms": LARGE_RMS, "small_max_abs": SMALL_MAX_ABS, "min_elements": MIN_ELEMENTS}
+    defaults = {"large_rms": LARGE_RMS, "embedded_rms": EMBEDDED_RMS, "small_max_abs": SMALL_MAX_ABS, "min_elements": MIN_ELEMENTS}
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         net = ctx.snapshot.network
@@ -53,14 +59,15 @@ class InputScale(Rule):
         rms, max_abs = net.input_rms, net.input_max_abs
         if not finite(rms) or not finite(max_abs):
             return []  # NaN/Inf inputs: non-finite says it
-        large = rms > self.t["large_rms"]
+        limit = self.t["embedded_rms"] if net.after_embedding else self.t["large_rms"]
+        large = rms > limit
         small = max_abs < self.t["small_max_abs"] and max_abs > 0
         if not (large or small):
             return []
         stats = f"mean {net.input_mean:.3g}, std {net.input_std:.3g}, max |x| {max_abs:.3g}"
         where = f"the input of '{net.first_layer}' ({net.first_layer_type}), the first layer"
         if large:
-            msg = f"{where}, is far from unit scale ({stats}; RMS {rms:.3g}, over {self.t['large_rms']:g})"
+            msg = f"{where}, is far from unit scale ({stats}; RMS {rms:.3g}, over {limit:g})"
         else:
             msg = f"{where}, is far below unit scale ({stats}): every value is under {self.t['small_max_abs']:g}"
         symptoms = self._symptoms(ctx) if large else []

@@ -103,11 +103,13 @@ def test_input_measured_on_structure_and_detail_steps_only_and_reset_per_window(
     assert counts == [24, 24, 0, 24, 0]
 
 
-def test_integer_inputs_are_not_measured() -> None:
+def test_the_first_layer_fed_floats_follows_an_embedding() -> None:
     model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
     _, snap = _snapshot(model, torch.randint(0, 10, (5, 3)))
-    assert snap.network.first_layer_type == "Embedding" and snap.network.input_elements == 0
-    assert snap.network.input_rms is None
+    net = snap.network
+    assert net.first_layer == "1" and net.after_embedding and net.input_elements == 60
+    _, snap = _snapshot(nn.Sequential(nn.Linear(4, 2)), torch.randn(5, 4))
+    assert snap.network.first_layer == "0" and not snap.network.after_embedding
 
 
 def test_loss_values_counted_and_non_finite_ones_on_the_device() -> None:

@@ -82,6 +82,8 @@ def test_pairings(kind, losses, n_units, expected) -> None:
         ("l1_loss", 0.01, []),  # at the threshold: a stray row is tolerated
         ("mse_loss", 0.0, []),
         ("binary_cross_entropy", 0.5, [("activation-loss-mismatch", "warning")]),  # said once, by activation-loss
+        ("binary_cross_entropy", 0.0, [("activation-loss-mismatch", "info")]),  # one-hot rows: a softmax fits them
+        ("binary_cross_entropy", None, [("activation-loss-mismatch", "warning")]),  # no evidence on the targets
     ],
 )
 def test_softmax_over_multi_label_targets_whatever_the_loss(loss, share, expected) -> None:

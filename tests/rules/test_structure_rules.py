@@ -86,6 +86,18 @@ def test_input_scale_thresholds(facts, severity) -> None:
         assert found[0].site == "fc1" and "standardise" in found[0].recommendation.lower()
 
 
+def test_input_scale_after_an_embedding_allows_scaled_embeddings() -> None:
+    """Embeddings scaled by sqrt(d_model) (RMS ~23 for d = 512) are no fault; raw columns in the
+    thousands concatenated to them are."""
+    scaled = input_facts(0.0, 22.6, 90.0)
+    scaled.after_embedding = True
+    assert only("input-scale").evaluate(facts_snapshot(scaled)) == []
+    raw = input_facts(300.0, 600.0, 5000.0)
+    raw.after_embedding = True
+    (f,) = only("input-scale").evaluate(facts_snapshot(raw))
+    assert "over 100" in f.message
+
+
 def test_input_scale_names_the_symptoms_it_explains() -> None:
     site = make_site("act", "tanh", family="tanh")
     stats = relu_stats([0.5] * 8, saturation=0.93)
