@@ -12,6 +12,8 @@ input's range is unknown.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from act_diagnostics.core.following import HANDWRITTEN_BCE, HANDWRITTEN_CE, LOG, SCALE, loss_parts
 from act_diagnostics.core.sites import Site
@@ -117,9 +119,23 @@ class ActivationLossMismatch(Rule):
     id = "activation-loss-mismatch"
     defaults: dict[str, float] = {}
 
+    def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
+        super().__init__(thresholds)
+        # Per site, the share of dense target rows not summing to 1, as last measured: the targets
+        # are read in the first steps only, and later windows still judge against them.
+        self._rows_off: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows_off": dict(self._rows_off)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._rows_off = {str(k): float(v) for k, v in (state.get("rows_off") or {}).items()}
+
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         out: list[Finding] = []
         for site, stats in ctx.snapshot.ordered():
+            if stats.target_rows_off is not None:
+                self._rows_off[site.name] = stats.target_rows_off
             kind = site.kind if site.kind in ("softmax", "sigmoid", "log_softmax") else ("softmax" if site.kind == "softmin" else None)
             if kind is None:
                 continue
@@ -135,7 +151,7 @@ class ActivationLossMismatch(Rule):
                 softmax_bce = kind == "softmax" and loss in ("binary_cross_entropy", HANDWRITTEN_BCE)
                 if softmax_bce and (site.n_units < 2 or entry in site.partial_losses):
                     continue  # one class's probability (probs[:, 1]) is a sound BCE input
-                if softmax_bce and stats.target_rows_off == 0.0:
+                if softmax_bce and self._rows_off.get(site.name) == 0.0:
                     severity = "info"  # one-hot targets (every row sums to 1): a softmax can fit them
                 evidence: dict[str, float] = {"classes": classes}
                 msg = f"{site.kind} output feeds {describe(entry)}"

@@ -91,6 +91,17 @@ def test_softmax_over_multi_label_targets_whatever_the_loss(loss, share, expecte
     assert judge("softmax", [loss], 4, stats) == expected
 
 
+def test_one_hot_evidence_is_remembered_across_windows_and_checkpoints() -> None:
+    site = make_site("head", "softmax", n_units=2, consumers={"output", "loss:binary_cross_entropy(clamp)"})
+    engine = only("activation-loss-mismatch")
+    (first,) = engine.evaluate(make_snapshot([(site, relu_stats([0.5] * 2, target_rows_off=0.0))], step=0), preflight=True)
+    assert first.severity == "info"
+    restored = only("activation-loss-mismatch")
+    restored.load_state_dict(engine.state_dict())
+    later = make_snapshot([(site, relu_stats([0.5] * 2))], step=50)  # no targets read in this window
+    assert restored.evaluate(later) == []  # still an info note, already reported: nothing new
+
+
 def test_multi_label_finding_says_why() -> None:
     site = make_site("head", "softmax", n_units=4, consumers={"output", "loss:mse_loss"})
     (f,) = only("output-activation-mismatch").evaluate(
