@@ -17,9 +17,6 @@ from corpus_kit import (
     tumours,
 )
 
-# Why today's code gets a variant wrong (strict xfail reasons; issue 20's classes).
-CONCAT_SCALE_GAP = "class 4: raw columns concatenated with an embedding's output before the first layer are not measured"
-
 
 class RawTumourSigmoidNet(TabularModule):
     """Tumour table straight from the CSV (areas in the thousands) into a sigmoid MLP."""
@@ -188,7 +185,6 @@ PROGRAMS: list[Program] = [
         rules=("input-scale",),
         site="mlp.0",
         oracle=raw_scale_oracle,
-        buggy_xfail=CONCAT_SCALE_GAP,
     ),
     Program(
         name="batchnorm_first_raw_features",

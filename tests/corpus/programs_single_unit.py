@@ -22,9 +22,6 @@ from corpus_kit import (
 )
 from programs_multilabel import softmax_multilabel_oracle
 
-# Why today's code gets a variant wrong (strict xfail reasons; issue 20's classes).
-ONE_HOT_BCE_GAP = "class 2: softmax into BCE is a warning whatever the targets; one-hot targets (rows summing to 1) fit a softmax"
-
 
 def keras_binary_crossentropy(y_true, y_pred):
     """Ported from keras.backend.binary_crossentropy: clip, then the log-likelihood."""
@@ -247,7 +244,6 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":softmax",
         oracle=softmax_fault_oracle,
-        fixed_xfail=ONE_HOT_BCE_GAP,
     ),
     Program(
         name="implicit_dim_softmax_bceloss",
