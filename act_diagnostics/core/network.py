@@ -39,9 +39,16 @@ COMBINING = {
     torch.div, Tensor.div, Tensor.__truediv__, torch.cat, torch.concat, torch.stack, torch.matmul, Tensor.matmul,
     Tensor.__matmul__, torch.bmm, Tensor.bmm, torch.einsum, torch.where,
 }  # fmt: skip
+# Matrix products: with a parameter of a module outside torch.nn as the weight (x.mm(self.w1), a
+# tutorial's tensor-only net), a layer the module hooks cannot see, named after the parameter.
+MATMULS = {torch.mm, Tensor.mm, torch.matmul, Tensor.matmul, Tensor.__matmul__, Tensor.__rmatmul__, torch.nn.functional.linear}
+# Adds that keep a layer's output one (a bias parameter added to a matrix product).
+_BIAS_ADDS = {torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__}
 
 # Columns of the device vector (float64; float32 on MPS); element and loss counts stay on the host.
 IN_SUM, IN_SUMSQ, IN_MAX_ABS, LOSS_NONFINITE = range(4)
+# The type name of a layer made by a matrix product with a bare parameter (note_matmul).
+MATMUL = "matmul"
 N_TOTALS = 4
 # Input elements read per call (the leading ones: whole rows of a contiguous batch), as the sites'
 # statistics read at most sample_elements per call.
@@ -106,6 +113,8 @@ class NetworkWatch:
         self._totals: Tensor | None = None
         self._input_elements = 0
         self._losses = 0
+        self._param_names: dict[int, str] | None = None  # id -> name of the bare parameters (MATMULS)
+        self._param_ids: set[int] = set()  # every parameter of the model (bias adds)
         self._last_loss: weakref.ref | None = None
         self.failure: BaseException | None = None  # an internal error switched these facts off
 
@@ -131,8 +140,48 @@ class NetworkWatch:
             with torch._C.DisableTorchFunction():
                 self._outputs[id(result)] = (weakref.ref(result), layer[0], layer[1], _version(result), layer[2])
 
-    def note_combined(self, args: tuple, kwargs: dict) -> None:
-        """A COMBINING op read these operands: a layer output among them is more than a layer's input."""
+    def _bare_parameters(self, model: nn.Module) -> dict[int, str]:
+        """2-D parameters of modules outside torch.nn (whose own layers the module hooks see), by id."""
+        if self._param_names is None:
+            self._param_ids = {id(p) for p in model.parameters()}
+            self._param_names = {
+                id(p): f"{prefix}.{name}" if prefix else name
+                for prefix, module in model.named_modules()
+                if not any(c is not nn.Module and c.__module__.startswith("torch.nn") for c in type(module).__mro__)
+                for name, p in module.named_parameters(recurse=False)
+                if p.dim() == 2
+            }
+        return self._param_names
+
+    def note_matmul(self, model: nn.Module, args: tuple, kwargs: dict, result: Any) -> bool:
+        """``x.mm(w)``, ``x @ w``, ``F.linear(x, w)`` with a bare parameter ``w``: a linear layer of its
+        own (True); any other product is not (False)."""
+        params = self._bare_parameters(model)
+        operands = [*args[:2], *(v for k, v in kwargs.items() if k in ("weight", "other", "mat2"))]
+        weight = next((v for v in operands if isinstance(v, Tensor) and id(v) in params), None)
+        if weight is None or not isinstance(result, Tensor):
+            return False
+        name = params[id(weight)]
+        other = next((v for v in operands if v is not weight), None)
+        with torch._C.DisableTorchFunction():
+            source = self._layer_of(other)
+            if source is not None and source[0] != name:
+                source[2]["layers"].add(name)
+                self._pending.append((source[2], (source[0], name), (source[1], MATMUL)))
+            self.widths.setdefault(name, (int(weight.shape[0]), int(weight.shape[1]), False))
+        self.layer_output(name, MATMUL, result)
+        return True
+
+    def note_combined(self, args: tuple, kwargs: dict, func: Any = None, result: Any = None, model: nn.Module | None = None) -> None:
+        """A COMBINING op read these operands: a layer output among them is more than a layer's input,
+        except a bias parameter added to it (``x.mm(w) + b``), whose result is still that layer's."""
+        if func in _BIAS_ADDS and model is not None and len(args) == 2 and not kwargs:
+            self._bare_parameters(model)
+            params = self._param_ids
+            layer, bias = (args[0], args[1]) if id(args[1]) in params else (args[1], args[0])
+            if id(bias) in params and self._layer_of(layer) is not None:
+                self.follow_layer_output(layer, result)
+                return
         for value in (*args, *kwargs.values()):
             for t in value if isinstance(value, (list, tuple)) else (value,):
                 layer = self._layer_of(t)

@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 from act_diagnostics.core.attention import ATTENTION_FUNCTIONS
 from act_diagnostics.core.following import FOLLOWED, HANDWRITTEN_L1, HANDWRITTEN_MSE, RANGE_KEPT, SCALE, Following, note_target_rows
 from act_diagnostics.core.kinds import FUNCTIONAL_KINDS
-from act_diagnostics.core.network import COMBINING
+from act_diagnostics.core.network import COMBINING, MATMULS
 
 if TYPE_CHECKING:
     from act_diagnostics.core.monitor import ActivationMonitor
@@ -154,10 +154,13 @@ class ActivationTracer(TorchFunctionMode):
 
     def _track(self, func, args: tuple, kwargs: dict) -> Any:
         result = func(*args, **kwargs)  # the user's errors propagate unchanged
-        if func in _FOLLOWED or func in COMBINING:
+        if func in _FOLLOWED or func in COMBINING or func in MATMULS:
             try:
-                if func in COMBINING:  # a layer output combined with other values links no two layers
-                    self.monitor.network.note_combined(args, kwargs)
+                network = self.monitor.network
+                # x.mm(self.w1) is a layer of a bare parameter; other products and sums combine values.
+                made_layer = func in MATMULS and network.note_matmul(self.monitor.model, args, kwargs, result)
+                if func in COMBINING and not made_layer:
+                    network.note_combined(args, kwargs, func, result, self.monitor.model)
                 if func in _FOLLOWED:
                     self._follow(func, args, kwargs, result)
             except Exception as exc:  # noqa: BLE001 - diagnostics must never break training

@@ -165,3 +165,30 @@ def test_observe_target_rows_hand_computed() -> None:
 
     assert state.sums[TARGET_ROWS_OFF].item() == 4 and state.counters[10] == 8
     assert not math.isnan(state.sums[TARGET_ROWS_OFF].item())
+
+
+class ScratchNet(nn.Module):
+    """The PyTorch tutorial's tensor-only net with bare parameters; ``act`` the clamp(min=0) it needs."""
+
+    def __init__(self, act: bool, bias: bool = False) -> None:
+        super().__init__()
+        self.w1, self.w2 = nn.Parameter(torch.randn(2, 8)), nn.Parameter(torch.randn(8, 1))
+        self.b1 = nn.Parameter(torch.zeros(8))
+        self.act, self.bias = act, bias
+
+    def forward(self, x):
+        h = x.mm(self.w1)
+        h = h + self.b1 if self.bias else h
+        return (h.clamp(min=0) if self.act else h) @ self.w2
+
+
+def test_products_with_bare_parameters_are_layers() -> None:
+    for bias in (False, True):
+        _, snap = _snapshot(ScratchNet(act=False, bias=bias), torch.randn(4, 2))
+        assert snap.network.layer_links == [("w1", "matmul", "w2", "matmul")]
+        assert snap.network.layer_widths["w1"] == (2, 8, False)
+    _, snap = _snapshot(ScratchNet(act=True), torch.randn(4, 2))
+    assert snap.network.layer_links == []
+    # nn.Linear's own F.linear is the module's (its hooks see it): no extra layer.
+    _, snap = _snapshot(nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 1)), torch.randn(4, 2))
+    assert snap.network.layer_links == [("0", "Linear", "1", "Linear")]
