@@ -21,9 +21,6 @@ from corpus_kit import (
     tumours,
 )
 
-# Why today's code gets a variant wrong (strict xfail reasons; issue 20's classes).
-SCRATCH_LINEAR_GAP = "class 3: matrix products with parameters (x.mm(w1).mm(w2)) are not seen as consecutive layers"
-
 
 class LinearStackCircles(TabularModule):
     """"A deeper model will learn the rings": three Linear layers and no activation between them."""
@@ -290,7 +287,6 @@ PROGRAMS: list[Program] = [
         build=ScratchTwoMatmuls,
         rules=("missing-nonlinearity",),
         oracle=affine_oracle,
-        buggy_xfail=SCRATCH_LINEAR_GAP,
     ),
     Program(
         name="xor_batch_one_lost_hidden_sigmoid",
