@@ -33,8 +33,9 @@ EMBEDDED_RMS = 100.0
 SMALL_MAX_ABS = 0.01
 # Input elements measured in the window before judging.
 MIN_ELEMENTS = 64
-# First layers that standardise their input themselves.
-NORMALISING_LAYERS = ("BatchNorm", "LazyBatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "LazyInstanceNorm", "RMSNorm", "Embedding")
+# First layers that standardise their input themselves: any "...Norm..." layer (BatchNorm1d,
+# LayerNorm, GroupNorm, InstanceNorm2d, RMSNorm, and libraries' own: LlamaRMSNorm, T5LayerNorm).
+NORMALISING = "Norm"
 # Symptoms looked for at the first sites: sigmoid/tanh saturation share, and max |activation|.
 SATURATED_SHARE = 0.5
 LARGE_ACTIVATION = 100.0
@@ -54,7 +55,7 @@ class InputScale(Rule):
         net = ctx.snapshot.network
         if net.first_layer is None or net.input_elements < self.t["min_elements"]:
             return []
-        if net.first_layer_type is not None and net.first_layer_type.startswith(NORMALISING_LAYERS):
+        if net.first_layer_type is not None and NORMALISING in net.first_layer_type:
             return []
         rms, max_abs = net.input_rms, net.input_max_abs
         if not finite(rms) or not finite(max_abs):

@@ -75,6 +75,7 @@ def input_facts(mean: float, std: float, max_abs: float, first: str = "Linear", 
         (input_facts(0.0, 9.0, 40.0), None),  # just below the RMS threshold
         (input_facts(1e-4, 1e-4, 5e-3), "warning"),  # every value tiny
         (input_facts(800.0, 500.0, 3000.0, first="BatchNorm1d"), None),  # the model standardises itself
+        (input_facts(800.0, 500.0, 3000.0, first="LlamaRMSNorm"), None),
         (input_facts(800.0, 500.0, 3000.0, n=10), None),  # too few values
         (input_facts(float("nan"), float("nan"), float("nan")), None),  # non-finite says it
     ],
