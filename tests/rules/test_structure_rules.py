@@ -112,9 +112,10 @@ def test_non_finite_loss_reported_without_sites() -> None:
     (f,) = only("non-finite").evaluate(facts_snapshot(net))
     assert f.rule == "non-finite" and f.severity == "error" and f.site == "<loss>" and "no activation site" in f.message
     assert only("non-finite").evaluate(facts_snapshot(NetworkFacts(losses=3))) == []
-    # A site that shows the NaN is named instead.
+    # With sites, they say it (their gradients, or a GradScaler giving up) and name where.
     site = make_site("act", "relu")
     stats = relu_stats([0.5] * 8)
+    assert only("non-finite").evaluate(facts_snapshot(net, [(site, stats)])) == []
     stats.nonfinite = True
     (f,) = only("non-finite").evaluate(facts_snapshot(net, [(site, stats)]))
     assert f.site == "act"
