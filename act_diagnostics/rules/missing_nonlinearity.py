@@ -76,7 +76,7 @@ def _low_rank(network: NetworkFacts, chain: list[tuple[str, str]]) -> bool:
     linear = [layer for layer, type_name in chain if type_name in LINEAR_LAYERS]
     if len(linear) != 2 or not all(layer in network.layer_widths for layer in linear):
         return False
-    (a_in, a_out, _), (b_in, b_out, _) = (network.layer_widths[layer] for layer in linear)
+    (a_in, a_out, _), (_, b_out, _) = (network.layer_widths[layer] for layer in linear)
     return None not in (a_in, a_out, b_out) and a_out < min(a_in, b_out)
 
 

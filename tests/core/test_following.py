@@ -37,6 +37,10 @@ def _head(out: int, act: nn.Module) -> nn.Module:
     return nn.Sequential(nn.Linear(5, out), act)
 
 
+def _times_itself(e: torch.Tensor) -> torch.Tensor:
+    return e * e  # a squared error written as a product
+
+
 X = torch.randn(6, 5)
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2])
 ONE_HOT = F.one_hot(LABELS, 3).float()
@@ -109,7 +113,7 @@ def test_softmax_followed_through_ops_to_a_loss(loss_of, consumer) -> None:
         (lambda p, y: -torch.xlogy(y, p).sum(1).mean(), "loss:handwritten_cross_entropy"),
         (lambda p, y: ((p - y) ** 2).mean(), "loss:handwritten_mse"),
         (lambda p, y: torch.square(y - p).sum() / len(y), "loss:handwritten_mse"),
-        (lambda p, y: torch.mean((lambda e: e * e)(p - y)), "loss:handwritten_mse"),
+        (lambda p, y: torch.mean(_times_itself(p - y)), "loss:handwritten_mse"),
         (lambda p, y: (p.clamp(0, 1) - y).abs().mean(), "loss:handwritten_l1(clamp)"),
     ],
     ids=["keras_ce", "torch_sum_ce", "xlogy", "mse", "square_over_n", "e_times_e", "l1"],

@@ -12,9 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from act_diagnostics.core import ActivationMonitor
+from act_diagnostics.core.kinds import KINDS
 from act_diagnostics.core.network import NetworkWatch, layer_widths
 from act_diagnostics.core.state import SiteState
-from act_diagnostics.core.kinds import KINDS
 
 
 def _snapshot(model: nn.Module, x: torch.Tensor, loss_of=lambda out: out.pow(2).mean(), steps: int = 1, detail: bool = False):
@@ -115,7 +115,7 @@ def test_the_first_layer_fed_floats_follows_an_embedding() -> None:
 def test_loss_values_counted_and_non_finite_ones_on_the_device() -> None:
     model = nn.Sequential(nn.Linear(3, 1), nn.Linear(1, 1))  # no activation site at all
     y = torch.tensor([[1.0], [float("nan")], [0.0]])
-    mon, snap = _snapshot(model, torch.randn(3, 3), loss_of=lambda out: F.mse_loss(out, y), steps=2)
+    _, snap = _snapshot(model, torch.randn(3, 3), loss_of=lambda out: F.mse_loss(out, y), steps=2)
     assert not snap.sites and snap.network.losses == 2 and snap.network.losses_nonfinite == 2
     assert snap.window_steps == 2
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from snapshot_builders import make_site, make_snapshot, relu_stats
 
-from act_diagnostics.core import ActivationMonitor, SiteStats, Snapshot
+from act_diagnostics.core import ActivationMonitor, Snapshot
 from act_diagnostics.core.network import NetworkFacts
 from act_diagnostics.rules import RULE_IDS, RuleEngine
 from act_diagnostics.rules.missing_nonlinearity import linear_chains
