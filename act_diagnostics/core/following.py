@@ -19,8 +19,10 @@ A loss function's consumer is ``"loss:<fn>"`` plus ``"(<steps>)"`` when steps we
 (``"loss:cross_entropy(clamp)"``, ``"loss:nll_loss(clamp,log)"``). A hand-written loss is
 recognised by what it computes, when a sum or mean reduces it:
 
-* ``handwritten_cross_entropy``: log-likelihood against targets, ``y * log p`` (or ``xlogy``).
-* ``handwritten_bce``: both terms of the binary log-likelihood, ``y * log p + (1 - y) * log(1 - p)``.
+* ``handwritten_cross_entropy``: log-likelihood against targets, ``y * log p`` (or ``xlogy``), or
+  of each row's class picked by index (``-log(p.gather(1, y[:, None]))``).
+* ``handwritten_bce``: both terms of the binary log-likelihood, ``y * log p + (1 - y) * log(1 - p)``,
+  also chosen per element (``torch.where(y > 0.5, -log p, -log(1 - p))``).
 * ``handwritten_mse`` / ``handwritten_l1``: the squared / absolute difference with targets.
 
 Only while no module's forward runs (the loss is computed after the model returns) are ops that
@@ -45,6 +47,8 @@ CLAMP, NORMALISED, COMPLEMENT, LOG, SCALE = "clamp", "normalised", "complement",
 STRUCTURAL_STEPS = frozenset((CLAMP, NORMALISED, COMPLEMENT, LOG, SCALE))
 # Steps that build a loss from the output (followed outside the model only).
 NEGATE, TARGET, ERROR, SQUARE, ABS, REDUCED, BOTH_TERMS = "negate", "target", "error", "square", "abs", "reduced", "bce"
+# Each row's target class picked out by class indices (p.gather(1, y[:, None])).
+PICKED = "picked"
 # Steps after which the output's values still lie in the activation's range.
 RANGE_KEPT = frozenset((CLAMP, NORMALISED))
 # An added constant this small is an epsilon guarding a log or a division (Keras: 1e-7), not a shift.
@@ -78,8 +82,10 @@ _REDUCE = {torch.sum, Tensor.sum, torch.mean, Tensor.mean, torch.nansum, Tensor.
 _NORM = {torch.norm, Tensor.norm, torch.linalg.vector_norm, torch.linalg.norm}
 _NORMALIZE = {F.normalize}
 _MULTIPLY = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_, Tensor.__imul__}
+_GATHER = {torch.gather, Tensor.gather, torch.take_along_dim, Tensor.take_along_dim}
+_WHERE = {torch.where, Tensor.where}
 # Every op handled here besides views and products (the tracer keeps those sets).
-ELEMENTWISE = _CLAMP | _ADD | _SUB | _RSUB | _NEG | _DIV | _POW | _SQUARE | _ABS | _LOG | _LOG1P | _XLOGY
+ELEMENTWISE = _CLAMP | _ADD | _SUB | _RSUB | _NEG | _DIV | _POW | _SQUARE | _ABS | _LOG | _LOG1P | _XLOGY | _GATHER | _WHERE
 REDUCTIONS = _REDUCE | _NORM | _NORMALIZE
 FOLLOWED = ELEMENTWISE | REDUCTIONS | _MULTIPLY
 
@@ -126,6 +132,8 @@ def term_kind(steps: tuple[str, ...]) -> str | None:
     """Which hand-written loss a term computes once reduced, from the steps that built it."""
     if BOTH_TERMS in steps:
         return HANDWRITTEN_BCE
+    if PICKED in steps and LOG in steps:
+        return HANDWRITTEN_CE
     if TARGET in steps and LOG in steps[: steps.index(TARGET)]:
         return HANDWRITTEN_BCE if COMPLEMENT in steps else HANDWRITTEN_CE
     if ERROR in steps:
@@ -145,7 +153,14 @@ def _is_own_total(numerator: tuple[str, ...], denominator: tuple[str, ...]) -> b
 
 
 def _is_term(flow: Flow) -> bool:
-    return TARGET in flow.steps or ERROR in flow.steps or BOTH_TERMS in flow.steps
+    return any(s in flow.steps for s in (TARGET, ERROR, BOTH_TERMS, PICKED))
+
+
+def _log_likelihood(flow: Flow | None) -> str | None:
+    """"p" for log p, "1-p" for log(1 - p), of a flow that is no term yet (else None)."""
+    if flow is None or _is_term(flow) or LOG not in flow.steps:
+        return None
+    return "1-p" if COMPLEMENT in flow.steps else "p"
 
 
 def _number(value: Any) -> float | None:
@@ -217,6 +232,13 @@ class Following:
         if func in _ADD or func in _SUB or func in _RSUB or func in _DIV:
             self._binary(mon, func, args, kwargs, result, outside)
             return
+        if func in _WHERE:  # torch.where(y > 0.5, -log p, -log(1 - p)): both BCE terms, chosen per element
+            a, b = (args[1:3] if func is torch.where else (args[0], args[2] if len(args) > 2 else kwargs.get("other")))
+            fa, fb = self.flow_of(mon, a), self.flow_of(mon, b)
+            if outside and fa is not None and fb is not None and fa.site == fb.site and {_log_likelihood(fa), _log_likelihood(fb)} == {"p", "1-p"}:
+                first = fa if _log_likelihood(fa) == "p" else fb
+                self.put(mon, result, Flow(first.site, first.steps[: first.steps.index(LOG)] + (LOG, BOTH_TERMS), first.reordered))
+            return
         flow = self.flow_of(mon, first)
         if flow is None:
             return
@@ -236,6 +258,10 @@ class Following:
             self.put(mon, result, flow.then(SQUARE if outside and exponent == 2.0 and ERROR in flow.steps else SCALE))
         elif func in _ABS:
             self.put(mon, result, flow.then(ABS if outside and ERROR in flow.steps else SCALE))
+        elif func in _GATHER:  # p.gather(1, y[:, None]): each row's class picked by its index
+            index = args[2] if len(args) > 2 else kwargs.get("index", kwargs.get("indices"))
+            if outside and isinstance(index, Tensor) and not index.is_floating_point() and not _is_term(flow):
+                self.put(mon, result, replace(flow.then(PICKED), target=weakref.ref(index)))
 
     def _binary(self, mon: Any, func: Any, args: tuple, kwargs: dict, result: Any, outside: bool) -> None:
         a = args[0] if args else kwargs.get("input")
@@ -291,7 +317,7 @@ class Following:
         site = mon.sites.get(flow.site)
         if site is None:
             return
-        cut = min((flow.steps.index(s) for s in (LOG, COMPLEMENT, TARGET, ERROR) if s in flow.steps), default=len(flow.steps))
+        cut = min((flow.steps.index(s) for s in (LOG, COMPLEMENT, TARGET, ERROR, PICKED) if s in flow.steps), default=len(flow.steps))
         prefix = tuple(s for s in flow.steps[:cut] if s in STRUCTURAL_STEPS)
         consumer = f"loss:{kind}" + (f"({','.join(prefix)})" if prefix else "")
         if kind == HANDWRITTEN_CE and any(c.startswith(f"loss:{HANDWRITTEN_BCE}") for c in site.consumers):

@@ -115,8 +115,10 @@ def test_softmax_followed_through_ops_to_a_loss(loss_of, consumer) -> None:
         (lambda p, y: torch.square(y - p).sum() / len(y), "loss:handwritten_mse"),
         (lambda p, y: torch.mean(_times_itself(p - y)), "loss:handwritten_mse"),
         (lambda p, y: (p.clamp(0, 1) - y).abs().mean(), "loss:handwritten_l1(clamp)"),
+        (lambda p, y: -torch.log(p.gather(1, y.argmax(1, keepdim=True)).clamp(min=1e-7)).mean(), "loss:handwritten_cross_entropy"),
+        (lambda p, y: -p.log().gather(1, y.argmax(1)[:, None]).mean(), "loss:handwritten_cross_entropy"),
     ],
-    ids=["keras_ce", "torch_sum_ce", "xlogy", "mse", "square_over_n", "e_times_e", "l1"],
+    ids=["keras_ce", "torch_sum_ce", "xlogy", "mse", "square_over_n", "e_times_e", "l1", "gather_log", "log_gather"],
 )
 def test_handwritten_losses_over_classes(loss_of, consumer) -> None:
     site, _, snap = _consumers(_head(3, nn.Softmax(dim=1)), loss_of, X, ONE_HOT)
@@ -130,8 +132,9 @@ def test_handwritten_losses_over_classes(loss_of, consumer) -> None:
         lambda p, y: -(y * torch.log(p.clamp(1e-7, 1 - 1e-7)) + (1 - y) * torch.log(1 - p.clamp(1e-7, 1 - 1e-7))).mean(),
         lambda p, y: -torch.mean(y * torch.log(p + 1e-7)) - torch.mean((1 - y) * torch.log1p(-p)),  # reduced apart
         lambda p, y: -((1 - y) * torch.log(1 - p + 1e-7) + y * torch.log(p + 1e-7)).mean(),
+        lambda p, y: torch.where(y > 0.5, -torch.log(p.clamp(1e-6, 1)), -torch.log(1 - p.clamp(0, 1 - 1e-6))).mean(),
     ],
-    ids=["keras_bce", "terms_reduced_apart", "complement_first"],
+    ids=["keras_bce", "terms_reduced_apart", "complement_first", "where"],
 )
 def test_handwritten_bce_is_one_loss_not_a_cross_entropy(loss_of) -> None:
     site, _, _ = _consumers(_head(1, nn.Sigmoid()), loss_of, X, BINARY)
@@ -140,8 +143,9 @@ def test_handwritten_bce_is_one_loss_not_a_cross_entropy(loss_of) -> None:
 
 
 def test_ops_after_the_forward_that_are_no_loss_record_none() -> None:
-    site, _, snap = _consumers(_head(3, nn.Softmax(dim=1)), lambda p, y: (p * y).sum() + (p - y).mean(), X, ONE_HOT)
-    assert site.consumers == {"output"} and not snap.losses  # a dice-like product, a mean difference
+    no_loss = lambda p, y: (p * y).sum() + (p - y).mean() + torch.where(y > 0.5, p, 1 - p).mean() + p.gather(1, LABELS[:, None]).mean()  # noqa: E731
+    site, _, snap = _consumers(_head(3, nn.Softmax(dim=1)), no_loss, X, ONE_HOT)
+    assert site.consumers == {"output"} and not snap.losses  # a dice-like product, a mean difference, no log
 
 
 def test_a_sigmoid_clamped_inside_the_forward_is_an_output_not_a_hidden_layer() -> None:
