@@ -326,6 +326,5 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":sigmoid",
         oracle=sigmoid_categorical_oracle,
-        buggy_xfail=GATHER_LOSS_GAP,
     ),
 ]

@@ -273,6 +273,5 @@ PROGRAMS: list[Program] = [
         rules=("activation-loss-mismatch", "output-activation-mismatch"),
         site=":softmax",
         oracle=softmax_multilabel_oracle,
-        buggy_xfail=WHERE_LOSS_GAP,
     ),
 ]
