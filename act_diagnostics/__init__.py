@@ -14,6 +14,9 @@ from act_diagnostics.core import ActivationMonitor, MonitorConfig, MonitorFailur
 __version__ = "0.1.0"
 __all__ = [
     "ActivationDiagnostics",
+    "MonitorOptions",
+    "OutputOptions",
+    "RuleOptions",
     "ActivationMonitor",
     "ActivationWarning",
     "Finding",
@@ -35,6 +38,10 @@ def __getattr__(name: str) -> Any:
         except ImportError:
             from act_diagnostics.callbacks.lightning_callback import ActivationDiagnostics
         return ActivationDiagnostics
+    if name in ("MonitorOptions", "OutputOptions", "RuleOptions"):
+        from act_diagnostics.callbacks import options
+
+        return getattr(options, name)
     if name in ("ActivationWarning", "Finding"):
         from act_diagnostics import rules
 

@@ -1,6 +1,6 @@
 """The README demo: deliberately flawed models train under Lightning, and act_diagnostics says why.
 
-Five short runs on the CPU (models and data from :mod:`act_diagnostics.scenarios`, built in code,
+Seven short runs on the CPU (models and data from :mod:`act_diagnostics.scenarios`, built in code,
 nothing downloaded), each with its own TensorBoard log under ``--logdir``:
 
 1. ``deep_sigmoid_mlp``: nine Sigmoid hidden layers in a ten-layer MLP; saturating hidden activations, vanishing gradient.
@@ -11,6 +11,12 @@ nothing downloaded), each with its own TensorBoard log under ``--logdir``:
    scaled by 16 instead of 1/sqrt(head_dim): nearly one-hot attention rows.
 5. ``deep_sigmoid_mlp_fixed``: run 1 after following the advice (GELU, Kaiming init), same data and
    steps: no warnings, and a lower loss.
+6. ``attention_logit_growth``: the transformer of run 4 with the usual scale, trained by Adam at 0.03
+   without QK-norm: its largest attention logit grows past 30 before attention collapses.
+7. ``attention_logit_growth_fixed``: run 6 after following the advice (QK-LayerNorm): no warnings.
+
+Each run logs its training loss as ``train_loss``, so TensorBoard's Scalars tab shows run 1 and
+run 5 (and runs 6 and 7) on one chart.
 """
 
 from __future__ import annotations
@@ -28,10 +34,15 @@ from typing import Any
 
 import torch
 
+from act_diagnostics.outputs.report import LEGACY_REPORT_DIRNAMES, REPORT_DIRNAME
 from act_diagnostics.scenarios import SCENARIOS, Setup
 
-DEMO_SCENARIOS = ("deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed")
+DEMO_SCENARIOS = (
+    "deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed",
+    "attention_logit_growth", "attention_logit_growth_fixed",
+)  # fmt: skip
 BEFORE_AFTER = ("deep_sigmoid_mlp", "deep_sigmoid_mlp_fixed")
+LOSS_TAG = "train_loss"
 
 
 @dataclass
@@ -60,6 +71,9 @@ def lightning_module(setup: Setup) -> Any:
             x, y = batch
             loss = setup.loss_fn(self(x), y)
             self.losses.append(float(loss.detach()))
+            # Logged under the same tag in every run, so TensorBoard draws the runs side by side
+            # (deep_sigmoid_mlp against deep_sigmoid_mlp_fixed: the effect of following the advice).
+            self.log(LOSS_TAG, loss)
             return loss
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -111,13 +125,15 @@ def _clear_previous_run(run_dir: str) -> None:
     instead of adding a second run that TensorBoard would draw over the first."""
     for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
         os.remove(path)
-    shutil.rmtree(os.path.join(run_dir, "act_diagnostics"), ignore_errors=True)
+    for folder in (REPORT_DIRNAME, *LEGACY_REPORT_DIRNAMES):
+        shutil.rmtree(os.path.join(run_dir, folder), ignore_errors=True)
 
 
 def _run_scenario(name: str, logdir: str, steps: int, quiet: bool) -> DemoRun:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
 
+    from act_diagnostics.callbacks.options import RuleOptions
     from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
 
     scenario = SCENARIOS[name]
@@ -126,7 +142,7 @@ def _run_scenario(name: str, logdir: str, steps: int, quiet: bool) -> DemoRun:
     data = torch.utils.data.TensorDataset(setup.inputs, setup.targets)
     loader = torch.utils.data.DataLoader(data, batch_size=setup.batch_size, shuffle=True, generator=torch.Generator().manual_seed(1))
     module = lightning_module(setup)
-    callback = ActivationDiagnostics(log_every_n_steps=25, verbose=False, warn=not quiet)
+    callback = ActivationDiagnostics(log_every_n_steps=25, verbose=False, rules=RuleOptions(warn=not quiet))
     _clear_previous_run(os.path.join(logdir, name))
     logger = TensorBoardLogger(logdir, name=name, version="")
     trainer = pl.Trainer(
@@ -172,4 +188,4 @@ def _print_summary(runs: list[DemoRun], logdir: str, steps: int, seconds: float)
                   f"{after.final_loss:.3f}); the default 300 steps show the difference.")
     print(f"Done in {seconds:.0f} s. TensorBoard logs: {os.path.abspath(logdir)}")
     print(f"Read a run back: act-diagnostics report {shlex.quote(os.path.join(logdir, runs[0].name) if runs else logdir)}")
-    print(f"View them with:  tensorboard --logdir {shlex.quote(logdir)}")
+    print(f"View them with:  tensorboard --logdir {shlex.quote(logdir)}   ({LOSS_TAG}: every run on one chart)")

@@ -159,15 +159,19 @@ def prenorm_gelu_transformer(g: torch.Generator) -> Setup:
 class SdpaBlock(nn.Module):
     """A pre-norm block whose attention calls F.scaled_dot_product_attention (causal) directly."""
 
-    def __init__(self, d: int, heads: int, scale: float | None) -> None:
+    def __init__(self, d: int, heads: int, scale: float | None, qk_norm: bool = False) -> None:
         super().__init__()
         self.heads, self.scale = heads, scale
         self.norm, self.qkv, self.proj = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        # QK-LayerNorm (Dehghani et al. 2023): queries and keys normalised per head before the dot product.
+        self.qk_norm = nn.ModuleList((nn.LayerNorm(d // heads), nn.LayerNorm(d // heads))) if qk_norm else None
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm[0](q), self.qk_norm[1](k)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(x)
@@ -176,10 +180,12 @@ class SdpaBlock(nn.Module):
 class SdpaTransformer(nn.Module):
     """Blocks with their own attention, as most current transformer code writes it."""
 
-    def __init__(self, d: int = 32, heads: int = 4, classes: int = 5, blocks: int = 2, scale: float | None = None) -> None:
+    def __init__(
+        self, d: int = 32, heads: int = 4, classes: int = 5, blocks: int = 2, scale: float | None = None, qk_norm: bool = False
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(d, d)
-        self.blocks = nn.ModuleList(SdpaBlock(d, heads, scale) for _ in range(blocks))
+        self.blocks = nn.ModuleList(SdpaBlock(d, heads, scale, qk_norm) for _ in range(blocks))
         self.head = nn.Linear(d, classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -239,6 +245,18 @@ def collapsed_attention(g: torch.Generator) -> Setup:
     """Attention scores scaled by 16 instead of 1/sqrt(head_dim): nearly one-hot attention rows"""
     x, y = _sequences(g, 1024, 8, 32, 5)
     return Setup(SdpaTransformer(scale=16.0), x, y, F.cross_entropy, lr=1e-3, optimizer="adam", batch_size=32)
+
+
+def attention_logit_growth(g: torch.Generator) -> Setup:
+    """Adam at 0.03 without QK-norm: the largest attention logit grows past 30, attention entropy collapses later"""
+    x, y = _sequences(g, 1024, 8, 32, 5)
+    return Setup(SdpaTransformer(), x, y, F.cross_entropy, lr=0.03, optimizer="adam", batch_size=32)
+
+
+def attention_logit_growth_fixed(g: torch.Generator) -> Setup:
+    """attention_logit_growth after the advice: QK-LayerNorm, same rate, data and steps; the logits stay near 10"""
+    x, y = _sequences(g, 1024, 8, 32, 5)
+    return Setup(SdpaTransformer(qk_norm=True), x, y, F.cross_entropy, lr=0.03, optimizer="adam", batch_size=32)
 
 
 def deep_sigmoid_mlp(g: torch.Generator) -> Setup:
@@ -367,6 +385,8 @@ SCENARIOS: dict[str, Scenario] = {
         _s(poorly_initialised_mlp, False, ("signal-propagation",), steps=5),
         _s(saturated_tanh_mlp, False, ("saturation",), steps=60),
         _s(collapsed_attention, False, ("attention-collapse",), steps=60),
+        _s(attention_logit_growth, False, ("attention-logit-growth",)),
+        _s(attention_logit_growth_fixed, True),
     ]
 }
 

@@ -31,6 +31,7 @@ N is a multiple of 50, so each timed window holds exactly one log step.
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import sys
 import time
@@ -279,7 +280,7 @@ def run_lightning(
     if interval is not None:
         # warn=False: the benchmark's default-initialised MLP has born-dead units (a true finding)
         # and the warnings would only clutter the output; the rules still run.
-        callbacks.insert(0, callback(log_every_n_steps=interval, report=False, verbose=False, warn=False))
+        callbacks.insert(0, quiet_callback(callback, interval))
     accelerator = "gpu" if next(model.parameters()).is_cuda else "cpu"
     with tempfile.TemporaryDirectory() as log_dir:
         logger = TensorBoardLogger(log_dir, name="bench") if tensorboard else False
@@ -288,6 +289,18 @@ def run_lightning(
         loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
         trainer.fit(Module(), loader)
     return clock.end - clock.start
+
+
+def quiet_callback(callback_class: type, interval: int) -> Any:
+    """``callback_class`` logging every ``interval`` steps, without report, table or warnings. The
+    class may be an earlier version's (compare.py), whose constructor took flat keywords."""
+    package = next(c.__module__ for c in callback_class.__mro__ if ".callbacks." in c.__module__).split(".callbacks.")[0]
+    try:
+        options = importlib.import_module(f"{package}.callbacks.options")
+    except ImportError:  # a version before the option groups
+        return callback_class(log_every_n_steps=interval, report=False, verbose=False, warn=False)
+    return callback_class(log_every_n_steps=interval, verbose=False, outputs=options.OutputOptions(report=False),
+                          rules=options.RuleOptions(warn=False))
 
 
 # ---------------------------------------------------------------------------------------- driver

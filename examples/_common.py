@@ -59,6 +59,12 @@ def fit(trainer: Any, module: Any, loader: Any) -> None:
         trainer.fit(module, loader)
 
 
+def tail_mean(values: Sequence[float], last: int = 20) -> tuple[float, int]:
+    """The mean of the last ``last`` values (fewer in a short run) and how many it took."""
+    tail = list(values)[-last:]
+    return (sum(tail) / len(tail) if tail else float("nan")), len(tail)
+
+
 def print_findings(title: str, callback: Any) -> None:
     findings = callback.report.findings
     print(f"\n== {title}: {len(findings)} finding(s)")

@@ -55,6 +55,10 @@ def mlp(activation: type[nn.Module], kaiming: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# The final loss compared is the mean of this many last steps (all of them in a shorter run).
+LOSS_TAIL = 20
+
+
 class Classifier(pl.LightningModule):
     def __init__(self, net: nn.Module, lr: float = 0.05) -> None:
         super().__init__()
@@ -76,26 +80,26 @@ class Classifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
-def run(name: str, net: nn.Module, args) -> tuple[ActivationDiagnostics, float]:  # noqa: ANN001
+def run(name: str, net: nn.Module, args) -> tuple[ActivationDiagnostics, float, int]:  # noqa: ANN001
     torch.manual_seed(1)
     loader = torch.utils.data.DataLoader(synthetic_classification(), batch_size=64, shuffle=True)
     callback = ActivationDiagnostics(log_every_n_steps=10, verbose=False)
     module = Classifier(net)
     _common.fit(_common.trainer("pytorch_lightning", args.logdir, name, args.max_steps, [callback]), module, loader)
-    tail = module.losses[-20:]
+    loss, steps = _common.tail_mean(module.losses, LOSS_TAIL)
     _common.print_findings(name, callback)
-    return callback, sum(tail) / len(tail)
+    return callback, loss, steps
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, tuple[ActivationDiagnostics, float]]:
+def main(argv: Sequence[str] | None = None) -> dict[str, tuple[ActivationDiagnostics, float, int]]:
     args = _common.parse_args(__doc__.splitlines()[0], argv, default_steps=150)
     torch.manual_seed(0)
     results = {
         "sigmoid_before": run("sigmoid_before", mlp(nn.Sigmoid, kaiming=False), args),
         "gelu_after": run("gelu_after", mlp(nn.GELU, kaiming=True), args),
     }
-    (_, before), (_, after) = results["sigmoid_before"], results["gelu_after"]
-    print(f"\nfinal training loss (mean of the last 20 steps): before {before:.3f}, after {after:.3f}")
+    (_, before, steps), (_, after, _) = results["sigmoid_before"], results["gelu_after"]
+    print(f"\nfinal training loss (mean of the last {steps} steps): before {before:.3f}, after {after:.3f}")
     return results
 
 

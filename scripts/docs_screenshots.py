@@ -3,7 +3,7 @@
 Trains two small flawed models (as in the demo) on the CPU with ``ActivationDiagnostics``
 and a TensorBoardLogger, reads the event files back (EventAccumulator, size_guidance 0) and draws
 what TensorBoard shows: the dashboard's per-site curves, an output histogram, the layers x steps
-heatmaps (the PNGs the callback wrote, as they are) and the findings text. Run it again after changing
+heatmaps (the PNGs the callback wrote, as they are), the findings text and one of report.md's charts. Run it again after changing
 what the callback writes:
 
     python scripts/docs_screenshots.py            # about a minute on a laptop CPU
@@ -12,7 +12,6 @@ what the callback writes:
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -120,16 +119,21 @@ def plot_histograms(acc, site: str, out: Path) -> None:  # noqa: ANN001
     plt.close(fig)
 
 
-def save_heatmap(acc, stat: str, out: Path, scale: int = 3) -> None:  # noqa: ANN001
-    """The callback's own image (last step), enlarged without smoothing."""
-    import matplotlib.image as mpimg
-
+def save_heatmap(acc, stat: str, out: Path) -> None:  # noqa: ANN001
+    """The callback's own image (last step), as TensorBoard shows it."""
     from act_diagnostics.outputs.heatmap import IMAGE_TAG
 
     last = acc.Images(IMAGE_TAG.format(stat=stat))[-1]
-    img = mpimg.imread(io.BytesIO(last.encoded_image_string), format="png")
-    img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
-    mpimg.imsave(out, img)
+    out.write_bytes(last.encoded_image_string)
+
+
+def save_report_chart(callback, rule: str, out: Path) -> None:  # noqa: ANN001
+    """The chart report.md shows beside the first finding of ``rule``."""
+    import re
+
+    md = (Path(callback.report_dir) / "report.md").read_text(encoding="utf-8")
+    name = next(n for n in re.findall(r"\]\((finding-\d+-[a-z-]+\.png)\)", md) if n.endswith(f"-{rule}.png"))
+    out.write_bytes((Path(callback.report_dir) / name).read_bytes())
 
 
 def text_of(acc, tag: str) -> str:  # noqa: ANN001
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as logdir:
-        relu_run, _ = train(logdir, "dying_relu", args.steps)
+        relu_run, relu_callback = train(logdir, "dying_relu", args.steps)
         sigmoid_run, _ = train(logdir, "deep_sigmoid", args.steps)
         relu, sigmoid = accumulator(relu_run), accumulator(sigmoid_run)
         plot_stat(relu, "dead_fraction", "dead fraction (share of units that never fire): dying_relu", out / "dashboard-dead-fraction.png")
@@ -158,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_histograms(relu, "net.1", out / "histogram-output.png")
         save_heatmap(relu, "dead_fraction", out / "heatmap-dead-fraction.png")
         save_heatmap(sigmoid, "saturation", out / "heatmap-saturation.png")
+        save_report_chart(relu_callback, "dead-units", out / "report-chart-dead-units.png")
         findings = text_of(relu, "act_diagnostics/report") or text_of(relu, "act_diagnostics/findings")
         (out / "findings-dying_relu.md.txt").write_text(findings + "\n", encoding="utf-8")
     for p in sorted(out.iterdir()):

@@ -84,3 +84,15 @@ def train_step() -> Callable[..., torch.Tensor]:
         return out
 
     return run
+
+
+# ---------------------------------------------------------------------------------- golden files
+# `pytest --update-golden` rewrites tests/golden/*.txt from the current output instead of comparing
+# against them (docs/development.md). Review the diff before committing.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False, help="rewrite the golden files in tests/golden/")
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))

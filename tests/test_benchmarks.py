@@ -63,7 +63,7 @@ def test_lightning_variant_with_tensorboard_runs_the_callback(monkeypatch) -> No
     assert seconds > 0
     (callback,) = made
     assert callback.last_snapshot is not None and callback.last_snapshot.step == 3  # logged every step
-    assert callback._tb is not None  # the TensorBoard logger was found and written to
+    assert callback._publisher.tb is not None  # the TensorBoard logger was found and written to
 
 
 def test_floor_minimal_monitor_computes_the_statistics_it_claims() -> None:

@@ -13,10 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 pl = pytest.importorskip("pytorch_lightning")
+# Net defines a validation_step that most tests run without a validation loader, on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from act_diagnostics import ActivationDiagnostics  # noqa: E402
+from act_diagnostics import ActivationDiagnostics, MonitorOptions, OutputOptions, RuleOptions  # noqa: E402
 from act_diagnostics.outputs.readback import load_run  # noqa: E402
 from act_diagnostics.outputs.scalars import site_tag  # noqa: E402
 
@@ -166,7 +168,7 @@ def test_histograms_have_few_equal_width_buckets(fitted):
 
 def test_tensorboard_logger_prefix_is_kept(tmp_path):
     torch.manual_seed(0)
-    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False)
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, outputs=OutputOptions(report=False))
     tb = TensorBoardLogger(str(tmp_path), name="tb", prefix="run")
     trainer(tmp_path, cb, loggers=[tb], max_steps=8).fit(Net(), loader())
     acc = event_accumulator(tmp_path)
@@ -208,11 +210,11 @@ def test_a_tensorboard_logger_subclass_gets_the_extras_and_the_report(tmp_path):
     trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv"), tb], max_steps=8).fit(Net(), loader())
     acc = event_accumulator(tmp_path)
     assert acc.Tags()["histograms"] and acc.Tensors("custom_scalars__config__")
-    assert os.path.isfile(os.path.join(tb.log_dir, "act_diagnostics", "report.json"))
+    assert os.path.isfile(os.path.join(tb.log_dir, "act-diagnostics", "report.json"))
 
 
 def test_a_second_trainer_gets_its_own_tensorboard_events(tmp_path):
-    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False)
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, outputs=OutputOptions(report=False))
     model = Net()
     for name in ("first", "second"):
         tb = TensorBoardLogger(str(tmp_path), name=name)
@@ -233,7 +235,7 @@ class SigmoidNet(Net):
 def test_a_callback_reused_for_another_model_starts_over(tmp_path):
     """One callback, a second Trainer and a new model (a sweep): the report, findings and step
     count are the new model's, not carried over from the first (which had hidden sigmoids)."""
-    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, warn=False, eval_stages=["validate", "test"])
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, outputs=OutputOptions(report=False), rules=RuleOptions(warn=False), eval_stages=["validate", "test"])
     first = trainer(tmp_path, cb, loggers=[], max_steps=8, val_check_interval=4, limit_val_batches=1, num_sanity_val_steps=0)
     first.fit(SigmoidNet(), loader(), loader(16))
     assert "saturating-hidden-activation" in {f.rule for f in cb.report.findings} and cb.steps == 8
@@ -270,17 +272,17 @@ class ProbabilitiesInEval(Net):
 
 
 def test_sites_only_evaluation_runs_stay_out_of_training_windows(tmp_path):
-    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, eval_stages=["validate"])
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, outputs=OutputOptions(report=False), eval_stages=["validate"])
     trainer(tmp_path, cb, loggers=[], max_steps=8, val_check_interval=4, limit_val_batches=2, num_sanity_val_steps=0).fit(
         ProbabilitiesInEval(), loader(), loader(64)
     )
     assert set(cb.eval_snapshots["validate"].stats) == {"act", ":gelu", ":tanh", "post"}
     assert set(cb.last_snapshot.stats) == set(cb.last_snapshot.sites) == {"act", ":gelu"}
-    assert cb.monitor._consumers_ok  # evaluation did not switch off the functional fast path
+    assert cb.monitor.reads_functional_at_consumers  # evaluation did not switch off the functional fast path
 
 
 def test_an_error_in_validation_counts_no_training_step(tmp_path):
-    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, eval_stages=["validate"])
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, outputs=OutputOptions(report=False), eval_stages=["validate"])
     t = trainer(tmp_path, cb, loggers=[], max_steps=12, val_check_interval=3, limit_val_batches=2, num_sanity_val_steps=0)
     with pytest.raises(RuntimeError, match="validation bug"):
         t.fit(ProbabilitiesInEval(fail_at_val=3), loader(), loader(64))  # the 2nd validation's 2nd batch
@@ -333,7 +335,7 @@ def test_report_lies_beside_the_tensorboard_events(tmp_path):
     cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False)
     tb = TensorBoardLogger(str(tmp_path), name="tb")
     trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv"), tb], max_steps=8).fit(Net(), loader())
-    assert cb.report_dir == os.path.join(tb.log_dir, "act_diagnostics")
+    assert cb.report_dir == os.path.join(tb.log_dir, "act-diagnostics")
     run = load_run(tb.log_dir)
     assert run.report_path is not None and run.report_path.is_file() and run.layers
 
@@ -347,7 +349,7 @@ def test_fast_dev_run_writes_no_report(tmp_path):
 
 
 def test_follows_trainer_interval(tmp_path):
-    cb = ActivationDiagnostics(verbose=False, report=False)
+    cb = ActivationDiagnostics(verbose=False, outputs=OutputOptions(report=False))
     t = trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv")], log_every_n_steps=5)
     t.fit(Net(), loader())
     assert cb._interval(t) == 5
@@ -360,12 +362,12 @@ def test_follows_trainer_interval(tmp_path):
     ("kwargs", "error", "match"),
     [
         ({"log_every_n_steps": 0}, ValueError, "`log_every_n_steps` must be a positive int or None"),
-        ({"saturation_eps": 0.7}, ValueError, r"`saturation_eps` must be a number in \(0, 0.5\), got 0.7"),
-        ({"kinds": ["relu", "swish"]}, ValueError, r"`kinds` entries must be activation kinds or families; got \['swish'\]"),
-        ({"include": 3}, TypeError, "`include` must be a string or a list of strings"),
-        ({"warn": "yes"}, TypeError, "`warn` must be True or False, got 'yes'"),
+        ({"measure_every_n_steps": 0}, ValueError, "`measure_every_n_steps` must be a positive int"),
+        ({"verbose": "yes"}, TypeError, "`verbose` must be True or False, got 'yes'"),
         ({"eval_stages": ["train"]}, ValueError, "`eval_stages` entries must be 'validate', 'test' or 'predict'"),
-        ({"sample_elements": 0}, ValueError, "`sample_elements` must be a positive int or None"),
+        ({"rules": "on"}, TypeError, r"`rules` must be a RuleOptions, True \(the defaults\) or False \(rules off\), got 'on'"),
+        ({"monitor": {"kinds": ["swish"]}}, ValueError, r"`kinds` entries must be activation kinds or families; got \['swish'\]"),
+        ({"outputs": 3}, TypeError, r"`outputs` must be an OutputOptions or None \(the defaults\), got 3"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -373,12 +375,111 @@ def test_bad_arguments(kwargs, error, match):
         ActivationDiagnostics(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda: MonitorOptions(saturation_eps=0.7), ValueError, r"`saturation_eps` must be a number in \(0, 0.5\), got 0.7"),
+        (lambda: MonitorOptions(kinds=["relu", "swish"]), ValueError, r"`kinds` entries must be activation kinds or families; got \['swish'\]"),
+        (lambda: MonitorOptions(include=3), TypeError, "`include` must be a string or a list of strings"),
+        (lambda: MonitorOptions(sample_elements=0), ValueError, "`sample_elements` must be a positive int or None"),
+        (lambda: RuleOptions(warn="yes"), TypeError, "`warn` must be True or False, got 'yes'"),
+        (lambda: RuleOptions(disable=["saturaton"]), ValueError, r"`disable` got unknown rule id\(s\) \['saturaton'\]"),
+        (lambda: RuleOptions(thresholds={"dead-units.unit_rate": 1.5}), ValueError,
+         r"`thresholds\['dead-units.unit_rate'\]` must be in \(0, 1\), got 1.5"),
+        (lambda: OutputOptions(heatmaps=1), TypeError, "`heatmaps` must be True or False, got 1"),
+        (lambda: OutputOptions(histogram_samples=-1), ValueError, r"`histogram_samples` must be an int >= 0 \(0 turns histograms off\), got -1"),
+    ],
+)
+def test_bad_options_name_the_option(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"thresholds": {"dead-units.warn_fraction": 0.3}}, "ActivationDiagnostics: `thresholds` moved: use rules=RuleOptions(thresholds=...)"),
+        ({"disable_rules": ["saturation"]}, "ActivationDiagnostics: `disable_rules` moved: use rules=RuleOptions(disable=...)"),
+        ({"warn": False}, "ActivationDiagnostics: `warn` moved: use rules=RuleOptions(warn=...)"),
+        ({"include": ["net.*"]}, "ActivationDiagnostics: `include` moved: use monitor=MonitorOptions(include=...)"),
+        ({"heatmaps": False}, "ActivationDiagnostics: `heatmaps` moved: use outputs=OutputOptions(heatmaps=...)"),
+        ({"report": False}, "ActivationDiagnostics: `report` moved: use outputs=OutputOptions(report=...)"),
+        ({"log_every_n_step": 5},
+         "ActivationDiagnostics got an unexpected keyword argument 'log_every_n_step'; did you mean 'log_every_n_steps'?"),
+        ({"histogram": True},
+         "ActivationDiagnostics got an unexpected keyword argument 'histogram'; did you mean 'histograms' (outputs=OutputOptions(histograms=...))?"),
+        ({"colour": "red"},
+         "ActivationDiagnostics got an unexpected keyword argument 'colour'; valid keywords: log_every_n_steps, "
+         "measure_every_n_steps, monitor, rules, outputs, eval_stages, verbose"),
+    ],
+)
+def test_wrong_keywords_are_answered_in_the_users_words(kwargs, message):
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        ActivationDiagnostics(**kwargs)
+
+
+def test_options_are_keyword_only():
+    with pytest.raises(TypeError, match=re.escape("ActivationDiagnostics takes keyword arguments only, got 1 positional; "
+                                                  "e.g. ActivationDiagnostics(log_every_n_steps=10)")):
+        ActivationDiagnostics(10)
+
+
+def test_grouped_options_reach_the_monitor_the_rules_and_the_outputs():
+    cb = ActivationDiagnostics(
+        monitor=MonitorOptions(include="fc*", kinds=["relu"], gradients=False, sample_elements=None),
+        rules=RuleOptions(disable=["saturation"], warn=False, preflight=False),
+        outputs=OutputOptions(histograms=False, report=False),
+    )
+    cfg = cb.monitor_config
+    assert cfg.include == ("fc*",) and cfg.kinds == ("relu",) and cfg.gradients is False and cfg.sample_elements is None
+    assert cfg.histogram_samples == 0  # no histograms: no samples kept for them
+    assert "saturation" in cb.engine.disabled and not cb.options.warn and not cb.options.preflight
+    assert ActivationDiagnostics(rules=False).engine is None
+    # rules=False keeps the pre-flight log step (statistics at initialisation are still logged)
+    assert ActivationDiagnostics(rules=False).options.preflight is True
+
+
+def test_dead_unit_rate_threshold_sets_the_logged_dead_fraction_too(tmp_path):
+    """One dead-unit rate: thresholds={"dead-units.unit_rate": r} moves the rule and the logged
+    dead_fraction together (a unit firing on 5% of its samples is dead at r=0.1, alive at 0.01)."""
+    assert ActivationDiagnostics().monitor_config.dead_unit_rate == 0.01
+    cb = ActivationDiagnostics(rules=RuleOptions(thresholds={"dead-units.unit_rate": 0.1}))
+    assert cb.monitor_config.dead_unit_rate == 0.1
+    assert next(r for r in cb.engine.rules if r.id == "dead-units").t["unit_rate"] == 0.1
+
+    class Rare(nn.Module):
+        """Eight ReLU units: unit 0 fires on every sample, the others on 1 sample in 20 (5%)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(x)
+
+    from act_diagnostics.core.monitor import ActivationMonitor
+
+    x = -torch.ones(40, 8)
+    x[:, 0] = 1.0
+    x[::20, 1:] = 1.0
+    fractions = {}
+    for rate in (0.01, 0.1):
+        cfg = ActivationDiagnostics(rules=RuleOptions(thresholds={"dead-units.unit_rate": rate})).monitor_config
+        mon = ActivationMonitor(Rare(), cfg).attach()
+        mon.begin_step()
+        mon.model(x)
+        mon.end_step()
+        fractions[rate] = mon.snapshot().stats["act"].dead_fraction
+        mon.detach()
+    assert fractions == {0.01: 0.0, 0.1: 7 / 8}
+
+
 def test_automatic_measurement_schedule(tmp_path):
     """measure_every_n_steps=None: every step of the first window, then about 5 per window."""
-    cb = ActivationDiagnostics(log_every_n_steps=20, verbose=False, report=False, rules=False)
+    cb = ActivationDiagnostics(log_every_n_steps=20, verbose=False, outputs=OutputOptions(report=False), rules=False)
     t = trainer(tmp_path, cb, loggers=[CSVLogger(str(tmp_path), name="csv")], max_epochs=-1, max_steps=40)
     t.fit(Net(), loader(n=1024))
-    assert cb._measure_every(t) == 4
+    assert cb._schedule_for(t).measure_every == 4
     # Steps 0..19 (the first window), then 20, 24, 28, 32, 36 and the log step 39.
     assert cb.monitor.steps == 26
 
@@ -393,7 +494,7 @@ def test_unmeasured_steps_run_the_bare_model(tmp_path):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             self.counts.append(hook_count(pl_module))
 
-    cb = ActivationDiagnostics(log_every_n_steps=10, verbose=False, report=False, rules=False)
+    cb = ActivationDiagnostics(log_every_n_steps=10, verbose=False, outputs=OutputOptions(report=False), rules=False)
     counter = HookCounter()
     t = trainer(tmp_path, cb, loggers=[], max_epochs=-1, max_steps=24)
     t.callbacks.append(counter)
@@ -409,7 +510,7 @@ def test_eval_stages_are_measured_and_logged_apart_from_training(tmp_path):
     sanity check's batches are not measured."""
     model = Net()
     stages = ["validate", "test", "predict"]
-    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, report=False, eval_stages=stages)
+    cb = ActivationDiagnostics(log_every_n_steps=4, verbose=False, outputs=OutputOptions(report=False), eval_stages=stages)
     csv_logger = CSVLogger(str(tmp_path), name="csv")
     t = trainer(tmp_path, cb, loggers=[csv_logger], limit_val_batches=2, num_sanity_val_steps=2)
     t.fit(model, loader(), loader(64))
@@ -431,3 +532,14 @@ def test_eval_stages_are_measured_and_logged_apart_from_training(tmp_path):
     # Logged at the step Lightning logs the validation's own metrics at.
     (val_loss_step,) = {r["step"] for r in rows if r.get("val_loss")}
     assert {r["step"] for r in rows if r.get("act_validate/act/firing_rate")} == {val_loss_step} == {str(val.step)}
+
+
+def test_a_subclass_forwarding_keywords_keeps_the_checks():
+    class Mine(ActivationDiagnostics):
+        def __init__(self, tag: str = "", **kw) -> None:
+            super().__init__(**kw)
+            self.tag = tag
+
+    assert Mine(tag="a", log_every_n_steps=3).options.log_every_n_steps == 3
+    with pytest.raises(TypeError, match=re.escape("Mine got an unexpected keyword argument 'verbos'; did you mean 'verbose'?")):
+        Mine(verbos=False)

@@ -30,11 +30,19 @@ def test_demo_flags_flaws_and_writes_logs(tmp_path, capsys):
     assert "activation-loss-mismatch" in lines["softmax_into_cross_entropy"]
     assert "attention-collapse" in lines["collapsed_attention"]
     assert lines["deep_sigmoid_mlp_fixed"].endswith("warnings: none")
+    assert lines["attention_logit_growth_fixed"].endswith("warnings: none")  # QK-LayerNorm
     assert f"tensorboard --logdir '{logdir}'" in out
     assert f"act-diagnostics report '{logdir / 'deep_sigmoid_mlp'}'" in out
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from act_diagnostics.demo import LOSS_TAG
+
     for name in ("deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed"):
         assert len(glob.glob(str(logdir / name / "events.out.tfevents.*"))) == 1, name
-        assert glob.glob(str(logdir / name / "act_diagnostics" / "report.json")), name
+        assert glob.glob(str(logdir / name / "act-diagnostics" / "report.json")), name
+        # The training loss, under one tag in every run: before and after side by side in TensorBoard.
+        losses = EventAccumulator(str(logdir / name), size_guidance={"scalars": 0}).Reload().Scalars(LOSS_TAG)
+        assert [e.step for e in losses] == [24] and losses[0].value > 0, name
 
 
 def test_version_flag(capsys):

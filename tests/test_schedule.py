@@ -39,3 +39,10 @@ def test_same_step_asked_twice_gets_the_same_plan():
 
 def test_automatic_measure_every():
     assert [automatic_measure_every(i) for i in (1, 4, 5, 50, 100)] == [1, 1, 1, 10, 20]
+
+
+def test_a_requested_detail_makes_the_next_log_step_a_detail_step():
+    schedule = StepSchedule(1)
+    assert [schedule.plan(s).detail for s in range(3)] == [True, False, False]
+    schedule.request_detail()  # e.g. activation-spike asked for the spiking sites' histograms
+    assert [schedule.plan(s).detail for s in range(3, 6)] == [True, False, False]

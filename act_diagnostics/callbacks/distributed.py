@@ -17,28 +17,26 @@ from typing import Any
 
 import torch
 
+from act_diagnostics.callbacks import compat
+from act_diagnostics.callbacks.compat import world_size
+
 
 class DistributedMismatch(RuntimeWarning):
     """Issued once (rank zero) when ranks cannot be reduced together; statistics become per-rank."""
 
 
-def world_size(trainer: Any) -> int:
-    return int(getattr(trainer, "world_size", 1) or 1)
-
-
 def all_gather_fn(trainer: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``t -> (world_size, N)`` through the trainer's strategy, or None on one process."""
-    world = world_size(trainer)
-    if world <= 1:
-        return None
-    strategy = trainer.strategy
-    return lambda t: strategy.all_gather(t).reshape(world, -1)
+    return compat.all_gather(trainer) if world_size(trainer) > 1 else None
 
 
 def layout_signature(monitor: Any) -> tuple[int, int]:
     """(sites, checksum of names and widths): equal on two ranks iff their packed layouts match."""
     states = monitor.states if monitor is not None else {}
     text = ";".join(f"{n}:{st.n_units}:{int(st.unit_saturated is not None)}" for n, st in states.items())
+    extras = getattr(monitor, "extras", None)  # losses' log Z, routers: columns beside the sites'
+    if extras is not None:
+        text += "|" + extras.signature()
     return len(states), zlib.crc32(text.encode())
 
 
@@ -55,13 +53,12 @@ class RankCheck:
         if self.diverged:
             return False
         n_sites, checksum = layout_signature(monitor) if healthy else (0, 0)
-        strategy = trainer.strategy
-        mine = torch.tensor([float(healthy), float(n_sites), float(checksum)], dtype=torch.float64, device=strategy.root_device)
-        rows = strategy.all_gather(mine).reshape(world, -1).cpu().tolist()
+        mine = torch.tensor([float(healthy), float(n_sites), float(checksum)], dtype=torch.float64, device=compat.root_device(trainer))
+        rows = compat.all_gather(trainer)(mine).cpu().tolist()
         if all(row == rows[0] for row in rows) and rows[0][0] == 1.0:
             return True
         self.diverged = True
-        if healthy and bool(getattr(trainer, "is_global_zero", True)):
+        if healthy and compat.is_global_zero(trainer):
             warnings.warn(
                 f"act_diagnostics cannot reduce statistics across ranks: {_why(rows)}. From now on "
                 "statistics and findings are per-rank and rank zero's are logged. Make every rank run "
@@ -70,6 +67,13 @@ class RankCheck:
                 stacklevel=3,
             )
         return False
+
+    def answer_disabled(self, trainer: Any) -> None:
+        """A disabled rank still takes part in the check, so the others never wait for it."""
+        try:
+            self.agree(trainer, None, healthy=False)
+        except Exception:  # noqa: BLE001 - already disabled and warned; training goes on
+            self.diverged = True
 
 
 def _why(rows: list[list[float]]) -> str:

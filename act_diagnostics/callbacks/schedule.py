@@ -42,6 +42,11 @@ class StepSchedule:
         self.last_detail = -1
         self._last: tuple[int, StepPlan] | None = None
 
+    def request_detail(self) -> None:
+        """Make the next log step a detail step (histograms etc.), however recent the last one: a
+        rule asked for detail (activation-spike captures the sites that spiked)."""
+        self.last_detail = -1
+
     def plan(self, step: int) -> StepPlan:
         if self._last is not None and self._last[0] == step:
             return self._last[1]

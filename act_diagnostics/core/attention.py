@@ -6,6 +6,11 @@ details, the monitor recomputes the weights (before dropout) for the leading bat
 heads, within ``max_elements`` weights, in float32 under ``no_grad``: a few small ops that leave
 the training computation untouched. Rows that see at most one key are zeros: they have no choice
 to make (see :func:`attention_probabilities`).
+
+The same sample gives the largest pre-softmax logit of each head (``q.k * scale`` over the keys
+a mask lets through; an additive float mask is a bias, not part of the logit, and a bias at or
+below :data:`BLOCKING_BIAS` blocks its key): pass a list as ``peaks`` and a ``(heads,)`` tensor is
+appended, on the device (rules: attention-logit-growth).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from act_diagnostics.core.extras import ATTENTION_LOGITS, OP_MAX
+
 # Site names end in ``:attention`` (``blocks.0.attn:attention``): one per call position.
 ATTENTION = "attention"
 _NOT_ALLOWED = float("-inf")  # the score of a key a mask blocks
@@ -26,6 +33,9 @@ _NOT_ALLOWED = float("-inf")  # the score of a key a mask blocks
 # default sample. With 64 keys and 4 heads that is still 1024 query rows per call, four times what
 # the attention-collapse rule needs to judge, at a quarter of the cost of recomputing 2**18.
 SAMPLE_WEIGHTS = 2**16
+# An additive mask value at or below this blocks its key (Hugging Face fills blocked positions with
+# the dtype's minimum; ALiBi-style biases stay far above it at any practical length).
+BLOCKING_BIAS = -1e4
 
 
 def sdpa_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -47,10 +57,13 @@ def _four_d(t: Tensor) -> Tensor:
     return t[None, None]
 
 
-def attention_probabilities(args: tuple, kwargs: dict, max_elements: int | None) -> Tensor | None:
+def attention_probabilities(
+    args: tuple, kwargs: dict, max_elements: int | None, peaks: list[Tensor] | None = None
+) -> Tensor | None:
     """Attention weights (batch elements x heads, query rows, keys) of the leading batch elements
     that fit in ``max_elements`` weights (at least one, cut to fewer query rows if one does not fit),
-    or None when the call cannot be read (no tensors, an empty batch)."""
+    or None when the call cannot be read (no tensors, an empty batch). ``peaks``: a list the
+    sample's largest logit per head is appended to (see the module docstring)."""
     a = sdpa_arguments(args, kwargs)
     q, k, mask = a.get("query"), a.get("key"), a["attn_mask"]
     if not isinstance(q, Tensor) or not isinstance(k, Tensor) or q.dim() < 2 or q.numel() == 0 or k.numel() == 0:
@@ -76,9 +89,16 @@ def attention_probabilities(args: tuple, kwargs: dict, max_elements: int | None)
         if a["is_causal"]:  # torch's causal mask is aligned to the top left: query i sees keys <= i
             allowed = torch.ones(rows, keys, dtype=torch.bool, device=scores.device).tril()
             scores = scores.masked_fill(~allowed, _NOT_ALLOWED)
+        logits = scores
         if isinstance(mask, Tensor):
             m = _four_d(mask.detach().broadcast_to(*q.shape[:-1], keys))[:n, :, :rows]
-            scores = scores.masked_fill(~m, _NOT_ALLOWED) if m.dtype == torch.bool else scores + m.float()
+            if m.dtype == torch.bool:
+                scores = logits = scores.masked_fill(~m, _NOT_ALLOWED)
+            else:
+                logits = scores.masked_fill(m <= BLOCKING_BIAS, _NOT_ALLOWED)
+                scores = scores + m.float()
+        if peaks is not None:
+            peaks.append(logits.amax(dim=(0, 2, 3)))
         probs = torch.softmax(scores, dim=-1)
         # NaN scores count as seen: a real NaN shows.
         seen = (scores != _NOT_ALLOWED).sum(-1, keepdim=True) if a["is_causal"] or isinstance(mask, Tensor) else None
@@ -105,7 +125,9 @@ def _mha_allowed(mask: Tensor) -> Tensor:
     return ~mask if mask.dtype == torch.bool else mask != _NOT_ALLOWED
 
 
-def mha_probabilities(func: Any, args: tuple, kwargs: dict, max_elements: int | None) -> Tensor | None:
+def mha_probabilities(
+    func: Any, args: tuple, kwargs: dict, max_elements: int | None, peaks: list[Tensor] | None = None
+) -> Tensor | None:
     """Attention weights (batch elements x heads, query rows, keys) of one
     ``F.multi_head_attention_forward`` call, for the leading batch elements that fit in
     ``max_elements`` weights (at least one): the call is repeated on that sample with
@@ -145,16 +167,61 @@ def mha_probabilities(func: Any, args: tuple, kwargs: dict, max_elements: int | 
             extra = torch.ones(*allowed.shape[:-1], keys - allowed.shape[-1], dtype=torch.bool, device=allowed.device)
             allowed = torch.cat((allowed.expand(n, heads, rows, -1), extra), dim=-1)
         weights = _without_forced_rows(weights, None if allowed is None else allowed.sum(-1, keepdim=True))
+        if peaks is not None:
+            peak = _mha_logit_peaks(a, n, heads, allowed)
+            if peak is not None:
+                peaks.append(peak)
     return weights.reshape(n * heads, rows, keys)
 
 
-def read_attention(func: Any, args: tuple, kwargs: dict, max_elements: int | None) -> Tensor | None:
+def _mha_logit_peaks(a: dict[str, Any], n: int, heads: int, allowed: Tensor | None) -> Tensor | None:
+    """Largest pre-softmax logit per head of a ``F.multi_head_attention_forward`` call whose
+    sampled arguments are ``a``: queries and keys projected again (float32), scaled by
+    1/sqrt(head_dim) as the function does. None with precomputed ``static_k``."""
+    if isinstance(a["static_k"], Tensor):
+        return None
+    query, key = a["query"], a["key"]
+    if query.dim() == 2:  # unbatched (L, E)
+        query, key = query.unsqueeze(1), key.unsqueeze(1)
+    embed = query.shape[-1]
+    weight, bias = a["in_proj_weight"], a["in_proj_bias"]
+    if a["use_separate_proj_weight"]:
+        w_q, w_k = a["q_proj_weight"], a["k_proj_weight"]
+    else:
+        w_q, w_k = weight[:embed], weight[embed : 2 * embed]
+    b_q, b_k = (None, None) if bias is None else (bias[:embed].float(), bias[embed : 2 * embed].float())
+    q = F.linear(query.detach().float(), w_q.detach().float(), b_q)
+    k = F.linear(key.detach().float(), w_k.detach().float(), b_k)
+    if isinstance(a["bias_k"], Tensor):
+        k = torch.cat((k, a["bias_k"].detach().float().expand(1, n, embed)))
+    if a["add_zero_attn"]:
+        k = torch.cat((k, k.new_zeros(1, n, embed)))
+    head_dim = embed // heads
+    q = q.reshape(q.shape[0], n, heads, head_dim).permute(1, 2, 0, 3)
+    k = k.reshape(k.shape[0], n, heads, head_dim).permute(1, 2, 0, 3)
+    logits = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(head_dim)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, _NOT_ALLOWED)
+    return logits.amax(dim=(0, 2, 3))
+
+
+def read_attention(
+    func: Any, args: tuple, kwargs: dict, max_elements: int | None, peaks: list[Tensor] | None = None
+) -> Tensor | None:
     """The sampled attention weights of one call of a function in :data:`ATTENTION_FUNCTIONS`,
-    at most :data:`SAMPLE_WEIGHTS` (and ``max_elements``) of them."""
+    at most :data:`SAMPLE_WEIGHTS` (and ``max_elements``) of them; ``peaks`` receives the
+    sample's largest logit per head."""
     max_elements = SAMPLE_WEIGHTS if max_elements is None else min(max_elements, SAMPLE_WEIGHTS)
     if func is F.multi_head_attention_forward:
-        return mha_probabilities(func, args, kwargs, max_elements)
-    return attention_probabilities(args, kwargs, max_elements)
+        return mha_probabilities(func, args, kwargs, max_elements, peaks)
+    return attention_probabilities(args, kwargs, max_elements, peaks)
+
+
+def record_logit_peaks(extras: Any, site: str, peaks: list[Tensor]) -> None:
+    """Keep the largest logit per head of ``site`` in the window (``extras``: the monitor's
+    :class:`~act_diagnostics.core.extras.ExtraTotals`; reduced by max across calls and ranks)."""
+    for peak in peaks:
+        extras.accumulate(site, ATTENTION_LOGITS, peak, (OP_MAX,) * peak.numel())
 
 
 ATTENTION_FUNCTIONS = frozenset({F.scaled_dot_product_attention, F.multi_head_attention_forward})

@@ -7,6 +7,7 @@ from typing import Any
 
 from act_diagnostics.core.checks import integer, real
 from act_diagnostics.core.kinds import FAMILIES, KINDS
+from act_diagnostics.core.snapshot import DEAD_UNIT_RATE
 
 # Saturation margin: sigmoid below eps or above 1 - eps has derivative below about 0.01
 # (rules.md: "unit saturated if f'(x) < 0.01"; Karpathy, makemore part 3, uses |tanh| > 0.97-0.99).
@@ -49,7 +50,7 @@ class MonitorConfig:
     histogram_samples: int = DEFAULT_HISTOGRAM_SAMPLES
     gradients: bool = True
     structure_steps: int = DEFAULT_STRUCTURE_STEPS
-    dead_unit_rate: float = 0.01
+    dead_unit_rate: float = DEAD_UNIT_RATE
 
     def __post_init__(self) -> None:
         self.include = _check_patterns("include", self.include)

@@ -56,6 +56,9 @@ class SiteStats:
     # Share of the dense targets' rows (over this output's classes) that do not sum to 1: multi-label.
     target_rows_off: float | None = None
     unit_firing: list[float] = field(default_factory=list, repr=False)
+    # Attention sites (detail steps): largest pre-softmax logit q.k * scale, overall and per head.
+    max_logit: float | None = None
+    max_logit_heads: list[float] = field(default_factory=list, repr=False)
 
     def scalars(self) -> dict[str, float]:
         """The per-site values logged as ``act/<site>/<stat>`` (see LOGGED_STATS)."""
@@ -85,6 +88,7 @@ LOGGED_STATS = (
     "grad_rms",
     "param_grad_norm",
     "nonfinite",
+    "max_logit",
 )
 
 
@@ -102,16 +106,26 @@ class Snapshot:
     losses: tuple[str, ...] = ()
     # float16 AMP: the GradScaler's scale at the snapshot (None without one).
     grad_scale: float | None = None
+    # Log Z of the logits reaching each classification loss call ("cross_entropy", "cross_entropy#1"),
+    # and the token loads of each mixture-of-experts router ("<owner>:router"); core/logits.py,
+    # core/routers.py. Filled on the steps the tracer runs.
+    log_z: dict[str, Any] = field(default_factory=dict)
+    routers: dict[str, Any] = field(default_factory=dict)
+    # Structural facts (core/facts.py). Parametrised layers whose output is a model output or a loss
+    # input (reached through views, copies, dropout).
+    output_layers: tuple[str, ...] = ()
+    # Largest |value| of each parameter that is not a bias, read once at attach.
+    param_scales: dict[str, float] = field(default_factory=dict, repr=False)
+    # The model's first tensor input on the window's latest detail step: its rows, and the largest
+    # |row - first row| (0: every row the same). None where not recorded (keyword-only inputs).
+    batch_rows: int | None = None
+    batch_spread: float | None = None
     # Whole-model facts: layer links, the first layer's input, loss values (core/network.py).
     network: NetworkFacts = field(default_factory=NetworkFacts)
 
     def ordered(self) -> list[tuple[Site, SiteStats]]:
         """(site, stats) pairs in forward order, input side first."""
         return [(self.sites[n], self.stats[n]) for n in sorted(self.stats, key=lambda n: self.sites[n].index)]
-
-
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den > 0 else None
 
 
 def window_stats(

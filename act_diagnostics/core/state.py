@@ -41,7 +41,8 @@ SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ, TA
 N_SUMS = 12
 # Offset of max |value| in a site's device totals (reduced by max); the per-unit counts follow it.
 MAX_ABS = N_SUMS
-# Host-side integer counters, in this order (reduced by sum).
+# Host-side integer counters (SiteState.counters, reduced by sum), by index and by name.
+CALLS, ELEMENTS, SAMPLED, SAT_TOTAL, GRAD_CALLS, GRAD_ELEMENTS, DETAIL_ELEMENTS, IN_ELEMENTS, PARAM_GRAD_STEPS, TARGETS, TARGET_ROWS = range(11)
 COUNTERS = (
     "calls",
     "elements",
@@ -304,7 +305,7 @@ class SiteState:
     def observe(self, x: Tensor | None, y: Tensor, detail: bool) -> None:
         """Add one forward call's output ``y`` (and its input ``x``, when intact) to the window."""
         c = self.counters
-        c[0] += 1
+        c[CALLS] += 1
         plan = self._plan(y)
         if plan.n == 0:  # empty batch: counted as a call, nothing to measure
             return
@@ -324,7 +325,7 @@ class SiteState:
             flat = flat.float()
             if plan.low_precision:  # the float32 copy made for the moments serves the indicators
                 sample = flat.view(sample.shape)
-        c[1] += plan.n
+        c[ELEMENTS] += plan.n
         total, squares = flat.sum(), torch.dot(flat, flat)
         kind, params = self.kind, self.params
         deferred = self.deferred
@@ -349,7 +350,7 @@ class SiteState:
             # building and counting a bool mask. A NaN output makes its unit's count NaN: that
             # window is reported non-finite anyway.
             self._count_units(kind.active_indicator(sample, params), self._active, self.unit_active, plan)
-            c[2] += plan.n
+            c[SAMPLED] += plan.n
         else:
             self.unit_mismatch += 1
         # Saturation per row (softmax rows, GLU's gate half) does not depend on the unit count:
@@ -359,10 +360,10 @@ class SiteState:
             if saturated is not None:
                 if self.unit_saturated is not None and saturated.shape == sample.shape:
                     self._count_units(saturated, self._saturated, self.unit_saturated, plan)
-                    c[3] += plan.n
+                    c[SAT_TOTAL] += plan.n
                 else:  # softmax rows, or GLU's gate half
                     self.sums[SAT_ROWS].add_(saturated.sum())
-                    c[3] += saturated.numel()
+                    c[SAT_TOTAL] += saturated.numel()
         if deferred and (len(self._sums) >= FOLD_CALLS or self._deferred_units >= FOLD_UNIT_COUNTS):
             self.fold()
 
@@ -371,7 +372,7 @@ class SiteState:
             # ops are ~6x cheaper on the CPU than a bool mask.
             flat = flat_float(y)
             self.sums[NONFINITE].add_(torch.nan_to_num(flat - flat, nan=1.0).sum())
-            c[6] += flat.numel()
+            c[DETAIL_ELEMENTS] += flat.numel()
             if self.histogram_samples:
                 self.out_sample = _strided_sample(flat, self.histogram_samples)
 
@@ -395,7 +396,7 @@ class SiteState:
         if moments.device != self.device:
             self.to(moments.device)
         self.sums[IN_SUM : IN_SUMSQ + 1].add_(moments)
-        self.counters[7] += n
+        self.counters[IN_ELEMENTS] += n
 
     def observe_grad(self, g: Tensor, detail: bool, scale: Tensor | float | None = None) -> None:
         """Add the gradient with respect to this site's output (called from a tensor hook); it reads
@@ -427,8 +428,8 @@ class SiteState:
                 self.fold()
         else:
             self._grad.add_(squares)
-        self.counters[4] += 1
-        self.counters[5] += plan.n
+        self.counters[GRAD_CALLS] += 1
+        self.counters[GRAD_ELEMENTS] += plan.n
         if detail and self.histogram_samples:
             self.grad_sample = _strided_sample(flat, self.histogram_samples)
 
@@ -441,7 +442,7 @@ class SiteState:
             self.sums[PARAM_GRAD_SKIPPED].add_(finite.logical_not())
             sq = sq.where(finite, 0.0)
         self.sums[PARAM_GRAD_SQ].add_(sq)
-        self.counters[8] += 1
+        self.counters[PARAM_GRAD_STEPS] += 1
 
     def observe_targets(self, target: Tensor, low: float, high: float) -> None:
         """Count the regression targets that this site's output (a model output fed to the loss)
@@ -450,7 +451,7 @@ class SiteState:
         if t.device != self.device:
             self.to(t.device)
         self.sums[TARGET_OUTSIDE].add_((t < low).sum() + (t > high).sum())
-        self.counters[9] += t.numel()
+        self.counters[TARGETS] += t.numel()
 
     def observe_target_rows(self, target: Tensor, class_dim: int, tolerance: float) -> None:
         """Count the rows of dense ``target`` (over ``class_dim``, the site's classes) whose sum
@@ -461,7 +462,7 @@ class SiteState:
             self.to(t.device)
         rows = t.sum(class_dim, dtype=torch.float32 if t.dtype in _LOW_PRECISION else t.dtype)
         self.sums[TARGET_ROWS_OFF].add_(((rows - 1).abs() > tolerance).sum())
-        self.counters[10] += rows.numel()
+        self.counters[TARGET_ROWS] += rows.numel()
 
 
 def _strided_sample(flat: Tensor, n: int) -> Tensor:

@@ -2,10 +2,13 @@
 
 Module hooks never see ``F.relu`` inside a forward (nn.TransformerEncoderLayer's default
 activation is a function). While a training step runs, :class:`ActivationTracer` sits on torch's
-function-mode stack and hands every call of a known activation function to the monitor. During the
-first training steps it also follows activation outputs through view-like ops, clamps, logs,
-normalisation and the other ops of :mod:`following` into multiplications (gates), loss functions
-and hand-written losses, which is how the rules learn that a softmax feeds ``F.cross_entropy``.
+function-mode stack and hands every call of a known activation function to the monitor (a
+:class:`CallRouter`). During the first training steps it also follows activation outputs through
+view-like ops, clamps, logs, normalisation and the other ops of :mod:`following` into
+multiplications (gates), loss functions and hand-written losses, and tells a
+:class:`StructureRecorder` (:class:`~act_diagnostics.core.structure.StructureFacts`), which is how
+the rules learn that a softmax feeds ``F.cross_entropy``. An error while following is handed to
+``on_error``.
 
 Everything else passes straight through: one dictionary lookup per torch call.
 """
@@ -13,7 +16,7 @@ Everything else passes straight through: one dictionary lookup per torch call.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +26,10 @@ from torch.overrides import TorchFunctionMode
 from act_diagnostics.core.attention import ATTENTION_FUNCTIONS
 from act_diagnostics.core.following import FOLLOWED, HANDWRITTEN_L1, HANDWRITTEN_MSE, RANGE_KEPT, SCALE, Following, note_target_rows
 from act_diagnostics.core.kinds import FUNCTIONAL_KINDS
-from act_diagnostics.core.network import COMBINING, MATMULS
+from act_diagnostics.core.logits import LOG_Z_LOSSES, observe_loss_logits  # issue19
+from act_diagnostics.core.network import COMBINING, MATMULS, NetworkWatch
+from act_diagnostics.core.routers import ROUTER_FUNCTIONS, call_topk  # issue19
 
-if TYPE_CHECKING:
-    from act_diagnostics.core.monitor import ActivationMonitor
 
 # Loss functions whose first argument is the model's prediction.
 LOSS_FUNCTIONS: dict[Any, str] = {
@@ -98,7 +101,7 @@ _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) 
 _GATE_KINDS = ("sigmoid", "hardsigmoid")
 
 
-def _gates(value: Any, output: Tensor, kind: str, monitor: "ActivationMonitor") -> bool:
+def _gates(value: Any, output: Tensor, kind: str, monitor: StructureRecorder) -> bool:
     """Whether multiplying a site's ``output`` by ``value`` makes the site a gate.
 
     A gate multiplies what the model computed: ``value`` made by an op autograd records, or another
@@ -116,11 +119,14 @@ def _gates(value: Any, output: Tensor, kind: str, monitor: "ActivationMonitor") 
 
 
 class ActivationTracer(TorchFunctionMode):
-    """Routes functional activations (and, while tracking structure, losses and gates) to a monitor."""
+    """Routes functional activations to a monitor, and while it learns structure, records what
+    activation outputs flow into (losses, gates) with a structural-facts recorder."""
 
-    def __init__(self, monitor: "ActivationMonitor") -> None:
+    def __init__(self, monitor: CallRouter, facts: StructureRecorder, on_error: Callable[[BaseException], None]) -> None:
         super().__init__()
         self.monitor = monitor
+        self.facts = facts
+        self.on_error = on_error
         self.following = Following()  # values derived from activation outputs in this step
 
     def __enter__(self) -> "ActivationTracer":
@@ -138,7 +144,11 @@ class ActivationTracer(TorchFunctionMode):
             return mon.call_functional(func, args, kwargs)
         if func in ATTENTION_FUNCTIONS and mon.functional:
             return mon.call_attention(func, args, kwargs)
-        if mon.tracking_structure:
+        if func in LOG_Z_LOSSES:  # issue19: log Z of the logits a classification loss reads
+            observe_loss_logits(mon, func, args, kwargs)
+        if func in ROUTER_FUNCTIONS:  # issue19: top-k over router probabilities (dead-experts)
+            return call_topk(mon, self.facts, func, args, kwargs)
+        if mon.learning_structure:
             return self._track(func, args, kwargs)
         if mon.detail and func in LOSS_FUNCTIONS:  # a NaN loss is news even where no site shows it
             return self._observe_loss(func, args, kwargs)
@@ -147,28 +157,29 @@ class ActivationTracer(TorchFunctionMode):
     def _observe_loss(self, func, args: tuple, kwargs: dict) -> Any:
         result = func(*args, **kwargs)
         try:
-            self.monitor.network.observe_loss(result)
+            self.facts.network.observe_loss(result)
         except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
-            self.monitor._fail(exc)
+            self.on_error(exc)
         return result
 
     def _track(self, func, args: tuple, kwargs: dict) -> Any:
         result = func(*args, **kwargs)  # the user's errors propagate unchanged
         if func in _FOLLOWED or func in COMBINING or func in MATMULS:
             try:
-                network = self.monitor.network
-                # x.mm(self.w1) is a layer of a bare parameter; other products and sums combine values.
-                made_layer = func in MATMULS and network.note_matmul(self.monitor.model, args, kwargs, result)
-                if func in COMBINING and not made_layer:
-                    network.note_combined(args, kwargs, func, result, self.monitor.model)
+                if func in COMBINING or func in MATMULS:
+                    network, model = self.facts.network, self.monitor.model
+                    # x.mm(self.w1) is a layer of a bare parameter; other products and sums combine values.
+                    made_layer = func in MATMULS and network.note_matmul(model, args, kwargs, result)
+                    if func in COMBINING and not made_layer:
+                        network.note_combined(args, kwargs, func, result, model)
                 if func in _FOLLOWED:
                     self._follow(func, args, kwargs, result)
             except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
-                self.monitor._fail(exc)
+                self.on_error(exc)
         return result
 
     def _follow(self, func, args: tuple, kwargs: dict, result: Any) -> None:
-        mon, following = self.monitor, self.following
+        mon, following = self.facts, self.following  # the structural-facts recorder
         if func in _SAME_VALUES:
             value = args[0] if args else None
             flow = following.flow_of(mon, value)
@@ -211,3 +222,42 @@ class ActivationTracer(TorchFunctionMode):
                     note_target_rows(mon, flow.site, prediction, target, flow.reordered)
         else:
             following.follow(mon, func, args, kwargs, result)
+
+
+# ---------------------------------------------------------------- what the tracer talks to
+class CallRouter(Protocol):
+    """What the tracer hands calls to (the monitor), and the flags it reads on every torch call."""
+
+    enabled: bool  # a step is being measured
+    functional: bool  # functional calls are measured, not only modules
+    activation_depth: int  # > 0 inside an activation module's forward (its F.relu is the module's)
+    learning_structure: bool  # this step follows values into gates and losses
+    detail: bool  # this step also counts the losses' non-finite values (NetworkWatch)
+    model: Any  # the nn.Module watched (layers of bare parameters: NetworkWatch.note_matmul)
+
+    def call_functional(self, func: Any, args: tuple, kwargs: dict) -> Any: ...
+
+    def call_attention(self, func: Any, args: tuple, kwargs: dict) -> Any: ...
+
+
+class StructureRecorder(Protocol):
+    """Where the tracer records what it follows (StructureFacts)."""
+
+    sites: dict[str, Any]
+    states: dict[str, Any]
+    network: NetworkWatch  # whole-model facts: layer links, the model's input, loss values
+
+    @property
+    def in_module_forward(self) -> bool: ...  # a module's forward is running (following.py)
+
+    def produced_by(self, value: Any) -> tuple[str, str] | None: ...
+
+    def reordered(self, value: Any) -> bool: ...
+
+    def mark_produced(self, tensor: Tensor, site: str, via: str = "", reordered: bool = False) -> None: ...
+
+    def add_consumer(self, site: str, consumer: str, value: Any = None) -> None: ...
+
+    def note_loss(self, loss: str, prediction: Any, target: Any) -> None: ...
+
+    def note_targets(self, site: str, loss: str, target: Any) -> None: ...

@@ -1,14 +1,16 @@
 """Read a finished run back: ``act-diagnostics report LOGDIR``.
 
-A run is a log directory that holds ``act_diagnostics/report.json`` (written by the callback at the
-end of fit, or from ``on_exception`` when training failed) and/or TensorBoard event files with
-``act/<site>/<stat>`` scalars. ``LOGDIR`` may be the run's own directory (a TensorBoardLogger
-``version_N``) or a parent that contains exactly one run.
+A run is a log directory that holds ``act-diagnostics/report.json`` (written by the callback at the
+end of fit, or from ``on_exception`` when training failed; runs before 0.2 wrote it into
+``act_diagnostics/``) and/or TensorBoard event files with ``act/<site>/<stat>`` scalars. ``LOGDIR``
+may be the run's own directory (a TensorBoardLogger ``version_N``) or a parent that contains exactly
+one run.
 
-The findings come from report.json; the per-layer table from the event files (every scalar is read:
-EventAccumulator with size_guidance 0), or from report.json where there are no event files (e.g. a
-CSVLogger run). A run that ended in an exception reads back the same way: what was measured up to
-the failure.
+The findings come from report.json or, without one (still training, or ``report=False``), from the
+findings text the callback writes to TensorBoard whenever one is raised. The per-layer table comes
+from the event files (every scalar is read: EventAccumulator with size_guidance 0), or from
+report.json where there are no event files (e.g. a CSVLogger run). A run that ended in an exception
+reads back the same way: what was measured up to the failure.
 """
 
 from __future__ import annotations
@@ -17,25 +19,32 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from act_diagnostics.core.kinds import KINDS
 from act_diagnostics.core.snapshot import LOGGED_STATS
-from act_diagnostics.outputs.report import NOT_DEAD_FAMILIES, REPORT_DIRNAME, REPORT_FILENAME, Report, md_cell
+from act_diagnostics.outputs.report import (
+    LEGACY_REPORT_DIRNAMES,
+    REPORT_DIRNAME,
+    REPORT_FILENAME,
+    TABLE_STATS,
+    Report,
+    aligned,
+    evidence_text,
+    md_cell,
+    status_text,
+    table_cell,
+)
 from act_diagnostics.outputs.scalars import LOGGER_JOIN_CHAR, TAG_PREFIX, site_tags
+from act_diagnostics.rules.finding import format_number
 
 EVENT_FILE_MARK = "events.out.tfevents."
 # How deep below LOGDIR to look for a run (root/name/version_N is 2 levels).
 SEARCH_DEPTH = 4
-# Columns of the per-layer table, in order (every one is documented in docs/logged-metrics.md).
-# A run without report.json (still training, or report=False): its findings are not in the event
-# scalars, so "none" would be a claim the readback cannot make.
-NO_REPORT_FINDINGS = (
-    "not known without report.json (written at the end of fit): TensorBoard's Text tab lists them as "
-    "they are raised"
-)
-TABLE_STATS = ("firing_rate", "dead_fraction", "saturation", "grad_rms", "std", "max_abs", "nonfinite")
-Format = Literal["text", "json", "md"]
+# The folders a run's report.json may be in: the current name first, then older runs' names.
+REPORT_DIRNAMES: tuple[str, ...] = (REPORT_DIRNAME, *LEGACY_REPORT_DIRNAMES)
+# TensorBoard text the callback writes: the final report at the end of fit, the findings so far
+# whenever new ones are raised (outputs/tensorboard.py). Read, newest first, where report.json is missing.
+FINDINGS_TEXT_TAGS = ("act_diagnostics/report", "act_diagnostics/findings")
 FORMATS: tuple[str, ...] = ("text", "json", "md")
 
 
@@ -51,6 +60,7 @@ class LayerRow:
     step: int | None = None
     values: dict[str, float | None] = field(default_factory=dict)
     kind: str | None = None
+    family: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"site": self.site, "kind": self.kind, "step": self.step}
@@ -65,10 +75,12 @@ class RunReadback:
     run_dir: Path
     report_path: Path | None
     event_files: list[Path]
-    findings: list[dict[str, Any]]
+    findings: list[dict[str, Any]] | None  # None: not known (no report.json and no findings text)
     layers: list[LayerRow]
     last_step: int | None
     report_data: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Where the findings were read: "report.json", the TensorBoard text tag they came from, or None.
+    findings_source: str | None = None
 
     @property
     def stopped_line(self) -> str:
@@ -82,7 +94,8 @@ class RunReadback:
             "report_json": str(self.report_path) if self.report_path else None,
             "event_files": [str(p) for p in self.event_files],
             "last_step": self.last_step,
-            "findings": self.findings if self.report_path is not None else None,
+            "findings": self.findings,
+            "findings_source": self.findings_source,
             "stopped": self.report_data.get("stopped"),
             "layers": [row.to_dict() for row in self.layers],
         }
@@ -93,8 +106,17 @@ def _has_events(d: Path) -> bool:
     return any(p.is_file() and p.name.startswith(EVENT_FILE_MARK) for p in d.iterdir())
 
 
+def report_file(run_dir: Path) -> Path | None:
+    """The run's report.json, in the current folder or an older run's (``act_diagnostics/``)."""
+    for name in REPORT_DIRNAMES:
+        path = run_dir / name / REPORT_FILENAME
+        if path.is_file():
+            return path
+    return None
+
+
 def _is_run(d: Path) -> bool:
-    return (d / REPORT_DIRNAME / REPORT_FILENAME).is_file() or _has_events(d)
+    return report_file(d) is not None or _has_events(d)
 
 
 def find_run(logdir: str | Path) -> Path:
@@ -108,8 +130,8 @@ def find_run(logdir: str | Path) -> Path:
         raise ReadbackError(f"{logdir}: no such directory")
     if not root.is_dir():
         raise ReadbackError(f"{logdir}: not a directory (pass the run's log directory)")
-    if root.resolve().name == REPORT_DIRNAME and (root / REPORT_FILENAME).is_file():
-        return root.resolve().parent  # the act_diagnostics/ folder itself was passed (even as ".")
+    if root.resolve().name in REPORT_DIRNAMES and (root / REPORT_FILENAME).is_file():
+        return root.resolve().parent  # the report folder itself was passed (even as ".")
     if _is_run(root):
         return root
     runs: list[Path] = []
@@ -117,7 +139,7 @@ def find_run(logdir: str | Path) -> Path:
     for _ in range(SEARCH_DEPTH):
         below: list[Path] = []
         for d in frontier:
-            for child in sorted(p for p in d.iterdir() if p.is_dir() and p.name != REPORT_DIRNAME):
+            for child in sorted(p for p in d.iterdir() if p.is_dir() and p.name not in REPORT_DIRNAMES):
                 (runs if _is_run(child) else below).append(child)
         frontier = below
     if not runs:
@@ -163,8 +185,19 @@ def split_tag(tag: str) -> tuple[str, str] | None:
     return site, stat
 
 
-def _read_events(run_dir: Path) -> tuple[list[LayerRow], int | None]:
-    """Per-site last values from the run's event files (in the order the sites were logged)."""
+@dataclass
+class EventData:
+    """What the event files hold for the readback."""
+
+    rows: list[LayerRow]
+    last_step: int | None
+    findings: list[dict[str, Any]] | None  # None: no findings text in the files
+    findings_source: str | None
+
+
+def _read_events(run_dir: Path) -> EventData:
+    """Per-site last values from the run's event files (in the order the sites were logged), and
+    the newest findings text."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(
@@ -194,7 +227,55 @@ def _read_events(run_dir: Path) -> tuple[list[LayerRow], int | None]:
                 row.values[stat] = float(events[-1].value)
         rows.append(row)
     last_step = max((row.step for row in rows if row.step is not None), default=None)
-    return rows, last_step
+    findings, source = _findings_from_text(acc)
+    return EventData(rows, last_step, findings, source)
+
+
+def _findings_from_text(acc: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The findings of the newest findings text (the final report, else the latest findings table)."""
+    tensor_tags = set(acc.Tags().get("tensors", []))
+    for tag in FINDINGS_TEXT_TAGS:
+        name = f"{tag}/text_summary"
+        if name not in tensor_tags:
+            continue
+        events = acc.Tensors(name)
+        if not events:
+            continue
+        last = events[-1]
+        text = b"".join(last.tensor_proto.string_val).decode("utf-8", "replace")
+        return parse_findings_markdown(text), f"TensorBoard text {tag} (step {last.step})"
+    return None, None
+
+
+def _md_cells(line: str) -> list[str]:
+    """The cells of one markdown table row, ``\\|`` read back as ``|``."""
+    body = line.strip()[1:-1].replace("\\|", "\x00")
+    return [cell.strip().replace("\x00", "|") for cell in body.split("|")]
+
+
+def parse_findings_markdown(text: str) -> list[dict[str, Any]]:
+    """The findings of a :meth:`Report.markdown_table` (this version's columns or older ones')."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("| severity | rule |")), None)
+    if start is None:
+        return []
+    rename = {"finding": "message", "fix": "recommendation"}
+    keys = [rename.get(h, h) for h in _md_cells(lines[start])]
+    findings = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = _md_cells(line)
+        if len(cells) != len(keys):
+            continue
+        f: dict[str, Any] = dict(zip(keys, cells))
+        f["site"] = "" if f.get("site") == "(model)" else f.get("site", "")
+        f["step"] = int(f["step"]) if str(f.get("step", "")).isdigit() else f.get("step")
+        status = str(f.get("status", ""))
+        if status.startswith("resolved at step "):
+            f["resolved_step"] = int(status.rsplit(" ", 1)[1])
+        findings.append(f)
+    return findings
 
 
 def _rows_from_report(data: dict[str, Any]) -> list[LayerRow]:
@@ -213,8 +294,16 @@ def _rows_from_report(data: dict[str, Any]) -> list[LayerRow]:
         if name is None:
             continue
         values = {k: stats.get(k) for k in TABLE_STATS if isinstance(stats.get(k), (int, float))}
-        rows.append(LayerRow(site=str(name), step=data.get("step"), values=values, kind=item.get("kind")))
+        rows.append(LayerRow(site=str(name), step=data.get("step"), values=values, kind=item.get("kind"), family=item.get("family")))
     return rows
+
+
+def _family_of(kind: str | None) -> str | None:
+    """A kind's family, for runs whose report.json predates the ``family`` field."""
+    from act_diagnostics.core.kinds import KINDS
+
+    found = KINDS.get(kind or "")
+    return getattr(found, "family", None)
 
 
 def load_run(logdir: str | Path) -> RunReadback:
@@ -224,10 +313,11 @@ def load_run(logdir: str | Path) -> RunReadback:
         ReadbackError: nothing act_diagnostics wrote is found, with the reason.
     """
     run_dir = find_run(logdir)
-    report_path = run_dir / REPORT_DIRNAME / REPORT_FILENAME
-    data = _read_report(report_path) if report_path.is_file() else {}
+    report_path = report_file(run_dir)
+    data = _read_report(report_path) if report_path is not None else {}
     event_files = sorted(p for p in run_dir.iterdir() if p.is_file() and p.name.startswith(EVENT_FILE_MARK))
-    layers, last_step = _read_events(run_dir) if event_files else ([], None)
+    events = _read_events(run_dir) if event_files else EventData([], None, None, None)
+    layers = events.rows
     if not data and not layers:
         raise ReadbackError(
             f"{run_dir}: the event files hold no act_diagnostics scalars ({TAG_PREFIX}/<site>/<stat>) and there is no "
@@ -243,55 +333,54 @@ def load_run(logdir: str | Path) -> RunReadback:
         for row in layers:
             match = by_tag.get(row.site)
             if match is not None:
-                row.site, row.kind = match.site, match.kind
-    findings = [f for f in data.get("findings", []) if isinstance(f, dict)]
+                row.site, row.kind, row.family = match.site, match.kind, match.family
+    for row in layers:
+        row.family = row.family or _family_of(row.kind)
+    if report_path is not None:
+        findings: list[dict[str, Any]] | None = [f for f in data.get("findings", []) if isinstance(f, dict)]
+        source: str | None = str(Path(report_path.parent.name) / report_path.name)
+    else:
+        findings, source = events.findings, events.findings_source
     return RunReadback(
         run_dir=run_dir,
-        report_path=report_path if report_path.is_file() else None,
+        report_path=report_path,
         event_files=event_files,
         findings=findings,
         layers=layers,
-        last_step=last_step if last_step is not None else data.get("step"),
+        last_step=events.last_step if events.last_step is not None else data.get("step"),
         report_data=data,
+        findings_source=source,
     )
 
 
 # ---------------------------------------------------------------------------------- rendering
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, float)):
-        v = float(value)
-        if not math.isfinite(v):
-            return str(v)
-        if v == 0:
-            return "0"
-        if 1e-3 <= abs(v) < 1e4:
-            return f"{v:.3g}"
-        return f"{v:.2e}"
-    return str(value)
-
-
-def _cell(row: LayerRow, stat: str) -> str:
-    value = row.values.get(stat)
-    kind = KINDS.get(row.kind or "")
-    if stat == "dead_fraction" and kind is not None and kind.family in NOT_DEAD_FAMILIES:
-        return "-"  # as in the report: never above 0.5 (sigmoid) is not dead
-    if stat == "nonfinite" and value is not None:
-        return "yes" if value > 0 else "no"
-    return _fmt(value)
+def missing_findings_text(run: RunReadback) -> str:
+    """What is missing when the findings cannot be read, and what that means."""
+    upto = f" up to step {run.last_step}" if run.last_step is not None else ""
+    return (
+        f"not known: there is no {REPORT_DIRNAME}/{REPORT_FILENAME} (written at the end of fit; the run may still be "
+        f"running, or report=False) and the event files hold no findings text ({FINDINGS_TEXT_TAGS[1]}, written to "
+        f"TensorBoard when a finding is raised): either none was raised{upto}, or the rules were off"
+    )
 
 
 def _table_rows(run: RunReadback) -> tuple[list[str], list[list[str]]]:
+    """The per-layer table: the same columns as the end-of-fit report (TABLE_STATS), and the step."""
     header = ["site", "kind", "step", *TABLE_STATS]
-    body = [[row.site, row.kind or "-", _fmt(row.step), *(_cell(row, s) for s in TABLE_STATS)] for row in run.layers]
+    body = [
+        [row.site, row.kind or "-", format_number(row.step) if row.step is not None else "-", *(table_cell(s, row.values.get(s), row.family) for s in TABLE_STATS)]
+        for row in run.layers
+    ]  # fmt: skip
     return header, body
 
 
 def _finding_where(f: dict[str, Any]) -> str:
     return f"site '{f['site']}'" if f.get("site") else "model"
+
+
+def _evidence(f: dict[str, Any]) -> str:
+    evidence = f.get("evidence")
+    return evidence_text(evidence) if isinstance(evidence, dict) else str(evidence or "")
 
 
 def render_text(run: RunReadback) -> str:
@@ -303,22 +392,25 @@ def render_text(run: RunReadback) -> str:
     lines.append("")
     if run.stopped_line:
         lines += [run.stopped_line, ""]
-    if run.report_path is None:
-        lines.append(f"Findings: {NO_REPORT_FINDINGS}")
+    if run.findings is None:
+        lines.append(f"Findings: {missing_findings_text(run)}")
     else:
-        lines.append(f"Findings ({len(run.findings)}):" if run.findings else "Findings: none")
-    for f in run.findings:
-        lines.append(f"  [{f.get('severity', '?')}] {f.get('rule', '?')} at step {f.get('step', '?')}, {_finding_where(f)}: {f.get('message', '')}")
+        source = f", from {run.findings_source}" if run.report_path is None and run.findings_source else ""
+        lines.append(f"Findings ({len(run.findings)}{source}):" if run.findings else f"Findings: none{source}")
+    for f in run.findings or []:
+        lines.append(
+            f"  [{f.get('severity', '?')}] {f.get('rule', '?')} at step {f.get('step', '?')}, {_finding_where(f)} "
+            f"({status_text(f)}): {f.get('message', '')}"
+        )
+        if _evidence(f):
+            lines.append(f"      evidence: {_evidence(f)}")
         if f.get("recommendation"):
             lines.append(f"      fix: {f['recommendation']}")
     lines.append("")
     if run.layers:
         header, body = _table_rows(run)
-        widths = [max(len(header[i]), *(len(r[i]) for r in body)) for i in range(len(header))]
         lines.append("Per-layer statistics (last log window):")
-        lines.append("  " + "  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
-        for r in body:
-            lines.append("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines += aligned([header, *body])
     else:
         lines.append("Per-layer statistics: none logged")
     return "\n".join(lines)
@@ -331,12 +423,16 @@ def render_markdown(run: RunReadback) -> str:
     lines += ["", "## Findings", ""]
     if run.stopped_line:
         lines += [f"**{md_cell(run.stopped_line)}**", ""]
-    if run.report_path is None:
-        lines.append(NO_REPORT_FINDINGS[0].upper() + NO_REPORT_FINDINGS[1:] + ".")
+    if run.findings is None:
+        text = missing_findings_text(run)
+        lines.append(text[0].upper() + text[1:] + ".")
     elif run.findings:
-        lines += ["| severity | rule | site | step | message | recommendation |", "|---|---|---|---:|---|---|"]
+        if run.report_path is None and run.findings_source:
+            lines += [f"From {run.findings_source}.", ""]
+        lines += ["| severity | rule | site | step | status | finding | evidence | fix |", "|---|---|---|---:|---|---|---|---|"]
         for f in run.findings:
-            cells = [f.get("severity", ""), f.get("rule", ""), f"`{f['site']}`" if f.get("site") else "(model)", f.get("step", ""), f.get("message", ""), f.get("recommendation", "")]
+            site = f"`{f['site']}`" if f.get("site") else "(model)"
+            cells = [f.get("severity", ""), f.get("rule", ""), site, f.get("step", ""), status_text(f), f.get("message", ""), _evidence(f), f.get("recommendation", "")]
             lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     else:
         lines.append("No findings.")

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from act_diagnostics.core.snapshot import LOGGED_STATS, Snapshot
+from act_diagnostics.core.transformer_stats import extra_scalars
+from act_diagnostics.outputs.applicability import applies
 
 TAG_PREFIX = "act"
 # Lightning's loggers join a logger's ``prefix`` to each metric name with this character.
@@ -47,7 +49,8 @@ def eval_tag_prefix(stage: str) -> str:
 
 
 def snapshot_scalars(snapshot: Snapshot, stats: Iterable[str] = LOGGED_STATS, prefix: str = TAG_PREFIX) -> dict[str, float]:
-    """Every logged scalar of one snapshot, keyed by its full tag (``<prefix>/<site>/<stat>``)."""
+    """Every logged scalar of one snapshot, keyed by its full tag (``<prefix>/<site>/<stat>``); a
+    statistic that does not apply to the site's family is left out (outputs/applicability.py)."""
     wanted = tuple(stats)
     out: dict[str, float] = {}
     ordered = snapshot.ordered()
@@ -55,8 +58,12 @@ def snapshot_scalars(snapshot: Snapshot, stats: Iterable[str] = LOGGED_STATS, pr
     for site, st in ordered:
         values = st.scalars()
         for key in wanted:
-            if key in values:
+            if key in values and applies(key, site.family):
                 out[f"{prefix}/{tags[site.name]}/{key}"] = values[key]
+    # Statistics of no site: log Z per loss call, token shares per MoE router (docs/logged-metrics.md).
+    for name, values in extra_scalars(snapshot).items():
+        for key, value in values.items():
+            out[f"{prefix}/{site_tag(name)}/{key}"] = value
     return out
 
 

@@ -39,6 +39,12 @@ DASHBOARD_CHARTS = {
     "output max |value|": "max_abs",
     "feeding-layer gradient norm": "param_grad_norm",
 }
+# Transformer and mixture-of-experts statistics (issue-19 rules), charted when the model has them.
+TRANSFORMER_CHARTS = {
+    "attention: largest pre-softmax logit": r".*/max_logit",
+    "log Z of the logits reaching the loss (mean)": r"loss/.*/log_z_mean",
+    "MoE router load imbalance (1 balanced, E all on one)": r"router/.*/imbalance",
+}
 LAYOUT_CATEGORY = "act_diagnostics"
 FINDINGS_TEXT_TAG = "act_diagnostics/findings"
 
@@ -73,14 +79,81 @@ def logger_prefix(logger: Any) -> str:
     return f"{prefix}{getattr(logger, 'LOGGER_JOIN_CHAR', LOGGER_JOIN_CHAR)}" if prefix else ""
 
 
-def dashboard_layout(scalar_prefix: str = "") -> dict[str, dict[str, list]]:
-    """Custom-scalars layout: one multiline chart per statistic, every site on it. ``scalar_prefix``:
-    what the TensorBoard logger puts before each tag (:func:`logger_prefix`)."""
-    start = re.escape(scalar_prefix)
-    charts = {
-        title: ["Multiline", [rf"^{start}{TAG_PREFIX}/.*/{stat}$"]] for title, stat in DASHBOARD_CHARTS.items()
-    }
-    return {LAYOUT_CATEGORY: charts}
+# A chart with more lines than this is a wall of colour: a model with more sites gets one chart per
+# group of sites (by module path: block, then layer), each statistic in a category of its own.
+MAX_LINES_PER_CHART = 8
+_SEPARATORS = re.compile(r"([./])")
+
+
+def _prefix(tag: str, components: int) -> str:
+    """The first ``components`` path components of a site tag, with their separators."""
+    return "".join(_SEPARATORS.split(tag)[: 2 * components - 1])
+
+
+def _components(tag: str) -> int:
+    return (len(_SEPARATORS.split(tag)) + 1) // 2
+
+
+def _split(tags: list[str], depth: int, limit: int) -> list[tuple[str, list[str]]]:
+    """(module-path prefix, its site tags) groups in forward order, each of at most ``limit`` tags
+    where the names allow: a group too large is split one path level deeper."""
+    buckets: dict[str, list[str]] = {}
+    for tag in tags:
+        buckets.setdefault(_prefix(tag, depth), []).append(tag)
+    out: list[tuple[str, list[str]]] = []
+    for prefix, members in buckets.items():
+        deeper = any(_components(m) > depth for m in members)
+        out += _split(members, depth + 1, limit) if len(members) > limit and deeper else [(prefix, members)]
+    return out
+
+
+def site_groups(tags: Iterable[str], limit: int = MAX_LINES_PER_CHART) -> list[list[tuple[str, list[str]]]]:
+    """Site tags (forward order) packed into charts of at most ``limit`` lines: each chart a list of
+    consecutive module-path groups (prefix, tags)."""
+    charts: list[list[tuple[str, list[str]]]] = []
+    size = 0
+    for group in _split(list(tags), 1, limit):
+        if charts and size + len(group[1]) <= limit:
+            charts[-1].append(group)
+            size += len(group[1])
+        else:
+            charts.append([group])
+            size = len(group[1])
+    return charts
+
+
+def _group_pattern(prefix: str) -> str:
+    """The prefix's own site and every site below it (``blocks.1`` matches ``blocks.1.act``, not ``blocks.10``)."""
+    return re.escape(prefix) + r"(?:[./].*)?"
+
+
+def dashboard_layout(
+    scalar_prefix: str = "", site_tags: Iterable[str] | None = None, transformer: bool = False
+) -> dict[str, dict[str, list]]:
+    """Custom-scalars layout: one multiline chart per statistic, every site on it; with ``site_tags``
+    (forward order) of more than :data:`MAX_LINES_PER_CHART` sites, one category per statistic
+    holding a chart per group of sites. ``scalar_prefix``: what the TensorBoard logger puts before
+    each tag (:func:`logger_prefix`). ``transformer``: add a category for the attention logits, log Z
+    and router statistics (the model has attention sites, classification losses or MoE routers)."""
+    start = rf"^{re.escape(scalar_prefix)}{TAG_PREFIX}/"
+    tags = list(site_tags or [])
+    layout: dict[str, dict[str, list]] = {}
+    if transformer:
+        layout[f"{LAYOUT_CATEGORY}: transformer"] = {
+            title: ["Multiline", [rf"{start}{pattern}$"]] for title, pattern in TRANSFORMER_CHARTS.items()
+        }
+    if len(tags) <= MAX_LINES_PER_CHART:
+        charts = {title: ["Multiline", [rf"{start}.*/{stat}$"]] for title, stat in DASHBOARD_CHARTS.items()}
+        return {LAYOUT_CATEGORY: charts, **layout}
+    groups = site_groups(tags)
+    for title, stat in DASHBOARD_CHARTS.items():
+        category = layout.setdefault(f"{LAYOUT_CATEGORY}: {title}", {})
+        for chart in groups:
+            first, last = chart[0][0], chart[-1][0]
+            label = first if first == last else f"{first} ... {last}"
+            alternatives = "|".join(_group_pattern(prefix) for prefix, _ in chart)
+            category[f"{stat}: {label}"] = ["Multiline", [rf"{start}(?:{alternatives})/{stat}$"]]
+    return layout
 
 
 class TensorBoardExtras:
@@ -98,9 +171,10 @@ class TensorBoardExtras:
         self.heatmaps = HeatmapWriter() if heatmaps else None
         self._layout_written = False
 
-    def write_layout(self) -> None:
+    def write_layout(self, site_tags: Iterable[str] | None = None, transformer: bool = False) -> None:
+        """The custom-scalars layout, once per run (grouped by module path when ``site_tags`` are many)."""
         if not self._layout_written:
-            self.writer.add_custom_scalars(dashboard_layout(self.scalar_prefix))
+            self.writer.add_custom_scalars(dashboard_layout(self.scalar_prefix, site_tags, transformer))
             self._layout_written = True
 
     def write_snapshot(self, snapshot: Snapshot, step: int, scalars: dict[str, float] | None = None) -> None:
@@ -109,7 +183,12 @@ class TensorBoardExtras:
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import summary
 
-        self.write_layout()
+        if not self._layout_written:  # the sites of the first log step name the layout's groups
+            transformer = bool(
+                getattr(snapshot, "log_z", None) or getattr(snapshot, "routers", None)
+                or any(site.source == "attention" for site in snapshot.sites.values())
+            )
+            self.write_layout(site_tags(site.name for site, _ in snapshot.ordered()).values(), transformer)
         # What add_scalar writes (summary.scalar's simple_value), at a quarter of its cost.
         prefix = self.scalar_prefix
         values = [Summary.Value(tag=prefix + tag, simple_value=float(value)) for tag, value in (scalars or {}).items()]

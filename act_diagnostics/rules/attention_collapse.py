@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from act_diagnostics.rules.base import Rule, RuleContext, SamplePool, finite, pct
+from act_diagnostics.rules.base import COUNT, FRACTION, Rule, RuleContext, SamplePool, finite, pct
 from act_diagnostics.rules.finding import Finding
 
 # Share of query rows with one weight > 1 - saturation_eps before warning (proposal: most of the
@@ -39,12 +39,15 @@ FIX = (
 
 class AttentionCollapse(Rule):
     id = "attention-collapse"
+    resolvable = True
+    reads_rows = True
     defaults = {
         "warn_share": WARN_SHARE,
         "error_share": ERROR_SHARE,
         "min_samples": MIN_SAMPLES,
         "preflight_min_samples": PREFLIGHT_MIN_SAMPLES,
     }
+    ranges = {"warn_share": FRACTION, "error_share": FRACTION, "min_samples": COUNT, "preflight_min_samples": COUNT}
     windows = 2
     primary = "peaked_rows"
 

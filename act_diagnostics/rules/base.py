@@ -14,20 +14,30 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from act_diagnostics.core.sites import Site
 from act_diagnostics.core.snapshot import SiteStats, Snapshot
 from act_diagnostics.core.tracer import REGRESSION_LOSSES
 from act_diagnostics.rules.finding import Finding, Severity
+from act_diagnostics.rules.notions import SQUASHING_OUTPUT_FAMILIES, Notions, is_hidden  # noqa: F401 - re-exported
 
 
 @dataclass
 class RuleContext:
-    """What a rule sees: one window's snapshot, and whether it is the pre-flight check."""
+    """What a rule sees: one window's snapshot, whether it is the pre-flight check, and the
+    snapshot's notions (rules/notions.py: gates, heads, hidden stack, small-scale branches)."""
 
     snapshot: Snapshot
     preflight: bool = False
-    # Sites a rule could not judge this window (too few samples): their debounce streak is kept.
+    # Sites a rule could not judge this window (too few samples): their debounce streak is kept,
+    # and an open finding about them is not counted as resolved.
     held: set[str] = field(default_factory=set)
+    _notions: Notions | None = None
+
+    @property
+    def notions(self) -> Notions:
+        """Computed once per snapshot (the engine shares them across its rules)."""
+        if self._notions is None:
+            self._notions = Notions.of(self.snapshot)
+        return self._notions
 
     @property
     def step(self) -> int:
@@ -37,12 +47,48 @@ class RuleContext:
         self.held.add(site)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a threshold may take: ``lo``..``hi``, each end open or closed; ``integer``: whole
+    numbers only (counts)."""
+
+    lo: float = 0.0
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.integer and value != int(value):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        kind = "a whole number " if self.integer else ""
+        if math.isinf(self.hi):
+            return f"{kind}{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{kind}in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+# The ranges most thresholds take.
+FRACTION = Range(0.0, 1.0)  # a share of units, rows or outputs
+PROBABILITY = Range(0.0, 1.0, lo_open=True, hi_open=True)  # a chance strictly between 0 and 1
+COUNT = Range(1.0, integer=True)  # windows, sites, samples
+POSITIVE = Range(0.0, lo_open=True)  # a ratio or a magnitude
+FACTOR = Range(1.0, lo_open=True)  # a growth factor: more than 1x
+
+
 class Rule:
     """One diagnostic. Subclasses set the class attributes and implement :meth:`evaluate`."""
 
     id: ClassVar[str] = ""
     # Default thresholds, overridable as ``{"<id>.<name>": value}`` (named constants in each module).
     defaults: ClassVar[dict[str, float]] = {}
+    # The valid range of each threshold (checked by the engine); a threshold not listed takes any
+    # finite number >= 0.
+    ranges: ClassVar[dict[str, Range]] = {}
     # Consecutive evaluations a condition must hold before it is reported (1: at once).
     windows: ClassVar[int] = 1
     # Evidence key measuring how bad a finding is (higher is worse): a finding already reported
@@ -54,6 +100,14 @@ class Rule:
     # Deduplicate per (rule, site), or once per model (whole-network conditions whose named site
     # may move from window to window: NaN spreading, first/last comparisons).
     per_site: ClassVar[bool] = True
+    # Lifecycle: a rule that re-judges its condition every window (statistics) lets the engine mark
+    # its finding resolved once the condition has not held for ``resolve_windows`` judged windows in
+    # a row; a finding about the model's static structure cannot resolve.
+    resolvable: ClassVar[bool] = False
+    resolve_windows: ClassVar[int] = 2
+    # Judges statistics across the rows of a batch: skipped in a pre-flight check whose batch is
+    # degenerate (one row, or identical rows), where those statistics mean nothing.
+    reads_rows: ClassVar[bool] = False
 
     def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
         self.t: dict[str, float] = {**self.defaults, **dict(thresholds or {})}
@@ -89,18 +143,6 @@ def samples_per_unit(stats: SiteStats) -> float:
     return stats.sampled / stats.units if stats.units else 0.0
 
 
-def is_hidden(site: Site) -> bool:
-    """An activation inside the network: not a head, not a gate, not a softmax (attention, outputs)."""
-    return not site.is_output and not site.is_gate and site.family != "softmax"
-
-
-# Output activations left out of the depth chain: a probability output's gradient is the loss's
-# (p - y) / (p (1 - p)), which grows as the model gets confident and the activation's own derivative
-# p (1 - p) shrinks it again one step back. Across that one layer the gradient falls 1000x on a
-# healthy classifier at 100% training accuracy: not depth.
-SQUASHING_OUTPUT_FAMILIES = ("sigmoid", "tanh", "softmax")
-
-
 # Appended to the growth rules' findings when the model regresses: large targets need large
 # outputs, so growth across depth may be the targets' scale rather than a fault.
 REGRESSION_SCALE_NOTE = (
@@ -115,20 +157,18 @@ def growth_fix(snapshot: Snapshot, fix: str) -> str:
     return fix + REGRESSION_SCALE_NOTE if any(loss in REGRESSION_LOSSES for loss in snapshot.losses) else fix
 
 
-def depth_chain(snapshot: Snapshot) -> list[tuple[Site, SiteStats]]:
-    """Sites that make up the network's depth, in forward order: hidden activations plus the final
-    output activation unless it squashes (sigmoid, tanh, softmax); gates and attention softmaxes
-    scale differently and are left out."""
-    chain = [(s, st) for s, st in snapshot.ordered() if is_hidden(s)]
-    outputs = [(s, st) for s, st in snapshot.ordered() if s.is_output and not s.is_gate]
-    if outputs and (not chain or outputs[-1][0].index > chain[-1][0].index):
-        if outputs[-1][0].family not in SQUASHING_OUTPUT_FAMILIES:
-            chain.append(outputs[-1])
-    return chain
-
-
 def pct(value: float) -> str:
     return f"{100.0 * value:.0f}%"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 unit``, ``2 units``: a number with its noun agreeing."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+
+
+def was_were(n: int) -> str:
+    """``1 was``, ``2 were``."""
+    return f"{n} {'was' if n == 1 else 'were'}"
 
 
 class SamplePool:

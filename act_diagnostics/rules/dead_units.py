@@ -1,38 +1,71 @@
-"""dead-units: ReLU-family units that (almost) never fire, told apart by when they died.
+"""dead-units: ReLU-family units that (almost) never fire, decided on the evidence collected.
 
-Units born dead (already dead in the pre-flight snapshot or the first judged window) point at the
+A unit that fires with probability p shows at most c firings in n samples with probability
+P(Binomial(n, p) <= c) (for c = 0, (1 - p)^n). A unit is called dead at the first log step at which
+its firings since it last looked alive are improbable (below ``evidence``) for any rate worth calling
+alive (``unit_rate``, the core's DEAD_UNIT_RATE: 1%): no fixed sample count, no waiting for a second
+window. At 1% and 5%, 299 silent samples decide; a unit firing on 2% of its inputs shows that
+silence with a chance of 0.2%. The pre-flight check has one batch and judges against a rate
+worth calling alive at initialisation (``preflight_unit_rate``, 20%: a Kaiming-initialised unit
+fires on about half its inputs).
+
+A layer is reported when the share of its units shown dead reaches ``warn_fraction``; while units
+not yet decided could still take it there, the layer is held (neither reported nor cleared).
+
+Units born dead (dead since the first window seen, the pre-flight one if any) point at the
 initialisation, the bias or the depth; units that fired at first and stopped later point at the
 learning rate (rules.md, "dead units"; Lu et al. 2020 for born-dead ReLU networks).
+
+Impact: dead units in a gate bottleneck (the ReLU inside squeeze-excitation, which only modulates the
+main path through a gate) cost little: an info note, a warning only when every unit is dead (the
+gate is then a constant scale). Only a couple of dead units (a narrow layer) lower the severity one
+step.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from act_diagnostics.rules.base import Rule, RuleContext, SamplePool, pct, samples_per_unit
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.core.snapshot import DEAD_UNIT_RATE
+from act_diagnostics.rules.base import (
+    COUNT,
+    FRACTION,
+    PROBABILITY,
+    Rule,
+    RuleContext,
+    count,
+    pct,
+    samples_per_unit,
+    was_were,
+)
+from act_diagnostics.rules.finding import SEVERITIES, Finding
 
 # Kinds whose output and gradient are exactly zero below the threshold: a unit that never fires
 # learns nothing. Leaky variants (leaky_relu, prelu, rrelu) keep a gradient and are left out.
 DEAD_KINDS = ("relu", "relu6", "threshold")
 
-# A unit is dead when it fired on fewer than 1% of its samples (SageMaker Debugger DeadRelu,
-# threshold_inactivity = 1%).
-UNIT_RATE = 0.01
+# Chance, for a unit firing at ``unit_rate``, of showing as few firings as a unit called dead did
+# (proposal: 5%, the usual significance level. A layer is reported only when a quarter of its units
+# pass the test, so even a layer of units all firing at exactly 1% expects 5% of them flagged, far
+# from 25%: a false layer-level report needs many unlikely units at once; healthy units fire far
+# more often and are flagged with a vanishing chance).
+EVIDENCE = 0.05
+# Rate worth calling alive at initialisation, for the pre-flight check's one batch (proposal: a
+# Kaiming-initialised unit fires on ~50% of its inputs; 14 silent samples reject 20% at 5%).
+PREFLIGHT_UNIT_RATE = 0.2
 # Share of a layer's units dead before warning: proposal within rules.md's 0.10-0.25 range, set at
 # the top so small healthy layers (a few percent of units idle on synthetic data) stay quiet.
 WARN_FRACTION = 0.25
 # Share of dead units that is an error: SageMaker DeadRelu threshold_layer = 50%.
 ERROR_FRACTION = 0.5
-# Samples per unit a judged window needs (rules.md: "over a window of >= 1k samples"). Windows
-# with fewer are pooled with the next ones until this many were seen.
-MIN_SAMPLES = 1000
-# Pre-flight looks at one batch: a unit that fires on a typical ~50% of inputs misses all 32
-# samples with probability 2**-32, so 32 samples already separate born-dead units (proposal).
-PREFLIGHT_MIN_SAMPLES = 32
+# Fewer dead units than this cost a layer little (one unit of a 4-unit layer is 25% of it, yet the
+# layer still computes with three): one step lower severity (proposal).
+MIN_DEAD_UNITS = 2
 
 BORN_DEAD_FIX = (
     "Units are dead from initialisation: use Kaiming (He) init matched to ReLU "
@@ -44,70 +77,158 @@ DIED_LATER_FIX = (
     "gradient clipping); LeakyReLU(0.01), GELU or ELU never have a zero gradient; BatchNorm keeps "
     "pre-activations centred."
 )
+LOW_IMPACT_NOTE = " They cost little here ({why}); act if the model does not learn."
+
+
+def log_tail(firings: np.ndarray, samples: np.ndarray, rate: float) -> np.ndarray:
+    """Upper bound on log P(Binomial(samples, rate) <= firings), per unit (Chernoff:
+    -n KL(c/n || rate); exact for c = 0). 0 where the observed rate is not below ``rate``."""
+    n = np.maximum(samples, 1e-12)
+    q = np.clip(firings / n, 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.where(q > 0, q * np.log(q / rate), 0.0) + (1 - q) * np.log((1 - q) / (1 - rate))
+    return np.where((q < rate) & (samples > 0), -samples * kl, 0.0)
+
+
+@dataclass
+class _Evidence:
+    """One site's per-unit evidence: firings and samples since each unit last looked alive."""
+
+    first_step: int
+    first_preflight: bool
+    firings: np.ndarray
+    samples: np.ndarray
+    silent_since: np.ndarray  # step of the first window of the current silent run (-1: none)
+    alive_at: np.ndarray  # step of the last window the unit looked alive in (-1: never)
+
+    @classmethod
+    def new(cls, units: int, step: int, preflight: bool) -> _Evidence:
+        z = np.zeros(units)
+        return cls(step, preflight, z, z.copy(), np.full(units, -1), np.full(units, -1))
 
 
 class DeadUnits(Rule):
     id = "dead-units"
+    resolvable = True
+    reads_rows = True
     defaults = {
-        "unit_rate": UNIT_RATE,
+        "unit_rate": DEAD_UNIT_RATE,
+        "evidence": EVIDENCE,
+        "preflight_unit_rate": PREFLIGHT_UNIT_RATE,
         "warn_fraction": WARN_FRACTION,
         "error_fraction": ERROR_FRACTION,
-        "min_samples": MIN_SAMPLES,
-        "preflight_min_samples": PREFLIGHT_MIN_SAMPLES,
+        "min_dead_units": MIN_DEAD_UNITS,
     }
-    windows = 2
+    ranges = {
+        "unit_rate": PROBABILITY, "evidence": PROBABILITY, "preflight_unit_rate": PROBABILITY,
+        "warn_fraction": FRACTION, "error_fraction": FRACTION, "min_dead_units": COUNT,
+    }  # fmt: skip
+    windows = 1  # the evidence test is the debounce: a window decides once its statistics do
     primary = "dead_fraction"
 
     def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
         super().__init__(thresholds)
-        self._pool = SamplePool()  # site -> pooled per-unit firing rates
-        # site -> (step, dead unit indices) of the first judged window: the born-dead reference
-        self._early: dict[str, tuple[int, list[int]]] = {}
+        self._evidence: dict[str, _Evidence] = {}
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         out: list[Finding] = []
         for site, stats in ctx.snapshot.ordered():
             if site.kind not in DEAD_KINDS or not stats.unit_firing or stats.nonfinite:  # NaN never fires
                 continue
-            rates, samples = self._pool.judged(ctx.preflight, site.name, stats.unit_firing, samples_per_unit(stats), self.t)
-            if rates is None:
+            verdict = self._judge(ctx, site.name, np.asarray(stats.unit_firing, dtype=np.float64), samples_per_unit(stats))
+            if verdict is None:
                 ctx.hold(site.name)
                 continue
-            dead = np.flatnonzero(rates < self.t["unit_rate"]).tolist()
-            early_step, early = self._early.setdefault(site.name, (ctx.step, dead))
-            fraction = len(dead) / len(rates)
-            if fraction < self.t["warn_fraction"]:
-                continue
-            early_set = set(early)
-            born = sum(1 for j in dead if j in early_set)
-            later = len(dead) - born
-            severity = "error" if fraction >= self.t["error_fraction"] else "warning"
-            if born >= later:
-                if ctx.preflight or early_step == 0:
-                    when = f"{born} dead at initialisation: born dead"
-                else:  # no pre-flight window: the first judged one is the earliest evidence
-                    when = f"{born} dead already in the first judged window, at step {early_step}: likely born dead"
-                if later:
-                    when += f"; {later} more died after step {early_step}"
-                msg = f"{pct(fraction)} of {len(rates)} units never fire ({when})"
-                fix = BORN_DEAD_FIX
-            else:
-                also = f"; {born} were dead from the start" if born else ""
-                msg = f"{pct(fraction)} of {len(rates)} units never fire ({later} died after step {early_step}{also})"
-                fix = DIED_LATER_FIX
-            out.append(
-                self.finding(
-                    ctx, site.name, severity, msg, fix,
-                    dead_fraction=round(fraction, 4), dead_units=len(dead), units=len(rates),
-                    born_dead=born, died_later=later, samples_per_unit=int(samples),
-                )
-            )  # fmt: skip
+            if verdict:
+                out.append(self._finding(ctx, site, *verdict))
         return out
 
+    def _judge(self, ctx: RuleContext, name: str, rates: np.ndarray, n: float) -> tuple | None | bool:
+        """Add one window's evidence; the dead units' verdict, False when the layer is clear, None
+        while undecided units could still reach the warning fraction."""
+        ev = self._evidence.get(name)
+        if ev is None or ev.firings.shape != rates.shape:  # new site, or it changed width
+            ev = self._evidence[name] = _Evidence.new(rates.size, ctx.step, ctx.preflight)
+        if n <= 0:
+            return None
+        alive_rate = self.t["preflight_unit_rate"] if ctx.preflight else self.t["unit_rate"]
+        alive = rates >= self.t["unit_rate"]
+        ev.alive_at[alive] = ctx.step
+        ev.firings[alive], ev.samples[alive], ev.silent_since[alive] = 0.0, 0.0, -1
+        quiet = ~alive
+        ev.silent_since[quiet & (ev.silent_since < 0)] = ctx.step
+        ev.firings[quiet] += np.round(rates[quiet] * n)
+        ev.samples[quiet] += n
+        dead = log_tail(ev.firings, ev.samples, alive_rate) < math.log(self.t["evidence"])
+        dead &= quiet
+        undecided = quiet & ~dead
+        units = rates.size
+        if np.count_nonzero(dead) >= self.t["warn_fraction"] * units and np.count_nonzero(dead):
+            return (ev, np.flatnonzero(dead), units)
+        if np.count_nonzero(dead | undecided) >= self.t["warn_fraction"] * units and np.count_nonzero(undecided):
+            return None
+        return False
+
+    def _finding(self, ctx: RuleContext, site: Any, ev: _Evidence, dead: np.ndarray, units: int) -> Finding:
+        fraction = dead.size / units
+        born_mask = ev.silent_since[dead] == ev.first_step
+        born, later = int(born_mask.sum()), int((~born_mask).sum())
+        evidence_n = int(ev.samples[dead].min())
+        if born >= later:
+            if ev.first_preflight:
+                when = f"{born} dead at initialisation: born dead"
+            else:  # no pre-flight window: the first judged one is the earliest evidence
+                when = f"{born} dead already in the first window, at step {ev.first_step}: likely born dead"
+            if later:
+                since = int(ev.alive_at[dead][~born_mask].min())
+                when += f"; {later} more died after step {since}"
+            msg = f"{pct(fraction)} of {units} units never fire ({when})"
+            fix = BORN_DEAD_FIX
+        else:
+            since = int(ev.alive_at[dead][~born_mask].min())
+            also = f"; {was_were(born)} dead from the start" if born else ""
+            msg = f"{pct(fraction)} of {units} units never fire ({later} died after step {since}{also})"
+            fix = DIED_LATER_FIX
+        if ev.firings[dead].max() == 0:
+            msg += f"; each silent on at least its last {evidence_n} samples"
+        else:
+            msg += f"; each fired on under {pct(self.t['unit_rate'])} of at least its last {evidence_n} samples"
+        severity = "error" if fraction >= self.t["error_fraction"] else "warning"
+        why = []
+        if site.name in ctx.notions.gate_bottlenecks:
+            # The gate still modulates the main path with the units left; with none left it is a
+            # constant scale: the block is wasted, the model still trains.
+            why.append("a gate's bottleneck, a side path that only modulates the main signal")
+            severity = "warning" if dead.size == units else "info"
+        if dead.size < self.t["min_dead_units"]:
+            why.append(f"only {count(int(dead.size), 'unit')}")
+            severity = SEVERITIES[max(0, SEVERITIES.index(severity) - 1)]  # type: ignore[assignment]
+        if why:
+            fix += LOW_IMPACT_NOTE.format(why="; ".join(why))
+        return self.finding(
+            ctx, site.name, severity, msg, fix,
+            dead_fraction=round(fraction, 4), dead_units=int(dead.size), units=units,
+            born_dead=born, died_later=later, samples_per_unit=evidence_n,
+        )  # fmt: skip
+
     def state_dict(self) -> dict[str, Any]:
-        # Pools are a partial window and are dropped; the born-dead reference must survive resume.
-        return {"early": {k: [s, list(v)] for k, (s, v) in self._early.items()}}
+        # The evidence of units in a silent run (sparse: only those units), so a resume keeps it.
+        out = {}
+        for name, ev in self._evidence.items():
+            idx = np.flatnonzero(ev.samples > 0)
+            out[name] = {
+                "units": int(ev.samples.size), "first_step": ev.first_step, "first_preflight": ev.first_preflight,
+                "index": idx.tolist(), "firings": ev.firings[idx].tolist(), "samples": ev.samples[idx].tolist(),
+                "silent_since": ev.silent_since[idx].tolist(), "alive_at": ev.alive_at.tolist(),
+            }  # fmt: skip
+        return {"evidence": out}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        early = state.get("early", {}) or {}
-        self._early = {k: (int(v[0]), [int(j) for j in v[1]]) for k, v in early.items()}
+        self._evidence = {}
+        for name, d in (state.get("evidence", {}) or {}).items():
+            ev = _Evidence.new(int(d["units"]), int(d["first_step"]), bool(d["first_preflight"]))
+            idx = np.asarray(d["index"], dtype=np.int64)
+            ev.firings[idx], ev.samples[idx] = d["firings"], d["samples"]
+            ev.silent_since[idx] = d["silent_since"]
+            ev.alive_at[:] = d["alive_at"]
+            self._evidence[name] = ev

@@ -5,6 +5,13 @@
   samples) keep the streak. Pre-flight findings are reported at once.
 * **Dedupe**: each (rule, site) is reported once, and again only when markedly worse: the severity
   rises, or the rule's primary evidence number at least doubles.
+* **Lifecycle**: a finding of a resolvable rule (one that re-judges its condition every window) is
+  marked resolved (``Finding.resolved_step``, ``status == "resolved"``) once its condition has not
+  held for ``rule.resolve_windows`` judged windows in a row (windows where the rule could not judge
+  the site do not count); :attr:`RuleEngine.resolved` lists the findings resolved by the latest
+  :meth:`RuleEngine.evaluate`. If the condition comes back, it is reported as a new finding.
+* **Degenerate pre-flight batch**: rules that read statistics across rows skip a pre-flight check
+  whose batch had one row or identical rows (nothing to learn about the model from it).
 * With ``warn=True`` warning and error findings are issued once as :class:`ActivationWarning`
   (off by default: the Lightning callback issues them itself, from rank zero only).
 * ``state_dict()`` / ``load_state_dict()`` carry all of this across a checkpoint resume.
@@ -25,8 +32,11 @@ from typing import Any
 from act_diagnostics.core.checks import real
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.rules.activation_loss import ActivationLossMismatch
+from act_diagnostics.rules.activation_spike import ActivationSpike
 from act_diagnostics.rules.attention_collapse import AttentionCollapse
-from act_diagnostics.rules.base import Rule, RuleContext
+from act_diagnostics.rules.attention_logit_growth import AttentionLogitGrowth
+from act_diagnostics.rules.base import Range, Rule, RuleContext
+from act_diagnostics.rules.dead_experts import DeadExperts
 from act_diagnostics.rules.dead_units import DeadUnits
 from act_diagnostics.rules.exploding_activations import ExplodingActivations
 from act_diagnostics.rules.exploding_gradient import ExplodingGradient
@@ -36,6 +46,7 @@ from act_diagnostics.rules.missing_nonlinearity import MissingNonlinearity
 from act_diagnostics.rules.near_dead import NearDeadUnits
 from act_diagnostics.rules.non_finite import NonFinite
 from act_diagnostics.rules.output_activation import OutputActivationMismatch
+from act_diagnostics.rules.output_logit_divergence import OutputLogitDivergence
 from act_diagnostics.rules.saturating_hidden import SaturatingHiddenActivation
 from act_diagnostics.rules.saturation import Saturation
 from act_diagnostics.rules.signal_propagation import SignalPropagation
@@ -53,9 +64,13 @@ RULES: tuple[type[Rule], ...] = (
     NearDeadUnits,
     Saturation,
     AttentionCollapse,
+    AttentionLogitGrowth,
+    OutputLogitDivergence,
+    DeadExperts,
     VanishingGradient,
     ExplodingGradient,
     ExplodingActivations,
+    ActivationSpike,
 )
 RULE_IDS: tuple[str, ...] = tuple(r.id for r in RULES)
 STATE_VERSION = 1
@@ -84,6 +99,7 @@ def _check_thresholds(thresholds: Any) -> dict[str, dict[str, float]]:
         raise TypeError(f"`thresholds` must be a dict like {{'dead-units.warn_fraction': 0.3}}, got {thresholds!r}")
     by_rule: dict[str, dict[str, float]] = {}
     defaults = {r.id: r.defaults for r in RULES}
+    ranges = {r.id: r.ranges for r in RULES}
     for key, value in thresholds.items():
         rule, _, name = str(key).partition(".")
         if rule not in defaults:
@@ -92,8 +108,11 @@ def _check_thresholds(thresholds: Any) -> dict[str, dict[str, float]]:
             valid = ", ".join(f"{rule}.{n}" for n in defaults[rule]) or "none (this rule has no thresholds)"
             raise ValueError(f"`thresholds` key {key!r} is not a threshold of {rule}; valid keys: {valid}")
         number = real(value)
-        if number is None or not math.isfinite(number) or number < 0:
-            raise TypeError(f"`thresholds[{key!r}]` must be a finite number >= 0, got {value!r}")
+        valid = ranges[rule].get(name, Range())
+        if number is None or not math.isfinite(number):
+            raise TypeError(f"`thresholds[{key!r}]` must be a finite number {valid}, got {value!r}")
+        if number not in valid:
+            raise ValueError(f"`thresholds[{key!r}]` must be {valid}, got {value!r}")
         by_rule.setdefault(rule, {})[name] = number
     return by_rule
 
@@ -121,6 +140,9 @@ class RuleEngine:
         self._thresholds = dict(thresholds or {})
         self.rules: list[Rule] = [r(overrides.get(r.id)) for r in RULES if r.id not in self.disabled]
         self.findings: list[Finding] = []
+        # Findings marked resolved by the latest evaluate (for the outputs).
+        self.resolved: list[Finding] = []
+        self._clear: dict[tuple[str, str], int] = {}  # open findings' judged windows without the condition
         self._reported: dict[tuple[str, str], tuple[int, float | None]] = {}
         self._streaks: dict[tuple[str, str], int] = {}
         self._broken: set[str] = set()
@@ -128,12 +150,18 @@ class RuleEngine:
     def evaluate(self, snapshot: Snapshot, preflight: bool = False) -> list[Finding]:
         """Judge one snapshot; return the findings that are new (debounced, deduplicated)."""
         new: list[Finding] = []
+        self.resolved = []
+        notions = None  # computed by the first rule that reads them, shared by the others
         for rule in self.rules:
             if rule.id in self._broken or not (rule.in_preflight if preflight else rule.in_training):
                 continue
-            ctx = RuleContext(snapshot, preflight)
+            ctx = RuleContext(snapshot, preflight, _notions=notions)
             try:
+                if preflight and rule.reads_rows and ctx.notions.degenerate_batch:
+                    notions = ctx.notions
+                    continue
                 candidates = rule.evaluate(ctx)
+                notions = ctx._notions
             except Exception as exc:  # noqa: BLE001 - a rule's bug must never stop training
                 self._broken.add(rule.id)
                 warnings.warn(f"act_diagnostics rule {rule.id} failed and is disabled ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
@@ -149,11 +177,35 @@ class RuleEngine:
                     new.append(finding)
             for key in [k for k in self._streaks if k[0] == rule.id and k not in seen and k[1] not in ctx.held]:
                 del self._streaks[key]
+            if rule.resolvable and not preflight:
+                self._count_clear_windows(rule, seen, ctx)
         for finding in new:
             self.findings.append(finding)
             if self.warn and finding.severity != "info":
                 emit_warning(finding, stacklevel=2)
         return new
+
+    def _count_clear_windows(self, rule: Rule, seen: set[tuple[str, str]], ctx: RuleContext) -> None:
+        """Resolve the rule's open findings whose condition has not held for ``rule.resolve_windows``
+        judged windows in a row; a later return of the condition is news again."""
+        open_keys = {(f.rule, rule.topic(f)) for f in self.findings if f.rule == rule.id and f.resolved_step is None}
+        for key in open_keys:
+            if key in seen:
+                self._clear.pop(key, None)
+                continue
+            if key[1] in ctx.held or (rule.per_site and key[1] not in ctx.snapshot.stats):
+                continue  # not judged this window (too few samples, or not measured): neither holds nor clears
+            n = self._clear.get(key, 0) + 1
+            if n < rule.resolve_windows:
+                self._clear[key] = n
+                continue
+            self._clear.pop(key, None)
+            for f in self.findings:
+                if f.rule == rule.id and f.resolved_step is None and rule.topic(f) == key[1]:
+                    f.resolved_step = ctx.step
+                    self.resolved.append(f)
+            self._reported.pop(key, None)
+            self._streaks.pop(key, None)
 
     def _is_news(self, rule: Rule, finding: Finding) -> bool:
         key = (rule.id, rule.topic(finding))
@@ -180,6 +232,7 @@ class RuleEngine:
             "findings": [f.to_dict() for f in self.findings],
             "reported": [[r, s, rank, value] for (r, s), (rank, value) in self._reported.items()],
             "streaks": [[r, s, n] for (r, s), n in self._streaks.items()],
+            "clear": [[r, s, n] for (r, s), n in self._clear.items()],
             "rules": {rule.id: rule.state_dict() for rule in self.rules},
         }
 
@@ -188,6 +241,8 @@ class RuleEngine:
         self.findings = [Finding.from_dict(d) for d in state.get("findings", [])]
         self._reported = {(r, s): (int(rank), value) for r, s, rank, value in state.get("reported", [])}
         self._streaks = {(r, s): int(n) for r, s, n in state.get("streaks", [])}
+        self._clear = {(r, s): int(n) for r, s, n in state.get("clear", [])}
+        self.resolved = []
         rules_state = state.get("rules", {}) or {}
         for rule in self.rules:
             rule.load_state_dict(rules_state.get(rule.id, {}) or {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import Rule, RuleContext, finite, growth_fix, is_hidden
+from act_diagnostics.rules.base import FACTOR, POSITIVE, Range, Rule, RuleContext, finite, growth_fix, is_hidden
 from act_diagnostics.rules.finding import Finding
 
 # Bounded families (sigmoid, tanh, hardtanh) cannot grow: only unbounded ones are compared.
@@ -31,7 +31,10 @@ FIX = (
 class ExplodingActivations(Rule):
     id = "exploding-activations"
     per_site = False
+    resolvable = True
+    reads_rows = True
     defaults = {"growth": GROWTH, "huge": HUGE, "min_sites": MIN_SITES}
+    ranges = {"growth": FACTOR, "huge": POSITIVE, "min_sites": Range(2.0, integer=True)}
     windows = 2
     primary = "growth_factor"
 

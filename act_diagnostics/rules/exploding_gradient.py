@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import Rule, RuleContext, depth_chain, finite, growth_fix
+from act_diagnostics.rules.base import FACTOR, POSITIVE, Range, Rule, RuleContext, finite, growth_fix
 from act_diagnostics.rules.finding import Finding
 
 # AUTOTRAINER (ICSE 2021): exploding when ||g_first|| / ||g_last|| > 70.
@@ -28,12 +28,15 @@ FIX = (
 class ExplodingGradient(Rule):
     id = "exploding-gradient"
     per_site = False
+    resolvable = True
+    reads_rows = True
     defaults = {"growth": GROWTH, "error_growth": ERROR_GROWTH, "layer_growth": LAYER_GROWTH, "huge": HUGE, "min_sites": MIN_SITES}
+    ranges = {"growth": FACTOR, "error_growth": FACTOR, "layer_growth": FACTOR, "huge": POSITIVE, "min_sites": Range(2.0, integer=True)}
     windows = 2
     primary = "growth_factor"
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
-        chain = [(s, st) for s, st in depth_chain(ctx.snapshot) if finite(st.grad_rms)]
+        chain = [(s, st) for s, st in ctx.notions.gradient_chain(ctx.snapshot) if finite(st.grad_rms)]
         if not chain:
             return []
         fix = growth_fix(ctx.snapshot, FIX)

@@ -95,15 +95,49 @@ class Finding:
         )
 
 
+# Packages between the user's code and a finding's warning: the location printed is the first
+# frame outside them (the user's ``trainer.fit(...)`` line, or their loop calling the engine).
+FRAMEWORK_MODULES = ("act_diagnostics", "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities", "torch")
+
+
+def _is_framework(module: str) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in FRAMEWORK_MODULES)
+
+
+def user_frame() -> Any:
+    """The innermost stack frame outside :data:`FRAMEWORK_MODULES`, or None when every frame is inside."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None and _is_framework(str(frame.f_globals.get("__name__", ""))):
+        frame = frame.f_back
+    return frame
+
+
 def emit_warning(finding: Finding, stacklevel: int = 2) -> None:
     """Issue ``finding`` as one :class:`ActivationWarning` whose text names site, evidence and fix.
 
-    Issued from a pseudo-location "act_diagnostics" rather than the callback's own source line:
-    the finding is about the user's model, and a quoted line of Lightning glue would only distract.
+    The finding is about the user's model, so the warning points at the user's code: the first
+    frame outside act_diagnostics, Lightning and torch (for a Lightning fit, the line that called
+    ``trainer.fit``), printed as ``train.py:42: ActivationWarning: [act_diagnostics:dead-units] ...``.
+    With no such frame it is issued as Python would from a script named ``act_diagnostics``.
     ``stacklevel`` is kept for compatibility and ignored.
     """
     del stacklevel
-    warnings.warn_explicit(finding.text(), ActivationWarning, filename="act_diagnostics", lineno=0, module="act_diagnostics")
+    frame = user_frame()
+    if frame is None:
+        warnings.warn_explicit(finding.text(), ActivationWarning, filename="act_diagnostics", lineno=1, module="act_diagnostics")
+        return
+    globs = frame.f_globals
+    warnings.warn_explicit(
+        finding.text(),
+        ActivationWarning,
+        filename=frame.f_code.co_filename,
+        lineno=frame.f_lineno,
+        module=str(globs.get("__name__", "__main__")),
+        registry=globs.setdefault("__warningregistry__", {}),
+        module_globals=globs,
+    )
 
 
 warn_finding = emit_warning

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from act_diagnostics.rules.base import Rule, RuleContext, finite, pct
+from act_diagnostics.rules.base import COUNT, POSITIVE, Rule, RuleContext, finite, pct
 from act_diagnostics.rules.finding import Finding
 
 # RMS of the input above which it is far from unit scale (proposal: 10x a standardised input's 1).
@@ -50,6 +50,10 @@ FIX = (
 class InputScale(Rule):
     id = "input-scale"
     defaults = {"large_rms": LARGE_RMS, "embedded_rms": EMBEDDED_RMS, "small_max_abs": SMALL_MAX_ABS, "min_elements": MIN_ELEMENTS}
+    ranges = {"large_rms": POSITIVE, "embedded_rms": POSITIVE, "small_max_abs": POSITIVE, "min_elements": COUNT}
+    # The data pipeline's scale, not a state training moves through; and windows without input
+    # measured (no detail step) say nothing: a finding stays open.
+    resolvable = False
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         net = ctx.snapshot.network

@@ -83,6 +83,7 @@ def _low_rank(network: NetworkFacts, chain: list[tuple[str, str]]) -> bool:
 class MissingNonlinearity(Rule):
     id = "missing-nonlinearity"
     defaults: dict[str, float] = {}
+    resolvable = False  # the model's structure: it cannot resolve while training
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         network = ctx.snapshot.network

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from act_diagnostics.rules.base import Rule, RuleContext, SamplePool, finite, is_hidden, pct
+from act_diagnostics.rules.base import COUNT, FRACTION, Rule, RuleContext, SamplePool, finite, is_hidden, pct
 from act_diagnostics.rules.finding import Finding
 
 FAMILIES = ("smooth",)
@@ -42,12 +42,15 @@ FIX = (
 
 class NearDeadUnits(Rule):
     id = "near-dead-units"
+    resolvable = True
+    reads_rows = True
     defaults = {
         "info_fraction": INFO_FRACTION,
         "warn_fraction": WARN_FRACTION,
         "min_samples": MIN_SAMPLES,
         "preflight_min_samples": PREFLIGHT_MIN_SAMPLES,
     }
+    ranges = {"info_fraction": FRACTION, "warn_fraction": FRACTION, "min_samples": COUNT, "preflight_min_samples": COUNT}
     windows = 2
     primary = "near_dead_fraction"
 

@@ -7,7 +7,7 @@ is the site nearest the output (last in forward order) whose gradient is non-fin
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import Rule, RuleContext
+from act_diagnostics.rules.base import POSITIVE, Rule, RuleContext
 from act_diagnostics.rules.finding import Finding
 
 # float16 AMP: the GradScaler halves its scale at every step it skips for NaN/Inf gradients, from
@@ -36,7 +36,9 @@ BACKWARD_FIX = (
 class NonFinite(Rule):
     id = "non-finite"
     per_site = False
+    resolvable = True
     defaults: dict[str, float] = {"min_grad_scale": MIN_GRAD_SCALE}
+    ranges = {"min_grad_scale": POSITIVE}
     windows = 1  # immediate: one NaN poisons every weight it touches
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:

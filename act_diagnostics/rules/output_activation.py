@@ -17,7 +17,7 @@ from act_diagnostics.core.following import HANDWRITTEN_BCE, HANDWRITTEN_CE, LOG,
 from act_diagnostics.core.kinds import output_range
 from act_diagnostics.core.snapshot import SiteStats
 from act_diagnostics.core.tracer import REGRESSION_LOSSES
-from act_diagnostics.rules.base import Rule, RuleContext, pct
+from act_diagnostics.rules.base import FRACTION, Rule, RuleContext, pct
 from act_diagnostics.rules.finding import Finding
 
 MULTICLASS = ("cross_entropy", "nll_loss", HANDWRITTEN_CE)
@@ -50,6 +50,14 @@ class OutputActivationMismatch(Rule):
         "multi_label_warn": MULTI_LABEL_WARN,
         "multi_label_error": MULTI_LABEL_ERROR,
     }
+    ranges = {
+        "target_outside_warn": FRACTION,
+        "target_outside_error": FRACTION,
+        "multi_label_warn": FRACTION,
+        "multi_label_error": FRACTION,
+    }
+    # Targets are counted on the structure steps only: later windows cannot clear a finding.
+    resolvable = False
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         out: list[Finding] = []

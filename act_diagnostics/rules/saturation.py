@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from act_diagnostics.rules.base import Rule, RuleContext, SamplePool, finite, is_hidden, pct, samples_per_unit
+from act_diagnostics.rules.base import COUNT, FRACTION, Rule, RuleContext, SamplePool, finite, is_hidden, pct, samples_per_unit
 from act_diagnostics.rules.finding import Finding
 
 FAMILIES = ("sigmoid", "tanh", "bounded")
@@ -37,6 +37,8 @@ FIX = (
 
 class Saturation(Rule):
     id = "saturation"
+    resolvable = True
+    reads_rows = True
     defaults = {
         "warn_fraction": WARN_FRACTION,
         "warn_share": WARN_SHARE,
@@ -44,6 +46,10 @@ class Saturation(Rule):
         "min_samples": MIN_SAMPLES,
         "preflight_min_samples": PREFLIGHT_MIN_SAMPLES,
     }
+    ranges = {
+        "warn_fraction": FRACTION, "warn_share": FRACTION, "error_fraction": FRACTION,
+        "min_samples": COUNT, "preflight_min_samples": COUNT,
+    }  # fmt: skip
     windows = 2
     primary = "saturation"
 

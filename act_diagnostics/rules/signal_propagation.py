@@ -1,12 +1,15 @@
 """signal-propagation (pre-flight only): pre-activation scale blowing up or collapsing with depth.
 
 Reads SiteStats.input_std (the standard deviation of each activation's input, measured on the
-first training step's detail pass) across hidden activations in forward order.
+first training step's detail pass) across the hidden stack (rules/notions.py) in forward order:
+heads (a classifier deliberately initialised small, as torchvision's MobileNet N(0, 0.01) Linear),
+gates and gate bottlenecks keep their own scales and are no part of the depth. A pre-flight batch of
+one row, or of identical rows, is not judged (the engine skips it).
 """
 
 from __future__ import annotations
 
-from act_diagnostics.rules.base import Rule, RuleContext, finite, is_hidden
+from act_diagnostics.rules.base import FACTOR, Range, Rule, RuleContext, count, finite
 from act_diagnostics.rules.finding import Finding
 
 # SageMaker Debugger PoorWeightInitialization: max/min variance of ReLU inputs across layers > 10.
@@ -26,12 +29,14 @@ FIX = (
 class SignalPropagation(Rule):
     id = "signal-propagation"
     per_site = False
+    reads_rows = True
     defaults = {"ratio": RATIO, "min_sites": MIN_SITES}
+    ranges = {"ratio": FACTOR, "min_sites": Range(2.0, integer=True)}
     in_training = False
     primary = "ratio"
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
-        chain = [(s, st) for s, st in ctx.snapshot.ordered() if is_hidden(s) and finite(st.input_std)]
+        chain = [(s, st) for s, st in ctx.notions.stack_pairs(ctx.snapshot) if finite(st.input_std)]
         if len(chain) < self.t["min_sites"]:
             return []
         lo_i = min(range(len(chain)), key=lambda i: chain[i][1].input_std)  # type: ignore[arg-type, return-value]
@@ -46,11 +51,11 @@ class SignalPropagation(Rule):
         first, last = (lo_i, hi_i) if grows else (hi_i, lo_i)
         ends = " to ".join(f"{chain[i][1].input_std:.3g} at '{chain[i][0].name}'" for i in (first, last))
         if lo > 0:
-            msg = f"pre-activation std {'grows' if grows else 'collapses'} {ratio:.3g}x across {len(chain)} layers at initialisation (from {ends})"
+            msg = f"pre-activation std {'grows' if grows else 'collapses'} {ratio:.3g}x across {count(len(chain), 'layer')} at initialisation (from {ends})"
         else:  # a constant pre-activation: no ratio to quote
             msg = (
                 f"the pre-activation of '{chain[lo_i][0].name}' is constant (std 0) at initialisation, against "
-                f"{hi:.3g} at '{chain[hi_i][0].name}' ({len(chain)} layers): no signal passes that layer"
+                f"{hi:.3g} at '{chain[hi_i][0].name}' ({count(len(chain), 'layer')}): no signal passes that layer"
             )
         return [
             self.finding(

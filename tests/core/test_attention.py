@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 from act_diagnostics.core import ActivationMonitor
 from act_diagnostics.core.attention import attention_probabilities, mha_probabilities
 from act_diagnostics.core.monitor import UnmeasuredModules
-from test_lifecycle import CountTransfers
+from monitor_fixtures import CountTransfers
 
 
 def _reference(q, k, mask=None, causal=False, scale=None, gqa=False):
@@ -168,7 +168,7 @@ def test_monitor_measures_attention_on_detail_and_discovery_steps_only() -> None
     assert 0.1 < share < 0.9 and st.saturation == pytest.approx(share)  # peaked rows, hand-computed
     assert st.grad_rms is None and st.max_abs <= 1.0
     assert snap.stats[":gelu"].calls == 5
-    assert mon._consumers_ok  # the attention site does not bring the tracer back on every step
+    assert mon.reads_functional_at_consumers  # the attention site does not bring the tracer back on every step
 
 
 def test_attention_makes_no_host_sync(monkeypatch) -> None:
@@ -287,12 +287,12 @@ def test_transformer_encoder_attention_is_a_site_and_training_is_untouched() -> 
 
 
 def test_an_attention_call_that_cannot_be_read_stops_attention_only(monkeypatch) -> None:
-    import act_diagnostics.core.monitor as monitor_module
+    import act_diagnostics.core.calls as calls_module
 
     def broken(*args, **kwargs):
         raise ValueError("unexpected input")
 
-    monkeypatch.setattr(monitor_module, "read_attention", broken)
+    monkeypatch.setattr(calls_module, "read_attention", broken)
     model = Block()
     mon = ActivationMonitor(model, structure_steps=1).attach()
     with pytest.warns(UnmeasuredModules, match="cannot recompute the attention weights.*unexpected input") as record:

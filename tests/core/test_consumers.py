@@ -27,13 +27,19 @@ class Encoder(nn.Module):
         return self.head(self.encoder(x).mean(1))
 
 
+def _consumer_hooks(model: nn.Module) -> int:
+    """Modules other than the model with a forward pre-hook and no forward hook: the consumers'
+    (the structure hooks come in pairs, activation modules carry a forward hook)."""
+    return sum(1 for m in model.modules() if m is not model and m._forward_pre_hooks and not m._forward_hooks)
+
+
 def _train(model: nn.Module, mon: ActivationMonitor, steps: int, detail_every: int = 4) -> list:
     torch.manual_seed(1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     snaps, modes = [], []
     for step in range(steps):
         mon.begin_step(detail=step % detail_every == 0)
-        modes.append((mon._tracer_on, len(mon._consumer_handles)))
+        modes.append((mon.tracing, _consumer_hooks(model)))
         loss = F.cross_entropy(model(torch.randn(8, 5, 16)), torch.randint(0, 3, (8,)))
         mon.stop_tracing()
         loss.backward()
@@ -97,7 +103,7 @@ def test_a_changed_flow_sends_functional_sites_back_to_the_tracer() -> None:
         model(x).sum().backward()
         mon.end_step()
         if step >= 2:
-            assert mon._consumers_ok == (step < 3)  # the mismatch at step 3 turns the consumer reads off
+            assert mon.reads_functional_at_consumers == (step < 3)  # the mismatch at step 3 turns the consumer reads off
         snap = mon.snapshot(step=step)
         maxima.append((snap.stats[":gelu"].calls, snap.stats[":gelu"].max_abs, expected))
     mon.detach()
@@ -127,7 +133,7 @@ def test_a_functional_call_first_made_late_is_measured_on_every_later_step() -> 
         mon.end_step()
     snap = mon.snapshot()
     mon.detach()
-    assert not mon._consumers_ok
+    assert not mon.reads_functional_at_consumers
     assert snap.stats[":silu"].calls == 4 and snap.stats[":gelu"].calls == 8  # steps 4-7; every step
 
 
@@ -154,7 +160,7 @@ def test_a_forward_under_no_grad_is_read_at_the_consumer() -> None:
         model(torch.randn(5, 4)).sum().backward()
         mon.end_step()
     mon.snapshot()
-    assert mon._consumers_ok
+    assert mon.reads_functional_at_consumers
     mon.begin_step()
     with torch.no_grad():
         model(torch.randn(5, 4))
@@ -162,7 +168,7 @@ def test_a_forward_under_no_grad_is_read_at_the_consumer() -> None:
     snap = mon.snapshot()
     mon.detach()
     assert {name: st.calls for name, st in snap.stats.items()} == {":gelu": 1, ":gelu#1": 1, ":gelu#2": 1}
-    assert mon._consumers_ok
+    assert mon.reads_functional_at_consumers
 
 
 def test_a_loop_that_gets_shorter_sends_functional_sites_back_to_the_tracer() -> None:
@@ -175,7 +181,7 @@ def test_a_loop_that_gets_shorter_sends_functional_sites_back_to_the_tracer() ->
         model(torch.randn(5, 4)).sum().backward()
         mon.end_step()
         if step == 2:  # the first shorter pass: one call may be read at its neighbour's module
-            assert not mon._consumers_ok
+            assert not mon.reads_functional_at_consumers
     snap = mon.snapshot()
     mon.detach()
     calls = {name: st.calls for name, st in snap.stats.items()}

@@ -1,18 +1,19 @@
-"""Site discovery on tiny models: modules, functional calls, transformers, reuse, filters, structure."""
+"""Site discovery on tiny models: module classes, functional calls and their owners, reuse, filters,
+unit dims, and a model with nothing to measure."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from act_diagnostics.core import ActivationMonitor
+from act_diagnostics.core import ActivationMonitor, MonitorFailure
 from act_diagnostics.core.kinds import MODULE_KINDS
+
+from monitor_fixtures import Functional
 
 
 def _module(cls: type[nn.Module]) -> nn.Module:
@@ -49,21 +50,6 @@ def test_user_subclass_is_found(train_step) -> None:
     with ActivationMonitor(model) as mon:
         model(torch.randn(2, 4))
     assert mon.sites["1"].kind == "silu" and mon.sites["1"].module_type == "Swish"
-
-
-class Functional(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
-    def forward(self, x):
-        h = self.fc(x)
-        outs = [
-            torch.relu(h), F.relu(h), F.relu_(h.clone()), F.gelu(h), F.silu(h), torch.sigmoid(h), torch.tanh(h),
-            F.softmax(h, dim=-1), F.log_softmax(h, dim=-1), F.leaky_relu(h), F.elu(h), F.mish(h), h.relu(),
-            h.softmax(-1),
-        ]
-        return torch.stack(outs).sum(0)
 
 
 def test_functional_calls_are_named_owner_colon_function(train_step) -> None:
@@ -121,35 +107,6 @@ def test_torch_special_activations_are_sites(train_step) -> None:
     }
 
 
-def test_integer_outputs_are_not_sites(train_step) -> None:
-    """torch.relu / clamp-like calls on integer tensors (positions, indices) are not activations:
-    no site, no false dead-unit finding, and the real call keeps the name ':relu'."""
-
-    class Positions(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc, self.act = nn.Linear(4, 4), nn.ReLU()
-
-        def forward(self, x):
-            offsets = torch.relu(torch.arange(x.shape[1]) - 100)  # int64, all zeros
-            return torch.relu(self.fc(x)) + self.act(offsets) + offsets
-
-    model = Positions()
-    mon = ActivationMonitor(model).attach()
-    train_step(mon, model, torch.randn(3, 4))
-    snap = mon.snapshot()
-    mon.detach()
-    assert list(mon.sites) == [":relu"]
-    assert snap.stats[":relu"].calls == 1 and snap.stats[":relu"].unit_firing is not None
-
-
-def test_functional_false_ignores_functional_calls() -> None:
-    model = nn.Sequential(Functional())
-    with ActivationMonitor(model, functional=False) as mon:
-        model(torch.randn(3, 4))
-    assert mon.sites == {}
-
-
 @pytest.mark.parametrize("activation, fn", [("relu", "relu"), ("gelu", "gelu")])
 def test_transformer_encoder_functional_activation_in_training(activation: str, fn: str, train_step) -> None:
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, activation=activation, batch_first=True)
@@ -191,26 +148,6 @@ def test_reused_module_gets_numbered_sites(train_step) -> None:
     assert all(st.calls == 3 for st in snap.stats.values())
     assert snap.sites["act"].feeding_layer == "a" and snap.sites["act#1"].feeding_layer == "b"
     assert [(s.call_index, s.position) for s in snap.sites.values()] == [(0, "act"), (1, "act"), (0, ":relu"), (1, ":relu")]
-
-
-def test_inplace_relu_with_gradients(train_step) -> None:
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 1))
-    mon = ActivationMonitor(model).attach()
-    train_step(mon, model, torch.randn(6, 4), detail=True)
-    snap = mon.snapshot()
-    mon.detach()
-    assert list(snap.sites) == ["1", "3"]
-    for st in snap.stats.values():
-        assert st.grad_rms is not None and st.firing_rate is not None
-        assert st.input_std is not None and st.input_std > 0  # read by the pre-hook, before the inplace op
-
-
-def test_module_relu_is_not_counted_twice() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.GELU(), nn.Softmax(dim=-1))
-    with ActivationMonitor(model) as mon:
-        model(torch.randn(2, 4))
-    assert list(mon.sites) == ["1", "2", "3"]
-    assert all(st.counters[0] == 1 for st in mon.states.values())
 
 
 def test_include_exclude_and_kinds(make_mlp) -> None:
@@ -267,287 +204,6 @@ def test_calls_outside_training_steps_are_not_counted(make_mlp, train_step) -> N
     mon.detach()
     assert all(st.calls == 1 and st.elements == 3 * 4 for st in snap.stats.values())
     assert snap.window_steps == 1
-
-
-def test_no_grad_forward_inside_a_step_is_measured_without_gradients(make_mlp) -> None:
-    model = make_mlp(4, 1)
-    mon = ActivationMonitor(model).attach()
-    mon.begin_step()
-    with torch.no_grad():
-        model(torch.randn(2, 4))
-    mon.end_step()
-    snap = mon.snapshot()
-    mon.detach()
-    assert snap.stats["1"].calls == 1 and snap.stats["1"].grad_rms is None
-
-
-class CheckpointedBody(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.block = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 4))
-
-    def forward(self, x):
-        return F.relu(self.block(x))  # a functional call inside the checkpointed region
-
-
-class Checkpointed(nn.Module):
-    def __init__(self, reentrant: bool | None) -> None:
-        super().__init__()
-        self.reentrant = reentrant  # None: no checkpoint
-        self.inner = CheckpointedBody()
-        self.fc = nn.Linear(4, 4)
-
-    def forward(self, x):
-        if self.reentrant is None:
-            return self.fc(self.inner(x))
-        return self.fc(checkpoint(self.inner, x, use_reentrant=self.reentrant))
-
-
-def _checkpointed_snapshot(reentrant: bool | None, train_step) -> Any:
-    torch.manual_seed(0)
-    model = Checkpointed(reentrant)
-    mon = ActivationMonitor(model).attach()
-    x = torch.randn(3, 4, requires_grad=bool(reentrant))  # a reentrant region needs an input with grad
-    for _ in range(2):
-        train_step(mon, model, x)
-    snap = mon.snapshot()
-    mon.detach()
-    return snap
-
-
-@pytest.mark.parametrize("reentrant", [False, True])
-def test_activation_checkpointing_does_not_double_count(reentrant: bool, train_step) -> None:
-    """The re-run in backward is not measured again. A reentrant region's first forward runs under
-    no_grad: the module's and the functional call's gradients come from their re-run instead."""
-    plain = _checkpointed_snapshot(None, train_step)
-    snap = _checkpointed_snapshot(reentrant, train_step)
-    assert list(snap.sites) == ["inner.block.1", "inner:relu"]
-    assert all(st.calls == 2 and st.elements == 2 * 12 for st in snap.stats.values())
-    for name, st in snap.stats.items():
-        assert st.grad_rms is not None and st.grad_rms > 0, name
-        assert st.grad_rms == pytest.approx(plain.stats[name].grad_rms, rel=1e-6), name
-
-
-@pytest.mark.parametrize(
-    "gated",
-    [
-        lambda v, g: v * g,
-        lambda v, g: v * g.expand_as(v),  # squeeze-excitation, as often written
-        lambda v, g: v * g.expand(-1, 4),
-        lambda v, g: torch.broadcast_to(g, v.shape) * v,
-        lambda v, g: v * g.repeat(1, 4),
-    ],
-    ids=["mul", "expand_as", "expand", "broadcast_to", "repeat"],
-)
-def test_gate_consumer(gated) -> None:
-    class Gate(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.value, self.gate = nn.Linear(4, 4), nn.Linear(4, 1)
-
-        def forward(self, x):
-            return gated(self.value(x), torch.sigmoid(self.gate(x)))
-
-    model = Gate()
-    with ActivationMonitor(model) as mon:
-        model(torch.randn(2, 4))
-    site = mon.sites[":sigmoid"]
-    assert site.is_gate and "mul" in site.consumers and site.feeding_layer == "gate"
-
-
-@pytest.mark.parametrize(
-    "scaled",
-    [
-        lambda h, gamma: h * 2.0,
-        lambda h, gamma: 1.7159 * h,  # LeCun's scaled tanh
-        lambda h, gamma: h * gamma,  # LayerScale: a learned per-channel parameter
-        lambda h, gamma: h * torch.tensor(0.5),
-        lambda h, gamma: h.mul(torch.ones(4)),  # a constant mask
-    ],
-    ids=["float", "rmul", "parameter", "one-element", "constant"],
-)
-def test_scaled_activation_is_no_gate(scaled) -> None:
-    """A gate multiplies by a tensor computed from the input; a number, a parameter or a constant
-    only scales, and the scaled output still feeds the next layer."""
-
-    class Scaled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
-            self.gamma = nn.Parameter(torch.full((4,), 0.1))
-
-        def forward(self, x):
-            return self.fc2(scaled(torch.tanh(self.fc1(x)), self.gamma))
-
-    model = Scaled()
-    with ActivationMonitor(model) as mon:
-        model(torch.randn(3, 4)).sum().backward()
-    site = mon.sites[":tanh"]
-    assert not site.is_gate and "mul" not in site.consumers
-    assert site.feeds_layer and site.consumer_layer_types == {"Linear"}
-
-
-@pytest.mark.parametrize(
-    "gated",
-    [
-        lambda f, g: f * g,  # f: a frozen backbone's features, no autograd history
-        lambda f, g: torch.mul(g, other=f),
-    ],
-    ids=["frozen_features", "keyword_operand"],
-)
-@pytest.mark.parametrize("batch", [5, 1])
-def test_a_gate_on_features_without_history_is_still_a_gate(gated, batch) -> None:
-    """Squeeze-excitation over a frozen backbone: the other operand holds a value per sample (the
-    batch dim), so it is a gate, not a scale."""
-
-    class Head(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.backbone, self.gate, self.head = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
-            self.backbone.requires_grad_(False)
-
-        def forward(self, x):
-            with torch.no_grad():
-                f = self.backbone(x)
-            return self.head(gated(f, torch.sigmoid(self.gate(f))))
-
-    model = Head()
-    with ActivationMonitor(model) as mon:
-        model(torch.randn(batch, 4)).sum().backward()
-    assert mon.sites[":sigmoid"].is_gate
-
-
-def _padding(h, mask):
-    return h * mask.unsqueeze(-1)  # padding positions of a sequence
-
-
-def _dropout_mask(h, mask):
-    return h * torch.ones_like(h).bernoulli_(0.9)  # dropout written by hand
-
-
-def _drop_path(h, mask):
-    return h * (mask[:, :1].unsqueeze(-1) > 0).float()  # drop-path: a keep flag per sample
-
-
-@pytest.mark.parametrize("state", ["broadcast_zeros", "learned"])
-def test_an_lstm_forget_gate_on_an_initial_state_is_a_gate(state) -> None:
-    """f * c0 at the first time step: c0 a zero state broadcast over the batch, or a learned one."""
-
-    class Cell(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.f, self.head = nn.Linear(4, 6), nn.Linear(6, 2)
-            self.c0 = nn.Parameter(torch.zeros(1, 6)) if state == "learned" else None
-
-        def forward(self, x):
-            c0 = self.c0 if self.c0 is not None else torch.zeros(1, 6)
-            return self.head(torch.sigmoid(self.f(x)) * c0 + x.sum(1, keepdim=True))
-
-    model = Cell()
-    with ActivationMonitor(model) as mon:
-        model(torch.randn(5, 4)).sum().backward()
-    assert mon.sites[":sigmoid"].is_gate
-
-
-@pytest.mark.parametrize(
-    "masked, act",
-    [
-        (_padding, torch.tanh),
-        (_dropout_mask, torch.tanh),
-        (_drop_path, torch.tanh),
-        (_padding, torch.sigmoid),
-        (_drop_path, torch.sigmoid),
-        # A sigmoid times a full-size mask is not told apart from a sigmoid gating features of its
-        # own size (a frozen backbone's): it counts as a gate.
-    ],
-    ids=["padding-tanh", "dropout_mask-tanh", "drop_path-tanh", "padding-sigmoid", "drop_path-sigmoid"],
-)
-def test_a_masked_hidden_activation_is_no_gate(masked, act) -> None:
-    """A mask has no autograd history: an activation multiplied by one is still a hidden layer,
-    judged by the rules (as a gate it was left out of all of them)."""
-    from act_diagnostics.rules.base import is_hidden
-
-    class Encoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc, self.head = nn.Linear(4, 6), nn.Linear(6, 2)
-
-        def forward(self, x, mask):
-            h = masked(act(self.fc(x)), mask)
-            return self.head(h.sum(1) / mask.sum(1, keepdim=True))
-
-    model = Encoder()
-    mask = torch.ones(3, 7)
-    mask[:, 5:] = 0
-    with ActivationMonitor(model) as mon:
-        model(torch.randn(3, 7, 4), mask).sum().backward()
-    (site,) = mon.sites.values()
-    assert not site.is_gate and "mul" not in site.consumers and is_hidden(site)
-
-
-def test_scaled_output_stays_an_output_without_a_target_check() -> None:
-    class Head(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(4, 1)
-
-        def forward(self, x):
-            return torch.sigmoid(self.fc(x)) * 5.0  # a rating in [0, 5]
-
-    model = Head()
-    with ActivationMonitor(model) as mon:
-        F.mse_loss(model(torch.randn(3, 4)), torch.full((3, 1), 4.0)).backward()
-    site = mon.sites[":sigmoid"]
-    assert site.is_output and not site.is_gate and site.losses == ["mse_loss(scale)"]
-    assert mon.states[":sigmoid"].counters[9] == 0  # targets above 1 are reachable once scaled
-
-
-def test_softmax_into_cross_entropy_and_log_into_nll() -> None:
-    class Head(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return F.softmax(self.fc(x), dim=-1)
-
-    model = Head()
-    target = torch.tensor([0, 2])
-    mon = ActivationMonitor(model).attach()
-    mon.begin_step()
-    p = model(torch.randn(2, 4))
-    F.cross_entropy(p, target).backward()
-    mon.end_step()
-    mon.begin_step()
-    p = model(torch.randn(2, 4))
-    F.nll_loss(torch.log(p), target).backward()
-    mon.end_step()
-    mon.detach()
-    site = mon.sites[":softmax"]
-    assert site.consumers == {"output", "loss:cross_entropy", "loss:nll_loss(log)"}
-    assert site.losses == ["cross_entropy", "nll_loss(log)"] and site.is_output
-    assert mon.losses_seen["cross_entropy"] == {
-        "calls": 1, "input_shape": [2, 3], "target_shape": [2], "target_dtype": "int64",
-    }
-
-
-def test_model_output_and_activation_consumers(make_mlp) -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.1), nn.Softmax(dim=-1))
-    with ActivationMonitor(model) as mon:
-        model(torch.randn(2, 4))
-    assert mon.sites["1"].consumers == {"activation"} and mon.sites["1"].consumer_sites == {"3"}
-    assert mon.sites["3"].consumers == {"output"} and mon.sites["3"].is_output
-
-
-def test_structure_is_learned_only_during_structure_steps(make_mlp, train_step) -> None:
-    model = make_mlp(4, 1)
-    mon = ActivationMonitor(model, structure_steps=1).attach()
-    train_step(mon, model, torch.randn(2, 4))
-    assert mon.sites["1"].consumers == {"2"}
-    mon.begin_step()
-    assert not mon.tracking_structure
-    mon.end_step()
-    mon.detach()
 
 
 def test_conv_units_are_channels(train_step) -> None:
@@ -619,87 +275,6 @@ def test_functional_glu_default_dim_is_last() -> None:
     assert mon.sites[":glu"].unit_dim == 2 and mon.sites[":glu"].n_units == 4
 
 
-def test_empty_batch_does_not_crash(make_mlp, train_step) -> None:
-    model = make_mlp(4, 1)
-    mon = ActivationMonitor(model).attach()
-    train_step(mon, model, torch.randn(0, 4), detail=True)
-    train_step(mon, model, torch.randn(2, 4), detail=True)
-    snap = mon.snapshot()
-    mon.detach()
-    assert mon.failure is None
-    assert snap.stats["1"].calls == 2 and snap.stats["1"].elements == 8
-
-
-@pytest.mark.parametrize("context", ["checkpoint", "no_grad", "inference_mode"])
-def test_first_smooth_saturation_inside_checkpoint_or_no_grad(context: str) -> None:
-    # The GELU tail threshold is computed lazily on the first GELU call; that call may sit inside
-    # an activation-checkpointed region (saved-tensor hooks), no_grad or inference_mode.
-    from act_diagnostics.core.kinds import smooth_tail_threshold
-
-    smooth_tail_threshold.cache_clear()
-    model = Checkpointed(reentrant=False)
-    mon = ActivationMonitor(model).attach()
-    mon.begin_step(detail=True)  # the smooth tail is read on detail steps
-    x = torch.randn(3, 4)
-    if context == "checkpoint":
-        model(x).sum().backward()
-    elif context == "no_grad":
-        with torch.no_grad():
-            model.fc(model.inner(x))
-    else:
-        with torch.inference_mode():
-            model.fc(model.inner(x))
-    mon.end_step()
-    snap = mon.snapshot()
-    mon.detach()
-    assert mon.failure is None
-    assert snap.stats["inner.block.1"].saturation is not None
-
-
-def test_inference_mode_forward_inside_a_step_after_normal_steps(make_mlp, train_step) -> None:
-    model = make_mlp(4, 1, act=nn.Tanh)
-    mon = ActivationMonitor(model).attach()
-    train_step(mon, model, torch.randn(2, 4), detail=True)
-    mon.begin_step(detail=True)
-    with torch.inference_mode():
-        model(torch.randn(2, 4))
-    mon.end_step()
-    train_step(mon, model, torch.randn(2, 4))
-    snap = mon.snapshot()
-    mon.detach()
-    assert mon.failure is None and snap.stats["1"].calls == 3
-
-
-def test_bf16_autocast_training_step(make_mlp, train_step) -> None:
-    model = make_mlp(16, 2, act=nn.GELU)
-    mon = ActivationMonitor(model).attach()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = train_step(mon, model, torch.randn(8, 16), detail=True)
-    snap = mon.snapshot()
-    mon.detach()
-    assert out.dtype == torch.bfloat16 and mon.failure is None
-    st = snap.stats["1"]
-    assert st.mean is not None and st.grad_rms is not None and st.saturation is not None and st.input_std is not None
-
-
-def test_sub_models_called_outside_forward_are_not_model_outputs() -> None:
-    """A LitAutoEncoder-style step calls self.decoder(self.encoder(x)) without the root's forward:
-    the encoder's tanh feeds the decoder, a hidden layer, not an output of the model."""
-
-    class AutoEncoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = nn.Sequential(nn.Linear(6, 3), nn.Tanh())
-            self.decoder = nn.Sequential(nn.Linear(3, 6))
-
-    model = AutoEncoder()
-    with ActivationMonitor(model) as mon:
-        x = torch.randn(5, 6)
-        F.mse_loss(model.decoder(model.encoder(x)), x).backward()
-    site = mon.sites["encoder.1"]
-    assert not site.is_output and site.feeds_layer and site.consumers == {"decoder.0"}
-
-
 def test_steps_without_a_forward_do_not_end_discovery() -> None:
     """Batches skipped before the model (`mon.step(); continue`) are not steps: discovery still
     sees the functional site, and no "nothing found" warning is given."""
@@ -727,32 +302,42 @@ def test_steps_without_a_forward_do_not_end_discovery() -> None:
     assert mon.steps == 6
 
 
-def test_a_dataclass_output_marks_model_outputs() -> None:
-    from dataclasses import dataclass
+def test_unit_dim_out_of_range_disables_with_a_clear_message() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    mon = ActivationMonitor(model, unit_dim=5).attach()
+    with pytest.warns(MonitorFailure) as records:
+        mon.begin_step()
+        model(torch.randn(1, 2))
+        mon.end_step()
+    mon.detach()
+    (message,) = [str(r.message) for r in records]
+    # The user's setting, named with its valid range: not an internal error to report.
+    assert message.startswith("act_diagnostics is off for this run: `unit_dim`=5 is out of range for site '1'")
+    assert "(valid: -2 to 1, or None" in message and "internal error" not in message
 
-    @dataclass
-    class Out:
-        probs: torch.Tensor
-        aux: tuple
 
-    class Net(nn.Module):
+@pytest.mark.parametrize("case", ["lstm", "filtered"])
+def test_a_model_with_nothing_to_measure_says_why_once(case: str) -> None:
+    from act_diagnostics.core import UnmeasuredModules
+
+    class Recurrent(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.fc, self.head = nn.Linear(4, 4), nn.Linear(4, 1)
+            self.rnn, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 2)
 
         def forward(self, x):
-            h = torch.tanh(self.fc(x))
-            return Out(torch.sigmoid(self.head(h)), (h.sum(),))
+            return self.head(self.rnn(x)[0][:, -1])
 
-    model = Net()
-    with ActivationMonitor(model) as mon:
-        model(torch.randn(3, 4))
-    assert mon.sites[":sigmoid"].is_output and not mon.sites[":tanh"].is_output
-
-
-def test_the_snapshot_names_the_losses_seen() -> None:
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    with ActivationMonitor(model) as mon:
-        F.mse_loss(model(torch.randn(3, 4)), torch.randn(3, 1)).backward()
-        snap = mon.snapshot()
-    assert snap.losses == ("mse_loss",)
+    model = Recurrent() if case == "lstm" else nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(3, 5, 4) if case == "lstm" else torch.randn(3, 4)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        mon = ActivationMonitor(model, kinds=None if case == "lstm" else ["sigmoid"]).attach()
+        for _ in range(4):
+            mon.begin_step()
+            model(x).sum().backward()
+            mon.end_step()
+        mon.detach()
+    ours = [str(r.message) for r in records if r.category is UnmeasuredModules]
+    assert len(ours) == 1 and "no activation site" in ours[0]
+    assert ("rnn" in ours[0] and "fused kernels" in ours[0]) if case == "lstm" else "kinds/include/exclude" in ours[0]

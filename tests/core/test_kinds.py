@@ -336,3 +336,27 @@ def test_indicator_is_float_where_it_pays_and_never_counts_nan() -> None:
     nan_entry = float(KINDS["gelu"].active_indicator(y, {})[0, 3])
     assert math.isnan(nan_entry) or nan_entry == 0.0
     assert KINDS["threshold"].active_indicator(y, {}).dtype == torch.bool  # no float form
+
+
+def test_each_record_holds_its_names_and_the_lookups_agree() -> None:
+    import dataclasses
+
+    for kind in KINDS.values():
+        for cls in kind.modules:
+            assert MODULE_KINDS[cls] == kind.name
+        for fn, positions in kind.functions:
+            assert FUNCTIONAL_KINDS[fn] == (kind.name, positions)
+        for class_name in kind.module_names:
+            assert module_kind(type(class_name, (nn.Module,), {})()) == kind.name
+    assert module_kind(type("LinearActivation", (nn.Module,), {})()) is None  # an identity, not a site
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        KINDS["relu"].family = "smooth"  # type: ignore[misc]
+
+
+def test_output_ranges_come_from_the_records() -> None:
+    from act_diagnostics.core.kinds import output_range
+
+    assert output_range("sigmoid", {}) == (0.0, 1.0)
+    assert output_range("hardtanh", {"min_val": -2.0, "max_val": 3.0}) == (-2.0, 3.0)
+    assert output_range("relu6", {}) == (0.0, 6.0)
+    assert output_range("gelu", {}) is None and output_range("no_such_kind", {}) is None

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from act_diagnostics.core.kinds import KINDS, smooth_tail_threshold
 from act_diagnostics.core.pack import reduce_to_host, totals_to_stats
-from act_diagnostics.core.snapshot import SiteStats, window_stats
+from act_diagnostics.core.snapshot import SiteStats
 from act_diagnostics.core.state import COUNTERS, FOLD_CALLS, FOLD_UNIT_COUNTS, MAX_PLANS, CallPlan, SiteState, unit_counts
 
 EPS = 0.01
@@ -362,32 +361,6 @@ def test_histogram_samples_on_detail_steps() -> None:
     assert st.out_sample is None and st.grad_sample is None
 
 
-def test_window_stats_pure_function() -> None:
-    counters = dict.fromkeys(COUNTERS, 0)
-    counters.update(calls=2, elements=8, sampled=8, sat_total=8, grad_elements=4, detail_elements=8, in_elements=4)
-    sums = {
-        "sum": 4.0, "sumsq": 8.0, "grad_sumsq": 16.0, "sat_rows": 0.0, "nonfinite": 2.0,
-        "in_sum": 0.0, "in_sumsq": 4.0, "param_grad_sq": 0.0,
-    }
-    s = window_stats(counters, sums, 3.0, [4, 0], [4, 1], dead_unit_rate=0.01, saturated_unit_rate=0.99)
-    assert s.mean == 0.5 and s.rms == 1.0 and s.std == pytest.approx(math.sqrt(1 - 0.25))
-    assert s.max_abs == 3.0
-    assert s.unit_firing == [1.0, 0.0] and s.dead_fraction == 0.5 and s.firing_rate == 0.5
-    assert s.saturation == pytest.approx(5 / 8) and s.saturated_units == 0.5
-    assert s.grad_rms == 2.0 and s.nonfinite_share == 0.25 and s.input_std == 1.0
-    # Tiny negative variance from cancellation is clamped to zero.
-    s = window_stats(counters, {**sums, "sum": 8.0, "sumsq": 8.0 - 1e-12}, 1.0, [4, 4], None)
-    assert s.std == 0.0
-    assert window_stats(counters, sums, 3.0, [4, 0], None, dead_unit_rate=0.6).dead_fraction == 0.5
-    # Per-unit counts as a numpy array (what the packed host copy holds) give the same result,
-    # and a NaN count (a NaN output reached a sign count) is not counted as dead.
-    assert window_stats(counters, sums, 3.0, np.array([4.0, 0.0]), np.array([4.0, 1.0]), dead_unit_rate=0.01, saturated_unit_rate=0.99) == window_stats(counters, sums, 3.0, [4, 0], [4, 1], dead_unit_rate=0.01, saturated_unit_rate=0.99)
-    assert window_stats(counters, sums, 3.0, [float("nan"), 0.0], None).dead_fraction == 0.5
-    assert window_stats(counters, {**sums, "sum": float("nan")}, 3.0, [4, 0], None).nonfinite
-    assert window_stats(counters, sums, float("inf"), [4, 0], None).nonfinite
-    assert s.scalars().keys() <= {"firing_rate", "dead_fraction", "saturation", "mean", "std", "max_abs", "grad_rms", "param_grad_norm", "nonfinite"}
-
-
 def test_state_follows_device_keeping_totals() -> None:
     st = make_state("relu", 2)
     st.observe(None, torch.tensor([[1.0, 0.0]]), False)
@@ -492,3 +465,18 @@ def test_half_precision_outputs_are_compared_with_exact_thresholds(kind, dtype, 
     st = make_state(kind, 16, params=params)
     st.observe(None, y, detail=False)
     assert getattr(stats(st), stat) == expected
+
+
+def test_counters_are_read_by_their_names() -> None:
+    from act_diagnostics.core import state as state_module
+
+    names = ("calls", "elements", "sampled", "sat_total", "grad_calls", "grad_elements", "detail_elements",
+             "in_elements", "param_grad_steps", "targets")  # fmt: skip
+    assert [COUNTERS[getattr(state_module, n.upper())] for n in names] == list(names)
+    st = SiteState(KINDS["sigmoid"], {}, 1, 3, torch.device("cpu"), None, 0.01)
+    y = torch.rand(4, 3)
+    st.observe(None, y, detail=True)
+    st.observe_grad(torch.ones(4, 3), detail=False)
+    c = st.counters
+    assert (c[state_module.CALLS], c[state_module.ELEMENTS], c[state_module.SAMPLED]) == (1, 12, 12)
+    assert (c[state_module.DETAIL_ELEMENTS], c[state_module.GRAD_CALLS], c[state_module.GRAD_ELEMENTS]) == (12, 1, 12)

@@ -27,6 +27,7 @@ def test_every_example_is_tested() -> None:
     assert listed == {"cnn_synthetic_images", "transformer_lm", "sigmoid_mlp_before_after", "hf_transformers_tiny"}
 
 
+@pytest.mark.slow
 def test_cnn_synthetic_images(tmp_path: Path) -> None:
     callback = load("cnn_synthetic_images").main([*FAST, "--logdir", str(tmp_path)])
     sites = callback.last_snapshot.sites
@@ -35,6 +36,7 @@ def test_cnn_synthetic_images(tmp_path: Path) -> None:
     assert (Path(callback.report_dir) / "report.json").is_file()
 
 
+@pytest.mark.slow
 def test_transformer_lm_functional_activations(tmp_path: Path) -> None:
     pytest.importorskip("lightning.pytorch")
     callback = load("transformer_lm").main([*FAST, "--logdir", str(tmp_path)])
@@ -44,15 +46,24 @@ def test_transformer_lm_functional_activations(tmp_path: Path) -> None:
     assert sites["encoder.layers.1.self_attn:attention"].source == "attention"
 
 
-def test_sigmoid_mlp_before_after(tmp_path: Path) -> None:
-    results = load("sigmoid_mlp_before_after").main([*FAST, "--logdir", str(tmp_path)])
-    before, _ = results["sigmoid_before"]
-    after, _ = results["gelu_after"]
+@pytest.mark.slow
+def test_sigmoid_mlp_before_after(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from act_diagnostics import ActivationWarning
+
+    with pytest.warns(ActivationWarning) as warned:  # the "before" run warns
+        results = load("sigmoid_mlp_before_after").main([*FAST, "--logdir", str(tmp_path)])
+    assert any("saturating-hidden-activation" in str(w.message) for w in warned)
+    before, loss_before, steps = results["sigmoid_before"]
+    after, loss_after, _ = results["gelu_after"]
+    # Six steps were trained: the loss compared is the mean of those six, and says so.
+    assert steps == 6
+    assert f"final training loss (mean of the last 6 steps): before {loss_before:.3f}, after {loss_after:.3f}" in capsys.readouterr().out
     rules_before = {f.rule for f in before.report.findings if f.severity != "info"}
     assert "saturating-hidden-activation" in rules_before
     assert "saturating-hidden-activation" not in {f.rule for f in after.report.findings}
 
 
+@pytest.mark.slow
 def test_hf_transformers_tiny(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     callback = load("hf_transformers_tiny").main([*FAST, "--logdir", str(tmp_path)])
@@ -81,6 +92,7 @@ def test_fast_flag_and_bad_steps(capsys: pytest.CaptureFixture[str]) -> None:
         sys.path.remove(str(EXAMPLES))
     assert _common.parse_args("x", ["--fast"], default_steps=100).max_steps == 8
     assert _common.parse_args("x", [], default_steps=100).max_steps == 100
+    assert _common.tail_mean([1.0, 2.0, 3.0], last=2) == (2.5, 2) and _common.tail_mean([4.0], last=20) == (4.0, 1)
     with pytest.raises(SystemExit):
         _common.parse_args("x", ["--max-steps", "0"], default_steps=100)
     assert "--max-steps must be >= 1, got 0" in capsys.readouterr().err

@@ -81,7 +81,7 @@ import lightning.pytorch as L
 assert issubclass(cls, L.Callback), cls.__mro__
 assert factory.lightning_callbacks() == []
 from tests.ecosystem.conftest import tiny_module_class, loader
-cb = cls(log_every_n_steps=2, verbose=False, report=False)
+cb = cls(log_every_n_steps=2, verbose=False, outputs=act_diagnostics.OutputOptions(report=False))
 trainer = L.Trainer(max_steps=4, logger=False, callbacks=[cb], enable_progress_bar=False,
                     enable_model_summary=False, enable_checkpointing=False, accelerator="cpu")
 with warnings.catch_warnings():
@@ -93,6 +93,7 @@ print("OK", cls.__module__)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter per flavour
 @pytest.mark.parametrize(
     ("snippet", "needs", "expected_module"),
     [

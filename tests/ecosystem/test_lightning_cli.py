@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
+from unittest import mock
 from typing import Any
 
 import pytest
@@ -21,13 +23,16 @@ QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 
 
 def run_cli(flavour: str, tmp_path: Path, args: list[str]) -> Any:
+    """LightningCLI parsing ``args`` alone: sys.argv is pytest's own command line, which the CLI
+    would otherwise also see (and warn about being given both)."""
     cli_mod = importlib.import_module(f"{flavour}.cli")
-    return cli_mod.LightningCLI(
-        tiny_module_class(flavour),
-        args=[f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=6", *QUIET, *args],
-        run=False,
-        save_config_callback=None,
-    )
+    with mock.patch.object(sys, "argv", ["train.py"]):
+        return cli_mod.LightningCLI(
+            tiny_module_class(flavour),
+            args=["--seed_everything=0", f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=6", *QUIET, *args],
+            run=False,
+            save_config_callback=None,
+        )
 
 
 def ours(cli: Any, flavour: str) -> list[Any]:
@@ -43,10 +48,21 @@ def test_command_line_form(flavour: str, tmp_path: Path) -> None:
             "--trainer.callbacks.log_every_n_steps=5",
             "--trainer.callbacks.verbose=false",
             "--trainer.callbacks.eval_stages=[validate]",
+            "--trainer.callbacks.measure_every_n_steps=2",
+            "--trainer.callbacks.monitor.kinds=[relu]",
+            "--trainer.callbacks.monitor.gradients=false",
+            "--trainer.callbacks.rules.disable=[saturation]",
+            "--trainer.callbacks.rules.warn=false",
+            "--trainer.callbacks.outputs.histograms=false",
+            "--trainer.callbacks.outputs.report=false",
         ],
     )
     (cb,) = ours(cli, flavour)
-    assert cb.log_every_n_steps == 5 and cb.verbose is False and cb.eval_stages == ("validate",)
+    assert cb.options.log_every_n_steps == 5 and cb.options.verbose is False and cb.eval_stages == ("validate",)
+    assert cb.options.measure_every_n_steps == 2
+    assert cb.monitor_config.kinds == ("relu",) and cb.monitor_config.gradients is False
+    assert cb.engine.disabled == ("saturation",) and cb.options.warn is False
+    assert cb.options.outputs.histograms is False and cb.options.outputs.report is False
     fit(cli.trainer, cli.model)
     assert cb.failure is None and cb.last_snapshot is not None
 
@@ -59,14 +75,38 @@ def test_yaml_form(flavour: str, tmp_path: Path) -> None:
         f"    - class_path: {CLASS_PATHS[flavour]}\n"
         "      init_args:\n"
         "        log_every_n_steps: 3\n"
-        "        kinds: [relu]\n"
-        "        thresholds: {dead-units.warn_fraction: 0.3}\n"
+        "        monitor:\n"
+        "          include: [fc1, act]\n"
+        "          exclude: [head]\n"
+        "          kinds: [relu]\n"
+        "          functional: false\n"
+        "          unit_dim: -1\n"
+        "          saturation_eps: 0.02\n"
+        "          sample_elements: null\n"
+        "        rules:\n"
+        "          thresholds: {dead-units.warn_fraction: 0.3, dead-units.unit_rate: 0.05}\n"
+        "          preflight: false\n"
+        "        outputs:\n"
+        "          grad_histograms: true\n"
+        "          heatmaps: false\n"
+        "          histogram_samples: 64\n"
         "        verbose: false\n"
     )
     cli = run_cli(flavour, tmp_path, [f"--config={config}"])
     (cb,) = ours(cli, flavour)
-    assert cb.log_every_n_steps == 3
-    assert cb.monitor_config.kinds is not None
+    assert cb.options.log_every_n_steps == 3
+    cfg = cb.monitor_config
+    assert (cfg.include, cfg.exclude, cfg.kinds) == (("fc1", "act"), ("head",), ("relu",))
+    assert (cfg.functional, cfg.unit_dim, cfg.saturation_eps, cfg.sample_elements) == (False, -1, 0.02, None)
+    assert cfg.histogram_samples == 64 and cfg.dead_unit_rate == 0.05  # the rule's unit rate, logged too
+    assert cb.options.rules.thresholds["dead-units.warn_fraction"] == 0.3 and cb.options.preflight is False
+    assert cb.options.outputs.grad_histograms is True and cb.options.outputs.heatmaps is False
+
+
+def test_rules_switched_off_from_the_command_line(flavour: str, tmp_path: Path) -> None:
+    cli = run_cli(flavour, tmp_path, [f"--trainer.callbacks+={CLASS_PATHS[flavour]}", "--trainer.callbacks.rules=false"])
+    (cb,) = ours(cli, flavour)
+    assert cb.engine is None
 
 
 @pytest.mark.parametrize(
@@ -74,7 +114,8 @@ def test_yaml_form(flavour: str, tmp_path: Path) -> None:
     [
         "--trainer.callbacks.log_every_n_steps=often",  # not an int
         "--trainer.callbacks.eval_stages=[train]",  # not one of the Literal choices
-        "--trainer.callbacks.histograms=maybe",  # not a bool
+        "--trainer.callbacks.outputs.histograms=maybe",  # not a bool
+        "--trainer.callbacks.monitor.kinds=relu",  # not a list
     ],
 )
 def test_bad_value_fails(flavour: str, tmp_path: Path, bad: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from act_diagnostics.cli import main
-from act_diagnostics.outputs.readback import ReadbackError, find_run, load_run, render_run, split_tag
+from act_diagnostics.outputs.readback import ReadbackError, find_run, load_run, parse_findings_markdown, render_run, split_tag
+from act_diagnostics.outputs.report import REPORT_DIRNAME
 from tests.ecosystem.conftest import callback_class, deep_sigmoid_net, fit, make_trainer, seq_module_class
 
 FLAVOUR = "pytorch_lightning"
@@ -64,7 +65,7 @@ def test_json_report(finished_run: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["report", str(finished_run), "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["run_dir"] == str(finished_run)
-    assert data["report_json"].endswith("act_diagnostics/report.json")
+    assert data["report_json"].endswith("act-diagnostics/report.json") and data["findings_source"] == "act-diagnostics/report.json"
     assert {f["rule"] for f in data["findings"]} >= {"saturating-hidden-activation"}
     sites = [row["site"] for row in data["layers"]]
     assert sites == ["net.1", "net.3", "net.5", "net.7", "net.9"]  # forward order
@@ -76,13 +77,13 @@ def test_markdown_report(finished_run: Path, capsys: pytest.CaptureFixture[str])
     assert main(["report", str(finished_run), "--format", "md"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# act_diagnostics report")
-    assert "| severity | rule | site | step | message | recommendation |" in out
+    assert "| severity | rule | site | step | status | finding | evidence | fix |" in out
     assert "| `net.1` |" in out
 
 
 def test_parent_dir_with_one_run(finished_run: Path) -> None:
     assert find_run(finished_run.parent.parent) == finished_run  # <root> -> tb/version_0
-    assert find_run(finished_run / "act_diagnostics") == finished_run
+    assert find_run(finished_run / REPORT_DIRNAME) == finished_run
 
 
 def test_parent_with_two_runs_is_an_error(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,7 +107,7 @@ def test_dir_without_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_report_dot_inside_the_report_folder(finished_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.chdir(finished_run / "act_diagnostics")
+    monkeypatch.chdir(finished_run / REPORT_DIRNAME)
     assert find_run(".") == finished_run.resolve()
     assert main(["report", "."]) == 0
     assert "Per-layer statistics" in capsys.readouterr().out
@@ -123,7 +124,7 @@ def test_events_of_another_tool(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def test_failed_run_reads_back(failed_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # on_exception wrote the report: what was measured up to the failure is there.
-    assert (failed_run / "act_diagnostics" / "report.json").is_file()
+    assert (failed_run / REPORT_DIRNAME / "report.json").is_file()
     run = load_run(failed_run)
     # The window after the last log step, up to the failing step 9, was published too.
     assert run.layers and run.last_step == 9
@@ -136,24 +137,62 @@ def test_failed_run_reads_back(failed_run: Path, capsys: pytest.CaptureFixture[s
     assert json.loads(render_run(failed_run, "json"))["stopped"]["step"] == 9
 
 
-def test_a_run_without_report_json_does_not_claim_no_findings(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Still training, or report=False: the findings are not in the event scalars, so the readback
-    cannot say there are none (the deep sigmoid run has several)."""
+def test_a_run_without_report_json_reads_the_findings_text(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Still training, or report=False: the findings come from the TensorBoard text the callback
+    writes (the final report's, here), with their source named."""
     run_dir = tmp_path / "running"
     shutil.copytree(finished_run, run_dir)
-    shutil.rmtree(run_dir / "act_diagnostics")
+    expected = json.loads((run_dir / REPORT_DIRNAME / "report.json").read_text())["findings"]
+    shutil.rmtree(run_dir / REPORT_DIRNAME)
+    run = load_run(run_dir)
+    assert run.report_path is None and run.findings_source == "TensorBoard text act_diagnostics/report (step 15)"
+    got = [(f["severity"], f["rule"], f["site"], f["step"], f["message"], f["recommendation"]) for f in run.findings]
+    assert got == [(f["severity"], f["rule"], f["site"], f["step"], f["message"], f["recommendation"]) for f in expected]
     assert main(["report", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "Findings: none" not in out and "Findings: not known without report.json" in out
-    assert main(["report", str(run_dir), "--format", "md"]) == 0
+    assert f"Findings ({len(expected)}, from TensorBoard text act_diagnostics/report (step 15)):" in out
+
+
+def test_without_report_json_or_findings_text_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("act/fc.act/firing_rate", 0.5, 3)
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "Findings: not known: there is no act-diagnostics/report.json (written at the end of fit; the run may still be "
+        "running, or report=False) and the event files hold no findings text (act_diagnostics/findings, written to "
+        "TensorBoard when a finding is raised): either none was raised up to step 3, or the rules were off"
+    ) in out
+    assert main(["report", str(tmp_path), "--format", "md"]) == 0
     assert "No findings." not in capsys.readouterr().out
-    assert json.loads(render_run(run_dir, "json"))["findings"] is None
+    assert json.loads(render_run(tmp_path, "json"))["findings"] is None
+
+
+def test_findings_text_of_older_runs_reads_back() -> None:
+    old = "**Findings**: 1 error(s)\n\n| severity | rule | site | step | finding | fix |\n|---|---|---|---|---|---|\n| error | dead-units | a\\|b | 7 | 60% dead | lower LR |\n"
+    assert parse_findings_markdown(old) == [
+        {"severity": "error", "rule": "dead-units", "site": "a|b", "step": 7, "message": "60% dead", "recommendation": "lower LR"}
+    ]
+    new = "| severity | rule | site | step | status | finding | evidence | fix |\n|---|\n| info | x | (model) | 2 | resolved at step 9 | m | k=1 | f |"
+    (f,) = parse_findings_markdown(new)
+    assert f["site"] == "" and f["resolved_step"] == 9 and f["evidence"] == "k=1"
+
+
+def test_an_older_runs_report_folder_reads_back(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs before the folder was renamed wrote act_diagnostics/report.json."""
+    (tmp_path / "act_diagnostics").mkdir()
+    shutil.copy(finished_run / REPORT_DIRNAME / "report.json", tmp_path / "act_diagnostics")
+    run = load_run(tmp_path)
+    assert run.report_path == tmp_path / "act_diagnostics" / "report.json" and run.findings
+    assert find_run(tmp_path / "act_diagnostics") == tmp_path.resolve()
 
 
 def test_report_json_only(finished_run: Path, tmp_path: Path) -> None:
     # A CSVLogger run has report.json but no event files: findings still read back.
-    (tmp_path / "act_diagnostics").mkdir()
-    shutil.copy(finished_run / "act_diagnostics" / "report.json", tmp_path / "act_diagnostics")
+    (tmp_path / REPORT_DIRNAME).mkdir()
+    shutil.copy(finished_run / REPORT_DIRNAME / "report.json", tmp_path / REPORT_DIRNAME)
     run = load_run(tmp_path)
     assert run.event_files == [] and run.findings
 
@@ -220,3 +259,25 @@ def test_functional_site_names_come_back(tmp_path: Path) -> None:
     rows = {row.site: row for row in load_run(trainer.logger.log_dir).layers}
     assert set(rows) == {"act", ":tanh"}
     assert rows[":tanh"].kind == "tanh" and rows["act"].kind == "relu"
+
+
+def test_not_applicable_statistics_are_neither_logged_nor_in_report_json(finished_run: Path) -> None:
+    """Sigmoid layers: never above 0.5 is a position, not a dead unit. Their dead_fraction is not a
+    TensorBoard scalar and is null in report.json; what applies (firing_rate, saturation) is there."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set(EventAccumulator(str(finished_run), size_guidance={"scalars": 0}).Reload().Tags()["scalars"])
+    assert {"act/net.1/firing_rate", "act/net.1/saturation"} <= tags
+    assert not any(tag.endswith("/dead_fraction") for tag in tags)
+    layers = json.loads((finished_run / REPORT_DIRNAME / "report.json").read_text())["layers"]
+    assert [(row["family"], row["dead_fraction"]) for row in layers] == [("sigmoid", None)] * 5
+    assert all(row["saturation"] is not None for row in layers)
+
+
+def test_the_report_folder_is_self_contained(finished_run: Path) -> None:
+    """report.md links each finding's chart, written beside it in the same folder."""
+    import re
+
+    folder = finished_run / REPORT_DIRNAME
+    links = re.findall(r"\]\(([^)]+)\)", (folder / "report.md").read_text())
+    assert links and all((folder / link).is_file() and "/" not in link for link in links)

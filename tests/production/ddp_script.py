@@ -22,13 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from prod_models import Classifier, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer  # noqa: E402,F401
+from prod_models import Classifier, OutputOptions, RuleOptions, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer  # noqa: E402,F401
 
 GLOBAL_SAMPLES = 32
 PER_RANK_BATCH = 4
 STEPS = 4
 INTERVAL = 2
-THRESHOLDS = {"dead-units.min_samples": 4, "dead-units.preflight_min_samples": 4}
+THRESHOLDS = {"dead-units.preflight_unit_rate": 0.5, "dead-units.evidence": 0.1}  # 4 silent samples decide (0.5^4 < 0.1)
 
 
 def net() -> torch.nn.Module:
@@ -73,7 +73,8 @@ def stats_dict(snap: Any) -> dict:
 def main(scenario: str, out: str) -> None:
     # Few samples per unit in this tiny run: let dead-units judge them.
     shards = scenario == "shards"
-    cb = diagnostics(log_every_n_steps=INTERVAL, thresholds=THRESHOLDS, report=True, eval_stages=["validate"] if shards else None)
+    cb = diagnostics(log_every_n_steps=INTERVAL, rules=RuleOptions(thresholds=THRESHOLDS), outputs=OutputOptions(),
+                     eval_stages=["validate"] if shards else None)
     rec = SnapshotRecorder(cb)
     m = Sharded(branch=scenario == "branch")
     from pytorch_lightning.loggers import CSVLogger

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from act_diagnostics.callbacks.options import MonitorOptions, OutputOptions, RuleOptions  # noqa: F401 - for the tests
 from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
 
 WIDTH = 8
@@ -63,7 +64,7 @@ class Classifier(pl.LightningModule):
 def diagnostics(**kwargs: Any) -> ActivationDiagnostics:
     """The callback, quiet: no report files, no console table (both tested elsewhere)."""
     kwargs.setdefault("verbose", False)
-    kwargs.setdefault("report", False)
+    kwargs.setdefault("outputs", OutputOptions(report=False))
     return ActivationDiagnostics(**kwargs)
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import ddp_script
-from prod_models import Classifier, SnapshotRecorder, diagnostics, loader, mlp, trainer
+from prod_models import Classifier, RuleOptions, SnapshotRecorder, diagnostics, loader, mlp, trainer
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 SCENARIOS = ("shards", "branch")
@@ -42,7 +42,8 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
 def _single_process_reference(tmp_path: Path) -> list:
     """One process over the global batch (both shards), same weights and schedule."""
     torch.manual_seed(0)
-    cb = diagnostics(log_every_n_steps=ddp_script.INTERVAL, thresholds=ddp_script.THRESHOLDS)
+    # warn=False: its findings are compared below, not warned (rank zero of the DDP run warns them)
+    cb = diagnostics(log_every_n_steps=ddp_script.INTERVAL, rules=RuleOptions(thresholds=ddp_script.THRESHOLDS, warn=False))
     rec = SnapshotRecorder(cb)
     t = trainer(tmp_path, [cb, rec], max_steps=ddp_script.STEPS, log_every_n_steps=ddp_script.INTERVAL)
     t.fit(Classifier(net=ddp_script.net(), lr=0.0), loader(n=ddp_script.GLOBAL_SAMPLES, batch_size=2 * ddp_script.PER_RANK_BATCH))
@@ -53,6 +54,7 @@ COMPARED = ("elements", "sampled", "units", "firing_rate", "dead_fraction", "mea
             "nonfinite", "nonfinite_share", "input_std", "grad_rms", "param_grad_norm")
 
 
+@pytest.mark.slow  # the two-process launch
 def test_reduced_statistics_equal_one_process_over_global_data(ranks, tmp_path):
     r0, r1 = ranks["shards"]
     ref_snaps, ref_findings = _single_process_reference(tmp_path)
@@ -77,6 +79,7 @@ def test_reduced_statistics_equal_one_process_over_global_data(ranks, tmp_path):
     assert r0["steps"] == r1["steps"] == ddp_script.STEPS
 
 
+@pytest.mark.slow  # the two-process launch
 def test_warnings_from_rank_zero_only(ranks):
     r0, r1 = ranks["shards"]
     assert [w for w in r0["warnings"] if w[0] == "ActivationWarning"]
@@ -96,6 +99,7 @@ def test_warnings_from_rank_zero_only(ranks):
     assert r1["report_dir"] is None
 
 
+@pytest.mark.slow  # the two-process launch
 def test_site_mismatch_across_ranks_warns_once_and_finishes(ranks):
     r0, r1 = ranks["branch"]
     assert r0["global_step"] == r1["global_step"] == ddp_script.STEPS
@@ -146,8 +150,8 @@ def test_failure_on_another_rank_stops_gathering_with_one_warning():
     _monitored(cb)
     t = _FakeTrainer(lambda mine: torch.zeros_like(mine))  # rank 1 reports "unhealthy"
     with pytest.warns(DistributedMismatch, match=r"internal error on rank\(s\) \[1\]"):
-        assert cb._ranks_agree(t, healthy=True) is False
-    assert cb._ranks_agree(t, healthy=True) is False  # decided once: no further collective, no warning
+        assert cb._rank_check.agree(t, cb.monitor, healthy=True) is False
+    assert cb._rank_check.agree(t, cb.monitor, healthy=True) is False  # decided once: no further collective, no warning
     assert t.strategy.calls == 1
 
 
@@ -155,6 +159,6 @@ def test_agreeing_ranks_gather_once_per_log_step():
     cb = diagnostics(rules=False)
     _monitored(cb)
     t = _FakeTrainer(lambda mine: mine.clone())  # rank 1 has the same layout
-    assert cb._ranks_agree(t, healthy=True) is True
+    assert cb._rank_check.agree(t, cb.monitor, healthy=True) is True
     cb._publish(t, step=0, preflight=False)  # check + statistics: two collectives in all
-    assert t.strategy.calls == 3  # (the first _ranks_agree call above, then two in _publish)
+    assert t.strategy.calls == 3  # (the first check above, then two in _publish)

@@ -14,7 +14,7 @@ import torch
 import act_diagnostics.core.state as state_module
 from act_diagnostics.core.monitor import MonitorFailure
 from act_diagnostics.rules import ActivationWarning
-from prod_models import Classifier, diagnostics, hook_count, loader, trainer
+from prod_models import Classifier, MonitorOptions, OutputOptions, RuleOptions, diagnostics, hook_count, loader, trainer
 
 
 class FailsAtStep2(Classifier):
@@ -51,8 +51,8 @@ class NaNLossAtStep6(Classifier):
 def test_a_failing_run_reports_its_last_window_and_the_failing_step(tmp_path):
     """What was measured after the last log step, the failing step included, is judged and
     written: the NaN that stopped the run is in the report (the old code dropped it)."""
-    cb = diagnostics(log_every_n_steps=5, measure_every_n_steps=1, report=True)
-    with pytest.raises(FloatingPointError):
+    cb = diagnostics(log_every_n_steps=5, measure_every_n_steps=1, outputs=OutputOptions())
+    with pytest.raises(FloatingPointError), pytest.warns(ActivationWarning, match=r"non-finite\] error at step 6"):
         trainer(tmp_path, [cb], max_steps=20).fit(NaNLossAtStep6(), loader())
     assert [(f.rule, f.step) for f in cb.report.findings if f.rule == "non-finite"] == [("non-finite", 6)]
     assert cb.report.stopped == {"step": 6, "exception": "FloatingPointError: loss is nan", "where": "training step", "scheduled": True, "measured": True}
@@ -76,7 +76,7 @@ def test_a_run_stopped_at_an_unmeasured_step_says_so(tmp_path):
                 raise FloatingPointError("loss is nan")
             return super().training_step(batch, batch_idx)
 
-    cb = diagnostics(log_every_n_steps=10, report=True)
+    cb = diagnostics(log_every_n_steps=10, outputs=OutputOptions())
     with pytest.raises(FloatingPointError):
         trainer(tmp_path, [cb], max_steps=30).fit(StopsAt(), loader(n=256))
     assert cb.report.stopped == {"step": unmeasured, "exception": "FloatingPointError: loss is nan", "where": "training step", "scheduled": False, "measured": False}
@@ -175,25 +175,12 @@ def test_nan_and_inf_inputs_become_a_non_finite_finding(tmp_path):
     [
         ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be a positive int or None .*got 0"),
         ({"log_every_n_steps": True}, ValueError, r"`log_every_n_steps` .*got True"),
-        ({"histograms": "yes"}, TypeError, r"`histograms` must be True or False, got 'yes'"),
-        ({"rules": 1}, TypeError, r"`rules` must be True or False, got 1"),
+        ({"verbose": "yes"}, TypeError, r"`verbose` must be True or False, got 'yes'"),
+        ({"rules": 1}, TypeError, r"`rules` must be a RuleOptions, True \(the defaults\) or False \(rules off\), got 1"),
         ({"eval_stages": ["train"]}, ValueError, r"`eval_stages` entries must be 'validate', 'test' or 'predict', got \['train'\]"),
         ({"eval_stages": 5}, TypeError, r"`eval_stages` must be a list of 'validate', 'test', 'predict' or None, got 5"),
-        ({"kinds": ["relux"]}, ValueError, r"`kinds` .*\['relux'\].*Kinds: relu, .*Families: "),
-        ({"saturation_eps": 0.7}, ValueError, r"`saturation_eps` must be a number in \(0, 0.5\), got 0.7"),
-        ({"sample_elements": 0}, ValueError, r"`sample_elements` must be a positive int or None .*got 0"),
-        ({"histogram_samples": -1}, ValueError, r"`histogram_samples` must be an int >= 0 .*got -1"),
-        ({"unit_dim": "1"}, TypeError, r"`unit_dim` must be an int or None .*got '1'"),
-        ({"include": 5}, TypeError, r"`include` must be a string or a list of strings .*got 5"),
-        ({"disable_rules": ["nope"]}, ValueError, r"`disable_rules` got unknown rule id\(s\) \['nope'\]; valid ids: .*dead-units"),
         ({"measure_every_n_steps": 0}, ValueError, r"`measure_every_n_steps` must be a positive int \(1: every step\) or None \(automatic: 5 measured steps per window after the first\), got 0"),
-        ({"disable_rules": 3}, TypeError, r"`disable_rules` must be a list of rule ids or None, got 3"),
-        ({"thresholds": {"dead-units.bogus": 1}}, ValueError, r"'dead-units.bogus' .*valid keys: dead-units.unit_rate"),
-        # Checked with the rules off too: the typo would surface only when they are switched on.
-        ({"rules": False, "disable_rules": ["nope"]}, ValueError, r"`disable_rules` got unknown rule id\(s\) \['nope'\]"),
-        ({"rules": False, "thresholds": {"dead-units.warn_fraction": "high"}}, TypeError, r"must be a finite number >= 0"),
-        ({"kinds": []}, ValueError, r"`kinds` is an empty list, which would select no site; pass None to watch every site"),
-        ({"include": []}, ValueError, r"`include` is an empty list, which would select no site"),
+        ({"monitor": "all"}, TypeError, r"`monitor` must be a MonitorOptions or None \(the defaults\), got 'all'"),
     ],
 )
 def test_invalid_arguments_name_argument_value_and_choices(kwargs, error, match):
@@ -201,10 +188,36 @@ def test_invalid_arguments_name_argument_value_and_choices(kwargs, error, match)
         diagnostics(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("group", "kwargs", "error", "match"),
+    [
+        (OutputOptions, {"histograms": "yes"}, TypeError, r"`histograms` must be True or False, got 'yes'"),
+        (OutputOptions, {"histogram_samples": -1}, ValueError, r"`histogram_samples` must be an int >= 0 .*got -1"),
+        (MonitorOptions, {"kinds": ["relux"]}, ValueError, r"`kinds` .*\['relux'\].*Kinds: relu, .*Families: "),
+        (MonitorOptions, {"saturation_eps": 0.7}, ValueError, r"`saturation_eps` must be a number in \(0, 0.5\), got 0.7"),
+        (MonitorOptions, {"sample_elements": 0}, ValueError, r"`sample_elements` must be a positive int or None .*got 0"),
+        (MonitorOptions, {"unit_dim": "1"}, TypeError, r"`unit_dim` must be an int or None .*got '1'"),
+        (MonitorOptions, {"include": 5}, TypeError, r"`include` must be a string or a list of strings .*got 5"),
+        (MonitorOptions, {"kinds": []}, ValueError, r"`kinds` is an empty list, which would select no site; pass None to watch every site"),
+        (MonitorOptions, {"include": []}, ValueError, r"`include` is an empty list, which would select no site"),
+        (RuleOptions, {"disable": ["nope"]}, ValueError, r"`disable` got unknown rule id\(s\) \['nope'\]; valid ids: .*dead-units"),
+        (RuleOptions, {"disable": 3}, TypeError, r"`disable` must be a list of rule ids or None, got 3"),
+        (RuleOptions, {"thresholds": {"dead-units.bogus": 1}}, ValueError, r"'dead-units.bogus' .*valid keys: dead-units.unit_rate"),
+        (RuleOptions, {"thresholds": {"dead-units.warn_fraction": "high"}}, TypeError, r"must be a finite number"),
+        (RuleOptions, {"warn": 1}, TypeError, r"`warn` must be True or False, got 1"),
+    ],
+)
+def test_invalid_options_name_argument_value_and_choices(group, kwargs, error, match):
+    # Checked when the group is built, before any Trainer: a typo in RuleOptions surfaces even
+    # while the rules are switched off.
+    with pytest.raises(error, match=match):
+        group(**kwargs)
+
+
 def test_an_empty_exclude_list_excludes_nothing():
-    assert diagnostics(exclude=[]).monitor_config.exclude == ()
+    assert diagnostics(monitor=MonitorOptions(exclude=[])).monitor_config.exclude == ()
 
 
 def test_single_string_options_are_accepted():
-    cb = diagnostics(disable_rules="saturation", eval_stages="validate")
+    cb = diagnostics(rules=RuleOptions(disable="saturation"), eval_stages="validate")
     assert cb.eval_stages == ("validate",)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # two processes started and joined: tens of seconds
+
 SCRIPT = Path(__file__).with_name("fsdp_script.py")
 TIMEOUT_S = 180
 

@@ -8,14 +8,14 @@ import pytorch_lightning as pl
 import torch
 
 from act_diagnostics.rules import ActivationWarning
-from prod_models import Classifier, diagnostics, hook_count, loader, mlp, trainer
+from prod_models import Classifier, MonitorOptions, RuleOptions, diagnostics, hook_count, loader, mlp, trainer
 
-THRESHOLDS = {"dead-units.min_samples": 4, "dead-units.preflight_min_samples": 4}
+THRESHOLDS = {"dead-units.preflight_unit_rate": 0.5, "dead-units.evidence": 0.1}  # 4 silent samples decide (0.5^4 < 0.1)
 
 
 def _fit(tmp_path, max_steps, ckpt_path=None):
     model = Classifier(net=mlp(dead=True))
-    cb = diagnostics(log_every_n_steps=2, thresholds=THRESHOLDS)
+    cb = diagnostics(log_every_n_steps=2, rules=RuleOptions(thresholds=THRESHOLDS))
     t = trainer(tmp_path, [cb], max_steps=max_steps)
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
@@ -53,7 +53,7 @@ class SaveAt(pl.Callback):
             trainer.save_checkpoint(self.path)
 
 
-class Tested(Classifier):
+class EvaluatedClassifier(Classifier):
     def test_step(self, batch, batch_idx):
         return self.training_step(batch, batch_idx)
 
@@ -62,8 +62,8 @@ def test_testing_from_a_checkpoint_after_fit_keeps_the_fits_findings(tmp_path):
     """trainer.test(ckpt_path=...) restores every callback from the checkpoint: the fit's own,
     newer state must survive it; a callback with no run of its own takes the checkpoint's."""
     ckpt = tmp_path / "early.ckpt"
-    model = Tested(net=mlp(dead=True))
-    cb = diagnostics(log_every_n_steps=2, thresholds=THRESHOLDS)
+    model = EvaluatedClassifier(net=mlp(dead=True))
+    cb = diagnostics(log_every_n_steps=2, rules=RuleOptions(thresholds=THRESHOLDS))
     t = trainer(tmp_path / "a", [cb, SaveAt(2, ckpt)], max_steps=6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -73,11 +73,11 @@ def test_testing_from_a_checkpoint_after_fit_keeps_the_fits_findings(tmp_path):
         t.test(model, loader(n=32), ckpt_path=str(ckpt))
         assert cb.steps == steps and [f.to_dict() for f in cb.engine.findings] == findings
 
-        fresh = diagnostics(log_every_n_steps=2, thresholds=THRESHOLDS)
-        trainer(tmp_path / "b", [fresh]).test(Tested(net=mlp(dead=True)), loader(n=32), ckpt_path=str(ckpt))
+        fresh = diagnostics(log_every_n_steps=2, rules=RuleOptions(thresholds=THRESHOLDS))
+        trainer(tmp_path / "b", [fresh]).test(EvaluatedClassifier(net=mlp(dead=True)), loader(n=32), ckpt_path=str(ckpt))
         assert fresh.steps == 2 and fresh.engine.findings  # the checkpoint's training state
         t.save_checkpoint(tmp_path / "late.ckpt")
-        trainer(tmp_path / "b", [fresh]).test(Tested(net=mlp(dead=True)), loader(n=32), ckpt_path=str(tmp_path / "late.ckpt"))
+        trainer(tmp_path / "b", [fresh]).test(EvaluatedClassifier(net=mlp(dead=True)), loader(n=32), ckpt_path=str(tmp_path / "late.ckpt"))
     assert fresh.steps == 6  # testing checkpoint after checkpoint: each one's state
 
 
@@ -85,8 +85,8 @@ def test_two_callbacks_watching_different_parts_keep_their_own_state(tmp_path):
     """One callback per sub-network: Lightning takes them side by side (a state key each), each
     measures its own sites, and a checkpoint holds both states."""
     model = Classifier(net=mlp(depth=2))
-    first = diagnostics(log_every_n_steps=2, include=["net.1"])
-    second = diagnostics(log_every_n_steps=2, include=["net.3"])
+    first = diagnostics(log_every_n_steps=2, monitor=MonitorOptions(include=["net.1"]))
+    second = diagnostics(log_every_n_steps=2, monitor=MonitorOptions(include=["net.3"]))
     assert first.state_key != second.state_key and diagnostics().state_key == "ActivationDiagnostics"
     t = trainer(tmp_path, [first, second], max_steps=4)
     t.fit(model, loader())
@@ -99,7 +99,7 @@ def test_two_callbacks_watching_different_parts_keep_their_own_state(tmp_path):
     # A selection the checkpoint has no state of starts afresh: Lightning's fallback key (the class
     # name) would hand it a default callback's state, which names what it was.
     states["ActivationDiagnostics"] = dict(states[first.state_key], selection={}, steps=40)
-    third = diagnostics(log_every_n_steps=2, kinds=["relu"])
+    third = diagnostics(log_every_n_steps=2, monitor=MonitorOptions(kinds=["relu"]))
     third.load_state_dict(states["ActivationDiagnostics"])
     assert third.steps == 0
     legacy = {k: v for k, v in states[first.state_key].items() if k != "selection"}  # before selections
@@ -117,9 +117,9 @@ def test_a_checkpoint_under_the_class_name_resumes_a_callback_with_a_selection(t
     assert list(saved["callbacks"]) == ["ActivationDiagnostics"]
     del saved["callbacks"]["ActivationDiagnostics"]["selection"]  # as the versions before it wrote it
     torch.save(saved, ckpt)
-    cb = diagnostics(log_every_n_steps=2, thresholds=THRESHOLDS, include=["net.*"])
+    cb = diagnostics(log_every_n_steps=2, rules=RuleOptions(thresholds=THRESHOLDS), monitor=MonitorOptions(include=["net.*"]))
     assert cb.state_key != "ActivationDiagnostics"
-    assert diagnostics(include=["b*", "a*"]).state_key == diagnostics(include=["a*", "b*"]).state_key  # order-free
+    assert diagnostics(monitor=MonitorOptions(include=["b*", "a*"])).state_key == diagnostics(monitor=MonitorOptions(include=["a*", "b*"])).state_key  # order-free
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer(tmp_path / "b", [cb], max_steps=8).fit(Classifier(net=mlp(dead=True)), loader(n=128), ckpt_path=str(ckpt))

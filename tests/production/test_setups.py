@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from act_diagnostics.callbacks._core import UnsupportedSetup
 from act_diagnostics.core.monitor import UnmeasuredModules
+from act_diagnostics.rules import ActivationWarning
 from prod_models import WIDTH, Classifier, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer
 
 
@@ -109,7 +110,8 @@ def test_nan_gradients_under_a_grad_scaler_are_an_error_once_it_gives_up(tmp_pat
     cb = diagnostics(log_every_n_steps=4, measure_every_n_steps=1)
     t = trainer(tmp_path, [cb], max_steps=24, **_fp16_with_scaler())
     try:
-        t.fit(NaNTargets(), loader(n=512, batch_size=16))
+        with pytest.warns(ActivationWarning, match="GradScaler's scale fell"):
+            t.fit(NaNTargets(), loader(n=512, batch_size=16))
     except (RuntimeError, ValueError) as exc:  # pragma: no cover - depends on the torch build
         pytest.skip(f"float16 autocast not available on this CPU build: {exc}")
     (f,) = [f for f in cb.engine.findings if f.rule == "non-finite"]

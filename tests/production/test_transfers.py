@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import act_diagnostics
-from prod_models import Classifier, diagnostics, loader, trainer
+from prod_models import Classifier, RuleOptions, diagnostics, loader, trainer
 
 PACKAGE_DIR = str(Path(act_diagnostics.__file__).parent)
 TRANSFERS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
@@ -78,7 +78,7 @@ def _transfers(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, depth: int) -> di
     counter = _Counter()
     for name in TRANSFERS:
         monkeypatch.setattr(torch.Tensor, name, counter.wrap(name, getattr(torch.Tensor, name)))
-    cb = diagnostics(log_every_n_steps=3)  # rules on: they read host numbers only
+    cb = diagnostics(log_every_n_steps=3, rules=RuleOptions(warn=False))  # rules on: they read host numbers only
     t = trainer(tmp_path, [_StepMarker(counter), cb], max_steps=7)
     t.fit(Classifier(net=_deep(depth)), loader())
     monkeypatch.undo()

@@ -10,9 +10,11 @@ from act_diagnostics.core import Site, SiteStats, Snapshot
 def make_site(name: str, kind: str, family: str | None = None, index: int = 0, n_units: int = 8, **kw: Any) -> Site:
     fam = family or {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "softmax", "gelu": "smooth"}.get(kind, "other")
     consumers = set(kw.pop("consumers", {"next"}))
-    layer_types = set(kw.pop("consumer_layer_types", {"Linear"} if "next" in consumers else set()))
+    # Consumers that are not layer names: a gate's "mul", "output", "activation", "loss:<fn>".
+    layers = [c for c in consumers if c not in ("mul", "output", "activation") and not c.startswith("loss:")]
+    layer_types = set(kw.pop("consumer_layer_types", {"Linear"} if layers else set()))
     return Site(
-        name=name, kind=kind, family=fam, source="module", owner=name, module_type=kind, index=index,
+        name=name, kind=kind, family=fam, source="module", owner=kw.pop("owner", name), module_type=kind, index=index,
         unit_dim=kw.pop("unit_dim", 1), n_units=n_units, shape=kw.pop("shape", (4, n_units)),
         consumers=consumers, consumer_layer_types=layer_types, **kw,
     )  # fmt: skip

@@ -32,8 +32,8 @@ def test_report_orders_errors_first_and_round_trips_json(tmp_path):
 def test_markdown_escapes_pipes_and_has_layer_table(tmp_path):
     rep = sample_report()
     md = rep.markdown_table()
-    assert "| error | dead-units | enc.act\\|0 | 300 | 50% dead | lower LR |" in md
-    assert "| site | kind | firing | dead | saturated | grad RMS |" in md
+    assert "| error | dead-units | enc.act\\|0 | 300 | open | 50% dead | dead_fraction=0.5 | lower LR |" in md
+    assert "| site | kind | firing_rate | dead_fraction | saturation | grad_rms |" in md
     rep.write_markdown(tmp_path / "report.md")
     assert (tmp_path / "report.md").read_text().startswith("# act_diagnostics report")
 
@@ -51,8 +51,8 @@ def test_empty_report():
 
 
 def test_tables_show_no_dead_fraction_for_sigmoid_tanh_softmax(tmp_path):
-    """A sigmoid unit never above 0.5 is not dead: the tables show "-" there (report.json keeps the
-    number); ReLU-family rows keep theirs."""
+    """A sigmoid unit never above 0.5 is not dead: the tables show "-" there and report.json null;
+    ReLU-family rows keep theirs."""
     pairs = [(make_site(name, kind, index=i), relu_stats([0.0] * 4 + [0.5] * 4)) for i, (name, kind) in enumerate(
         [("r", "relu"), ("s", "sigmoid"), ("t", "tanh"), ("p", "softmax")])]  # fmt: skip
     rep = Report(snapshot=make_snapshot(pairs))
@@ -60,7 +60,7 @@ def test_tables_show_no_dead_fraction_for_sigmoid_tanh_softmax(tmp_path):
     assert md_rows["r"] == "0.5" and md_rows["s"] == md_rows["t"] == md_rows["p"] == "-"
     console = {line.split()[0]: line.split()[3] for line in rep.layer_table().splitlines()[1:]}
     assert console == {"r": "0.5", "s": "-", "t": "-", "p": "-"}
-    assert [row["dead_fraction"] for row in rep.layers()] == [0.5] * 4
+    assert [row["dead_fraction"] for row in rep.layers()] == [0.5, None, None, None]
 
 
 def test_sites_that_would_share_a_tag_keep_their_own_scalars():

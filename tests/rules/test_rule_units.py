@@ -23,13 +23,13 @@ def dead_snapshot(rates: list[float], spu: int = 2000, step: int = 100, kind: st
 
 
 # ---------------------------------------------------------------- dead-units
-def test_dead_units_needs_two_windows_and_reports_fraction():
+def test_dead_units_decide_in_the_first_window_whose_evidence_is_conclusive():
     engine = only("dead-units")
     rates = [0.0] * 4 + [0.5] * 4  # 50% dead -> error
-    assert engine.evaluate(dead_snapshot(rates)) == []  # debounced: first window only arms it
-    (f,) = engine.evaluate(dead_snapshot(rates, step=200))
+    (f,) = engine.evaluate(dead_snapshot(rates))  # 2000 silent samples: (0.99)^2000 ~ 2e-9
     assert (f.rule, f.site, f.severity) == ("dead-units", "fc1.act", "error")
-    assert f.evidence["dead_fraction"] == 0.5 and f.evidence["dead_units"] == 4
+    assert f.evidence["dead_fraction"] == 0.5 and f.evidence["dead_units"] == 4 and f.evidence["samples_per_unit"] == 2000
+    assert "each silent on at least its last 2000 samples" in f.message
 
 
 def test_dead_units_quiet_below_warn_fraction_and_for_leaky_relu():
@@ -39,13 +39,68 @@ def test_dead_units_quiet_below_warn_fraction_and_for_leaky_relu():
         assert engine.evaluate(dead_snapshot([0.0] * 8, step=step, kind="leaky_relu")) == []
 
 
-def test_dead_units_pools_small_windows_until_enough_samples():
+@pytest.mark.parametrize(
+    "spu,windows",
+    [
+        (400, 1),  # 400 silent samples: 0.99^400 = 1.8% < 5%
+        (160, 2),  # 0.99^160 = 20%; 0.99^320 = 4%: the second window decides
+        (100, 3),  # 0.99^300 = 4.9%: the third
+        (50, 6),  # batches of 5-10: 0.99^300 after six windows of 50
+        (2000, 1),
+    ],
+)
+def test_dead_units_decide_once_the_silent_samples_make_a_live_unit_improbable(spu, windows):
     engine = only("dead-units")
-    rates = [0.0] * 8
-    # 400 samples per unit per window: 1000 are reached in the third window, the next judged
-    # window (sixth) confirms it.
-    fired = [bool(engine.evaluate(dead_snapshot(rates, spu=400, step=s))) for s in range(1, 7)]
-    assert fired == [False, False, False, False, False, True]
+    fired = [bool(engine.evaluate(dead_snapshot([0.0] * 8, spu=spu, step=s))) for s in range(1, windows + 2)]
+    assert fired.index(True) == windows - 1
+    assert (0.99 ** (spu * windows)) < 0.05 <= (0.99 ** (spu * (windows - 1)))  # the oracle
+
+
+def test_dead_units_hold_a_layer_while_undecided_units_could_reach_the_fraction():
+    from act_diagnostics.rules.base import RuleContext
+    from act_diagnostics.rules.dead_units import DeadUnits
+
+    rule = DeadUnits()
+    ctx = RuleContext(dead_snapshot([0.0] * 8, spu=100))
+    assert rule.evaluate(ctx) == [] and ctx.held == {"fc1.act"}
+    ctx = RuleContext(dead_snapshot([0.5] * 8, spu=100, step=200))  # all alive: clear, not held
+    assert rule.evaluate(ctx) == [] and ctx.held == set()
+
+
+def test_a_unit_that_fires_rarely_but_above_the_rate_is_not_dead():
+    """A unit firing on 2% of its samples, window after window, never accumulates evidence."""
+    engine = only("dead-units")
+    for step in range(1, 20):
+        assert engine.evaluate(dead_snapshot([0.02] * 8, spu=200, step=step)) == []
+
+
+def test_dead_units_evidence_counts_firings_below_the_rate():
+    """6 firings in 2000 samples: P(Binomial(2000, 1%) <= 6) < exp(-2000 KL(0.003 || 0.01)) = 1.1e-3,
+    dead; 12 firings (0.6%): the bound is 0.11 > 5%, not conclusive (the bound errs on the side of alive)."""
+    (f,) = only("dead-units").evaluate(dead_snapshot([0.003] * 4 + [0.5] * 4))
+    assert "each fired on under 1% of at least its last 2000 samples" in f.message
+    assert not only("dead-units").evaluate(dead_snapshot([0.006] * 4 + [0.5] * 4))
+
+
+def test_dead_units_impact_in_a_gate_bottleneck_and_few_units():
+    """Squeeze-excitation: 2 of 8 ReLU units dead in the bottleneck feeding the gate: info."""
+    relu = make_site("se.act", "relu", index=0, consumers={"se.fc2"}, feeding_layer="se.fc1")
+    gate = make_site("se.gate", "sigmoid", index=1, consumers={"mul"}, feeding_layer="se.fc2")
+    pairs = [(relu, relu_stats([0.0] * 2 + [0.5] * 6)), (gate, SiteStats())]
+    (f,) = only("dead-units").evaluate(make_snapshot(pairs))
+    assert f.severity == "info" and "gate's bottleneck" in f.recommendation
+    pairs[0] = (relu, relu_stats([0.0] * 4 + [0.5] * 4))  # half of them: still an info note
+    (f,) = only("dead-units").evaluate(make_snapshot(pairs))
+    assert f.severity == "info"
+    pairs[0] = (relu, relu_stats([0.0] * 8))  # all dead: the gate is constant, worth a warning
+    (f,) = only("dead-units").evaluate(make_snapshot(pairs))
+    assert f.severity == "warning"
+    main = make_site("fc.act", "relu", index=0, consumers={"fc2"}, feeding_layer="fc1")  # main path, 2 dead of 8
+    (f,) = only("dead-units").evaluate(make_snapshot([(main, relu_stats([0.0] * 2 + [0.5] * 6))]))
+    assert f.severity == "warning"
+    narrow = make_site("fc.act", "relu", index=0, n_units=4, consumers={"fc2"}, feeding_layer="fc1")  # 1 of 4
+    (f,) = only("dead-units").evaluate(make_snapshot([(narrow, relu_stats([0.0] + [0.5] * 3))]))
+    assert f.severity == "info" and "only 1 unit;" not in f.recommendation and "(only 1 unit)" in f.recommendation
 
 
 def test_dead_units_born_dead_versus_died_later():
@@ -79,8 +134,8 @@ def test_dead_units_without_a_preflight_window_say_when_they_were_first_seen():
     for step in (100, 200):
         engine.evaluate(dead_snapshot([0.0] * 6 + [0.5] * 2, step=step))
     (f,) = engine.findings
-    assert f.evidence["born_dead"] == 6 and f.step == 200
-    assert "6 dead already in the first judged window, at step 100: likely born dead" in f.message
+    assert f.evidence["born_dead"] == 6 and f.step == 100
+    assert "6 dead already in the first window, at step 100: likely born dead" in f.message
 
 
 # ---------------------------------------------------------------- saturation
@@ -163,7 +218,10 @@ def stack(kind: str, hidden: int, **last_kw):
 
 
 def test_saturating_hidden_activation_depth_and_family():
-    assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("sigmoid", 2))] == ["warning"]
+    # Two hidden sigmoid layers (a three-layer MLP, the textbook net): an info note; three: a warning.
+    (f,) = only("saturating-hidden-activation").evaluate(stack("sigmoid", 2))
+    assert f.severity == "info" and "shallow stack (3 layers) and does not saturate" in f.message
+    assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("sigmoid", 3))] == ["warning"]
     assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("tanh", 2))] == ["info"]
     assert [f.severity for f in only("saturating-hidden-activation").evaluate(stack("tanh", 4))] == ["warning"]
     # The binary sigmoid head alone (behind ReLUs) is never flagged.
@@ -219,7 +277,7 @@ def test_saturating_hidden_activation_names_the_kind_and_skips_logsigmoid():
     """Softsign is of the tanh family, not tanh; LogSigmoid is -softplus(-x), linear on one side."""
     softsign = [(make_site(f"s{i}", "softsign", family="tanh", index=i, feeding_layer=f"l{i}"), relu_stats([0.5] * 8)) for i in range(5)]
     (f,) = only("saturating-hidden-activation").evaluate(make_snapshot(softsign))
-    assert f.message.startswith("softsign (the tanh family) is used in 5 hidden layer(s) of a 6-layer stack")
+    assert f.message.startswith("softsign (the tanh family) is used in 5 hidden layers in a row (s0, s1, s2, s3, s4), a stack 6 layers deep")
     assert "the tanh family saturates" in f.message
     logsig = [(make_site(f"s{i}", "logsigmoid", family="sigmoid", index=i, feeding_layer=f"l{i}"), relu_stats([0.5] * 8)) for i in range(5)]
     assert only("saturating-hidden-activation").evaluate(make_snapshot(logsig)) == []
@@ -231,6 +289,50 @@ def test_saturating_hidden_activation_names_the_kind_and_skips_logsigmoid():
 def test_saturating_hidden_activation_ignores_gates():
     pairs = [(make_site(f"g{i}", "sigmoid", index=i, consumers={"mul"}, consumer_layer_types=set()), relu_stats([0.5] * 8)) for i in range(4)]
     assert only("saturating-hidden-activation").evaluate(make_snapshot(pairs)) == []
+
+
+def test_saturating_hidden_activation_a_head_is_no_stack():
+    """BERT's pooler: GELU encoder layers, then one tanh on [CLS] whose consumer (the classifier)
+    feeds the loss: a head, not a hidden stack. Behind a sigmoid stack, a head adds to its depth."""
+    pairs = [(make_site(f"enc.{i}.act", "gelu", index=i, consumers={f"enc.{i}.out"}, feeding_layer=f"enc.{i}.in"), relu_stats([0.5] * 8)) for i in range(6)]
+    pooler = make_site("pooler.act", "tanh", index=6, consumers={"classifier"}, feeding_layer="pooler.dense")
+    snap = make_snapshot(pairs + [(pooler, relu_stats([0.5] * 8))])
+    snap.output_layers = ("classifier",)
+    assert only("saturating-hidden-activation").evaluate(snap) == []
+    snap.output_layers = ()  # without the fact, the lone tanh is a shallow stack: info at most
+    assert [f.severity for f in only("saturating-hidden-activation").evaluate(snap)] == ["info"]
+    sig = [(make_site(f"h{i}", "sigmoid", index=i, consumers={f"fc{i + 1}"}, feeding_layer=f"fc{i}"), relu_stats([0.5] * 8)) for i in range(3)]
+    snap = make_snapshot(sig)
+    snap.output_layers = ("fc3",)  # h2 is a head, and the third sigmoid layer in a row
+    (f,) = only("saturating-hidden-activation").evaluate(snap)
+    assert f.severity == "warning" and f.evidence["depth"] == 4
+
+
+def test_saturating_hidden_activation_counts_the_saturating_run_not_every_activation():
+    """Six GELU layers then two tanh layers: the tanh stack is 3 layers deep, not 9."""
+    kinds = ["gelu"] * 6 + ["tanh"] * 2
+    pairs = [(make_site(f"a{i}", k, index=i, feeding_layer=f"l{i}"), relu_stats([0.5] * 8)) for i, k in enumerate(kinds)]
+    (f,) = only("saturating-hidden-activation").evaluate(make_snapshot(pairs))
+    assert f.severity == "info" and f.evidence["depth"] == 3
+
+
+@pytest.mark.parametrize(
+    "saturation,grads,severity",
+    [
+        (0.1, [1e-3, 1e-3], "info"),
+        (0.7, [1e-3, 1e-3], "warning"),  # measurably saturated
+        (0.1, [1e-6, 1e-3], "warning"),  # the gradient shrinks 1000x across two layers
+        (0.1, [2e-4, 1e-3], "info"),  # 5x: a healthy sigmoid layer's shrink
+    ],
+)
+def test_saturating_hidden_activation_shallow_stack_escalates_on_measurements(saturation, grads, severity):
+    pairs = []
+    for i, g in enumerate(grads):
+        st = relu_stats([0.5] * 8, grad_rms=g)
+        st.saturation = saturation
+        pairs.append((make_site(f"h{i}", "sigmoid", index=i, feeding_layer=f"fc{i}"), st))
+    (f,) = only("saturating-hidden-activation").evaluate(make_snapshot(pairs))
+    assert f.severity == severity
 
 
 # ---------------------------------------------------------------- gradients and activations across depth
@@ -483,3 +585,19 @@ def test_attention_collapse_pools_few_rows_and_judges_preflight_on_one_batch():
     (pre,) = only("attention-collapse").evaluate(attention_snapshot(0.95, rows=48, step=0), preflight=True)
     assert pre.severity == "error" and "at initialisation" in pre.message
     assert only("attention-collapse").evaluate(attention_snapshot(0.95, rows=16, step=0), preflight=True) == []
+
+
+def test_transient_dead_units_end_resolved():
+    """T5's ReLU feed-forward: 28% of its units dead around step 39, 13% at the end. The finding
+    opens, then resolves once the layer has been under the warning fraction for two windows."""
+    engine = only("dead-units")
+    rates = lambda dead: [0.0] * dead + [0.4] * (64 - dead)  # noqa: E731
+    snap = lambda dead, step: make_snapshot([(make_site("ffn.act", "relu", n_units=64), relu_stats(rates(dead), 400))], step=step)  # noqa: E731
+    assert engine.evaluate(snap(0, 9)) == []
+    (f,) = engine.evaluate(snap(18, 39))  # 28%
+    engine.evaluate(snap(18, 49))
+    engine.evaluate(snap(8, 59))  # 10 units fire again: 13%
+    assert f.status == "open"
+    engine.evaluate(snap(8, 69))
+    assert f.status == "resolved" and f.resolved_step == 69 and engine.rules[0].id == "dead-units"
+    assert engine.resolved == [f]

@@ -180,7 +180,7 @@ def test_callback_reports_a_nan_loss_of_a_model_without_sites(tmp_path) -> None:
     """The Lightning callback counts the loss of every measured step (on_before_backward): a NaN at
     step 3, after the tracer stopped following, is still a non-finite finding."""
     pl = pytest.importorskip("pytorch_lightning")
-    from act_diagnostics import ActivationDiagnostics
+    from act_diagnostics import ActivationDiagnostics, RuleOptions
 
     class Linear(pl.LightningModule):
         def __init__(self) -> None:
@@ -197,7 +197,7 @@ def test_callback_reports_a_nan_loss_of_a_model_without_sites(tmp_path) -> None:
 
     x, y = _data(1.0)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    cb = ActivationDiagnostics(log_every_n_steps=1, warn=False)
+    cb = ActivationDiagnostics(log_every_n_steps=1, rules=RuleOptions(warn=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(

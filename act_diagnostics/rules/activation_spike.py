@@ -1,0 +1,129 @@
+"""activation-spike: a site's activation RMS or gradient RMS jumps far above its own recent history.
+
+A robust score per site and quantity over a rolling window of its log-step values, in the spirit of
+OLMo-core's loss and gradient-norm spike detection (a value more than 6 standard deviations above
+the mean of the last 128 steps): here the median and the median absolute deviation (MAD, scaled by
+1.4826 to estimate a standard deviation under a normal distribution) of the last ``history`` log-step
+values, so one earlier spike does not mask the next. Activation spikes usually precede loss spikes
+(Wortsman et al. 2023; Takase et al., "Spike No More"); the earliest site in forward order that
+spiked is where it starts, and the finding names it.
+
+On a spike the rule asks for detail: :func:`take_detail_requests` returns (and forgets) the sites
+that spiked since it was last called, so the training loop can make its next log step a detail step
+(histograms of every site, the spiked ones included).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from act_diagnostics.rules.base import FACTOR, POSITIVE, Range, Rule, RuleContext, finite
+from act_diagnostics.rules.finding import Finding
+
+# Score above which a value is a spike: OLMo-core's 6 sigma (loss and grad-norm spike score).
+SCORE = 6.0
+# The value must also be this many times the window's median (proposal: a spike is a jump by a
+# factor; a steady series has a tiny MAD, and a few percent would otherwise score high).
+MIN_RATIO = 2.0
+# Log-step values kept per site and quantity (proposal: OLMo-core keeps 128 steps; log steps are
+# sparser, so 32 of them cover a longer stretch of training at intervals of 10-50).
+HISTORY = 32
+# Values needed before judging (proposal: a median and MAD over fewer are too noisy).
+MIN_HISTORY = 8
+# The MAD is floored at this share of the median (a constant history would make any change infinite).
+MAD_FLOOR = 0.01
+_MAD_TO_SIGMA = 1.4826
+
+QUANTITIES = (("rms", "activation RMS"), ("grad_rms", "gradient RMS"))
+
+FIX = (
+    "Lower the learning rate or lengthen the warm-up, clip gradients (torch.nn.utils.clip_grad_norm_, "
+    "Trainer(gradient_clip_val=1.0)), and look first at the site where the spike starts and the layer feeding it "
+    "(its histograms are captured at the next log step); check the batch of that step for outliers."
+)
+
+
+def spike_score(history: np.ndarray | list[float], value: float) -> tuple[float, float]:
+    """(robust score, ratio to the median) of ``value`` against ``history``."""
+    h = np.asarray(history, dtype=np.float64)
+    median = float(np.median(h))
+    mad = float(np.median(np.abs(h - median))) * _MAD_TO_SIGMA
+    scale = max(mad, MAD_FLOOR * abs(median), 1e-30)
+    ratio = value / median if median > 0 else float("inf")
+    return (value - median) / scale, ratio
+
+
+class ActivationSpike(Rule):
+    id = "activation-spike"
+    defaults = {"score": SCORE, "min_ratio": MIN_RATIO, "history": HISTORY, "min_history": MIN_HISTORY}
+    ranges = {"score": POSITIVE, "min_ratio": FACTOR, "history": Range(2.0, integer=True), "min_history": Range(2.0, integer=True)}
+    windows = 1  # a spike is an event: one window
+    primary = "score"
+    in_preflight = False
+
+    def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
+        super().__init__(thresholds)
+        self._history: dict[str, deque[float]] = {}  # "<site>|<quantity>" -> recent values
+        self.detail_requests: list[str] = []
+
+    def _series(self, key: str) -> deque[float]:
+        series = self._history.get(key)
+        if series is None:
+            series = self._history[key] = deque(maxlen=max(1, int(self.t["history"])))
+        return series
+
+    def evaluate(self, ctx: RuleContext) -> list[Finding]:
+        spiked: list[tuple[str, str, float, float, float]] = []  # site, quantity, value, score, ratio
+        for site, stats in ctx.snapshot.ordered():
+            if site.source == "attention" or not stats.calls:
+                continue  # attention weights are bounded and sampled on detail steps only
+            for quantity, _ in QUANTITIES:
+                value = getattr(stats, quantity)
+                if not finite(value):
+                    continue
+                series = self._series(f"{site.name}|{quantity}")
+                if len(series) >= self.t["min_history"]:
+                    score, ratio = spike_score(list(series), value)
+                    if score >= self.t["score"] and ratio >= self.t["min_ratio"]:
+                        spiked.append((site.name, quantity, float(value), score, ratio))
+                series.append(float(value))
+        if not spiked:
+            return []
+        first_site = spiked[0][0]  # ordered(): forward order, input side first
+        sites = list(dict.fromkeys(s for s, *_ in spiked))
+        self.detail_requests.extend(s for s in sites if s not in self.detail_requests)
+        first = max((s for s in spiked if s[0] == first_site), key=lambda s: s[3])
+        _, quantity, value, score, ratio = first
+        label = dict(QUANTITIES)[quantity]
+        others = f"; {len(sites) - 1} later site(s) spiked too ({', '.join(sites[1:4])}{', ...' if len(sites) > 4 else ''})" if len(sites) > 1 else ""
+        msg = (
+            f"the {label} jumped to {value:.3g}, {ratio:.3g}x its median over the last log steps ({score:.3g} robust "
+            f"standard deviations above it): the spike starts here, the earliest site in forward order{others}. "
+            "Histograms of these sites are captured at the next log step"
+        )
+        evidence: dict[str, Any] = dict(
+            quantity=quantity, value=round(value, 6), ratio=round(ratio, 3), score=round(score, 2), spiked_sites=len(sites)
+        )
+        return [self.finding(ctx, first_site, "warning", msg, FIX, **evidence)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": {k: list(v) for k, v in self._history.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._history = {}
+        for key, values in (state.get("history", {}) or {}).items():
+            self._series(str(key)).extend(float(v) for v in values)
+
+
+def take_detail_requests(engine: Any) -> list[str]:
+    """The sites whose spike asked for detail since the last call (and forget them): when not
+    empty, the training loop should make its next log step a detail step."""
+    for rule in getattr(engine, "rules", ()):
+        if isinstance(rule, ActivationSpike):
+            requests, rule.detail_requests = rule.detail_requests, []
+            return requests
+    return []
