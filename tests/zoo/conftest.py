@@ -32,6 +32,9 @@ def _code_under_test_from_pythonpath() -> None:
             if root in sys.path:
                 sys.path.remove(root)
             sys.path.insert(0, root)
+            loaded = sys.modules.get("act_diagnostics")
+            if loaded is not None and os.path.dirname(os.path.dirname(os.path.abspath(loaded.__file__))) == root:
+                continue  # already this checkout's: re-importing would leave earlier test modules with other classes
             for name in [n for n in sys.modules if n == "act_diagnostics" or n.startswith("act_diagnostics.")]:
                 del sys.modules[name]
 

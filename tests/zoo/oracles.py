@@ -179,6 +179,65 @@ def hidden_activations_feeding_layers(net: nn.Module, kinds: tuple[type[nn.Modul
     return hidden
 
 
+def expert_shares(net: nn.Module, gates: list[nn.Module], forwards: list[Forward]) -> list[torch.Tensor]:
+    """Per router (a Hugging Face top-k router module returning ``(logits, weights, indices)``):
+    each expert's share of the top-k assignments over all the data, counted from the indices the
+    router returns (a forward hook on the gate)."""
+    counts: dict[nn.Module, torch.Tensor] = {}
+
+    def count(mod: nn.Module, args: Any, out: Any) -> None:
+        experts = out[0].shape[-1]
+        seen = torch.bincount(out[2].reshape(-1), minlength=experts).float()
+        counts[mod] = counts.get(mod, torch.zeros(experts)) + seen
+
+    handles = [g.register_forward_hook(count) for g in gates]
+    try:
+        _run(net, forwards)
+    finally:
+        for h in handles:
+            h.remove()
+    return [counts[g] / counts[g].sum() for g in gates]
+
+
+def max_attention_logits(net: nn.Module, forward: Forward) -> list[float]:
+    """Per ``F.scaled_dot_product_attention`` call (layer), the largest ``q.k * scale`` over the
+    keys each query may see (causal, or the boolean / additive mask's allowed keys), recomputed by
+    hand from the q and k handed to the function."""
+    original = F.scaled_dot_product_attention
+    peaks: list[float] = []
+
+    def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Any = None, dropout_p: float = 0.0,
+            is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> torch.Tensor:
+        kk = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3) if k.shape[-3] != q.shape[-3] else k
+        logits = (q.float() @ kk.float().transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+        allowed = torch.ones_like(logits, dtype=torch.bool)
+        if is_causal:
+            allowed = torch.ones(logits.shape[-2:], dtype=torch.bool).tril().expand_as(logits)
+        if attn_mask is not None:
+            allowed = allowed & (attn_mask if attn_mask.dtype == torch.bool else attn_mask > -1e4)
+        peaks.append(float(logits.masked_fill(~allowed, float("-inf")).max()))
+        return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+
+    with torch.no_grad(), mock.patch.object(F, "scaled_dot_product_attention", spy):
+        forward(net)
+    return peaks
+
+
+def loss_input_log_z(net: nn.Module, forwards: list[Forward], loss: str = "cross_entropy") -> float:
+    """Mean log Z (logsumexp over the classes, the last dim) of the logits handed to ``F.<loss>``
+    over the data."""
+    original = getattr(F, loss)
+    values: list[torch.Tensor] = []
+
+    def spy(inp: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        values.append(torch.logsumexp(inp.detach().float(), dim=-1).flatten())
+        return original(inp, *args, **kwargs)
+
+    with mock.patch.object(F, loss, spy):
+        _run(net, forwards)
+    return float(torch.cat(values).mean())
+
+
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
 
 

@@ -10,7 +10,8 @@ pytest.importorskip("timm")
 pytest.importorskip("transformers")
 
 from zoo_models import CASES  # noqa: E402
-from zoo_train import fit  # noqa: E402
+from zoo_faults import dead_experts_confirmed  # noqa: E402
+from zoo_train import fit, loader  # noqa: E402
 
 # What the current rules get wrong on healthy models (issue 16). A fix that lands turns the case
 # into an XPASS, which fails the run (strict): then delete its line here.
@@ -20,6 +21,18 @@ KNOWN_FALSE_ALARMS: dict[tuple[str, str], str] = {
     ("roberta-cls", "every-step"): "learns too little in 40 steps for the learning check (loss 1.39 -> 1.32)",
 }
 SCHEDULES = {"default": False, "every-step": True}
+
+# Real findings on models trained as configured: each finding of the rule is accepted only when
+# the oracle confirms it on the trained model (any other warning still fails the case). Tiny MoEs
+# (4 experts, top-2, hidden 64) trained 40 steps with AdamW 1e-3 collapse their routers onto two
+# experts: counted from the routers' own top-k indices, experts get 0.5-2% of the assignments
+# (Mixtral's second layer, Qwen2-MoE's both). Hugging Face's auxiliary loss
+# (output_router_logits=True, router_aux_loss_coef 0.001 to 0.1) and AdamW 3e-4 did not prevent it
+# in 40 steps.
+CONFIRMED_FINDINGS: dict[str, tuple[str, str]] = {
+    "mixtral-moe": ("dead-experts", "router collapse of a tiny MoE in its first steps"),
+    "qwen2-moe": ("dead-experts", "router collapse of a tiny MoE in its first steps (its router starts at zero)"),
+}
 
 
 def _params() -> list:
@@ -46,4 +59,40 @@ def test_healthy_model_learns_and_gets_no_warning(name: str, schedule: str, tmp_
     zoo_timings[f"healthy {name} [{schedule}]"] = run.seconds
     first, last = sum(run.losses[:5]) / 5, sum(run.losses[-5:]) / 5
     assert last < 0.97 * first, f"the model did not learn, so it says nothing about false alarms:\n{run.describe()}"
-    assert not run.serious(), f"warning/error findings on a healthy model:\n{run.describe(run.serious())}"
+    serious = run.serious()
+    if name in CONFIRMED_FINDINGS:
+        rule, _ = CONFIRMED_FINDINGS[name]
+        forwards = [lambda net, b=tuple(b): CASES[name].loss(net, b) for _, b in zip(range(16), loader(CASES[name]))]
+        for finding in [f for f in serious if f.rule == rule]:
+            confirmed, evidence = dead_experts_confirmed(run.net, forwards, finding.site)
+            assert confirmed, f"{rule} on {finding.site} not confirmed by the oracle ({evidence}):\n{run.describe([finding])}"
+        serious = [f for f in serious if f.rule != rule]
+    assert not serious, f"warning/error findings on a healthy model:\n{run.describe(serious)}"
+
+
+# The transformer rules on the transformers, judged every 2 steps (20 log steps, every step
+# measured): activation-spike judges from its eighth log step, which a run logged every 10 steps
+# never reaches.
+TRANSFORMER_RULES = {"attention-logit-growth", "output-logit-divergence", "activation-spike", "dead-experts"}
+TRANSFORMERS = ["gpt2", "llama", "mistral", "qwen2", "mixtral-moe", "qwen2-moe", "bert-pooler-cls", "t5-relu", "vit-tiny"]
+# What the transformer rules get wrong when judged this often. A fix turns the case into an XPASS.
+_EARLY_SPIKE = ("activation-spike false alarm: judged from the eighth log step (step 17 at one log step every 2), the history is "
+                "16-32 steps of early training, where a router's gradient RMS (2e-5 to 6e-5) moves by 2-4x while the router collapses "
+                "and the loss keeps falling; the scaled-batch faults jump by 30x and more")
+KNOWN_TRANSFORMER_FALSE_ALARMS: dict[str, str] = {
+    "mixtral-moe": f"{_EARLY_SPIKE} (layer 0's router softmax, 3.8x at step 19)",
+    "qwen2-moe": f"{_EARLY_SPIKE} (layer 1's shared-expert sigmoid gate 2.1x at step 35, its router softmax 2.5x at step 39)",
+}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_TRANSFORMER_FALSE_ALARMS[n])]
+                                               if n in KNOWN_TRANSFORMER_FALSE_ALARMS else []) for n in TRANSFORMERS])
+def test_transformer_rules_stay_silent_when_judged_often(name: str, tmp_path, zoo_timings) -> None:
+    import dataclasses
+
+    run = fit(dataclasses.replace(CASES[name], log_every=2), tmp_path, every_step=True)
+    zoo_timings[f"healthy {name} [every-step, log every 2]"] = run.seconds
+    found = [f for f in run.serious() if f.rule in TRANSFORMER_RULES]
+    if name in CONFIRMED_FINDINGS:
+        found = [f for f in found if f.rule != CONFIRMED_FINDINGS[name][0]]  # checked by the test above
+    assert not found, f"transformer findings on a healthy model:\n{run.describe(found)}"

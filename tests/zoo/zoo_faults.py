@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -141,6 +142,65 @@ def llama_query_key(net: nn.Module) -> list[torch.Tensor]:
     return [w for layer in net.model.layers for w in (layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight)]
 
 
+class BiasedRouter(nn.Module):
+    """A Hugging Face top-k router (Mixtral's, Qwen2-MoE's: logits, softmax in float32, topk) with a
+    logit bias per expert: a router that starts out preferring some experts, trained without an
+    auxiliary load-balancing loss (Hugging Face adds none unless ``output_router_logits=True``)."""
+
+    def __init__(self, router: nn.Module, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight, self.top_k = router.weight, router.top_k
+        self.bias = nn.Parameter(bias.to(router.weight.dtype))
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hidden_states = hidden_states.reshape(-1, self.weight.shape[1])
+        router_logits = F.linear(hidden_states, self.weight, self.bias)
+        probs = F.softmax(router_logits.float(), dim=-1)
+        top, indices = torch.topk(probs, self.top_k, dim=-1)
+        top = top / top.sum(dim=-1, keepdim=True)
+        return router_logits, top.to(router_logits.dtype), indices
+
+
+def bias_routers(favoured: float) -> Callable[[nn.Module], None]:
+    """Every MoE layer's router biased by ``favoured`` toward its first top-k experts (with top-2
+    routing, biasing one expert only leaves the second slot spread over the rest)."""
+    def edit(net: nn.Module) -> None:
+        for layer in net.model.layers:
+            gate = layer.mlp.gate
+            bias = torch.zeros(gate.weight.shape[0])
+            bias[: gate.top_k] = favoured
+            layer.mlp.gate = BiasedRouter(gate, bias)
+    return edit
+
+
+def moe_gates(net: nn.Module) -> list[nn.Module]:
+    return [layer.mlp.gate for layer in net.model.layers]
+
+
+SPIKE_STEP = 24
+
+
+def scaled_batch(factor: float, keep_target: bool = False) -> Callable[[int, tuple], tuple]:
+    """One batch of inputs ``factor`` times too large at step SPIKE_STEP (data that skipped its
+    scaling); ``keep_target``: the unscaled inputs are appended as the target (an autoencoder's)."""
+    def perturb(step: int, batch: tuple) -> tuple:
+        if step != SPIKE_STEP:
+            return batch
+        return (batch[0] * factor,) + tuple(batch[1:]) + ((batch[0],) if keep_target else ())
+    return perturb
+
+
+def vae_loss_with_target(net: nn.Module, batch: tuple) -> torch.Tensor:
+    """The VAE's loss, reconstructing ``batch[2]`` when the batch carries a target (a scaled batch)."""
+    return zm.vae_loss(net, batch) if len(batch) < 3 else vae_loss_raw_target(net, batch[0], batch[2])
+
+
+def vae_loss_raw_target(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    probs, mu, logvar = net(x)
+    recon = F.binary_cross_entropy(probs, target, reduction="sum") / len(x)
+    return recon - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(x)
+
+
 # ---- oracle helpers ------------------------------------------------------------------------------
 def modules_of(net: nn.Module, kinds: tuple[type[nn.Module], ...]) -> list[nn.Module]:
     return [m for m in net.modules() if isinstance(m, kinds)]
@@ -241,6 +301,48 @@ def attention_oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tu
     return at_least(min(shares), 0.5, f"share of query rows with one weight > 0.99 (init, end: {shares[0]:.2f}, {shares[1]:.2f}); min")
 
 
+def dead_expert_oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
+    """Experts under a tenth of the uniform share of the top-k assignments on the trained model,
+    counted from the indices each router returns."""
+    shares = oracles.expert_shares(final, moe_gates(final), forwards)
+    dead = [int((s < 0.1 / len(s)).sum()) for s in shares]
+    text = "; ".join(f"layer {i}: shares {' '.join(f'{v:.3f}' for v in s.tolist())}" for i, s in enumerate(shares))
+    return sum(dead) > 0, f"experts under 0.1/E of the assignments per layer {dead} ({text})"
+
+
+def dead_experts_confirmed(net: nn.Module, forwards: list, site: str) -> tuple[bool, str]:
+    """The router a dead-experts finding names (``...model.layers.<i>.mlp.gate:router``) has an
+    expert under a tenth of the uniform share, counted from its own top-k indices."""
+    index = int(site.split("layers.")[1].split(".")[0])
+    (shares,) = oracles.expert_shares(net, [net.model.layers[index].mlp.gate], forwards)
+    return bool((shares < 0.1 / len(shares)).any()), f"layer {index} shares {' '.join(f'{v:.3f}' for v in shares.tolist())}"
+
+
+def logit_growth_oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
+    """The largest q.k/sqrt(d) over the layers, recomputed by hand at init and at the end: the fault
+    is logits grown past 30 (other keys under 1e-13 of the top key's weight) and 10x their start."""
+    start, end = (max(oracles.max_attention_logits(net, forwards[0])) for net in (initial, final))
+    return end >= 30 and end >= 10 * start, f"largest attention logit {start:.3g} at init -> {end:.3g} at the end"
+
+
+def log_z_oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
+    """Mean logsumexp of the logits reaching cross_entropy, at init and at the end."""
+    start, end = (oracles.loss_input_log_z(net, forwards) for net in (initial, final))
+    return abs(end) >= 20 and abs(end - start) >= 10, f"mean log Z {start:.3g} at init -> {end:.3g} at the end"
+
+
+def spike_oracle(pick: Callable[[nn.Module], nn.Module], perturb: Callable[[int, tuple], tuple]) -> Oracle:
+    """RMS of the site's output on a batch of the data, and on the same batch perturbed as the
+    spiking step's was, on the trained model (plain forward hooks)."""
+    def oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
+        site = pick(final)
+        normal = oracles.output_rms(final, [site], forwards[0])[0]
+        fwd = forwards[0]
+        spiked = oracles.output_rms(final, [site], partial(fwd.func, batch=perturb(SPIKE_STEP, fwd.keywords["batch"])))[0]
+        return at_least(spiked / max(normal, 1e-30), 5, f"RMS of the site on the scaled batch / on the data ({spiked:.3g} / {normal:.3g})")
+    return oracle
+
+
 # ---- the faulty zoo ------------------------------------------------------------------------------
 GELU_TAIL, SILU_TAIL, TANH_FLAT = -3.07, -6.26, 2.99  # where the derivative falls below 0.01
 
@@ -310,6 +412,22 @@ def _faults() -> list[Fault]:
         # attention-collapse: query/key weights scaled up, so one key takes all the weight
         Fault("attention-collapse", "vit-sharp-qk", case("vit-tiny", build=built("vit-tiny", reinit_attention(vit_query_key, 1.0))), attention_oracle),
         Fault("attention-collapse", "llama-sharp-qk", case("llama", build=built("llama", reinit_attention(llama_query_key, 1.0))), attention_oracle),
+        # dead-experts: routers biased toward top-k experts, no auxiliary load-balancing loss
+        Fault("dead-experts", "mixtral-biased-router", case("mixtral-moe", build=built("mixtral-moe", bias_routers(8.0))), dead_expert_oracle),
+        Fault("dead-experts", "qwen2-moe-biased-router", case("qwen2-moe", build=built("qwen2-moe", bias_routers(8.0))), dead_expert_oracle),
+        # attention-logit-growth: no QK-norm, AdamW at a learning rate 30x the usual
+        Fault("attention-logit-growth", "gpt2-high-lr", case("gpt2", optimizer=zm.adamw(3e-2)), logit_growth_oracle),
+        Fault("attention-logit-growth", "llama-high-lr", case("llama", optimizer=zm.adamw(3e-2)), logit_growth_oracle),
+        # output-logit-divergence: a next byte that is always certain, AdamW 3e-2: the loss goes to 0 and the logits up
+        Fault("output-logit-divergence", "gpt2-certain-next-byte", case("gpt2", data=lambda: (data.counting_windows(),), optimizer=zm.adamw(3e-2), steps=60),
+              log_z_oracle, "loss:cross_entropy"),
+        Fault("output-logit-divergence", "llama-certain-next-byte", case("llama", data=lambda: (data.counting_windows(),), optimizer=zm.adamw(3e-2), steps=60),
+              log_z_oracle, "loss:cross_entropy"),
+        # activation-spike: one batch 30x too large at step SPIKE_STEP (24) of 30, judged every 2 steps
+        Fault("activation-spike", "mlp-scaled-batch", case("mlp-digits-sgd", perturb=scaled_batch(30.0), steps=30, log_every=2),
+              spike_oracle(lambda n: n[1], scaled_batch(30.0)), "net.1"),
+        Fault("activation-spike", "vae-scaled-batch", case("vae-digits", perturb=scaled_batch(30.0, keep_target=True), loss=vae_loss_with_target, steps=30, log_every=2),
+              spike_oracle(lambda n: n.encoder[1], scaled_batch(30.0, keep_target=True)), "net.encoder.1"),
     ]
 
 

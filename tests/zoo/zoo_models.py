@@ -206,8 +206,11 @@ def _cases() -> list[Case]:
         # transformers
         Case("gpt2", lambda: hf("GPT2LMHeadModel", "GPT2Config", vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0), text_lm, causal_lm, adamw(1e-3)),
         Case("llama", lambda: hf("LlamaForCausalLM", "LlamaConfig", **_DECODER), text_lm, causal_lm, adamw(1e-3)),
+        Case("mistral", lambda: hf("MistralForCausalLM", "MistralConfig", sliding_window=16, **_DECODER), text_lm, causal_lm, adamw(1e-3)),
         Case("qwen2", lambda: hf("Qwen2ForCausalLM", "Qwen2Config", **_DECODER), text_lm, causal_lm, adamw(1e-3)),
         Case("mixtral-moe", lambda: hf("MixtralForCausalLM", "MixtralConfig", num_local_experts=4, num_experts_per_tok=2, **_DECODER), text_lm, causal_lm, adamw(1e-3)),
+        Case("qwen2-moe", lambda: hf("Qwen2MoeForCausalLM", "Qwen2MoeConfig", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                                     shared_expert_intermediate_size=64, **_DECODER), text_lm, causal_lm, adamw(1e-3)),
         Case("bert-pooler-cls", lambda: hf("BertForSequenceClassification", "BertConfig", **_ENCODER), text_cls, classify, adamw(1e-3)),
         Case("roberta-cls", lambda: hf("RobertaForSequenceClassification", "RobertaConfig", pad_token_id=1, **_ENCODER), text_cls, classify, adamw(1e-3)),
         Case("t5-relu", lambda: hf("T5ForConditionalGeneration", "T5Config", vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,6 +29,10 @@ class Case:
     optimizer: Callable[[Any], torch.optim.Optimizer]
     batch_size: int = 32
     steps: int = STEPS
+    log_every: int = LOG_EVERY
+    # A fault's event at a training step: perturb(step, batch) -> the batch trained on (a scaled
+    # batch); None: the run as people train it.
+    perturb: Callable[[int, tuple], tuple] | None = None
 
 
 class ZooModule(pl.LightningModule):
@@ -38,7 +43,10 @@ class ZooModule(pl.LightningModule):
         self.losses: list[float] = []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self.case.loss(self.net, tuple(batch))
+        batch = tuple(batch)
+        if self.case.perturb is not None:
+            batch = self.case.perturb(self.global_step, batch)
+        loss = self.case.loss(self.net, batch)
         self.losses.append(loss.detach())  # read once after fit: no host sync per step
         return loss
 
@@ -88,7 +96,7 @@ def fit(case: Case, root: Any, every_step: bool = False, net: nn.Module | None =
     module = ZooModule(net, case)
     cb = diagnostics(every_step)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps or case.steps, log_every_n_steps=LOG_EVERY,
+        accelerator="cpu", devices=1, max_steps=steps or case.steps, log_every_n_steps=case.log_every,
         callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=str(root), num_sanity_val_steps=0,
     )
@@ -96,5 +104,8 @@ def fit(case: Case, root: Any, every_step: bool = False, net: nn.Module | None =
     trainer.fit(module, loader(case, data))
     seconds = time.perf_counter() - start
     losses = torch.stack(module.losses).float().tolist()
+    if cb.failure is not None:  # diagnostics switched off: the run says nothing about the rules
+        trace = "".join(traceback.format_exception(cb.failure))
+        raise AssertionError(f"act_diagnostics disabled itself in {case.name}:\n{trace}")
     findings = list(cb.report.findings) if cb.report is not None else []
     return Run(case, net, cb, losses, seconds, findings)

@@ -1,0 +1,104 @@
+"""The transformer statistics measured where they should be on the real Hugging Face models: each
+attention layer's largest pre-softmax logit, log Z of the logits Hugging Face hands to
+``cross_entropy`` inside the model, and each MoE router's expert shares, against plain-torch
+oracles (tests/zoo/oracles.py) on the same batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("timm")
+pytest.importorskip("transformers")
+
+import oracles  # noqa: E402
+import zoo_data as data  # noqa: E402
+from zoo_faults import moe_gates  # noqa: E402
+from zoo_models import CASES, causal_lm  # noqa: E402
+
+from act_diagnostics.core import ActivationMonitor  # noqa: E402
+
+DECODERS = ["gpt2", "llama", "mistral", "qwen2", "mixtral-moe", "qwen2-moe"]
+MOES = ["mixtral-moe", "qwen2-moe"]
+
+
+def _measured(name: str, implementation: str = "sdpa") -> tuple[torch.nn.Module, tuple, object]:
+    """One measured training step (detail) of the case's model on 8 windows, no optimiser step:
+    the oracles then see the same weights and batch."""
+    torch.manual_seed(0)
+    net = CASES[name].build()
+    net.config._attn_implementation = implementation
+    net.train()
+    batch = (data.byte_windows()[:8],)
+    mon = ActivationMonitor(net, structure_steps=1).attach()
+    try:
+        mon.begin_step(detail=True)
+        _same_forward(batch)(net).backward()
+        mon.end_step()
+        snap = mon.snapshot(step=0)
+    finally:
+        mon.detach()
+    return net, batch, snap
+
+
+def _same_forward(batch: tuple):
+    """The case's loss on ``batch`` with the same dropout masks every time (GPT-2 keeps dropout 0.1)."""
+
+    def forward(net: torch.nn.Module) -> torch.Tensor:
+        torch.manual_seed(1)
+        return causal_lm(net, batch)
+
+    return forward
+
+
+def _layers(net: torch.nn.Module) -> int:
+    return net.config.num_hidden_layers if hasattr(net.config, "num_hidden_layers") else net.config.n_layer
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_every_attention_layer_has_its_largest_logit(name: str) -> None:
+    net, batch, snap = _measured(name)
+    sites = [s for s, site in snap.sites.items() if site.source == "attention"]
+    assert len(sites) == _layers(net), sites
+    measured = [snap.stats[s].max_logit for s in sites]
+    net.zero_grad(set_to_none=True)
+    expected = oracles.max_attention_logits(net, _same_forward(batch))
+    # The monitor's sample (16 windows of 4 heads x 32 x 32 weights) holds all 8 windows: the same maximum.
+    assert measured == pytest.approx(expected, rel=1e-4, abs=1e-5), (sites, measured, expected)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_log_z_of_the_loss_computed_inside_the_model(name: str) -> None:
+    net, batch, snap = _measured(name)
+    z = snap.log_z["cross_entropy"]
+    expected = oracles.loss_input_log_z(net, [_same_forward(batch)])
+    assert z.rows == 8 * data.SEQ_LEN  # Hugging Face shifts the labels, not the logits: every row reaches the loss
+    assert math.isclose(z.mean, expected, rel_tol=1e-5)
+    assert z.min <= z.mean <= z.max
+
+
+@pytest.mark.parametrize("name", MOES)
+def test_each_router_is_recognised_with_its_expert_shares(name: str) -> None:
+    net, batch, snap = _measured(name)
+    gates = moe_gates(net)
+    assert set(snap.routers) == {f"model.layers.{i}.mlp.gate:router" for i in range(len(gates))}
+    expected = oracles.expert_shares(net, gates, [_same_forward(batch)])
+    for i, shares in enumerate(expected):
+        r = snap.routers[f"model.layers.{i}.mlp.gate:router"]
+        assert r.tokens == 8 * data.SEQ_LEN and r.top_k == 2 and r.experts == 4
+        assert r.shares == pytest.approx(shares.tolist(), abs=1e-6)
+    # Qwen2-MoE's shared-expert gate (a sigmoid, no top-k) is a gate, not a router.
+    assert not [k for k in snap.routers if "shared" in k or k.endswith("mlp:router")]
+
+
+@pytest.mark.xfail(strict=True, reason="eager attention (matmul, mask, F.softmax) is measured as a plain softmax site: the "
+                   "attention sites, their entropy and max_logit come from F.scaled_dot_product_attention and "
+                   "F.multi_head_attention_forward only")
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_eager_attention_has_its_largest_logit(name: str) -> None:
+    net, _, snap = _measured(name, "eager")
+    sites = [s for s, site in snap.sites.items() if site.source == "attention"]
+    assert len(sites) == _layers(net) and all(snap.stats[s].max_logit is not None for s in sites)
