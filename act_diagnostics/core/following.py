@@ -233,7 +233,10 @@ class Following:
             self._binary(mon, func, args, kwargs, result, outside)
             return
         if func in _WHERE:  # torch.where(y > 0.5, -log p, -log(1 - p)): both BCE terms, chosen per element
-            a, b = (args[1:3] if func is torch.where else (args[0], args[2] if len(args) > 2 else kwargs.get("other")))
+            if func is torch.where:  # torch.where(condition) alone (the indices of its nonzeros) chooses nothing
+                a, b = (args[1] if len(args) > 1 else kwargs.get("input")), (args[2] if len(args) > 2 else kwargs.get("other"))
+            else:
+                a, b = args[0], (args[2] if len(args) > 2 else kwargs.get("other"))
             fa, fb = self.flow_of(mon, a), self.flow_of(mon, b)
             if outside and fa is not None and fb is not None and fa.site == fb.site and {_log_likelihood(fa), _log_likelihood(fb)} == {"p", "1-p"}:
                 first = fa if _log_likelihood(fa) == "p" else fb

@@ -215,3 +215,15 @@ def test_regression_targets_out_of_range_counted_through_a_clamp_and_by_hand() -
         assert stats.target_outside == pytest.approx(2 / 6)
     _, stats, _ = _consumers(_head(1, nn.Sigmoid()), lambda p, t: ((5 * p - t) ** 2).mean(), X, y)
     assert stats.target_outside is None  # scaled on the way: its range is unknown
+
+
+def test_torch_where_with_only_a_condition_is_passed_over() -> None:
+    """torch.where(mask) (the indices of its nonzeros, as a mixture-of-experts router picks tokens)
+    on an output is no choice between two BCE terms: followed without error, the loss still seen."""
+
+    def loss_of(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        (rows,) = torch.where(probs[:, 0] > 0.0)  # every row: a sigmoid's output is positive
+        return F.binary_cross_entropy(probs[rows], y[rows])
+
+    site, stats, _ = _consumers(_head(1, nn.Sigmoid()), loss_of, X, BINARY)
+    assert site.losses == ["binary_cross_entropy"] and stats.calls == 1

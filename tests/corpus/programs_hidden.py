@@ -19,7 +19,10 @@ from corpus_kit import (
 )
 
 # Why today's code gets a variant wrong (strict xfail reasons; issue 20's classes).
-SHALLOW_SIGMOID_GAP = "class 6: a shallow, unsaturated sigmoid MLP gets a saturating-hidden-activation warning"
+# main's rules on the fixed variants, not yet judged against a plain-torch oracle (a residual fault,
+# or a rule too eager): the fix's ReLU layers lose units (dead-units, born dead and died later) and
+# its logits' log Z drifts to ~48 (output-logit-divergence).
+FIXED_RELU_STACK_FLAGGED = "main's dead-units and output-logit-divergence warn on the fixed He-init ReLU stack"
 SMALL_DATA_GAP = "class 5: with tiny batches and few rows dead units never reach the evidence threshold"
 
 
@@ -276,6 +279,7 @@ PROGRAMS: list[Program] = [
         build=DeepSigmoidVsRelu,
         rules=("saturating-hidden-activation",),
         oracle=saturating_stack_oracle,
+        fixed_xfail=FIXED_RELU_STACK_FLAGGED,
     ),
     Program(
         name="deep_sigmoid_vs_three_layer_sigmoid",
@@ -283,7 +287,6 @@ PROGRAMS: list[Program] = [
         build=DeepSigmoidVsThreeLayer,
         rules=("saturating-hidden-activation",),
         oracle=saturating_stack_oracle,
-        fixed_xfail=SHALLOW_SIGMOID_GAP,
     ),
     Program(
         name="deep_tanh_vs_three_layer_tanh",
@@ -298,7 +301,6 @@ PROGRAMS: list[Program] = [
         build=KerasIrisSigmoidStack,
         rules=("saturating-hidden-activation",),
         oracle=saturating_stack_oracle,
-        fixed_xfail=SHALLOW_SIGMOID_GAP,
     ),
     Program(
         name="sparse_bag_of_words_batch_two",

@@ -248,6 +248,9 @@ PROGRAMS: list[Program] = [
         rules=("missing-nonlinearity",),
         site="net.0",
         oracle=affine_oracle,
+        # main's dead-units (evidence over windows) warns on the fix's second ReLU: 4 of its 16 units
+        # never fire (2 dead at initialisation, 2 died later); not yet confirmed by a plain-torch oracle.
+        fixed_xfail="main's dead-units warns on the fixed ReLU MLP's net.3 (4 of 16 units never fire)",
     ),
     Program(
         name="linear_layers_with_dropout",
