@@ -17,6 +17,7 @@ from corpus_kit import (
     circles,
     houses,
     is_affine,
+    never_firing_share,
     plain_train,
     tumours,
 )
@@ -65,6 +66,13 @@ class LinearLayersWithDropout(TabularModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         return F.cross_entropy(self(x), y)
+
+
+def _dead_after_training(module, layer: str, steps: int = 30) -> bool:
+    """Plain torch: after the program's training, at least a quarter of ReLU ``layer``'s units never
+    fire over the training data."""
+    plain_train(module, steps)
+    return never_firing_share(module.net, module.x)[layer] >= 0.25
 
 
 def affine_oracle(module) -> bool:
@@ -248,9 +256,8 @@ PROGRAMS: list[Program] = [
         rules=("missing-nonlinearity",),
         site="net.0",
         oracle=affine_oracle,
-        # main's dead-units (evidence over windows) warns on the fix's second ReLU: 4 of its 16 units
-        # never fire (2 dead at initialisation, 2 died later); not yet confirmed by a plain-torch oracle.
-        fixed_xfail="main's dead-units warns on the fixed ReLU MLP's net.3 (4 of 16 units never fire)",
+        # The fix's second ReLU loses a quarter of its 16 units in training (dead-units warns).
+        residual={"dead-units": lambda module: _dead_after_training(module, "3")},
     ),
     Program(
         name="linear_layers_with_dropout",
