@@ -14,18 +14,18 @@ from act_diagnostics.core import ActivationMonitor, MonitorConfig, MonitorFailur
 __version__ = "0.1.0"
 __all__ = [
     "ActivationDiagnostics",
-    "MonitorOptions",
-    "OutputOptions",
-    "RuleOptions",
     "ActivationMonitor",
     "ActivationWarning",
     "Finding",
     "MonitorConfig",
     "MonitorFailure",
-    "UnmeasuredModules",
+    "MonitorOptions",
+    "OutputOptions",
+    "RuleOptions",
     "Site",
     "SiteStats",
     "Snapshot",
+    "UnmeasuredModules",
     "__version__",
 ]
 

@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     report = sub.add_parser("report", help="print the findings and per-layer table of a finished run")
-    report.add_argument("logdir", help="a run's log dir (holding act-diagnostics/report.json, or act_diagnostics/ of older runs, or event files)")
+    report.add_argument(
+        "logdir", help="a run's log dir (holding act-diagnostics/report.json, or act_diagnostics/ of older runs, or event files)"
+    )
     report.add_argument("--format", choices=("text", "json", "md"), default="text")
     report.set_defaults(func=_report)
     return parser

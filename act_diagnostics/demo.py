@@ -40,7 +40,7 @@ from act_diagnostics.scenarios import SCENARIOS, Setup
 DEMO_SCENARIOS = (
     "deep_sigmoid_mlp", "dying_relu_mlp", "softmax_into_cross_entropy", "collapsed_attention", "deep_sigmoid_mlp_fixed",
     "attention_logit_growth", "attention_logit_growth_fixed",
-)  # fmt: skip
+)
 BEFORE_AFTER = ("deep_sigmoid_mlp", "deep_sigmoid_mlp_fixed")
 LOSS_TAG = "train_loss"
 

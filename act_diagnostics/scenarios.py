@@ -127,7 +127,7 @@ class BnReluCnn(nn.Module):
             nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
             nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-        )  # fmt: skip
+        )
         self.head = nn.Linear(32, classes)
 
     def forward(self, x: Tensor) -> Tensor:

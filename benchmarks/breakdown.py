@@ -33,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import overhead  # noqa: E402
+import overhead
 
-from act_diagnostics.core.monitor import ActivationMonitor  # noqa: E402
+from act_diagnostics.core.monitor import ActivationMonitor
 
 HOOKS = (
     "_activation_hook",
@@ -139,7 +139,8 @@ def ops_inside_hooks(model: torch.nn.Module, opt: torch.optim.Optimizer, batches
     for hook, total in sorted(hooks.items(), key=lambda kv: -kv[1]):
         inside = [(op, t, c) for (h, op), (t, c) in ops.items() if h == hook]
         covered = sum(t for _, t, _ in inside)
-        print(f"  {hook:22s} {total / steps:8.1f} us/step, ops {covered / steps:8.1f}, other (Python, profiler) {(total - covered) / steps:8.1f}")
+        other = (total - covered) / steps
+        print(f"  {hook:22s} {total / steps:8.1f} us/step, ops {covered / steps:8.1f}, other (Python, profiler) {other:8.1f}")
         for op, t, c in sorted(inside, key=lambda x: -x[1]):
             if t / steps >= 1.0:
                 print(f"      {op:26s} {t / c:7.1f} us/call  {c / steps:5.1f} calls/step")

@@ -39,10 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-import overhead  # noqa: E402
+import overhead
 
-from act_diagnostics.callbacks.schedule import StepSchedule  # noqa: E402
-from act_diagnostics.core.monitor import ActivationMonitor  # noqa: E402
+from act_diagnostics.callbacks.schedule import StepSchedule
+from act_diagnostics.core.monitor import ActivationMonitor
 
 REF_NAME = "act_ref"
 

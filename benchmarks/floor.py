@@ -37,7 +37,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import overhead  # noqa: E402
+import overhead
 
 
 class HooksOnly(overhead.Naive):

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from act_diagnostics.callbacks.schedule import StepSchedule  # noqa: E402
-from act_diagnostics.core.monitor import ActivationMonitor  # noqa: E402
+from act_diagnostics.callbacks.schedule import StepSchedule
+from act_diagnostics.core.monitor import ActivationMonitor
 
 WARMUP = 3
 # The default schedule measures every step of its first window (initialisation faults), then about

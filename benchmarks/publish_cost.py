@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import compare  # noqa: E402
-import overhead  # noqa: E402
+import compare
+import overhead
 
 
 def timed_callback(package: str) -> tuple[type, list[float]]:

@@ -20,11 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402
+import _common
+import pytorch_lightning as pl
 
-import pytorch_lightning as pl  # noqa: E402
-
-from act_diagnostics import ActivationDiagnostics  # noqa: E402
+from act_diagnostics import ActivationDiagnostics
 
 SIZE, CLASSES = 16, 4
 
@@ -52,7 +51,7 @@ class SmallCNN(pl.LightningModule):
         self.features = nn.Sequential(
             nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        )  # fmt: skip
+        )
         self.fc = nn.Linear(16 * 4 * 4, 32)
         self.head = nn.Linear(32, CLASSES)
         self.lr = lr
@@ -61,13 +60,13 @@ class SmallCNN(pl.LightningModule):
         h = self.features(x).flatten(1)
         return self.head(F.silu(self.fc(h)))  # a functional activation
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001
+    def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self(x), y)
         self.log("train_loss", loss)
         return loss
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 

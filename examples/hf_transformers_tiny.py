@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402
+import _common
+import pytorch_lightning as pl
 
-import pytorch_lightning as pl  # noqa: E402
-
-from act_diagnostics import ActivationDiagnostics  # noqa: E402
+from act_diagnostics import ActivationDiagnostics
 
 VOCAB, CONTEXT, CLASSES = 64, 32, 2
 
@@ -38,12 +37,14 @@ def tiny_model(kind: str) -> torch.nn.Module:
         raise SystemExit("this example needs Hugging Face transformers: pip install transformers") from None
 
     if kind == "gpt2":
-        config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=2, activation_function="gelu_new")
+        config = transformers.GPT2Config(
+            vocab_size=VOCAB, n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=2, activation_function="gelu_new"
+        )
         return transformers.GPT2LMHeadModel(config)
     config = transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=CONTEXT, hidden_act="gelu", num_labels=CLASSES,
-    )  # fmt: skip
+    )
     return transformers.BertForSequenceClassification(config)
 
 
@@ -65,7 +66,7 @@ class HFModule(pl.LightningModule):
         self.kind = kind
         self.lr = lr
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001
+    def training_step(self, batch, batch_idx):
         tokens, target = batch
         logits = self.model(input_ids=tokens).logits
         if self.kind == "gpt2":
@@ -75,7 +76,7 @@ class HFModule(pl.LightningModule):
         self.log("train_loss", loss)
         return loss
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 

@@ -23,11 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402
+import _common
+import pytorch_lightning as pl
 
-import pytorch_lightning as pl  # noqa: E402
-
-from act_diagnostics import ActivationDiagnostics  # noqa: E402
+from act_diagnostics import ActivationDiagnostics
 
 IN_FEATURES, CLASSES, WIDTH, DEPTH = 32, 4, 64, 8
 
@@ -69,18 +68,18 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001
+    def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self(x), y)
         self.losses.append(float(loss.detach()))
         self.log("train_loss", loss)
         return loss
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
-def run(name: str, net: nn.Module, args) -> tuple[ActivationDiagnostics, float, int]:  # noqa: ANN001
+def run(name: str, net: nn.Module, args) -> tuple[ActivationDiagnostics, float, int]:
     torch.manual_seed(1)
     loader = torch.utils.data.DataLoader(synthetic_classification(), batch_size=64, shuffle=True)
     callback = ActivationDiagnostics(log_every_n_steps=10, verbose=False)

@@ -25,11 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402
+import _common
+import lightning.pytorch as L
 
-import lightning.pytorch as L  # noqa: E402
-
-from act_diagnostics.lightning import ActivationDiagnostics  # noqa: E402
+from act_diagnostics.lightning import ActivationDiagnostics
 
 VOCAB, CONTEXT = 32, 32
 
@@ -54,7 +53,9 @@ class TinyLM(L.LightningModule):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, d_model)
         self.pos = nn.Parameter(0.02 * torch.randn(CONTEXT, d_model))
-        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=4 * d_model, dropout=0.0, activation=activation, batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, dim_feedforward=4 * d_model, dropout=0.0, activation=activation, batch_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, VOCAB)
@@ -67,13 +68,13 @@ class TinyLM(L.LightningModule):
         h = self.encoder(h, mask=self.causal[:t, :t], is_causal=True)
         return self.head(self.norm(h))
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001
+    def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self(x).reshape(-1, VOCAB), y.reshape(-1))
         self.log("train_loss", loss)
         return loss
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 

@@ -60,20 +60,20 @@ def train(logdir: str, name: str, steps: int) -> tuple[Path, object]:
     trainer = pl.Trainer(
         max_steps=steps, logger=logger, callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, accelerator="cpu", devices=1, log_every_n_steps=5,
-    )  # fmt: skip
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(Classifier(net(), lr=lr), loader)
     return Path(logger.log_dir), callback
 
 
-def accumulator(run: Path):  # noqa: ANN201
+def accumulator(run: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     return EventAccumulator(str(run), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}).Reload()
 
 
-def plot_stat(acc, stat: str, title: str, out: Path, log: bool = False) -> None:  # noqa: ANN001
+def plot_stat(acc, stat: str, title: str, out: Path, log: bool = False) -> None:
     import matplotlib.pyplot as plt
 
     from act_diagnostics.outputs.readback import split_tag
@@ -96,7 +96,7 @@ def plot_stat(acc, stat: str, title: str, out: Path, log: bool = False) -> None:
     plt.close(fig)
 
 
-def plot_histograms(acc, site: str, out: Path) -> None:  # noqa: ANN001
+def plot_histograms(acc, site: str, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     events = acc.Histograms(f"act/{site}/output")
@@ -119,7 +119,7 @@ def plot_histograms(acc, site: str, out: Path) -> None:  # noqa: ANN001
     plt.close(fig)
 
 
-def save_heatmap(acc, stat: str, out: Path) -> None:  # noqa: ANN001
+def save_heatmap(acc, stat: str, out: Path) -> None:
     """The callback's own image (last step), as TensorBoard shows it."""
     from act_diagnostics.outputs.heatmap import IMAGE_TAG
 
@@ -127,7 +127,7 @@ def save_heatmap(acc, stat: str, out: Path) -> None:  # noqa: ANN001
     out.write_bytes(last.encoded_image_string)
 
 
-def save_report_chart(callback, rule: str, out: Path) -> None:  # noqa: ANN001
+def save_report_chart(callback, rule: str, out: Path) -> None:
     """The chart report.md shows beside the first finding of ``rule``."""
     import re
 
@@ -136,7 +136,7 @@ def save_report_chart(callback, rule: str, out: Path) -> None:  # noqa: ANN001
     out.write_bytes((Path(callback.report_dir) / name).read_bytes())
 
 
-def text_of(acc, tag: str) -> str:  # noqa: ANN001
+def text_of(acc, tag: str) -> str:
     events = acc.Tensors(f"{tag}/text_summary")
     return events[-1].tensor_proto.string_val[0].decode() if events else ""
 

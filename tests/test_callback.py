@@ -40,22 +40,22 @@ class Net(pl.LightningModule):
         h = F.gelu(self.fc2(h))
         return self.fc3(h)
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001
+    def training_step(self, batch, batch_idx):
         if self.fail_at is not None and self.global_step == self.fail_at:
             raise RuntimeError("boom")
         x, y = batch
         return F.cross_entropy(self(x), y)
 
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001
+    def validation_step(self, batch, batch_idx):
         self.val_calls += 1
         x, y = batch
         self.log("val_loss", F.cross_entropy(self(x), y))
 
-    def test_step(self, batch, batch_idx):  # noqa: ANN001
+    def test_step(self, batch, batch_idx):
         x, y = batch
         self.log("test_loss", F.cross_entropy(self(x), y))
 
-    def predict_step(self, batch, batch_idx):  # noqa: ANN001
+    def predict_step(self, batch, batch_idx):
         return self(batch[0])
 
     def configure_optimizers(self):
@@ -265,7 +265,7 @@ class ProbabilitiesInEval(Net):
         out = super().forward(x)
         return out if self.training else self.post(torch.tanh(out))
 
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001
+    def validation_step(self, batch, batch_idx):
         if self.val_calls == self.fail_at_val:
             raise RuntimeError("validation bug")
         return super().validation_step(batch, batch_idx)
@@ -343,7 +343,7 @@ def test_report_lies_beside_the_tensorboard_events(tmp_path):
 def test_fast_dev_run_writes_no_report(tmp_path):
     cb = ActivationDiagnostics(log_every_n_steps=1, verbose=False)
     pl.Trainer(fast_dev_run=2, callbacks=[cb], default_root_dir=str(tmp_path), enable_progress_bar=False,
-               enable_model_summary=False, accelerator="cpu").fit(Net(), loader())  # fmt: skip
+               enable_model_summary=False, accelerator="cpu").fit(Net(), loader())
     assert cb.last_snapshot is not None and cb.steps == 2  # measured and judged as usual
     assert cb.report_dir is None and not list(tmp_path.rglob("report.json"))
 

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("pytorch_lightning")
 
-from act_diagnostics.cli import main  # noqa: E402
+from act_diagnostics.cli import main
 
 
 def test_demo_flags_flaws_and_writes_logs(tmp_path, capsys):

@@ -76,7 +76,7 @@ class Publisher:
         self.tb = TensorBoardExtras(
             writer, histograms=outputs.histograms, grad_histograms=outputs.grad_histograms, heatmaps=outputs.heatmaps,
             scalar_prefix=logger_prefix(self._tb_logger),
-        ) if writer is not None else None  # fmt: skip
+        ) if writer is not None else None
 
     def finish(self, trainer: Any, report: Report, last_step: int) -> str | None:
         """End of fit (or failure): report files, TensorBoard text, console summary. Returns the

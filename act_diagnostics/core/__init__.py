@@ -14,8 +14,8 @@ __all__ = [
     "ActivationMonitor",
     "MonitorConfig",
     "MonitorFailure",
-    "UnmeasuredModules",
     "Site",
     "SiteStats",
     "Snapshot",
+    "UnmeasuredModules",
 ]

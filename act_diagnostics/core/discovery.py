@@ -28,6 +28,7 @@ from act_diagnostics.core.kinds import FUNCTIONAL_KINDS, KINDS, functional_name,
 from act_diagnostics.core.modules import in_backward
 from act_diagnostics.core.sites import Site, call_name, default_unit_dim
 from act_diagnostics.core.state import SiteState
+from act_diagnostics.core.windows import defers_on
 
 if TYPE_CHECKING:
     from act_diagnostics.core.structure import StructureFacts
@@ -136,7 +137,7 @@ class SiteDiscovery:
             cfg.saturation_eps,
             cfg.histogram_samples,
         )
-        state.deferred = self._deferred
+        state.deferred = defers_on(state.device, self._deferred)
         self.states[name] = state
         return state
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 _PASS_THROUGH = (
     "View", "UnsafeView", "Reshape", "Clone", "Permute", "Transpose", "TBackward", "Squeeze", "Unsqueeze",
     "Expand", "Select", "Slice", "Index", "ToCopy", "Alias", "AsStrided", "NativeDropout", "Split", "Unbind",
-)  # fmt: skip
+)
 # Nodes walked back from one output before giving up (a long chain of views is not a layer's output).
 _MAX_NODES = 32
 

@@ -20,9 +20,10 @@ The lookups :data:`MODULE_KINDS` and :data:`FUNCTIONAL_KINDS` are read off the r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Callable
+from functools import cache
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -41,7 +42,7 @@ Mask = Callable[[Tensor, Params], Tensor]  # (output, params) -> firing mask
 SaturationTest = Callable[[Tensor, Params, float], Tensor]  # (output or input, params, eps) -> mask or 0/1
 
 
-@lru_cache(maxsize=None)
+@cache
 def smooth_tail_threshold(fn_name: str, eps: float = SMOOTH_TAIL_DERIVATIVE) -> float:
     """Largest ``x <= 0`` below which ``|f'(x)| < eps`` everywhere, for GELU, SiLU, Mish, Hardswish.
 
@@ -405,7 +406,7 @@ KINDS: dict[str, ActivationKind] = {
             modules=(nn.GLU,), functions=((F.glu, {"dim": 1}),),
         ),
     ]
-}  # fmt: skip
+}
 
 # Class names of other libraries' identity activations: not an activation site.
 NOT_ACTIVATIONS = frozenset({"LinearActivation"})

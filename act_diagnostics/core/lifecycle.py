@@ -24,7 +24,7 @@ from act_diagnostics.core.errors import UnmeasuredModules, rank_zero
 from act_diagnostics.core.facts import parameter_scales  # facts
 from act_diagnostics.core.kinds import module_kind, prepare_thresholds
 from act_diagnostics.core.modules import has_params, in_backward, is_leaf
-from act_diagnostics.core.windows import DEFER_AFTER_STEPS
+from act_diagnostics.core.windows import DEFER_AFTER_STEPS, defers_on
 
 if TYPE_CHECKING:
     from act_diagnostics.core.tracer import ActivationTracer
@@ -138,7 +138,7 @@ class HookLifecycle:
                 self._handles.append(module.register_forward_hook(self._activation_hook, always_call=True))
         _toggle(self._input_handles, inputs, lambda: [
             module.register_forward_pre_hook(self._activation_pre_hook) for module in self._activation_modules
-        ])  # fmt: skip
+        ])
         _toggle(self._structure_handles, structure, lambda: [
             handle
             for module in self._structure_modules
@@ -146,7 +146,7 @@ class HookLifecycle:
                 module.register_forward_pre_hook(self._module_pre_hook),
                 module.register_forward_hook(self._module_hook, always_call=True),
             )
-        ])  # fmt: skip
+        ])
         _toggle(self._consumer_handles, consumers, self._register_consumer_hooks)
 
     # ------------------------------------------------------------------ the step protocol
@@ -175,7 +175,7 @@ class HookLifecycle:
         if deferred != self._deferred:
             self._deferred = deferred
             for st in self.states.values():
-                st.deferred = deferred
+                st.deferred = defers_on(st.device, deferred)
         self.learning_structure = training and self.steps < self.config.structure_steps
         self.activation_depth = 0
         self._restart_call_positions()

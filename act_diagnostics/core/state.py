@@ -15,9 +15,9 @@ Design (see docs/statistics.md):
   in float64 (exact for counts below 2**53); the monitor places every site's vector in one shared
   buffer (:func:`act_diagnostics.core.pack.share_buffer`), so a log step packs and resets all of
   them with one op each. Inputs in bf16/fp16 (autocast) are read in float32.
-* With ``deferred`` set (by the monitor, after a window's first measured steps), a call's results
-  (sum, sum of squares, max |value|, per-unit counts, the gradient's sum of squares) are kept as
-  they come and added to the totals in one go (:meth:`SiteState.fold`) at the snapshot, or when a
+* With ``deferred`` set (by the monitor, after a window's first measured steps, for sites off the
+  CPU: core.windows.defers_on), a call's results (sum, sum of squares, max |value|, per-unit
+  counts, the gradient's sum of squares) are kept as they come and added to the totals in one go (:meth:`SiteState.fold`) at the snapshot, or when a
   site holds FOLD_CALLS calls or FOLD_UNIT_COUNTS counts: inside a training step each dispatched
   op costs microseconds whatever its size, and adding every result costs as many ops as
   computing them.

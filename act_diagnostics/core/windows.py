@@ -27,6 +27,17 @@ from act_diagnostics.core.snapshot import Snapshot
 DEFER_AFTER_STEPS = 2
 
 
+def defers_on(device: torch.device, deferred: bool) -> bool:
+    """Whether a site on ``device`` defers its results in a window that does (``deferred``).
+
+    Not on the CPU: results kept from step to step are small host allocations made among the
+    step's large temporaries, and they fragment the allocator's heap (docs/performance.md, tenth
+    session: the heap grew to 6 times the live memory over the first window, with about 1000 more
+    page faults per step). There a call adds its results at once, as a window logged every step does.
+    """
+    return deferred and device.type != "cpu"
+
+
 @dataclass
 class WindowStash:
     """A window set aside by :meth:`WindowSnapshots.stash_window`: per site, a copy of its device

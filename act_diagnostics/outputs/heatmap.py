@@ -395,5 +395,6 @@ class HeatmapWriter:
             return draw()
         except Exception as exc:  # noqa: BLE001 - a picture must never cost the run its diagnostics
             self.enabled = False
-            warnings.warn(f"act_diagnostics: heatmap images turned off after an error ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=3)
+            message = f"act_diagnostics: heatmap images turned off after an error ({type(exc).__name__}: {exc})"
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
             return []

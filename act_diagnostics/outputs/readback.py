@@ -206,7 +206,7 @@ def _read_events(run_dir: Path) -> EventData:
     )
     try:
         acc.Reload()
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say which run
+    except Exception as exc:
         raise ReadbackError(f"{run_dir}: cannot read the TensorBoard event files ({type(exc).__name__}: {exc})") from exc
     series: dict[str, dict[str, list[Any]]] = {}  # site -> stat -> events, in the order logged
     for tag in acc.Tags().get("scalars", []):
@@ -368,9 +368,14 @@ def _table_rows(run: RunReadback) -> tuple[list[str], list[list[str]]]:
     """The per-layer table: the same columns as the end-of-fit report (TABLE_STATS), and the step."""
     header = ["site", "kind", "step", *TABLE_STATS]
     body = [
-        [row.site, row.kind or "-", format_number(row.step) if row.step is not None else "-", *(table_cell(s, row.values.get(s), row.family) for s in TABLE_STATS)]
+        [
+            row.site,
+            row.kind or "-",
+            format_number(row.step) if row.step is not None else "-",
+            *(table_cell(s, row.values.get(s), row.family) for s in TABLE_STATS),
+        ]
         for row in run.layers
-    ]  # fmt: skip
+    ]
     return header, body
 
 
@@ -432,7 +437,8 @@ def render_markdown(run: RunReadback) -> str:
         lines += ["| severity | rule | site | step | status | finding | evidence | fix |", "|---|---|---|---:|---|---|---|---|"]
         for f in run.findings:
             site = f"`{f['site']}`" if f.get("site") else "(model)"
-            cells = [f.get("severity", ""), f.get("rule", ""), site, f.get("step", ""), status_text(f), f.get("message", ""), _evidence(f), f.get("recommendation", "")]
+            head = [f.get("severity", ""), f.get("rule", ""), site, f.get("step", ""), status_text(f)]
+            cells = [*head, f.get("message", ""), _evidence(f), f.get("recommendation", "")]
             lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     else:
         lines.append("No findings.")

@@ -166,7 +166,7 @@ class Report:
                     points, Path(folder) / filename, f"{stat} of {f.site}",
                     threshold=(f"{f.rule}.{name}", value) if name is not None and value is not None else None,
                     marks=marks, share=stat in SHARE_STATS,
-                )  # fmt: skip
+                )
             except Exception:  # noqa: BLE001 - a picture must never cost the report its text
                 continue
             written[i] = filename
@@ -204,7 +204,8 @@ class Report:
         if self.findings:
             lines += ["| severity | rule | site | step | status | finding | evidence | fix |", "|---|---|---|---|---|---|---|---|"]
             for f in self.findings:
-                cells = [f.severity, f.rule, f.site or "(model)", f.step, status_text(f), f.message, evidence_text(f.evidence), f.recommendation]
+                where = f.site or "(model)"
+                cells = [f.severity, f.rule, where, f.step, status_text(f), f.message, evidence_text(f.evidence), f.recommendation]
                 lines.append("| " + " | ".join(md_cell(x) for x in cells) + " |")
             lines.append("")
         lines += self._layer_lines()

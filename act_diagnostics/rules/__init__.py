@@ -2,6 +2,6 @@
 
 from act_diagnostics.rules.base import Rule, RuleContext
 from act_diagnostics.rules.engine import RULE_IDS, RULES, RuleEngine
-from act_diagnostics.rules.finding import ActivationWarning, Finding, emit_warning, warn_finding
+from act_diagnostics.rules.finding import ActivationWarning, Finding, emit_warning
 
-__all__ = ["RULES", "RULE_IDS", "ActivationWarning", "Finding", "Rule", "RuleContext", "RuleEngine", "emit_warning", "warn_finding"]
+__all__ = ["RULES", "RULE_IDS", "ActivationWarning", "Finding", "Rule", "RuleContext", "RuleEngine", "emit_warning"]

@@ -99,7 +99,8 @@ class ActivationSpike(Rule):
         first = max((s for s in spiked if s[0] == first_site), key=lambda s: s[3])
         _, quantity, value, score, ratio = first
         label = dict(QUANTITIES)[quantity]
-        others = f"; {len(sites) - 1} later site(s) spiked too ({', '.join(sites[1:4])}{', ...' if len(sites) > 4 else ''})" if len(sites) > 1 else ""
+        more = ", ..." if len(sites) > 4 else ""
+        others = f"; {len(sites) - 1} later site(s) spiked too ({', '.join(sites[1:4])}{more})" if len(sites) > 1 else ""
         msg = (
             f"the {label} jumped to {value:.3g}, {ratio:.3g}x its median over the last log steps ({score:.3g} robust "
             f"standard deviations above it): the spike starts here, the earliest site in forward order{others}. "

@@ -81,7 +81,9 @@ class AttentionLogitGrowth(Rule):
                 f"value so far ({baseline:.3g}): at logits this large the softmax puts nearly all of a row's weight on "
                 f"one key, and attention entropy collapses{now}"
             )
-            evidence: dict[str, Any] = dict(max_logit=round(logit, 3), baseline=round(baseline, 3), growth=round(growth, 3), head=head, heads=len(heads))
+            evidence: dict[str, Any] = dict(
+                max_logit=round(logit, 3), baseline=round(baseline, 3), growth=round(growth, 3), head=head, heads=len(heads)
+            )
             if peaked is not None:
                 evidence["peaked_rows"] = round(peaked, 4)
             out.append(self.finding(ctx, site.name, severity, msg, FIX, **evidence))

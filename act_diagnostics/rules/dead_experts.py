@@ -91,7 +91,7 @@ class DeadExperts(Rule):
             evidence: dict[str, Any] = dict(
                 dead=len(dead), experts=experts, dead_experts=" ".join(map(str, dead)), imbalance=round(imbalance, 3),
                 shares=" ".join(f"{s:.3f}" for s in shares), tokens=int(tokens), top_k=round(r.top_k, 3),
-            )  # fmt: skip
+            )
             out.append(self.finding(ctx, name, severity, msg, FIX, **evidence))
         return out
 

@@ -122,7 +122,7 @@ class DeadUnits(Rule):
     ranges = {
         "unit_rate": PROBABILITY, "evidence": PROBABILITY, "preflight_unit_rate": PROBABILITY,
         "warn_fraction": FRACTION, "error_fraction": FRACTION, "min_dead_units": COUNT,
-    }  # fmt: skip
+    }
     windows = 1  # the evidence test is the debounce: a window decides once its statistics do
     primary = "dead_fraction"
 
@@ -143,7 +143,7 @@ class DeadUnits(Rule):
                 out.append(self._finding(ctx, site, *verdict))
         return out
 
-    def _judge(self, ctx: RuleContext, name: str, rates: np.ndarray, n: float) -> tuple | None | bool:
+    def _judge(self, ctx: RuleContext, name: str, rates: np.ndarray, n: float) -> tuple | bool | None:
         """Add one window's evidence; the dead units' verdict, False when the layer is clear, None
         while undecided units could still reach the warning fraction."""
         ev = self._evidence.get(name)
@@ -209,7 +209,7 @@ class DeadUnits(Rule):
             ctx, site.name, severity, msg, fix,
             dead_fraction=round(fraction, 4), dead_units=int(dead.size), units=units,
             born_dead=born, died_later=later, samples_per_unit=evidence_n,
-        )  # fmt: skip
+        )
 
     def state_dict(self) -> dict[str, Any]:
         # The evidence of units in a silent run (sparse: only those units), so a resume keeps it.
@@ -220,7 +220,7 @@ class DeadUnits(Rule):
                 "units": int(ev.samples.size), "first_step": ev.first_step, "first_preflight": ev.first_preflight,
                 "index": idx.tolist(), "firings": ev.firings[idx].tolist(), "samples": ev.samples[idx].tolist(),
                 "silent_since": ev.silent_since[idx].tolist(), "alive_at": ev.alive_at.tolist(),
-            }  # fmt: skip
+            }
         return {"evidence": out}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -182,7 +182,7 @@ class RuleEngine:
         for finding in new:
             self.findings.append(finding)
             if self.warn and finding.severity != "info":
-                emit_warning(finding, stacklevel=2)
+                emit_warning(finding)
         return new
 
     def _count_clear_windows(self, rule: Rule, seen: set[tuple[str, str]], ctx: RuleContext) -> None:

@@ -70,7 +70,7 @@ class Finding:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
         """Inverse of :meth:`to_dict`; tolerant of missing keys (old checkpoints)."""
         return cls(
             rule=str(d.get("rule", "")),
@@ -114,30 +114,29 @@ def user_frame() -> Any:
     return frame
 
 
-def emit_warning(finding: Finding, stacklevel: int = 2) -> None:
+def emit_warning(finding: Finding) -> None:
     """Issue ``finding`` as one :class:`ActivationWarning` whose text names site, evidence and fix.
 
     The finding is about the user's model, so the warning points at the user's code: the first
     frame outside act_diagnostics, Lightning and torch (for a Lightning fit, the line that called
     ``trainer.fit``), printed as ``train.py:42: ActivationWarning: [act_diagnostics:dead-units] ...``.
     With no such frame it is issued as Python would from a script named ``act_diagnostics``.
-    ``stacklevel`` is kept for compatibility and ignored.
     """
-    del stacklevel
     frame = user_frame()
     if frame is None:
         warnings.warn_explicit(finding.text(), ActivationWarning, filename="act_diagnostics", lineno=1, module="act_diagnostics")
         return
     globs = frame.f_globals
-    warnings.warn_explicit(
-        finding.text(),
-        ActivationWarning,
+    where = dict(
         filename=frame.f_code.co_filename,
         lineno=frame.f_lineno,
         module=str(globs.get("__name__", "__main__")),
         registry=globs.setdefault("__warningregistry__", {}),
-        module_globals=globs,
     )
-
-
-warn_finding = emit_warning
+    try:
+        # module_globals lets the printed warning quote the user's source line.
+        warnings.warn_explicit(finding.text(), ActivationWarning, **where, module_globals=globs)
+    except IndexError:
+        # CPython fails to quote a line that is no longer in the file (the script was edited while
+        # it trains): the warning goes out without the quoted line.
+        warnings.warn_explicit(finding.text(), ActivationWarning, **where)

@@ -83,7 +83,7 @@ class NearDeadUnits(Rule):
                     near_dead_fraction=round(share, 4), near_dead_units=round(share * site.n_units),
                     units=site.n_units, samples_per_unit=int(samples),
                 )
-            )  # fmt: skip
+            )
         return out
 
     def state_dict(self) -> dict[str, Any]:

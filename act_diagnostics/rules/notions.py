@@ -147,7 +147,7 @@ class Notions:
         ordered = snapshot.ordered()
         chain = [(s, st) for s, st in ordered if is_hidden(s) and s.source != "attention" and s.name not in skip]
         outputs = [(s, st) for s, st in ordered if s.is_output and not s.is_gate and s.name not in skip]
-        if outputs and (not chain or outputs[-1][0].index > chain[-1][0].index):
-            if outputs[-1][0].family not in SQUASHING_OUTPUT_FAMILIES:
-                chain.append(outputs[-1])
+        last_is_output = outputs and (not chain or outputs[-1][0].index > chain[-1][0].index)
+        if last_is_output and outputs[-1][0].family not in SQUASHING_OUTPUT_FAMILIES:
+            chain.append(outputs[-1])
         return chain

@@ -69,7 +69,7 @@ class SaturatingHiddenActivation(Rule):
     ranges = {
         "sigmoid_min_depth": Range(2.0, integer=True), "tanh_min_depth": Range(2.0, integer=True),
         "saturated_share": FRACTION, "starve_ratio": PROBABILITY,
-    }  # fmt: skip
+    }
     primary = None
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:

@@ -49,7 +49,7 @@ class Saturation(Rule):
     ranges = {
         "warn_fraction": FRACTION, "warn_share": FRACTION, "error_fraction": FRACTION,
         "min_samples": COUNT, "preflight_min_samples": COUNT,
-    }  # fmt: skip
+    }
     windows = 2
     primary = "saturation"
 
@@ -83,7 +83,7 @@ class Saturation(Rule):
                     ctx, site.name, severity, msg, FIX,
                     saturated_units=round(units, 4), saturation=round(share, 4), samples_per_unit=int(samples),
                 )
-            )  # fmt: skip
+            )
         return out
 
     def state_dict(self) -> dict[str, Any]:

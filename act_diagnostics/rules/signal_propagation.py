@@ -51,7 +51,8 @@ class SignalPropagation(Rule):
         first, last = (lo_i, hi_i) if grows else (hi_i, lo_i)
         ends = " to ".join(f"{chain[i][1].input_std:.3g} at '{chain[i][0].name}'" for i in (first, last))
         if lo > 0:
-            msg = f"pre-activation std {'grows' if grows else 'collapses'} {ratio:.3g}x across {count(len(chain), 'layer')} at initialisation (from {ends})"
+            change = "grows" if grows else "collapses"
+            msg = f"pre-activation std {change} {ratio:.3g}x across {count(len(chain), 'layer')} at initialisation (from {ends})"
         else:  # a constant pre-activation: no ratio to quote
             msg = (
                 f"the pre-activation of '{chain[lo_i][0].name}' is constant (std 0) at initialisation, against "
@@ -62,4 +63,4 @@ class SignalPropagation(Rule):
                 ctx, deep.name, "warning", msg, FIX,
                 ratio=ratio, min_std=lo, max_std=hi, direction=1 if grows else -1, sites=len(chain),
             )
-        ]  # fmt: skip
+        ]

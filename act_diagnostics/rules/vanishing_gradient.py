@@ -74,4 +74,4 @@ class VanishingGradient(Rule):
                 ctx, first.name, "warning", msg, FIX,
                 shrink_factor=shrink, grad_rms_first=g_first, grad_rms_last=g_last, sites=len(chain),
             )
-        ]  # fmt: skip
+        ]

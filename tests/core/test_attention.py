@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monitor_fixtures import CountTransfers
 from torch.overrides import TorchFunctionMode
 
 from act_diagnostics.core import ActivationMonitor
 from act_diagnostics.core.attention import attention_probabilities, mha_probabilities
 from act_diagnostics.core.monitor import UnmeasuredModules
-from monitor_fixtures import CountTransfers
 
 
 def _reference(q, k, mask=None, causal=False, scale=None, gqa=False):

@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monitor_fixtures import Checkpointed, CountTransfers, Functional
 from torch.overrides import TorchFunctionMode
 
 from act_diagnostics.core import ActivationMonitor
-
-from monitor_fixtures import Checkpointed, CountTransfers, Functional
 
 
 # ---------------------------------------------------------------- host syncs
@@ -52,14 +51,13 @@ class GeluMLP(nn.Module):
 def test_statistic_ops_stay_out_of_other_torch_function_modes(make_mlp, train_step, functional, detail) -> None:
     """A user's TorchFunctionMode (a FLOP counter) sees the model's ops only, whether the
     monitor's tracer is on (detail steps, functional sites) or off."""
-    from torch.overrides import TorchFunctionMode
 
     class Counting(TorchFunctionMode):
         def __init__(self) -> None:
             super().__init__()
             self.calls = 0
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        def __torch_function__(self, func, types, args=(), kwargs=None):
             self.calls += 1
             return func(*args, **(kwargs or {}))
 

@@ -67,7 +67,7 @@ def test_consumer_reads_equal_the_tracer_reads() -> None:
         assert sorted(a.stats) == sorted(b.stats) == [
             "encoder.layers.0.self_attn:attention", "encoder.layers.0:gelu",
             "encoder.layers.1.self_attn:attention", "encoder.layers.1:gelu",
-        ]  # fmt: skip
+        ]
         for name in a.stats:
             got, want = asdict(a.stats[name]), asdict(b.stats[name])
             for key, value in want.items():

@@ -9,11 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monitor_fixtures import Functional
 
 from act_diagnostics.core import ActivationMonitor, MonitorFailure
 from act_diagnostics.core.kinds import MODULE_KINDS
-
-from monitor_fixtures import Functional
 
 
 def _module(cls: type[nn.Module]) -> nn.Module:

@@ -90,7 +90,7 @@ def test_a_sharded_gradient_counts_as_the_full_gradient() -> None:
         def __init__(self, placements: list) -> None:
             self.placements, self.device_mesh = placements, type("Mesh", (), {"shape": (2, 3)})()
 
-        def detach(self) -> "Sharded":
+        def detach(self) -> Sharded:
             return self
 
         def to_local(self) -> torch.Tensor:

@@ -63,7 +63,7 @@ def test_the_package_imports_no_cycle() -> None:
     assert _cycle(graph) is None
     core = {n: deps for n, deps in graph.items() if n.startswith("act_diagnostics.core")}
     assert all(not m.startswith(("act_diagnostics.rules", "act_diagnostics.outputs", "act_diagnostics.callbacks"))
-               for deps in core.values() for m in deps)  # core is torch only  # fmt: skip
+               for deps in core.values() for m in deps)  # core is torch only
 
 
 def test_the_cycle_check_finds_a_cycle() -> None:

@@ -11,12 +11,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monitor_fixtures import Mixed, mode_stack, no_hooks
 from torch.overrides import TorchFunctionMode
 
 from act_diagnostics.core import ActivationMonitor, MonitorConfig, MonitorFailure
 from act_diagnostics.core.state import SiteState
-
-from monitor_fixtures import Mixed, mode_stack, no_hooks
 
 
 def test_exception_mid_forward_leaves_nothing_behind() -> None:
@@ -26,9 +25,8 @@ def test_exception_mid_forward_leaves_nothing_behind() -> None:
             raise ValueError("boom")
 
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), Boom())
-    with pytest.raises(ValueError, match="boom"):
-        with ActivationMonitor(model):
-            model(torch.randn(1, 2))
+    with pytest.raises(ValueError, match="boom"), ActivationMonitor(model):
+        model(torch.randn(1, 2))
     assert no_hooks(model) and mode_stack() == []
 
 
@@ -123,7 +121,7 @@ def test_user_mode_pushed_outside_survives() -> None:
 
 def test_config_errors_name_the_argument() -> None:
     model = nn.Linear(2, 2)
-    with pytest.raises(TypeError, match="`model` must be a torch.nn.Module, got int"):
+    with pytest.raises(TypeError, match=r"`model` must be a torch\.nn\.Module, got int"):
         ActivationMonitor(3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="either `config` or keyword options"):
         ActivationMonitor(model, MonitorConfig(), gradients=False)

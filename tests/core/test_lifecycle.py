@@ -9,10 +9,9 @@ import weakref
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monitor_fixtures import Mixed, ModulesOnly, hook_counts, mode_stack, no_hooks
 
 from act_diagnostics.core import ActivationMonitor
-
-from monitor_fixtures import Mixed, ModulesOnly, hook_counts, mode_stack, no_hooks
 
 
 def test_detach_removes_every_hook_and_mode(train_step) -> None:

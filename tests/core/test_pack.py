@@ -7,8 +7,18 @@ import torch
 import torch.nn.functional as F
 
 from act_diagnostics.core.kinds import KINDS
-from act_diagnostics.core.pack import OP_MAX, OP_SUM, combine_gathered, make_layout, pack_states, reduce_to_host
-from act_diagnostics.core.pack import reset_states, share_buffer, shared_view, totals_to_stats
+from act_diagnostics.core.pack import (
+    OP_MAX,
+    OP_SUM,
+    combine_gathered,
+    make_layout,
+    pack_states,
+    reduce_to_host,
+    reset_states,
+    share_buffer,
+    shared_view,
+    totals_to_stats,
+)
 from act_diagnostics.core.state import COUNTERS, N_SUMS, SiteState
 
 

@@ -8,17 +8,15 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monitor_fixtures import Checkpointed
 from torch.utils.checkpoint import checkpoint
 
 from act_diagnostics.core import ActivationMonitor
-
-from monitor_fixtures import Checkpointed
 
 
 def test_a_shared_block_checkpointed_twice_keeps_each_calls_gradient() -> None:
     """Reentrant checkpoints re-run in backward last first: each call's gradient goes to its own
     site (they were swapped), as without checkpointing."""
-    from torch.utils.checkpoint import checkpoint
 
     class Net(nn.Module):
         def __init__(self, use_checkpoint: bool) -> None:
@@ -55,7 +53,6 @@ def test_a_shared_block_checkpointed_twice_keeps_each_calls_gradient() -> None:
 def test_calls_repeated_inside_one_checkpointed_region_keep_their_gradients() -> None:
     """A reentrant checkpoint re-runs the calls of one region in forward order (regions last first):
     a ResNet block's shared ReLU, or F.silu called twice, gets each call's gradient back at its call."""
-    from torch.utils.checkpoint import checkpoint
 
     class Block(nn.Module):
         def __init__(self) -> None:

@@ -471,7 +471,7 @@ def test_counters_are_read_by_their_names() -> None:
     from act_diagnostics.core import state as state_module
 
     names = ("calls", "elements", "sampled", "sat_total", "grad_calls", "grad_elements", "detail_elements",
-             "in_elements", "param_grad_steps", "targets")  # fmt: skip
+             "in_elements", "param_grad_steps", "targets")
     assert [COUNTERS[getattr(state_module, n.upper())] for n in names] == list(names)
     st = SiteState(KINDS["sigmoid"], {}, 1, 3, torch.device("cpu"), None, 0.01)
     y = torch.rand(4, 3)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monitor_fixtures import ModulesOnly
 
 from act_diagnostics.core import ActivationMonitor
 
-from monitor_fixtures import ModulesOnly
+
+@pytest.fixture
+def defer_on_cpu(monkeypatch):
+    """Sites on the CPU defer as they would on an accelerator (the CPU adds at once: defers_on)."""
+    monkeypatch.setattr("act_diagnostics.core.lifecycle.defers_on", lambda device, deferred: deferred)
 
 
-def test_a_window_defers_results_after_its_first_steps(train_step) -> None:
-    """A window folds each site's results once, from its third measured step on; a window logged
-    every step adds them call by call (a fold per step would cost more). Same statistics."""
+def test_a_window_defers_results_after_its_first_steps(train_step, defer_on_cpu) -> None:
+    """Off the CPU a window folds each site's results once, from its third measured step on; a
+    window logged every step adds them call by call (a fold per step would cost more). Same
+    statistics."""
     from act_diagnostics.core.windows import DEFER_AFTER_STEPS
 
     torch.manual_seed(0)
@@ -39,6 +45,22 @@ def test_a_window_defers_results_after_its_first_steps(train_step) -> None:
     mon.detach()
 
 
+def test_sites_on_the_cpu_keep_no_result_past_its_step(train_step) -> None:
+    """On the CPU each call adds its results at once, in every step of a window: results kept from
+    step to step fragment the host heap (docs/performance.md, tenth session)."""
+    from act_diagnostics.core.windows import DEFER_AFTER_STEPS, defers_on
+
+    assert not defers_on(torch.device("cpu"), True) and defers_on(torch.device("meta"), True)
+    torch.manual_seed(0)
+    model = ModulesOnly()
+    mon = ActivationMonitor(model).attach()
+    for _ in range(DEFER_AFTER_STEPS + 3):
+        train_step(mon, model, torch.randn(3, 4))
+        assert mon.states and all(st.folded and not st.deferred for st in mon.states.values())
+    mon.detach()
+
+
+@pytest.mark.usefixtures("defer_on_cpu")
 def test_a_stashed_window_comes_back_whole(train_step) -> None:
     """stash_window / restore_window (evaluation measured apart): the training window after the
     round trip equals one never interrupted, over deferred results, counters and step counts."""

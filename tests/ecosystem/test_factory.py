@@ -18,7 +18,7 @@ GROUPS = {
 }
 
 
-def ours(trainer) -> list[DiagnosticsCallbackCore]:  # noqa: ANN001
+def ours(trainer) -> list[DiagnosticsCallbackCore]:
     return [c for c in trainer.callbacks if isinstance(c, DiagnosticsCallbackCore)]
 
 

@@ -30,7 +30,6 @@ def test_each_flavour_class_subclasses_its_own_callback(flavour: str) -> None:
 def test_public_import_paths() -> None:
     import act_diagnostics
     import act_diagnostics.lightning
-
     from act_diagnostics.callbacks import lightning_callback, pl_callback
 
     assert act_diagnostics.ActivationDiagnostics is pl_callback.ActivationDiagnostics

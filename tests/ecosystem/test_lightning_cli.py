@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from unittest import mock
 from typing import Any
+from unittest import mock
 
 import pytest
 

@@ -164,7 +164,7 @@ def test_a_second_run_in_the_same_folder_imports_the_package(tmp_path: Path, mon
 
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"torch": __import__("torch"), "nn": __import__("torch").nn, "warnings": warnings}
-    exec(_FIT, namespace)  # noqa: S102 - the same fit as the subprocess's, first in this process
+    exec(_FIT, namespace)
     namespace["trainer_fit"](ActivationDiagnostics)
     assert (tmp_path / REPORT_DIRNAME / "report.json").is_file() and not (tmp_path / "act_diagnostics").exists()
     proc = _second_run(tmp_path)

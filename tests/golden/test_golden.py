@@ -68,7 +68,7 @@ def golden_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     trainer = pl.Trainer(
         max_steps=STEPS, logger=logger, callbacks=[ActivationDiagnostics()], log_every_n_steps=2, accelerator="cpu", devices=1,
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-    )  # fmt: skip
+    )
     console = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(console):
         warnings.simplefilter("ignore")

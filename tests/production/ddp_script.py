@@ -20,9 +20,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
-
-from prod_models import Classifier, OutputOptions, RuleOptions, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer  # noqa: E402,F401
+import torch
+from prod_models import Classifier, OutputOptions, RuleOptions, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer
 
 GLOBAL_SAMPLES = 32
 PER_RANK_BATCH = 4

@@ -13,10 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_script
 import pytest
 import torch
-
-import ddp_script
 from prod_models import Classifier, RuleOptions, SnapshotRecorder, diagnostics, loader, mlp, trainer
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")

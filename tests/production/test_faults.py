@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from prod_models import Classifier, MonitorOptions, OutputOptions, RuleOptions, diagnostics, hook_count, loader, trainer
 
 import act_diagnostics.core.state as state_module
 from act_diagnostics.core.monitor import MonitorFailure
 from act_diagnostics.rules import ActivationWarning
-from prod_models import Classifier, MonitorOptions, OutputOptions, RuleOptions, diagnostics, hook_count, loader, trainer
 
 
 class FailsAtStep2(Classifier):

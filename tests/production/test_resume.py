@@ -6,9 +6,9 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
+from prod_models import Classifier, MonitorOptions, RuleOptions, diagnostics, hook_count, loader, mlp, trainer
 
 from act_diagnostics.rules import ActivationWarning
-from prod_models import Classifier, MonitorOptions, RuleOptions, diagnostics, hook_count, loader, mlp, trainer
 
 THRESHOLDS = {"dead-units.preflight_unit_rate": 0.5, "dead-units.evidence": 0.1}  # 4 silent samples decide (0.5^4 < 0.1)
 

@@ -12,13 +12,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from prod_models import WIDTH, Classifier, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer
 from pytorch_lightning.plugins import MixedPrecision
 from torch.utils.checkpoint import checkpoint
 
 from act_diagnostics.callbacks._core import UnsupportedSetup
 from act_diagnostics.core.monitor import UnmeasuredModules
 from act_diagnostics.rules import ActivationWarning
-from prod_models import WIDTH, Classifier, SnapshotRecorder, diagnostics, hook_count, loader, mlp, trainer
 
 
 def _fit(tmp_path: Any, model: pl.LightningModule, **kwargs: Any) -> tuple[Any, SnapshotRecorder, pl.Trainer]:

@@ -12,9 +12,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from prod_models import Classifier, RuleOptions, diagnostics, loader, trainer
 
 import act_diagnostics
-from prod_models import Classifier, RuleOptions, diagnostics, loader, trainer
 
 PACKAGE_DIR = str(Path(act_diagnostics.__file__).parent)
 TRANSFERS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")

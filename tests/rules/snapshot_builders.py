@@ -17,7 +17,7 @@ def make_site(name: str, kind: str, family: str | None = None, index: int = 0, n
         name=name, kind=kind, family=fam, source="module", owner=kw.pop("owner", name), module_type=kind, index=index,
         unit_dim=kw.pop("unit_dim", 1), n_units=n_units, shape=kw.pop("shape", (4, n_units)),
         consumers=consumers, consumer_layer_types=layer_types, **kw,
-    )  # fmt: skip
+    )
 
 
 def make_snapshot(pairs: list[tuple[Site, SiteStats]], step: int = 100) -> Snapshot:
@@ -30,7 +30,7 @@ def relu_stats(rates: list[float], samples_per_unit: int = 2000, **kw: Any) -> S
         calls=10, elements=units * samples_per_unit, sampled=units * samples_per_unit, units=units,
         firing_rate=sum(rates) / units, dead_fraction=sum(r < 0.01 for r in rates) / units,
         unit_firing=list(rates), mean=0.5, std=1.0, rms=1.0, max_abs=3.0, **kw,
-    )  # fmt: skip
+    )
 
 
 def chain(kind: str, grads: list[float | None], rms: list[float] | None = None, input_std: list[float] | None = None) -> Snapshot:

@@ -31,7 +31,7 @@ class DigitsMLP(pl.LightningModule):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001
+    def training_step(self, batch, batch_idx):
         x, y = batch
         return F.cross_entropy(self.net(x), y)
 
@@ -47,7 +47,7 @@ class DeadOracle(pl.Callback):
         self.x = x
         self.dead: list[list[float]] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         with torch.no_grad():
             h, shares = self.x, []
             linears = [m for m in pl_module.net if isinstance(m, nn.Linear)]
@@ -69,7 +69,7 @@ def test_dead_units_at_lr_1_flagged_within_a_60_step_run(tmp_path, seed):
     trainer = pl.Trainer(
         max_steps=60, log_every_n_steps=10, logger=False, callbacks=[diag, oracle], enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, accelerator="cpu",
-    )  # fmt: skip
+    )
     trainer.fit(model, loader)
     # The oracle: some layer has >= 25% of its units dead on every row, from step 30 to the end.
     layer = next(i for i in range(2) if all(d[i] >= 0.25 for d in oracle.dead[29:]))
@@ -88,7 +88,7 @@ class SmallTabular(pl.LightningModule):
         with torch.no_grad():
             self.net[2].bias[:16] = -10.0
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001
+    def training_step(self, batch, batch_idx):
         x, y = batch
         return F.cross_entropy(self.net(x), y)
 
@@ -112,7 +112,7 @@ def test_small_batches_of_a_small_dataset_reach_a_verdict():
     trainer = pl.Trainer(
         max_epochs=2, logger=False, callbacks=[diag], enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, accelerator="cpu",
-    )  # fmt: skip
+    )
     trainer.fit(model, loader)
     found = [f for f in diag.report.findings if f.rule == "dead-units" and f.site == "net.3"]
     assert found and found[0].severity == "error" and found[0].evidence["born_dead"] >= 16

@@ -54,7 +54,7 @@ def test_tables_show_no_dead_fraction_for_sigmoid_tanh_softmax(tmp_path):
     """A sigmoid unit never above 0.5 is not dead: the tables show "-" there and report.json null;
     ReLU-family rows keep theirs."""
     pairs = [(make_site(name, kind, index=i), relu_stats([0.0] * 4 + [0.5] * 4)) for i, (name, kind) in enumerate(
-        [("r", "relu"), ("s", "sigmoid"), ("t", "tanh"), ("p", "softmax")])]  # fmt: skip
+        [("r", "relu"), ("s", "sigmoid"), ("t", "tanh"), ("p", "softmax")])]
     rep = Report(snapshot=make_snapshot(pairs))
     md_rows = {line.split(" | ")[0][2:]: line.split(" | ")[3] for line in rep.markdown_table().splitlines() if line.startswith("| ") and " | " in line[2:]}
     assert md_rows["r"] == "0.5" and md_rows["s"] == md_rows["t"] == md_rows["p"] == "-"

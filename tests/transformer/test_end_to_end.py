@@ -13,8 +13,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tiny_models import (
-    VOCAB, CountTransfers, HandRouterMoE, LMWithMoE, MoEClassifier, TinyLM, copy_batches, load_balancing_loss, lm_loss, moe_batches, train,
-)  # fmt: skip
+    VOCAB,
+    CountTransfers,
+    HandRouterMoE,
+    LMWithMoE,
+    MoEClassifier,
+    TinyLM,
+    copy_batches,
+    lm_loss,
+    load_balancing_loss,
+    moe_batches,
+    train,
+)
 
 from act_diagnostics.core import ActivationMonitor
 from act_diagnostics.rules import ActivationWarning, RuleEngine
@@ -103,7 +113,7 @@ def test_lightning_run_with_the_default_callback(tmp_path) -> None:
             super().__init__()
             self.model = TinyLM()
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001
+        def training_step(self, batch, batch_idx):
             return lm_loss(self.model, batch[0])
 
         def configure_optimizers(self):
@@ -115,7 +125,7 @@ def test_lightning_run_with_the_default_callback(tmp_path) -> None:
     trainer = pl.Trainer(
         max_steps=60, log_every_n_steps=5, callbacks=[callback], logger=CSVLogger(str(tmp_path)),
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    )
     with pytest.warns(ActivationWarning, match="attention-logit-growth"):
         trainer.fit(LitLM(), loader)
     rules = {f.rule for f in callback.report.findings}

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tiny_models import VOCAB, TinyLM, counting_batches, only, train, z_loss
+from tiny_models import TinyLM, counting_batches, only, train, z_loss
 
 from act_diagnostics.core import ActivationMonitor
 from act_diagnostics.core.logits import log_z

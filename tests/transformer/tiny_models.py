@@ -258,12 +258,12 @@ class CountTransfers:
 
     READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
 
-    def __init__(self, monkeypatch) -> None:  # noqa: ANN001
+    def __init__(self, monkeypatch) -> None:
         self.count = 0
         for name in self.READS:
             original = getattr(torch.Tensor, name)
 
-            def wrapped(tensor, *a, __orig=original, **k):  # noqa: ANN001, ANN002, ANN003
+            def wrapped(tensor, *a, __orig=original, **k):
                 self.count += 1
                 return __orig(tensor, *a, **k)
 

@@ -68,7 +68,7 @@ def zoo_timings() -> dict[str, float]:
     return _TIMINGS
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if not _TIMINGS:
         return
     import act_diagnostics

@@ -13,9 +13,10 @@ pytest.importorskip("sklearn")
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
 
-from act_diagnostics.rules import RULE_IDS  # noqa: E402
-from zoo_faults import FAULTS, Fault  # noqa: E402
-from zoo_train import fit, loader  # noqa: E402
+from zoo_faults import FAULTS, Fault
+from zoo_train import fit, loader
+
+from act_diagnostics.rules import RULE_IDS
 
 ORACLE_BATCHES = 16
 

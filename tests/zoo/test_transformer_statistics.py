@@ -14,12 +14,12 @@ pytest.importorskip("sklearn")
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
 
-import oracles  # noqa: E402
-import zoo_data as data  # noqa: E402
-from zoo_faults import moe_gates  # noqa: E402
-from zoo_models import CASES, causal_lm  # noqa: E402
+import oracles
+import zoo_data as data
+from zoo_faults import moe_gates
+from zoo_models import CASES, causal_lm
 
-from act_diagnostics.core import ActivationMonitor  # noqa: E402
+from act_diagnostics.core import ActivationMonitor
 
 DECODERS = ["gpt2", "llama", "mistral", "qwen2", "mixtral-moe", "qwen2-moe"]
 MOES = ["mixtral-moe", "qwen2-moe"]

@@ -92,7 +92,7 @@ def install() -> str:
         import torchvision  # noqa: F401
 
         return "real"
-    except Exception:  # the CUDA wheel with the CPU torch raises RuntimeError, not ImportError
+    except Exception:  # noqa: BLE001 - the CUDA wheel with the CPU torch raises RuntimeError, not ImportError
         for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
             del sys.modules[name]
     sys.meta_path.insert(0, _StubFinder())

@@ -3,7 +3,7 @@ its digits, synthetic shapes to segment, and byte-level text from the data sets'
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(0)) / (x.std(0) + 1e-6)
 
 
-@lru_cache(maxsize=None)
+@cache
 def tabular(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Standardised features and integer labels of a bundled scikit-learn classification set."""
     from sklearn import datasets
@@ -27,7 +27,7 @@ def tabular(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return _standardise(x), torch.tensor(d.target, dtype=torch.long)
 
 
-@lru_cache(maxsize=None)
+@cache
 def digit_pixels() -> tuple[torch.Tensor, torch.Tensor]:
     """Digits as 64 pixels in [0, 1] (the VAE's reconstruction target) and labels."""
     from sklearn.datasets import load_digits
@@ -36,7 +36,7 @@ def digit_pixels() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(d.data, dtype=torch.float32) / 16.0, torch.tensor(d.target, dtype=torch.long)
 
 
-@lru_cache(maxsize=None)
+@cache
 def digit_images() -> tuple[torch.Tensor, torch.Tensor]:
     """The 8x8 digits upsampled to 3 x 32 x 32 and normalised per channel, as an image model sees them."""
     pixels, labels = digit_pixels()
@@ -45,14 +45,14 @@ def digit_images() -> tuple[torch.Tensor, torch.Tensor]:
     return img.expand(-1, 3, -1, -1).contiguous(), labels
 
 
-@lru_cache(maxsize=None)
+@cache
 def digit_rows() -> tuple[torch.Tensor, torch.Tensor]:
     """Each digit as a sequence of its 8 rows of 8 pixels (a recurrent model's input)."""
     pixels, labels = digit_pixels()
     return (pixels.reshape(-1, 8, 8) - 0.3) / 0.4, labels
 
 
-@lru_cache(maxsize=None)
+@cache
 def shapes(n: int = 512, size: int = IMAGE_SIZE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy images with a bright rectangle and a dark disc; per-pixel labels 0 background,
     1 rectangle, 2 disc (a segmentation task)."""
@@ -73,7 +73,7 @@ def shapes(n: int = 512, size: int = IMAGE_SIZE, seed: int = 0) -> tuple[torch.T
     return images, masks
 
 
-@lru_cache(maxsize=None)
+@cache
 def _descriptions() -> tuple[bytes, ...]:
     from sklearn import datasets
 
@@ -81,13 +81,13 @@ def _descriptions() -> tuple[bytes, ...]:
     return tuple(f().DESCR.encode("utf-8", "replace") for f in loaders)
 
 
-@lru_cache(maxsize=None)
+@cache
 def byte_corpus() -> torch.Tensor:
     """All four descriptions as one stream of bytes (token ids 0-255)."""
     return torch.tensor(list(b"\n".join(_descriptions())), dtype=torch.long)
 
 
-@lru_cache(maxsize=None)
+@cache
 def byte_windows(n: int = 1024, length: int = SEQ_LEN, seed: int = 0) -> torch.Tensor:
     """``n`` random windows of ``length`` bytes from the corpus (language modelling)."""
     corpus = byte_corpus()
@@ -96,7 +96,7 @@ def byte_windows(n: int = 1024, length: int = SEQ_LEN, seed: int = 0) -> torch.T
     return torch.stack([corpus[s : s + length] for s in starts.tolist()])
 
 
-@lru_cache(maxsize=None)
+@cache
 def byte_sources(n: int = 1024, length: int = SEQ_LEN, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows of ``length`` bytes labelled with the description they come from (4 classes)."""
     texts = [torch.tensor(list(t), dtype=torch.long) for t in _descriptions()]
@@ -110,7 +110,7 @@ def byte_sources(n: int = 1024, length: int = SEQ_LEN, seed: int = 0) -> tuple[t
     return torch.stack(windows), labels
 
 
-@lru_cache(maxsize=None)
+@cache
 def counting_windows(n: int = 1024, length: int = SEQ_LEN, seed: int = 0) -> torch.Tensor:
     """Windows x_t = x_0 + t (mod 256) from random starts: every next byte is certain, so a language
     model can drive its loss to 0 (and its logits up)."""

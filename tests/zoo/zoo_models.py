@@ -11,7 +11,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 import zoo_data as data
 from zoo_train import Case
 
