@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from act_diagnostics.callbacks.schedule import StepSchedule
 from act_diagnostics.core import ActivationMonitor, Snapshot
 from act_diagnostics.rules import Finding, RuleEngine
 
@@ -405,11 +406,14 @@ def train(
     seed: int = 0,
     engine: RuleEngine | None = None,
     on_step: Callable[[int, Setup, ActivationMonitor], None] | None = None,
+    default_schedule: bool = False,
 ) -> Run:
     """Train ``scenario`` with a plain torch loop under an :class:`ActivationMonitor`.
 
     The first step is the pre-flight check (``engine.evaluate(snapshot, preflight=True)``); then the
-    engine judges one snapshot every ``log_every`` steps and once at the end.
+    engine judges one snapshot every ``log_every`` steps and once at the end. Every step is measured,
+    or with ``default_schedule`` the steps the callback's default schedule measures (the first window
+    densely, then about five a window; the others run the bare model).
     """
     sc = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
     torch.manual_seed(seed)
@@ -421,14 +425,20 @@ def train(
     model, n = setup.model.train(), setup.inputs.shape[0]
     total = sc.steps if steps is None else steps
     mon = ActivationMonitor(model).attach()
+    schedule = StepSchedule(log_every) if default_schedule else None
     try:
         for step in range(total):
             log = step == 0 or (step + 1) % log_every == 0 or step == total - 1
-            mon.begin_step(detail=log)
+            if schedule is None:
+                mon.begin_step(detail=log)
+            else:
+                plan = schedule.plan(step)
+                log = plan.log or (step == total - 1 and mon.window_steps > 0)
+                mon.begin_step(detail=plan.detail) if plan.measure or log else mon.pause()
             idx = torch.randint(0, n, (setup.batch_size,), generator=g)
             loss = setup.loss_fn(model(setup.inputs[idx]), setup.targets[idx])
             loss.backward()
-            if log:
+            if log and mon.detail:
                 mon.measure_param_grads()
             opt.step()
             opt.zero_grad(set_to_none=True)

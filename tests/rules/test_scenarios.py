@@ -40,10 +40,11 @@ def dead_fraction(a: torch.Tensor) -> float:
     return float(((a > 0).float().mean(0) < 0.01).float().mean())
 
 
+@pytest.mark.parametrize("default_schedule", [False, True], ids=["every-step", "default-schedule"])
 @pytest.mark.parametrize("name", HEALTHY)
-def test_healthy_scenarios_raise_nothing_and_learn(name):
-    run = train(name)
-    assert [f for f in run.findings if f.severity != "info"] == []
+def test_healthy_scenarios_raise_nothing_and_learn(name, default_schedule):
+    run = train(name, default_schedule=default_schedule)
+    assert [f for f in run.findings if f.severity != "info"] == [], [f.text() for f in run.findings]
     assert sum(run.losses[-10:]) / 10 < 0.8 * sum(run.losses[:10]) / 10  # it really trains
 
 
@@ -392,3 +393,14 @@ def test_softmax_over_channels_into_bce_after_moving_the_classes_last(loss_of, e
     valid[:, 0] = False
     got = _class_loss_findings(conv, lambda model, x, t: loss_of(torch.softmax(model(x), 1), t, valid), torch.randn(2, 2, 4, 4), y)
     assert [g[0] for g in got] == ([expected] if expected else [])
+
+
+def test_the_default_schedule_measures_fewer_steps_than_every_step():
+    measured = {False: 0, True: 0}
+
+    def count(step, setup, mon, schedule):
+        measured[schedule] = mon.steps  # training steps the monitor measured so far
+
+    for schedule in (False, True):
+        train("kaiming_relu_mlp", steps=120, default_schedule=schedule, on_step=lambda s, su, m, sc=schedule: count(s, su, m, sc))
+    assert measured[False] == 120 and 25 + 8 <= measured[True] < 60  # the first window densely, then a few a window
