@@ -14,7 +14,8 @@ Hook use (ecosystem.md lists Lightning's order):
 * ``setup``: build and attach the monitor (idempotent; re-attaches after a resume). Fitting another
   model starts over (findings, counts); testing another instance keeps the fit's findings.
 * ``on_train_batch_start``: open a training step; log steps also record histograms etc.
-* ``on_before_backward``: leave the function-mode stack (backward needs no tracing). Under manual
+* ``on_before_backward``: count the loss (non-finite, rules: non-finite); leave the function-mode
+  stack (backward needs no tracing). Under manual
   optimisation the tracer stays on: a second forward may follow the first backward.
 * ``on_before_optimizer_step``: on log steps, feeding-layer gradient norms (AMP already unscaled).
 * ``on_train_batch_end``: close the step; on log steps reduce once, judge, write. Steps are counted
@@ -232,6 +233,8 @@ class DiagnosticsCallbackCore:
     @guarded
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
         # Manual optimisation may run another forward after this backward: keep tracing then.
+        if self.monitor is not None:
+            self.monitor.observe_loss(loss)  # a NaN loss is news even where no site shows it
         if self.monitor is not None and compat.automatic_optimization(pl_module):
             self.monitor.stop_tracing()
 

@@ -63,6 +63,12 @@ class SiteDiscovery:
         """The module whose forward is running (the root module is "")."""
         return self._owner_stack[-1] if self._owner_stack else ""
 
+    @property
+    def in_module_forward(self) -> bool:
+        """A module's forward is running: the tracer follows loss-building ops only outside every
+        module's forward (see core/following.py)."""
+        return bool(self._owner_stack)
+
     # ------------------------------------------------------------------ module hooks (owners, structure)
     def _module_pre_hook(self, module: nn.Module, args: tuple) -> None:
         if not self.enabled:
@@ -72,6 +78,8 @@ class SiteDiscovery:
         if in_backward():  # a checkpoint's re-run: not a call of its own
             self._maybe_enter_rerun_tracer(module)
             return
+        if self.learning_structure or self.detail:  # layer links (structure steps), the input's scale
+            self.network.layer_input(name, module, args, self.learning_structure, self.detail)
         if not self.learning_structure:
             return
         self._note_consumer_candidate(module, args)
@@ -216,7 +224,7 @@ class SiteDiscovery:
             reasons.append("the model called no activation module or function act_diagnostics knows (docs/statistics.md lists them)")
         warnings.warn(
             f"act_diagnostics found no activation site to measure in {type(self.model).__name__} after "
-            f"{self.steps} step(s): {'; '.join(reasons)}. Nothing will be measured or reported.",
+            f"{self.steps} step(s): {'; '.join(reasons)}. Only whole-model checks (missing-nonlinearity, input-scale, a non-finite loss) will run.",  # they run without sites
             UnmeasuredModules,
             stacklevel=2,
         )

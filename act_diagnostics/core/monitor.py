@@ -60,6 +60,7 @@ from act_diagnostics.core.errors import MonitorFailure, UnmeasuredModules, failu
 from act_diagnostics.core.gradients import GradientMeasurement
 from act_diagnostics.core.lifecycle import HookLifecycle
 from act_diagnostics.core.modules import compiled_modules
+from act_diagnostics.core.network import NetworkWatch
 from act_diagnostics.core.reruns import CheckpointReruns
 from act_diagnostics.core.sites import Site
 from act_diagnostics.core.state import SiteState
@@ -115,7 +116,8 @@ class ActivationMonitor(
         self._stopped_for_jit_trace = False  # measuring stopped for a torch.jit.trace of the model
         self._names: dict[int, str] = {}  # id(module) -> its name in the model (set by attach)
         self.extras = ExtraTotals()  # issue19: attention logits, log Z, router loads (core/extras.py)
-        self._facts = StructureFacts(self.sites, self.states)
+        self.network = NetworkWatch()  # whole-model facts: layer links, the model's input, loss values
+        self._facts = StructureFacts(self.sites, self.states, self.network, lambda: self.in_module_forward)
         self._tracer = ActivationTracer(self, self._facts, self._fail)
         self.param_scales: dict[str, float] = {}  # facts: parameter scales, read at attach
         self.batch_facts = BatchFacts()  # facts: the batch's rows and spread
@@ -161,6 +163,17 @@ class ActivationMonitor(
             "losses": len(self.losses_seen),
             "hooks": self._hook_count(),
         }
+
+    def observe_loss(self, loss: Any) -> None:
+        """Count a loss value of the open step, and whether it is NaN/Inf (on its device, no sync):
+        the Lightning callback hands each step's loss here (rules: non-finite, with no site)."""
+        if not self.enabled or self.failure is not None:
+            return
+        try:
+            with self._no_torch_function():
+                self.network.observe_loss(loss)
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
+            self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         """Disable the monitor for the run with one warning: hooks never raise into training."""

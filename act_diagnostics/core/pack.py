@@ -28,7 +28,7 @@ from act_diagnostics.core.state import COUNTERS, MAX_ABS, N_SUMS, SiteState, tot
 
 SUM_NAMES = (
     "sum", "sumsq", "grad_sumsq", "sat_rows", "nonfinite", "in_sum", "in_sumsq", "param_grad_sq", "target_outside",
-    "grad_skipped", "param_grad_skipped",
+    "grad_skipped", "param_grad_skipped", "target_rows_off",
 )  # fmt: skip
 assert len(SUM_NAMES) == N_SUMS
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from act_diagnostics.core.network import NetworkFacts
 from act_diagnostics.core.sites import Site
 
 # A unit is dead over a window when it fired on fewer than 1% of the samples it saw
@@ -52,6 +53,8 @@ class SiteStats:
     param_grad_norm: float | None = None
     # Share of the regression targets this output can never reach (outside its activation's range).
     target_outside: float | None = None
+    # Share of the dense targets' rows (over this output's classes) that do not sum to 1: multi-label.
+    target_rows_off: float | None = None
     unit_firing: list[float] = field(default_factory=list, repr=False)
     # Attention sites (detail steps): largest pre-softmax logit q.k * scale, overall and per head.
     max_logit: float | None = None
@@ -117,6 +120,8 @@ class Snapshot:
     # |row - first row| (0: every row the same). None where not recorded (keyword-only inputs).
     batch_rows: int | None = None
     batch_spread: float | None = None
+    # Whole-model facts: layer links, the first layer's input, loss values (core/network.py).
+    network: NetworkFacts = field(default_factory=NetworkFacts)
 
     def ordered(self) -> list[tuple[Site, SiteStats]]:
         """(site, stats) pairs in forward order, input side first."""
@@ -180,6 +185,8 @@ def window_stats(
         s.grad_nonfinite = not math.isfinite(g)
     if counters.get("targets", 0) > 0:
         s.target_outside = sums["target_outside"] / counters["targets"]
+    if counters.get("target_rows", 0) > 0:
+        s.target_rows_off = sums.get("target_rows_off", 0.0) / counters["target_rows"]
     param_steps = counters["param_grad_steps"] - sums.get("param_grad_skipped", 0.0)
     if param_steps > 0:
         p = sums["param_grad_sq"] / param_steps

@@ -36,12 +36,13 @@ from act_diagnostics.core.kinds import ActivationKind
 # Columns of SiteState.sums (float64, reduced by sum across processes).
 # GRAD_SKIPPED / PARAM_GRAD_SKIPPED: gradient elements / parameter-norm steps left out because a
 # float16 GradScaler skips the step they overflowed in (see observe_grad).
-SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ, TARGET_OUTSIDE, GRAD_SKIPPED, PARAM_GRAD_SKIPPED = range(11)
-N_SUMS = 11
+# TARGET_ROWS_OFF: target rows (over the site's classes) whose sum is not 1 (observe_target_rows).
+SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ, TARGET_OUTSIDE, GRAD_SKIPPED, PARAM_GRAD_SKIPPED, TARGET_ROWS_OFF = range(12)
+N_SUMS = 12
 # Offset of max |value| in a site's device totals (reduced by max); the per-unit counts follow it.
 MAX_ABS = N_SUMS
 # Host-side integer counters (SiteState.counters, reduced by sum), by index and by name.
-CALLS, ELEMENTS, SAMPLED, SAT_TOTAL, GRAD_CALLS, GRAD_ELEMENTS, DETAIL_ELEMENTS, IN_ELEMENTS, PARAM_GRAD_STEPS, TARGETS = range(10)
+CALLS, ELEMENTS, SAMPLED, SAT_TOTAL, GRAD_CALLS, GRAD_ELEMENTS, DETAIL_ELEMENTS, IN_ELEMENTS, PARAM_GRAD_STEPS, TARGETS, TARGET_ROWS = range(11)
 COUNTERS = (
     "calls",
     "elements",
@@ -53,6 +54,7 @@ COUNTERS = (
     "in_elements",
     "param_grad_steps",
     "targets",
+    "target_rows",
 )
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -450,6 +452,17 @@ class SiteState:
             self.to(t.device)
         self.sums[TARGET_OUTSIDE].add_((t < low).sum() + (t > high).sum())
         self.counters[TARGETS] += t.numel()
+
+    def observe_target_rows(self, target: Tensor, class_dim: int, tolerance: float) -> None:
+        """Count the rows of dense ``target`` (over ``class_dim``, the site's classes) whose sum
+        differs from 1 by more than ``tolerance``: multi-label rows, which no softmax can output.
+        On the device, no sync."""
+        t = target.detach()
+        if t.device != self.device:
+            self.to(t.device)
+        rows = t.sum(class_dim, dtype=torch.float32 if t.dtype in _LOW_PRECISION else t.dtype)
+        self.sums[TARGET_ROWS_OFF].add_(((rows - 1).abs() > tolerance).sum())
+        self.counters[TARGET_ROWS] += rows.numel()
 
 
 def _strided_sample(flat: Tensor, n: int) -> Tensor:

@@ -12,6 +12,7 @@ The tensors seen in one step are kept by id only until the step ends (:meth:`Str
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from act_diagnostics.core.facts import OutputLayers  # facts
 from act_diagnostics.core.kinds import output_range
+from act_diagnostics.core.network import NetworkWatch
 from act_diagnostics.core.modules import first_tensor, has_params, is_leaf, tensors
 from act_diagnostics.core.sites import Site
 from act_diagnostics.core.state import SiteState
@@ -47,13 +49,23 @@ class StructureFacts:
     """Records the structural facts of ``sites`` (shared with the monitor) as tensors flow.
 
     The tracer calls :meth:`produced_by`, :meth:`reordered`, :meth:`mark_produced`,
-    :meth:`add_consumer`, :meth:`note_loss` and :meth:`note_targets`; the monitor's module hooks
-    call the ``note_*`` methods below them.
+    :meth:`add_consumer`, :meth:`note_loss` and :meth:`note_targets`, reads
+    :attr:`in_module_forward`, and reports layer links and losses to :attr:`network`; the monitor's
+    module hooks call the ``note_*`` methods below them. ``in_forward`` tells whether a module's
+    forward is running (the monitor's owner stack); ``network`` is shared with the monitor.
     """
 
-    def __init__(self, sites: dict[str, Site], states: dict[str, SiteState]) -> None:
+    def __init__(
+        self,
+        sites: dict[str, Site],
+        states: dict[str, SiteState],
+        network: NetworkWatch | None = None,
+        in_forward: Callable[[], bool] | None = None,
+    ) -> None:
         self.sites = sites
         self.states = states
+        self.network = network if network is not None else NetworkWatch()
+        self._in_forward = in_forward if in_forward is not None else (lambda: False)
         # Loss function -> {"calls", "input_shape", "target_shape", "target_dtype"}.
         self.losses_seen: dict[str, dict[str, Any]] = {}
         # id -> (site, via, tensor, dims reordered on the way: a transpose or permute).
@@ -74,6 +86,11 @@ class StructureFacts:
         return {"produced": len(self._produced), "layer_outputs": len(self._layer_out)}
 
     # ------------------------------------------------------------------ what the tracer asks
+    @property
+    def in_module_forward(self) -> bool:
+        """A module's forward is running (loss-building ops are followed only outside them)."""
+        return self._in_forward()
+
     def _produced_entry(self, value: Any) -> tuple[str, str, Tensor, bool] | None:
         entry = self._produced.get(id(value)) if isinstance(value, Tensor) else None
         return entry if entry is not None and entry[2] is value else None
@@ -183,6 +200,7 @@ class StructureFacts:
             out = first_tensor(output)
             if out is not None:
                 self._layer_out[id(out)] = (name, type(module).__name__, out)
+                self.network.layer_output(*self._layer_out[id(out)])  # layer links (missing-nonlinearity)
         elif self._produced and is_leaf(module):
             source = self.produced_by(args[0] if args else None)
             out = first_tensor(output)

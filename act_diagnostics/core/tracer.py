@@ -4,15 +4,18 @@ Module hooks never see ``F.relu`` inside a forward (nn.TransformerEncoderLayer's
 activation is a function). While a training step runs, :class:`ActivationTracer` sits on torch's
 function-mode stack and hands every call of a known activation function to the monitor (a
 :class:`CallRouter`). During the first training steps it also follows activation outputs through
-view-like ops into multiplications (gates) and loss functions, and tells a :class:`StructureRecorder`
-(:class:`~act_diagnostics.core.structure.StructureFacts`), which is how the rules learn that a
-softmax feeds ``F.cross_entropy``. An error while following is handed to ``on_error``.
+view-like ops, clamps, logs, normalisation and the other ops of :mod:`following` into
+multiplications (gates), loss functions and hand-written losses, and tells a
+:class:`StructureRecorder` (:class:`~act_diagnostics.core.structure.StructureFacts`), which is how
+the rules learn that a softmax feeds ``F.cross_entropy``. An error while following is handed to
+``on_error``.
 
 Everything else passes straight through: one dictionary lookup per torch call.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Protocol
 
 import torch
@@ -21,8 +24,10 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from act_diagnostics.core.attention import ATTENTION_FUNCTIONS
+from act_diagnostics.core.following import FOLLOWED, HANDWRITTEN_L1, HANDWRITTEN_MSE, RANGE_KEPT, SCALE, Following, note_target_rows
 from act_diagnostics.core.kinds import FUNCTIONAL_KINDS
 from act_diagnostics.core.logits import LOG_Z_LOSSES, observe_loss_logits  # issue19
+from act_diagnostics.core.network import COMBINING, MATMULS, NetworkWatch
 from act_diagnostics.core.routers import ROUTER_FUNCTIONS, call_topk  # issue19
 
 
@@ -47,7 +52,7 @@ LOSS_FUNCTIONS: dict[Any, str] = {
 }
 
 # Losses whose target is a value the prediction should reach (not a class or a probability).
-REGRESSION_LOSSES = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+REGRESSION_LOSSES = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", HANDWRITTEN_MSE, HANDWRITTEN_L1)
 
 # Ops that move dims: after them the output's dim k is no longer the loss input's dim k.
 _REORDER = {
@@ -82,10 +87,9 @@ _SAME_VALUES = _REORDER | {
     Tensor.__getitem__,
     F.dropout,
 }
-# Ops that turn probabilities into log-probabilities (softmax -> log -> nll_loss is sound).
-_LOG = {torch.log, Tensor.log}
 _MULTIPLY = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_, Tensor.__imul__}
-_FOLLOWED = _SAME_VALUES | _LOG | _MULTIPLY | set(LOSS_FUNCTIONS)
+# Clamps, epsilons, logs, normalisation, reductions and the ops of hand-written losses: following.py.
+_FOLLOWED = _SAME_VALUES | _MULTIPLY | set(LOSS_FUNCTIONS) | FOLLOWED
 
 
 # torch.compiler.is_compiling (torch >= 2.3; dynamo reads it as True while it traces). Older torch:
@@ -123,6 +127,11 @@ class ActivationTracer(TorchFunctionMode):
         self.monitor = monitor
         self.facts = facts
         self.on_error = on_error
+        self.following = Following()  # values derived from activation outputs in this step
+
+    def __enter__(self) -> "ActivationTracer":
+        self.following.clear()  # a new step (or a checkpoint's re-run): nothing derived yet
+        return super().__enter__()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
         kwargs = kwargs or {}
@@ -141,56 +150,78 @@ class ActivationTracer(TorchFunctionMode):
             return call_topk(mon, self.facts, func, args, kwargs)
         if mon.learning_structure:
             return self._track(func, args, kwargs)
+        if mon.detail and func in LOSS_FUNCTIONS:  # a NaN loss is news even where no site shows it
+            return self._observe_loss(func, args, kwargs)
         return func(*args, **kwargs)
+
+    def _observe_loss(self, func, args: tuple, kwargs: dict) -> Any:
+        result = func(*args, **kwargs)
+        try:
+            self.facts.network.observe_loss(result)
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
+            self.on_error(exc)
+        return result
 
     def _track(self, func, args: tuple, kwargs: dict) -> Any:
         result = func(*args, **kwargs)  # the user's errors propagate unchanged
-        if func in _FOLLOWED:
+        if func in _FOLLOWED or func in COMBINING or func in MATMULS:
             try:
-                self._follow(func, args, kwargs, result)
+                if func in COMBINING or func in MATMULS:
+                    network, model = self.facts.network, self.monitor.model
+                    # x.mm(self.w1) is a layer of a bare parameter; other products and sums combine values.
+                    made_layer = func in MATMULS and network.note_matmul(model, args, kwargs, result)
+                    if func in COMBINING and not made_layer:
+                        network.note_combined(args, kwargs, func, result, model)
+                if func in _FOLLOWED:
+                    self._follow(func, args, kwargs, result)
             except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
                 self.on_error(exc)
         return result
 
     def _follow(self, func, args: tuple, kwargs: dict, result: Any) -> None:
-        mon = self.facts  # the structural-facts recorder
-        if func in _SAME_VALUES or func in _LOG:
+        mon, following = self.facts, self.following  # the structural-facts recorder
+        if func in _SAME_VALUES:
             value = args[0] if args else None
-            source = mon.produced_by(value)
-            if source is not None and isinstance(result, Tensor):
-                site, via = source
-                reordered = func in _REORDER or mon.reordered(value)
-                mon.mark_produced(result, site, "log" if func in _LOG else via, reordered)
+            flow = following.flow_of(mon, value)
+            if flow is not None:
+                following.put(mon, result, replace(flow, reordered=flow.reordered or func in _REORDER), produced=True)
+            mon.network.follow_layer_output(value, result)  # a layer's output, viewed or dropped out
         elif func in _MULTIPLY:
             operands = (*args, *kwargs.values())  # torch.mul(a, other=b)
+            if following.multiply(mon, operands, result):
+                return  # outside the model: a loss being computed, never a gate
             for i, arg in enumerate(operands):
-                source = mon.produced_by(arg)
-                if source is None:
+                flow = following.flow_of(mon, arg)
+                if flow is None or not flow.structural:
                     continue
-                site = mon.sites.get(source[0])
+                site = mon.sites.get(flow.site)
                 kind = site.kind if site is not None else ""
                 if any(_gates(other, arg, kind, mon) for j, other in enumerate(operands) if j != i):
-                    mon.add_consumer(source[0], "mul")  # a gate: sigmoid(g) * h, x * se(x)
+                    mon.add_consumer(flow.site, "mul")  # a gate: sigmoid(g) * h, x * se(x)
                 elif isinstance(result, Tensor):
                     # Scaled by a constant (2.0 * tanh(z), LayerScale's learned gamma, a mask): still
                     # a hidden activation. "scale": its range changed, so no target or logit check.
-                    mon.mark_produced(result, source[0], "scale", mon.reordered(arg))
+                    following.put(mon, result, flow.then(SCALE), produced=True)
         elif func in LOSS_FUNCTIONS:
             loss = LOSS_FUNCTIONS[func]
             prediction = args[0] if args else kwargs.get("input")
             target = args[1] if len(args) > 1 else kwargs.get("target")
-            source = mon.produced_by(prediction)
-            if source is None and loss in REGRESSION_LOSSES:
+            flow = following.flow_of(mon, prediction)
+            if flow is None and loss in REGRESSION_LOSSES:
                 # Symmetric losses are often called as F.mse_loss(target, prediction).
-                swapped = mon.produced_by(target)
+                swapped = following.flow_of(mon, target)
                 if swapped is not None:
-                    prediction, target, source = target, prediction, swapped
+                    prediction, target, flow = target, prediction, swapped
             mon.note_loss(loss, prediction, target)
-            if source is not None:
-                site, via = source
-                mon.add_consumer(site, f"loss:{loss}" + (f"({via})" if via else ""), prediction)
-                if not via:
-                    mon.note_targets(site, loss, target)
+            mon.network.observe_loss(result)
+            if flow is not None and flow.structural:
+                following.put(mon, prediction, flow, produced=True)  # its layout (reordered dims) for add_consumer
+                mon.add_consumer(flow.site, f"loss:{loss}" + (f"({flow.via})" if flow.via else ""), prediction)
+                if all(step in RANGE_KEPT for step in flow.steps):  # clamped or normalised: still in range
+                    mon.note_targets(flow.site, loss, target)
+                    note_target_rows(mon, flow.site, prediction, target, flow.reordered)
+        else:
+            following.follow(mon, func, args, kwargs, result)
 
 
 # ---------------------------------------------------------------- what the tracer talks to
@@ -201,6 +232,8 @@ class CallRouter(Protocol):
     functional: bool  # functional calls are measured, not only modules
     activation_depth: int  # > 0 inside an activation module's forward (its F.relu is the module's)
     learning_structure: bool  # this step follows values into gates and losses
+    detail: bool  # this step also counts the losses' non-finite values (NetworkWatch)
+    model: Any  # the nn.Module watched (layers of bare parameters: NetworkWatch.note_matmul)
 
     def call_functional(self, func: Any, args: tuple, kwargs: dict) -> Any: ...
 
@@ -211,6 +244,11 @@ class StructureRecorder(Protocol):
     """Where the tracer records what it follows (StructureFacts)."""
 
     sites: dict[str, Any]
+    states: dict[str, Any]
+    network: NetworkWatch  # whole-model facts: layer links, the model's input, loss values
+
+    @property
+    def in_module_forward(self) -> bool: ...  # a module's forward is running (following.py)
 
     def produced_by(self, value: Any) -> tuple[str, str] | None: ...
 

@@ -99,6 +99,8 @@ class WindowSnapshots:
         sample_names = [n for n, st in zip(names, states) if st.out_sample is not None]
         grad_names = [n for n, st in zip(names, states) if st.grad_sample is not None]
         samples = [self.states[n].out_sample for n in sample_names] + [self.states[n].grad_sample for n in grad_names]
+        network_totals = self.network.device_totals()  # whole-model totals ride in the same host copy
+        samples += [network_totals] if network_totals is not None else []
         # float16 AMP: the GradScaler's current scale, in the same host copy (rules: non-finite).
         scale = self.grad_scale() if self.grad_scale is not None else None
         if isinstance(scale, Tensor):
@@ -113,6 +115,7 @@ class WindowSnapshots:
             totals, host_samples = reduce_to_host(states, names, device, all_gather, samples, extras)  # type: ignore[arg-type]
         facts = self.batch_facts.read(host_samples)  # facts: batch rows and spread
         grad_scale = host_samples.pop()[0] if isinstance(scale, Tensor) else scale
+        network = self.network.read(host_samples.pop() if network_totals is not None else None)
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
         sites = self.sites
         if self.eval_only and not self._stashed:  # a training window: sites only evaluation ran stay out
@@ -127,6 +130,7 @@ class WindowSnapshots:
             grad_samples=dict(zip(grad_names, host_samples[len(sample_names) :])),
             losses=tuple(sorted(self.losses_seen)),
             grad_scale=float(grad_scale) if grad_scale is not None else None,
+            network=network,
             output_layers=tuple(sorted(self._facts.output_layers.names)), param_scales=self.param_scales, **facts,  # facts
         )
         if extras is not None:  # issue19
@@ -134,6 +138,7 @@ class WindowSnapshots:
         if reset:
             with self._no_torch_function():
                 reset_states(states)
+                self.network.reset()
                 if extras is not None:  # issue19
                     extras.reset()  # issue19: sums to 0, maxima to -inf
             self.window_steps = 0

@@ -41,6 +41,8 @@ from act_diagnostics.rules.dead_units import DeadUnits
 from act_diagnostics.rules.exploding_activations import ExplodingActivations
 from act_diagnostics.rules.exploding_gradient import ExplodingGradient
 from act_diagnostics.rules.finding import Finding, emit_warning, severity_rank
+from act_diagnostics.rules.input_scale import InputScale
+from act_diagnostics.rules.missing_nonlinearity import MissingNonlinearity
 from act_diagnostics.rules.near_dead import NearDeadUnits
 from act_diagnostics.rules.non_finite import NonFinite
 from act_diagnostics.rules.output_activation import OutputActivationMismatch
@@ -54,6 +56,8 @@ RULES: tuple[type[Rule], ...] = (
     NonFinite,
     ActivationLossMismatch,
     OutputActivationMismatch,
+    MissingNonlinearity,
+    InputScale,
     SaturatingHiddenActivation,
     SignalPropagation,
     DeadUnits,

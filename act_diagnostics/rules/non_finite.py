@@ -72,7 +72,21 @@ class NonFinite(Rule):
             return [
                 self.finding(ctx, site.name, "error", msg, BACKWARD_FIX, sites_affected=0, sites=len(ordered), grad_sites_affected=len(backward))
             ]
-        return self._scaler_gave_up(ctx, ordered)
+        return self._scaler_gave_up(ctx, ordered) or self._loss_only(ctx, ordered)
+
+    def _loss_only(self, ctx: RuleContext, ordered: list) -> list[Finding]:
+        """The loss itself was NaN/Inf in a model with no activation site to show it (a stack of Linear
+        layers). Snapshot.network counts the loss values. With sites, their gradients (or a float16
+        GradScaler giving up) say it, and name where."""
+        net = ctx.snapshot.network
+        if not net.losses_nonfinite or ordered:
+            return []
+        msg = (
+            f"the loss was NaN/Inf in this window ({net.losses_nonfinite} non-finite loss value(s) seen); "
+            "the model has no activation site to show where it starts"
+        )
+        evidence = dict(sites_affected=0, sites=len(ordered), losses_nonfinite=net.losses_nonfinite, losses=net.losses)
+        return [self.finding(ctx, "<loss>", "error", msg, FORWARD_FIX, **evidence)]
 
     def _scaler_gave_up(self, ctx: RuleContext, ordered: list) -> list[Finding]:
         """float16 AMP: a GradScaler skips each step whose gradients are not finite, so they never

@@ -336,7 +336,8 @@ def test_the_tracer_needs_only_a_router_a_recorder_and_a_failure_callback() -> N
     from act_diagnostics.core.tracer import ActivationTracer
 
     class Router:  # what the monitor is to the tracer
-        enabled, functional, activation_depth, learning_structure = True, True, 0, True
+        enabled, functional, activation_depth, learning_structure, detail = True, True, 0, True, False
+        model = torch.nn.Module()  # layers of bare parameters (x.mm(w)) are looked up in it
 
         def __init__(self) -> None:
             self.calls: list[str] = []

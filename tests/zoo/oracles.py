@@ -236,3 +236,45 @@ def loss_input_log_z(net: nn.Module, forwards: list[Forward], loss: str = "cross
     with mock.patch.object(F, loss, spy):
         _run(net, forwards)
     return float(torch.cat(values).mean())
+
+
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def linear_layers_fed_directly(net: nn.Module, forward: Forward) -> list[tuple[str, str]]:
+    """(layer, next layer) pairs of Linear/Conv layers where the first's output tensor is, by
+    identity, the second's input on one forward: two linear maps with nothing between them."""
+    made: dict[int, str] = {}
+    pairs: list[tuple[str, str]] = []
+    handles = []
+    for name, m in net.named_modules():
+        if isinstance(m, _LAYERS):
+            def feed(mod: nn.Module, args: Any, name: str = name) -> None:
+                src = made.get(id(args[0])) if args else None
+                if src is not None and (src, name) not in pairs:
+                    pairs.append((src, name))
+            handles.append(m.register_forward_pre_hook(feed))
+            handles.append(m.register_forward_hook(lambda mod, a, out, name=name: made.__setitem__(id(out), name)))
+    try:
+        _run(net, [forward])
+    finally:
+        for h in handles:
+            h.remove()
+    return pairs
+
+
+def first_layer_input_rms(net: nn.Module, forward: Forward) -> tuple[str, float]:
+    """The first Linear/Conv layer called on one forward, and the RMS of its input there."""
+    seen: list[tuple[str, torch.Tensor]] = []
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: seen.append((name, args[0].detach().float())) if not seen else None)
+        for name, m in net.named_modules()
+        if isinstance(m, _LAYERS)
+    ]
+    try:
+        _run(net, [forward])
+    finally:
+        for h in handles:
+            h.remove()
+    name, x = seen[0]
+    return name, float(x.pow(2).mean().sqrt())

@@ -100,6 +100,13 @@ def raw_breast_cancer() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(d.data, dtype=torch.float32), torch.tensor(d.target, dtype=torch.long)
 
 
+def raw_digit_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """The zoo's 3 x 32 x 32 digit images as 8-bit pixel values 0-255: not scaled or normalised."""
+    pixels, labels = data.digit_pixels()
+    img = F.interpolate(pixels.reshape(-1, 1, 8, 8), size=(32, 32), mode="bilinear", align_corners=False)
+    return (img * 255).expand(-1, 3, -1, -1).contiguous(), labels
+
+
 def vae_loss_raw_input(net: nn.Module, batch: tuple) -> torch.Tensor:
     """The VAE fed pixel values 0-16 as they come (the target stays the [0, 1] probabilities)."""
     x, _ = batch
@@ -276,6 +283,19 @@ def producer_oracle(expected: str) -> Oracle:
     return oracle
 
 
+def linear_pair_oracle(expected: tuple[str, str]) -> Oracle:
+    """The layer pair's first output is, by identity, the second's input: nothing nonlinear between."""
+    def oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
+        pairs = oracles.linear_layers_fed_directly(initial, forwards[0])
+        return expected in pairs, f"Linear/Conv outputs feeding the next Linear/Conv directly: {pairs}"
+    return oracle
+
+
+def input_scale_oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
+    name, rms = oracles.first_layer_input_rms(initial, forwards[0])
+    return at_least(rms, 10, f"RMS of the input of '{name}', the first layer")
+
+
 def attention_oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
     shares = [oracles.peaked_attention_share(net, forwards[0]) for net in (initial, final)]
     return at_least(min(shares), 0.5, f"share of query rows with one weight > 0.99 (init, end: {shares[0]:.2f}, {shares[1]:.2f}); min")
@@ -381,6 +401,14 @@ def _faults() -> list[Fault]:
         # output-activation-mismatch: ReLU or sigmoid on the logits of a multi-class loss
         Fault("output-activation-mismatch", "resnet-relu-logits", case("resnet-plain-init", loss=classify_through(F.relu)), producer_oracle("ReluBackward0")),
         Fault("output-activation-mismatch", "mlp-sigmoid-ce", case("mlp-digits-sgd", loss=classify_through(torch.sigmoid)), producer_oracle("SigmoidBackward0")),
+        # missing-nonlinearity: the hidden ReLUs replaced by nn.Identity, so Linear layers compose
+        Fault("missing-nonlinearity", "mlp-identity", case("mlp-digits-sgd", build=built("mlp-digits-sgd", swap_activations(nn.ReLU, nn.Identity))),
+              linear_pair_oracle(("0", "2")), "net.0"),
+        Fault("missing-nonlinearity", "vae-identity", case("vae-digits", build=built("vae-digits", swap_activations(nn.ReLU, nn.Identity))),
+              linear_pair_oracle(("decoder.0", "decoder.2")), "net.decoder.0"),
+        # input-scale: raw features (areas in the thousands) and 0-255 pixels into the first layer
+        Fault("input-scale", "mlp-raw-features", case("mlp-breast-cancer", data=raw_breast_cancer), input_scale_oracle, "net.0"),
+        Fault("input-scale", "resnet-raw-pixels", case("resnet-plain-init", data=raw_digit_images), input_scale_oracle, "net.conv1"),
         # attention-collapse: query/key weights scaled up, so one key takes all the weight
         Fault("attention-collapse", "vit-sharp-qk", case("vit-tiny", build=built("vit-tiny", reinit_attention(vit_query_key, 1.0))), attention_oracle),
         Fault("attention-collapse", "llama-sharp-qk", case("llama", build=built("llama", reinit_attention(llama_query_key, 1.0))), attention_oracle),
