@@ -37,15 +37,14 @@ from typing_extensions import override
 
 from act_diagnostics.callbacks import compat
 from act_diagnostics.callbacks.distributed import DistributedMismatch, RankCheck  # noqa: F401 - DistributedMismatch re-exported
-from act_diagnostics.callbacks.guard import (  # noqa: F401 - UnsupportedSetup re-exported
-    COMPILED, UnsupportedSetup, guarded, how_it_stopped, warn_disabled, warn_unsupported)
+from act_diagnostics.callbacks.guard import COMPILED, UnsupportedSetup, guarded, how_it_stopped, warn_disabled, warn_unsupported  # noqa: F401 - UnsupportedSetup re-exported
 from act_diagnostics.callbacks.options import MonitorOptions, OutputOptions, RuleOptions, Stage, check_call, check_options
 from act_diagnostics.callbacks.publishing import Publisher, reduce
 from act_diagnostics.callbacks.schedule import StepSchedule
 from act_diagnostics.callbacks.windows import EvalWindows
 from act_diagnostics.core.monitor import ActivationMonitor
 from act_diagnostics.core.snapshot import Snapshot
-from act_diagnostics.outputs.chart import engine_thresholds  # lead: port to the new callbacks
+from act_diagnostics.outputs.chart import engine_thresholds
 from act_diagnostics.outputs.report import Report
 from act_diagnostics.rules.activation_spike import take_detail_requests
 
@@ -111,7 +110,8 @@ class DiagnosticsCallbackCore:
     def report(self) -> Report:
         """The findings so far (an :class:`act_diagnostics.outputs.report.Report`)."""
         findings = list(self.engine.findings) if self.engine is not None else []
-        return Report(findings=findings, snapshot=self.last_snapshot, stopped=self._stopped, history=self._publisher.history, thresholds=engine_thresholds(self.engine))  # lead: port to the new callbacks
+        history, thresholds = self._publisher.history, engine_thresholds(self.engine)  # report.md's charts
+        return Report(findings=findings, snapshot=self.last_snapshot, stopped=self._stopped, history=history, thresholds=thresholds)
 
     @property
     def failure(self) -> BaseException | None:

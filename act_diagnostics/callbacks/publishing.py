@@ -14,7 +14,7 @@ from act_diagnostics.callbacks import compat
 from act_diagnostics.callbacks.distributed import RankCheck
 from act_diagnostics.callbacks.options import Options
 from act_diagnostics.core.snapshot import Snapshot
-from act_diagnostics.outputs.history import StatHistory, record_history  # lead: port to the new callbacks
+from act_diagnostics.outputs.history import StatHistory, record_history
 from act_diagnostics.outputs.report import REPORT_DIRNAME, Report
 from act_diagnostics.outputs.scalars import log_to_loggers, snapshot_scalars
 from act_diagnostics.outputs.tensorboard import TensorBoardExtras, find_tensorboard, logger_prefix
@@ -46,11 +46,11 @@ class Publisher:
         self.options = options
         self.tb: TensorBoardExtras | None = None
         self._tb_logger: Any = None  # the TensorBoard logger whose scalars go through self.tb
-        self.history: StatHistory | None = None  # report.md's charts  # lead: port to the new callbacks
+        self.history: StatHistory | None = None  # report.md's charts
 
     def write(self, trainer: Any, snap: Snapshot, step: int, new: list[Any], report: Callable[[], Report]) -> None:
         """One log step's writing: ``new`` findings are warned once and the findings table rewritten."""
-        self.history = record_history(self.history, snap)  # lead: port to the new callbacks
+        self.history = record_history(self.history, snap)
         found = compat.loggers(trainer)
         if not any(lg is self._tb_logger for lg in found):  # first log step, or another trainer's loggers
             self._find_tensorboard(found)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from act_diagnostics.core.attention import ATTENTION, read_attention, record_logit_peaks  # issue19: max attention logit
+from act_diagnostics.core.attention import ATTENTION, read_attention, record_logit_peaks  # max attention logit
 from act_diagnostics.core.errors import UnmeasuredModules, rank_zero
 from act_diagnostics.core.kinds import functional_name
 from act_diagnostics.core.modules import first_tensor, in_backward
@@ -170,7 +170,7 @@ class CallMeasurement:
             return out
         owner = self._owner
         try:
-            peaks: list[Tensor] = []  # issue19: largest logit per head of the same sample
+            peaks: list[Tensor] = []  # largest logit per head of the same sample
             probs = read_attention(func, args, kwargs, self.config.sample_elements, peaks)
         except Exception as exc:  # noqa: BLE001 - an input the recomputation does not handle
             self._attention_ok = False
@@ -192,7 +192,7 @@ class CallMeasurement:
             )
             if state is not None:
                 state.observe(None, probs, self.detail)
-                record_logit_peaks(self.extras, name, peaks)  # issue19: attention-logit-growth
+                record_logit_peaks(self.extras, name, peaks)  # attention-logit-growth
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
         return out

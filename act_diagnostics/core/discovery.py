@@ -147,9 +147,7 @@ class SiteDiscovery:
             return False
         if any(fnmatch.fnmatchcase(site.name, p) for p in cfg.exclude):
             return False
-        if cfg.kinds and not selects(cfg.kinds, site.kind, site.family):
-            return False
-        return True
+        return not (cfg.kinds and not selects(cfg.kinds, site.kind, site.family))
 
     def _make_site(
         self, name: str, kind: str, source: str, owner: str, type_name: str, x: Any, y: Tensor, params: dict
@@ -217,14 +215,16 @@ class SiteDiscovery:
         reasons = []
         recurrent = [n for n, m in self.model.named_modules() if isinstance(m, nn.RNNBase)]
         if recurrent:
-            reasons.append(f"recurrent modules ({', '.join(recurrent[:3])}) compute their gates inside fused kernels, which no hook can see")
+            names = ", ".join(recurrent[:3])
+            reasons.append(f"recurrent modules ({names}) compute their gates inside fused kernels, which no hook can see")
         if self._skipped:
             reasons.append(f"{len(self._skipped)} activation site(s) were left out by the kinds/include/exclude options")
         if not reasons:
             reasons.append("the model called no activation module or function act_diagnostics knows (docs/statistics.md lists them)")
         warnings.warn(
             f"act_diagnostics found no activation site to measure in {type(self.model).__name__} after "
-            f"{self.steps} step(s): {'; '.join(reasons)}. Only whole-model checks (missing-nonlinearity, input-scale, a non-finite loss) will run.",  # they run without sites
+            f"{self.steps} step(s): {'; '.join(reasons)}. Only whole-model checks (missing-nonlinearity, input-scale, "
+            "a non-finite loss) will run.",
             UnmeasuredModules,
             stacklevel=2,
         )

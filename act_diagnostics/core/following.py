@@ -66,12 +66,15 @@ ROW_SUM_TOLERANCE = 1e-3
 _CLAMP = {
     torch.clamp, Tensor.clamp, torch.clip, Tensor.clip, Tensor.clamp_, Tensor.clip_, torch.clamp_min,
     torch.clamp_max, Tensor.clamp_min, Tensor.clamp_max, torch.nan_to_num, Tensor.nan_to_num,
-}  # fmt: skip
+}
 _ADD = {torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__, Tensor.add_, Tensor.__iadd__}
 _SUB = {torch.sub, torch.subtract, Tensor.sub, Tensor.subtract, Tensor.__sub__, Tensor.sub_, Tensor.__isub__}
 _RSUB = {Tensor.__rsub__, torch.rsub}
 _NEG = {torch.neg, torch.negative, Tensor.neg, Tensor.negative, Tensor.__neg__}
-_DIV = {torch.div, torch.divide, torch.true_divide, Tensor.div, Tensor.divide, Tensor.true_divide, Tensor.__truediv__, Tensor.div_, Tensor.__itruediv__}
+_DIV = {
+    torch.div, torch.divide, torch.true_divide,
+    Tensor.div, Tensor.divide, Tensor.true_divide, Tensor.__truediv__, Tensor.div_, Tensor.__itruediv__,
+}
 _POW = {torch.pow, Tensor.pow, Tensor.__pow__}
 _SQUARE = {torch.square, Tensor.square}
 _ABS = {torch.abs, torch.absolute, Tensor.abs, Tensor.absolute, Tensor.__abs__}
@@ -109,7 +112,7 @@ class Flow:
         """The steps as a consumer suffix: ``"clamp,log"`` ("" for none)."""
         return ",".join(self.steps)
 
-    def then(self, step: str) -> "Flow":
+    def then(self, step: str) -> Flow:
         """This flow with ``step`` applied: a repeated step counts once; a log of a log is a scale."""
         if self.steps and self.steps[-1] == step:
             return replace(self, steps=self.steps[:-1] + (SCALE,)) if step == LOG else self
@@ -238,7 +241,8 @@ class Following:
             else:
                 a, b = args[0], (args[2] if len(args) > 2 else kwargs.get("other"))
             fa, fb = self.flow_of(mon, a), self.flow_of(mon, b)
-            if outside and fa is not None and fb is not None and fa.site == fb.site and {_log_likelihood(fa), _log_likelihood(fb)} == {"p", "1-p"}:
+            same_site = fa is not None and fb is not None and fa.site == fb.site
+            if outside and same_site and {_log_likelihood(fa), _log_likelihood(fb)} == {"p", "1-p"}:
                 first = fa if _log_likelihood(fa) == "p" else fb
                 self.put(mon, result, Flow(first.site, first.steps[: first.steps.index(LOG)] + (LOG, BOTH_TERMS), first.reordered))
             return

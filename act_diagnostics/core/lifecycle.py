@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from act_diagnostics.core.errors import UnmeasuredModules, rank_zero
-from act_diagnostics.core.facts import parameter_scales  # facts
+from act_diagnostics.core.facts import parameter_scales
 from act_diagnostics.core.kinds import module_kind, prepare_thresholds
 from act_diagnostics.core.modules import has_params, in_backward, is_leaf
 from act_diagnostics.core.windows import DEFER_AFTER_STEPS, defers_on
@@ -105,7 +105,7 @@ class HookLifecycle:
             for m in eager
             if module_kind(m) is None and (functional or m is self.model or has_params(m) or is_leaf(m))
         ]
-        self.param_scales = parameter_scales(self.model)  # facts: parameter scales at attach
+        self.param_scales = parameter_scales(self.model)  # parameter scales at attach
         self._attached = True
         return self
 
@@ -275,7 +275,7 @@ class HookLifecycle:
         # tensors (its loss is computed by now) are let go, so gradient accumulation over many
         # micro-batches in one step does not keep every micro-batch alive.
         self._forward_in_step = True
-        self.batch_facts.note(args, self.detail and self._training)  # facts: batch rows and spread
+        self.batch_facts.note(args, self.detail and self._training)  # batch rows and spread
         self._restart_call_positions()
         self._clear_step_refs()
         # Another forward after stop_tracing() in the same step: a closure optimizer (LBFGS)

@@ -53,10 +53,10 @@ import torch.nn as nn
 from act_diagnostics.core.calls import CallMeasurement
 from act_diagnostics.core.config import MonitorConfig
 from act_diagnostics.core.consumers import ConsumerReads
-from act_diagnostics.core.facts import BatchFacts  # facts
 from act_diagnostics.core.discovery import SiteDiscovery
-from act_diagnostics.core.extras import ExtraTotals  # issue19: transformer statistics beside the sites
 from act_diagnostics.core.errors import MonitorFailure, UnmeasuredModules, failure_message
+from act_diagnostics.core.extras import ExtraTotals  # transformer statistics beside the sites
+from act_diagnostics.core.facts import BatchFacts
 from act_diagnostics.core.gradients import GradientMeasurement
 from act_diagnostics.core.lifecycle import HookLifecycle
 from act_diagnostics.core.modules import compiled_modules
@@ -66,13 +66,13 @@ from act_diagnostics.core.sites import Site
 from act_diagnostics.core.state import SiteState
 from act_diagnostics.core.structure import StructureFacts
 from act_diagnostics.core.tracer import ActivationTracer
-from act_diagnostics.core.windows import WindowStash, WindowSnapshots
+from act_diagnostics.core.windows import WindowSnapshots, WindowStash
 
 # Also importable from here, where the callbacks and older code find them.
 __all__ = ["ActivationMonitor", "MonitorFailure", "UnmeasuredModules", "WindowStash", "compiled_modules"]
 
 
-def _unattached_monitor() -> "ActivationMonitor":
+def _unattached_monitor() -> ActivationMonitor:
     """What a copied or unpickled monitor becomes (see ActivationMonitor.__reduce__)."""
     return ActivationMonitor(nn.Module())
 
@@ -115,12 +115,12 @@ class ActivationMonitor(
         self._tracer_entered = False  # the tracer is on torch's function-mode stack
         self._stopped_for_jit_trace = False  # measuring stopped for a torch.jit.trace of the model
         self._names: dict[int, str] = {}  # id(module) -> its name in the model (set by attach)
-        self.extras = ExtraTotals()  # issue19: attention logits, log Z, router loads (core/extras.py)
+        self.extras = ExtraTotals()  # attention logits, log Z, router loads (core/extras.py)
         self.network = NetworkWatch()  # whole-model facts: layer links, the model's input, loss values
         self._facts = StructureFacts(self.sites, self.states, self.network, lambda: self.in_module_forward)
         self._tracer = ActivationTracer(self, self._facts, self._fail)
-        self.param_scales: dict[str, float] = {}  # facts: parameter scales, read at attach
-        self.batch_facts = BatchFacts()  # facts: the batch's rows and spread
+        self.param_scales: dict[str, float] = {}  # parameter scales, read at attach
+        self.batch_facts = BatchFacts()  # the batch's rows and spread
         # Each part's own state (its _init_* method); a part touches only its own private
         # attributes and the shared ones above, and calls the others' methods.
         self._init_lifecycle()
@@ -131,7 +131,7 @@ class ActivationMonitor(
         self._init_reruns()
         self._init_windows()
 
-    def __reduce__(self) -> tuple[Callable[[], "ActivationMonitor"], tuple[()]]:
+    def __reduce__(self) -> tuple[Callable[[], ActivationMonitor], tuple[()]]:
         # The model's hooks are this monitor's bound methods, so copying or pickling the model while
         # they are on (an EMA or SWA copy made with deepcopy, torch.save(model)) would take the
         # monitor along: its windows, its tensors and the autograd node types it learned (which do not
@@ -139,7 +139,7 @@ class ActivationMonitor(
         # monitor instead: they do nothing, and the copy trains and saves as the plain model would.
         return (_unattached_monitor, ())
 
-    def __enter__(self) -> "ActivationMonitor":
+    def __enter__(self) -> ActivationMonitor:
         self.attach()
         self.begin_step(detail=True)
         return self

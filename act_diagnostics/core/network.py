@@ -38,7 +38,7 @@ COMBINING = {
     Tensor.__sub__, Tensor.__rsub__, torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_,
     torch.div, Tensor.div, Tensor.__truediv__, torch.cat, torch.concat, torch.stack, torch.matmul, Tensor.matmul,
     Tensor.__matmul__, torch.bmm, Tensor.bmm, torch.einsum, torch.where,
-}  # fmt: skip
+}
 # Matrix products: with a parameter of a module outside torch.nn as the weight (x.mm(self.w1), a
 # tutorial's tensor-only net), a layer the module hooks cannot see, named after the parameter.
 MATMULS = {torch.mm, Tensor.mm, torch.matmul, Tensor.matmul, Tensor.__matmul__, Tensor.__rmatmul__, torch.nn.functional.linear}

@@ -29,7 +29,7 @@ from act_diagnostics.core.state import COUNTERS, MAX_ABS, N_SUMS, SiteState, tot
 SUM_NAMES = (
     "sum", "sumsq", "grad_sumsq", "sat_rows", "nonfinite", "in_sum", "in_sumsq", "param_grad_sq", "target_outside",
     "grad_skipped", "param_grad_skipped", "target_rows_off",
-)  # fmt: skip
+)
 assert len(SUM_NAMES) == N_SUMS
 
 OP_SUM, OP_MAX = 0, 1
@@ -168,7 +168,7 @@ def reduce_to_host(
     device: torch.device,
     all_gather: Callable[[Tensor], Tensor] | None = None,
     samples: Sequence[Tensor] = (),
-    extras: Any = None,  # issue19: ExtraTotals (core/extras.py), reduced and copied with the sites
+    extras: Any = None,  # ExtraTotals (core/extras.py), reduced and copied with the sites
 ) -> tuple[dict[str, dict], list[list[float]]]:
     """Optionally combine across processes, then copy every total to the host once.
 
@@ -179,17 +179,17 @@ def reduce_to_host(
     for st in states:
         st.fold()
     layout = make_layout(names, states)
-    extra = extras.vector(device, states[0].totals.dtype if states else torch.float64) if extras else None  # issue19
+    extra = extras.vector(device, states[0].totals.dtype if states else torch.float64) if extras else None
     if all_gather is not None and layout.size:
         packed, ops = pack_states(states, device), layout.ops
-        if extra is not None:  # issue19: extra columns join the one collective, with their ops
+        if extra is not None:  # extra columns join the one collective, with their ops
             packed, ops = torch.cat((packed, extra[0])), torch.cat((ops, extra[1]))
         packed = combine_gathered(all_gather(packed), ops)
         n_counters = layout.n_counters
     else:
         packed = device_totals(states, device)
         n_counters = 0
-        packed = packed if extra is None else torch.cat((packed, extra[0]))  # issue19
+        packed = packed if extra is None else torch.cat((packed, extra[0]))
     sizes = [int(s.numel()) for s in samples]
     if sizes:
         packed = torch.cat([packed] + [s.to(packed.device, packed.dtype) for s in samples])
@@ -199,7 +199,7 @@ def reduce_to_host(
     counters = host[:n_counters].tolist() if n_counters else _counters(states)
     end = n_counters + layout.totals_size
     totals = unpack(counters, host[n_counters:end], layout)
-    if extra is not None:  # issue19
+    if extra is not None:
         extras.receive(host[end : end + extras.size])
         end += extras.size
     out_samples, offset = [], end

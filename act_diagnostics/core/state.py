@@ -17,7 +17,8 @@ Design (see docs/statistics.md):
   them with one op each. Inputs in bf16/fp16 (autocast) are read in float32.
 * With ``deferred`` set (by the monitor, after a window's first measured steps, for sites off the
   CPU: core.windows.defers_on), a call's results (sum, sum of squares, max |value|, per-unit
-  counts, the gradient's sum of squares) are kept as they come and added to the totals in one go (:meth:`SiteState.fold`) at the snapshot, or when a
+  counts, the gradient's sum of squares) are kept as they come and added to the totals in one go
+  (:meth:`SiteState.fold`) at the snapshot, or when a
   site holds FOLD_CALLS calls or FOLD_UNIT_COUNTS counts: inside a training step each dispatched
   op costs microseconds whatever its size, and adding every result costs as many ops as
   computing them.
@@ -37,12 +38,14 @@ from act_diagnostics.core.kinds import ActivationKind
 # GRAD_SKIPPED / PARAM_GRAD_SKIPPED: gradient elements / parameter-norm steps left out because a
 # float16 GradScaler skips the step they overflowed in (see observe_grad).
 # TARGET_ROWS_OFF: target rows (over the site's classes) whose sum is not 1 (observe_target_rows).
-SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ, TARGET_OUTSIDE, GRAD_SKIPPED, PARAM_GRAD_SKIPPED, TARGET_ROWS_OFF = range(12)
+(SUM, SUMSQ, GRAD_SUMSQ, SAT_ROWS, NONFINITE, IN_SUM, IN_SUMSQ, PARAM_GRAD_SQ, TARGET_OUTSIDE, GRAD_SKIPPED, PARAM_GRAD_SKIPPED,
+ TARGET_ROWS_OFF) = range(12)
 N_SUMS = 12
 # Offset of max |value| in a site's device totals (reduced by max); the per-unit counts follow it.
 MAX_ABS = N_SUMS
 # Host-side integer counters (SiteState.counters, reduced by sum), by index and by name.
-CALLS, ELEMENTS, SAMPLED, SAT_TOTAL, GRAD_CALLS, GRAD_ELEMENTS, DETAIL_ELEMENTS, IN_ELEMENTS, PARAM_GRAD_STEPS, TARGETS, TARGET_ROWS = range(11)
+(CALLS, ELEMENTS, SAMPLED, SAT_TOTAL, GRAD_CALLS, GRAD_ELEMENTS, DETAIL_ELEMENTS, IN_ELEMENTS, PARAM_GRAD_STEPS, TARGETS,
+ TARGET_ROWS) = range(11)
 COUNTERS = (
     "calls",
     "elements",
@@ -133,9 +136,9 @@ class CallPlan:
     call are a visible part of the monitor's cost.
     """
 
-    __slots__ = ("rows", "n", "unit_dim", "one_unit", "match", "to_float", "low_precision", "sum_rows", "count_dtype")
+    __slots__ = ("count_dtype", "low_precision", "match", "n", "one_unit", "rows", "sum_rows", "to_float", "unit_dim")
 
-    def __init__(self, shape: torch.Size, dtype: torch.dtype, state: "SiteState") -> None:
+    def __init__(self, shape: torch.Size, dtype: torch.dtype, state: SiteState) -> None:
         dims = len(shape)
         numel = shape.numel()
         self.unit_dim = state.unit_dim % dims if dims else 0

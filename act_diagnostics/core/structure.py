@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from act_diagnostics.core.facts import OutputLayers  # facts
+from act_diagnostics.core.facts import OutputLayers
 from act_diagnostics.core.kinds import output_range
-from act_diagnostics.core.network import NetworkWatch
 from act_diagnostics.core.modules import first_tensor, has_params, is_leaf, tensors
+from act_diagnostics.core.network import NetworkWatch
 from act_diagnostics.core.sites import Site
 from act_diagnostics.core.state import SiteState
 from act_diagnostics.core.tracer import REGRESSION_LOSSES
@@ -74,7 +74,7 @@ class StructureFacts:
         self._layer_out: dict[int, tuple[str, str, Tensor]] = {}
         self._output_shape: dict[str, torch.Size] = {}  # site -> shape of its latest output
         self._whole_losses: dict[str, set[str]] = {}  # site -> losses seen reading its classes
-        self.output_layers = OutputLayers()  # facts: layers whose output is a model output or loss input
+        self.output_layers = OutputLayers()  # layers whose output is a model output or loss input
 
     def clear(self) -> None:
         """Let go of this step's tensors: no activation tensor may outlive its step."""
@@ -120,7 +120,7 @@ class StructureFacts:
                 self._note_partial(self.sites[site], loss, value)
 
     def note_loss(self, loss: str, prediction: Any, target: Any) -> None:
-        self.output_layers.note(prediction, self._layer_out)  # facts: loss-input layers
+        self.output_layers.note(prediction, self._layer_out)  # loss-input layers
         info = self.losses_seen.setdefault(loss, {"calls": 0})
         info["calls"] += 1
         if isinstance(prediction, Tensor):
@@ -191,7 +191,7 @@ class StructureFacts:
         """A module returned: the model's outputs, a layer's output (what may feed a site), or an
         activation's output passed on by a parameter-free leaf (Dropout, Flatten, pooling)."""
         if is_model:
-            self.output_layers.note(output, self._layer_out)  # facts: output layers
+            self.output_layers.note(output, self._layer_out)  # output layers
             for t in tensors(output):
                 source = self.produced_by(t)
                 if source is not None:

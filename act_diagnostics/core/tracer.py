@@ -15,8 +15,9 @@ Everything else passes straight through: one dictionary lookup per torch call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,9 @@ from torch.overrides import TorchFunctionMode
 from act_diagnostics.core.attention import ATTENTION_FUNCTIONS
 from act_diagnostics.core.following import FOLLOWED, HANDWRITTEN_L1, HANDWRITTEN_MSE, RANGE_KEPT, SCALE, Following, note_target_rows
 from act_diagnostics.core.kinds import FUNCTIONAL_KINDS
-from act_diagnostics.core.logits import LOG_Z_LOSSES, observe_loss_logits  # issue19
+from act_diagnostics.core.logits import LOG_Z_LOSSES, observe_loss_logits
 from act_diagnostics.core.network import COMBINING, MATMULS, NetworkWatch
-from act_diagnostics.core.routers import ROUTER_FUNCTIONS, call_topk  # issue19
-
+from act_diagnostics.core.routers import ROUTER_FUNCTIONS, call_topk
 
 # Loss functions whose first argument is the model's prediction.
 LOSS_FUNCTIONS: dict[Any, str] = {
@@ -58,7 +58,7 @@ REGRESSION_LOSSES = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", HAND
 _REORDER = {
     Tensor.permute, torch.permute, Tensor.transpose, torch.transpose, Tensor.swapaxes, torch.swapaxes,
     Tensor.swapdims, torch.swapdims, Tensor.movedim, torch.movedim, Tensor.t, torch.t,
-}  # fmt: skip
+}
 # Ops after which a tensor still carries the same values (shape changes, copies, dropout).
 _SAME_VALUES = _REORDER | {
     Tensor.view,
@@ -129,11 +129,11 @@ class ActivationTracer(TorchFunctionMode):
         self.on_error = on_error
         self.following = Following()  # values derived from activation outputs in this step
 
-    def __enter__(self) -> "ActivationTracer":
+    def __enter__(self) -> ActivationTracer:
         self.following.clear()  # a new step (or a checkpoint's re-run): nothing derived yet
         return super().__enter__()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if _is_compiling():
             # dynamo tracing a compiled function called in forward: pass through, or it would trace
@@ -144,9 +144,9 @@ class ActivationTracer(TorchFunctionMode):
             return mon.call_functional(func, args, kwargs)
         if func in ATTENTION_FUNCTIONS and mon.functional:
             return mon.call_attention(func, args, kwargs)
-        if func in LOG_Z_LOSSES:  # issue19: log Z of the logits a classification loss reads
+        if func in LOG_Z_LOSSES:  # log Z of the logits a classification loss reads
             observe_loss_logits(mon, func, args, kwargs)
-        if func in ROUTER_FUNCTIONS:  # issue19: top-k over router probabilities (dead-experts)
+        if func in ROUTER_FUNCTIONS:  # top-k over router probabilities (dead-experts)
             return call_topk(mon, self.facts, func, args, kwargs)
         if mon.learning_structure:
             return self._track(func, args, kwargs)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from act_diagnostics.core.transformer_stats import fill_snapshot  # issue19
 from act_diagnostics.core.pack import reduce_to_host, reset_states, share_buffer, shared_view, totals_to_stats
 from act_diagnostics.core.snapshot import Snapshot
+from act_diagnostics.core.transformer_stats import fill_snapshot
 
 # A window's measured steps after its first DEFER_AFTER_STEPS defer each call's results to one
 # fold per site at the snapshot (SiteState.deferred). A fold costs about what two steps of adds
@@ -105,15 +105,15 @@ class WindowSnapshots:
         scale = self.grad_scale() if self.grad_scale is not None else None
         if isinstance(scale, Tensor):
             samples.append(scale.detach().reshape(-1)[:1])
-        samples += self.batch_facts.pending()  # facts: batch spread, in the one host copy
+        samples += self.batch_facts.pending()  # batch spread, in the one host copy
         with self._no_torch_function():
             # New sites, or a device move: one buffer again. A model split across devices keeps a
             # buffer per site (moving them would only make each site move back at its next call).
             if states and shared_view(states) is None and all(st.device == device for st in states):
                 share_buffer(states, device)
-            extras = None if self._stashed else self.extras  # issue19: evaluation windows leave them be
+            extras = None if self._stashed else self.extras  # evaluation windows leave them be
             totals, host_samples = reduce_to_host(states, names, device, all_gather, samples, extras)  # type: ignore[arg-type]
-        facts = self.batch_facts.read(host_samples)  # facts: batch rows and spread
+        facts = self.batch_facts.read(host_samples)  # batch rows and spread
         grad_scale = host_samples.pop()[0] if isinstance(scale, Tensor) else scale
         network = self.network.read(host_samples.pop() if network_totals is not None else None)
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
@@ -131,15 +131,15 @@ class WindowSnapshots:
             losses=tuple(sorted(self.losses_seen)),
             grad_scale=float(grad_scale) if grad_scale is not None else None,
             network=network,
-            output_layers=tuple(sorted(self._facts.output_layers.names)), param_scales=self.param_scales, **facts,  # facts
+            output_layers=tuple(sorted(self._facts.output_layers.names)), param_scales=self.param_scales, **facts,
         )
-        if extras is not None:  # issue19
-            fill_snapshot(snap, extras.last)  # issue19: max_logit, log_z, routers
+        if extras is not None:
+            fill_snapshot(snap, extras.last)  # max_logit, log_z, routers
         if reset:
             with self._no_torch_function():
                 reset_states(states)
                 self.network.reset()
-                if extras is not None:  # issue19
-                    extras.reset()  # issue19: sums to 0, maxima to -inf
+                if extras is not None:
+                    extras.reset()  # sums to 0, maxima to -inf
             self.window_steps = 0
         return snap

@@ -164,7 +164,8 @@ class RuleEngine:
                 notions = ctx._notions
             except Exception as exc:  # noqa: BLE001 - a rule's bug must never stop training
                 self._broken.add(rule.id)
-                warnings.warn(f"act_diagnostics rule {rule.id} failed and is disabled ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+                message = f"act_diagnostics rule {rule.id} failed and is disabled ({type(exc).__name__}: {exc})"
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
                 continue
             seen = set()
             for finding in candidates:
@@ -215,7 +216,8 @@ class RuleEngine:
         before = self._reported.get(key)
         if before is not None:
             old_rank, old_value = before
-            worse_value = old_value is not None and value is not None and math.isfinite(old_value) and old_value > 0 and value >= 2 * old_value
+            comparable = old_value is not None and value is not None and math.isfinite(old_value) and old_value > 0
+            worse_value = comparable and value >= 2 * old_value
             if rank <= old_rank and not worse_value:
                 return False
         self._reported[key] = (rank, value)

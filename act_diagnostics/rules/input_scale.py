@@ -79,7 +79,10 @@ class InputScale(Rule):
         if symptoms:
             msg += f". It explains {' and '.join(symptoms)} (saturation, exploding-activations findings)"
         elif large:
-            msg += ". Inputs this large saturate sigmoid/tanh units and blow up activations and gradients (saturation, exploding-activations)"
+            msg += (
+                ". Inputs this large saturate sigmoid/tanh units and blow up activations and gradients"
+                " (saturation, exploding-activations)"
+            )
         evidence = dict(input_rms=round(rms, 4), input_max_abs=max_abs, input_mean=net.input_mean, input_std=net.input_std)
         return [self.finding(ctx, net.first_layer, "warning", msg, FIX, **evidence)]
 

@@ -25,7 +25,7 @@ LINEAR_LAYERS = (
     "Linear", "LazyLinear", "NonDynamicallyQuantizableLinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
     "ConvTranspose2d", "ConvTranspose3d", "LazyConv1d", "LazyConv2d", "LazyConv3d",
     "matmul",  # x.mm(self.w): a product with a bare parameter (core/network.py)
-)  # fmt: skip
+)
 # Layers affine per sample (at inference): between two linear layers they change nothing.
 AFFINE_LAYERS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d")
 # Linear layers in a chain before it is reported (the rule's definition: at least two).

@@ -70,7 +70,9 @@ class NonFinite(Rule):
                 f"({len(backward)} of {len(ordered)} sites affected; forward values are finite)"
             )
             return [
-                self.finding(ctx, site.name, "error", msg, BACKWARD_FIX, sites_affected=0, sites=len(ordered), grad_sites_affected=len(backward))
+                self.finding(
+                    ctx, site.name, "error", msg, BACKWARD_FIX, sites_affected=0, sites=len(ordered), grad_sites_affected=len(backward)
+                )
             ]
         return self._scaler_gave_up(ctx, ordered) or self._loss_only(ctx, ordered)
 

@@ -73,7 +73,7 @@ class OutputActivationMismatch(Rule):
                 out.append(f)
         return out
 
-    def _multi_label(self, ctx: RuleContext, site, stats: SiteStats, losses: list[str]) -> Finding | None:  # noqa: ANN001
+    def _multi_label(self, ctx: RuleContext, site, stats: SiteStats, losses: list[str]) -> Finding | None:
         """A softmax output trained towards target rows that do not sum to 1 (several classes true
         at once, or none): its rows always sum to 1, so it cannot fit them, whatever the loss."""
         share = stats.target_rows_off
@@ -93,7 +93,7 @@ class OutputActivationMismatch(Rule):
         )
         return self.finding(ctx, site.name, severity, msg, fix, target_rows_off=round(share, 4), classes=site.n_units, loss=others[0])
 
-    def _target_range(self, ctx: RuleContext, site, stats: SiteStats, losses: list[str]) -> Finding | None:  # noqa: ANN001
+    def _target_range(self, ctx: RuleContext, site, stats: SiteStats, losses: list[str]) -> Finding | None:
         share = stats.target_outside
         loss = next((loss for loss in losses if loss in REGRESSION_LOSSES), None)
         bounds = output_range(site.kind, site.params)
@@ -112,9 +112,9 @@ class OutputActivationMismatch(Rule):
         return self.finding(
             ctx, site.name, severity, msg, fix,
             target_outside=round(share, 4), low=low, high=None if math.isinf(high) else high, loss=loss,
-        )  # fmt: skip
+        )
 
-    def _check(self, ctx: RuleContext, site, losses: list[str], parts: list[tuple[str, tuple[str, ...]]]) -> Finding | None:  # noqa: ANN001
+    def _check(self, ctx: RuleContext, site, losses: list[str], parts: list[tuple[str, tuple[str, ...]]]) -> Finding | None:
         # Attention softmaxes (into matmul) over one key are degenerate but harmless: only outputs and
         # softmaxes feeding a layer are judged.
         if site.family == "softmax" and site.n_units == 1 and (site.is_output or site.feeds_layer):
@@ -142,7 +142,10 @@ class OutputActivationMismatch(Rule):
                 )
             else:
                 msg = f"sigmoid outputs in [0, 1] feed the multi-class loss {loss}, which expects logits (or log-probabilities)"
-                fix = "Pass raw logits to cross_entropy (or log_softmax to nll_loss); use sigmoid only with BCE for binary/multi-label targets."
+                fix = (
+                    "Pass raw logits to cross_entropy (or log_softmax to nll_loss); use sigmoid only with BCE for "
+                    "binary/multi-label targets."
+                )
             return self.finding(ctx, site.name, "error", msg, fix, units=site.n_units)
         probability = [(n, steps) for n, steps in parts if n in PROBABILITY_LOSSES or (LOG in steps and n != "kl_div")]
         if site.kind in NON_NEGATIVE_KINDS and probability:

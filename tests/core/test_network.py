@@ -136,7 +136,7 @@ def test_an_internal_error_switches_the_facts_off_without_breaking_the_forward()
     watch = NetworkWatch()
 
     class Broken(nn.Linear):
-        def __getattr__(self, name: str):  # noqa: ANN204 - in_features is looked up, and fails
+        def __getattr__(self, name: str):
             if name == "out_features":
                 raise RuntimeError("boom")
             return super().__getattr__(name)

@@ -306,7 +306,7 @@ def _site(name: str, kind: str = "sigmoid"):
     from act_diagnostics.core.sites import Site
 
     return Site(name=name, kind=kind, family=kind, source="module", owner="", module_type="Sigmoid", index=0,
-                unit_dim=1, n_units=3, shape=(8, 3))  # fmt: skip
+                unit_dim=1, n_units=3, shape=(8, 3))
 
 
 def test_structure_facts_follow_one_steps_tensors_and_let_them_go() -> None:
@@ -342,11 +342,11 @@ def test_the_tracer_needs_only_a_router_a_recorder_and_a_failure_callback() -> N
         def __init__(self) -> None:
             self.calls: list[str] = []
 
-        def call_functional(self, func, args, kwargs):  # noqa: ANN001
+        def call_functional(self, func, args, kwargs):
             self.calls.append(func.__name__)
             return func(*args, **kwargs)
 
-        def call_attention(self, func, args, kwargs):  # noqa: ANN001
+        def call_attention(self, func, args, kwargs):
             return func(*args, **kwargs)
 
     sites = {"a": _site("a", "softmax")}
@@ -358,7 +358,7 @@ def test_the_tracer_needs_only_a_router_a_recorder_and_a_failure_callback() -> N
         F.nll_loss(torch.log(probs), torch.tensor([0, 1, 2, 0]))
     assert router.calls == ["softmax"] and sites["a"].consumers == {"loss:nll_loss(log)"} and not errors
 
-    def broken(value):  # noqa: ANN001
+    def broken(value):
         raise RuntimeError("recorder bug")
 
     facts.produced_by = broken  # type: ignore[method-assign]

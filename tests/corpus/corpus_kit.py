@@ -151,7 +151,7 @@ class TabularModule(pl.LightningModule):
 
 # ----------------------------------------------------------------------------- oracle helpers
 ACTIVATION_NODES = {"SoftmaxBackward0": "softmax", "SigmoidBackward0": "sigmoid", "ReluBackward0": "relu",
-                    "TanhBackward0": "tanh", "LogSoftmaxBackward0": "log_softmax"}  # fmt: skip
+                    "TanhBackward0": "tanh", "LogSoftmaxBackward0": "log_softmax"}
 # Nodes of parametrised layers: the search for the producing activation stops there.
 _LAYER_NODES = ("AddmmBackward", "MmBackward", "LinearBackward", "ConvolutionBackward")
 

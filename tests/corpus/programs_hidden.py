@@ -4,10 +4,11 @@ bad init, batch size 1), and deep sigmoid or tanh stacks against the 2-3 layer n
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from corpus_kit import (
     Program,
     TabularModule,
@@ -135,7 +136,7 @@ class DeepSigmoidVsThreeLayer(TabularModule):
         super().__init__(*blobs(n=200, d=6, classes=3, seed=29), batch_size=20, lr=1e-2)
         widths = [6] + [24] * (6 if buggy else 2)
         layers: list[nn.Module] = []
-        for w_in, w_out in zip(widths, widths[1:]):
+        for w_in, w_out in itertools.pairwise(widths):
             layers += [nn.Linear(w_in, w_out), nn.Sigmoid()]
         self.model = nn.Sequential(*layers, nn.Linear(24, 3))
 
@@ -175,7 +176,7 @@ class KerasIrisSigmoidStack(TabularModule):
         x, y = blobs(n=150, d=4, classes=3, seed=41)
         super().__init__(x, F.one_hot(y, 3).float(), batch_size=10, lr=1e-2)
         widths = [4] + [8] * (5 if buggy else 2)
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.out = nn.Linear(8, 3)
 
     def forward(self, x):

@@ -5,9 +5,6 @@ How to add a program: see this folder's conftest.py.
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import programs_categorical
 import programs_hidden
 import programs_linear
@@ -16,6 +13,8 @@ import programs_multilabel
 import programs_ranges
 import programs_scale
 import programs_single_unit
+import pytest
+import torch
 from corpus_kit import SERIOUS, Program
 
 pytestmark = pytest.mark.corpus

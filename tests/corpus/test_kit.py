@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from corpus_kit import (
     first_layer_input,
     is_affine,

@@ -14,7 +14,7 @@ from act_diagnostics.rules import RULE_IDS, ActivationWarning, Finding, RuleEngi
 REQUIRED = {
     "dead-units", "saturation", "saturating-hidden-activation", "vanishing-gradient", "exploding-gradient",
     "exploding-activations", "non-finite", "activation-loss-mismatch", "output-activation-mismatch",
-}  # fmt: skip
+}
 
 
 def dead(fraction_dead: int, step: int):
@@ -23,7 +23,7 @@ def dead(fraction_dead: int, step: int):
 
 
 def test_rule_ids_cover_the_contract():
-    assert REQUIRED <= set(RULE_IDS) and len(set(RULE_IDS)) == len(RULE_IDS)
+    assert set(RULE_IDS) >= REQUIRED and len(set(RULE_IDS)) == len(RULE_IDS)
 
 
 @pytest.mark.parametrize(
@@ -221,7 +221,7 @@ def test_static_structure_findings_never_resolve():
 
     engine = RuleEngine(disable=[r for r in RULE_IDS if r != "saturating-hidden-activation"])
     (f,) = engine.evaluate(chain("sigmoid", [1.0] * 6), preflight=True)
-    for step in (100, 200, 300):
+    for _step in (100, 200, 300):
         engine.evaluate(chain("relu", [1.0] * 6))
     assert f.status == "open"
 

@@ -62,7 +62,7 @@ def input_facts(mean: float, std: float, max_abs: float, first: str = "Linear", 
     return NetworkFacts(
         first_layer="fc1", first_layer_type=first, input_elements=n, input_mean=mean, input_std=std,
         input_rms=(mean**2 + std**2) ** 0.5, input_max_abs=max_abs,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -187,12 +187,12 @@ def test_callback_reports_a_nan_loss_of_a_model_without_sites(tmp_path) -> None:
             super().__init__()
             self.net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def training_step(self, batch, batch_idx):
             x, y = batch
             out = self.net(x)
             return F.mse_loss(out, y) * (float("nan") if self.global_step >= 3 else 1.0)
 
-        def configure_optimizers(self):  # noqa: ANN201
+        def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=1e-3)
 
     x, y = _data(1.0)
@@ -203,7 +203,7 @@ def test_callback_reports_a_nan_loss_of_a_model_without_sites(tmp_path) -> None:
         trainer = pl.Trainer(
             max_steps=5, callbacks=[cb], default_root_dir=str(tmp_path), enable_progress_bar=False,
             enable_model_summary=False, logger=False, enable_checkpointing=False,
-        )  # fmt: skip
+        )
         trainer.fit(Linear(), loader)
     rules = {(f.rule, f.site) for f in cb.report.findings}
     assert ("non-finite", "<loss>") in rules and ("missing-nonlinearity", "net.0") in rules

@@ -3,8 +3,9 @@ really there, without any of act_diagnostics' own measurement or judgement."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 from unittest import mock
 
 import torch

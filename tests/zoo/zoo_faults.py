@@ -9,15 +9,15 @@ where ``forwards`` run the case's loss on fixed batches of its data.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
+import oracles
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import oracles
 import zoo_data as data
 import zoo_models as zm
 from zoo_train import Case
@@ -361,7 +361,7 @@ def _faults() -> list[Fault]:
         # near-dead-units: GELU units in the flat negative tail
         Fault("near-dead-units", "vit-mlp-bias", case("vit-tiny", build=built("vit-tiny", lambda n: [b.mlp.fc1.bias.fill_(-10.0) for b in n.blocks])),
               tail_oracle(lambda n: n.blocks[0].mlp.fc1, GELU_TAIL)),
-        Fault("near-dead-units", "torch-transformer-ffn-bias", case("torch-transformer-bytes", build=built("torch-transformer-bytes", lambda n: [l.linear1.bias.fill_(-10.0) for l in n.encoder.layers])),
+        Fault("near-dead-units", "torch-transformer-ffn-bias", case("torch-transformer-bytes", build=built("torch-transformer-bytes", lambda n: [layer.linear1.bias.fill_(-10.0) for layer in n.encoder.layers])),
               tail_oracle(lambda n: n.encoder.layers[0].linear1, GELU_TAIL)),
         # saturation: tanh units stuck at +-1 (inputs not standardised; weights drawn N(0, 1))
         Fault("saturation", "mlp-tanh-raw-features", case("mlp-breast-cancer", build=lambda: zm.tabular_mlp(30, 2, act=nn.Tanh), data=raw_breast_cancer),
