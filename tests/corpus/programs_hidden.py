@@ -255,7 +255,6 @@ PROGRAMS: list[Program] = [
         site="relu1",
         oracle=dead_units_oracle,
         steps=40,
-        buggy_xfail=SMALL_DATA_GAP,
     ),
     Program(
         name="dead_relu_adam_regression",
@@ -265,7 +264,6 @@ PROGRAMS: list[Program] = [
         site="layers.3",
         oracle=dead_units_oracle,
         steps=40,
-        buggy_xfail=SMALL_DATA_GAP,
     ),
     Program(
         name="deep_sigmoid_vs_textbook_mlp",
