@@ -9,6 +9,17 @@ silence with a chance of 0.2%. The pre-flight check has one batch and judges aga
 worth calling alive at initialisation (``preflight_unit_rate``, 20%: a Kaiming-initialised unit
 fires on about half its inputs).
 
+With tiny batches and short runs no single unit collects those ~300 samples, so the layer is also
+judged jointly: each quiet unit's tail bound t_i is a p-value (P(t_i <= t) <= t for a unit alive at
+``unit_rate``). If k of a layer's N units show a bound t or less, and k reaches ``warn_fraction`` of
+N, the chance that k or more live units would look that silent is P(Binomial(N, t) >= k) (again a
+Chernoff bound, exact for k = N); below ``evidence`` over the number of distinct levels t scanned
+(Bonferroni), those k units are dead. 16 units all silent on 40 samples each: 0.99^40 = 0.669 and
+0.669^16 = 0.0016. This assumes units fire independently given the rate; units of one layer share
+inputs, so their silences are correlated (a batch of near-zero rows silences many at once), which is
+why the joint test needs a quarter of the layer and only counts samples from windows where the unit
+already fell below ``unit_rate``.
+
 A layer is reported when the share of its units shown dead reaches ``warn_fraction``; while units
 not yet decided could still take it there, the layer is held (neither reported nor cleared).
 
@@ -90,6 +101,34 @@ def log_tail(firings: np.ndarray, samples: np.ndarray, rate: float) -> np.ndarra
     return np.where((q < rate) & (samples > 0), -samples * kl, 0.0)
 
 
+def log_upper_tail(k: np.ndarray, trials: int, p: np.ndarray) -> np.ndarray:
+    """Upper bound on log P(Binomial(trials, p) >= k) (Chernoff: -N KL(k/N || p); exact for k = N).
+    0 where k/N is not above p."""
+    q = np.clip(k / max(trials, 1), 0.0, 1.0)
+    p = np.clip(p, 1e-300, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = q * np.log(q / p) + np.where(q < 1, (1 - q) * np.log((1 - q) / np.maximum(1 - p, 1e-300)), 0.0)
+    return np.where(q > p, -trials * kl, 0.0)
+
+
+def layer_dead(log_tails: np.ndarray, warn_fraction: float, evidence: float) -> np.ndarray:
+    """Units shown dead jointly, a mask. For each distinct per-unit tail bound t among the quiet
+    units, k(t) units show t or less; at least k(t) of N live units looking that silent has a chance
+    of at most P(Binomial(N, t) >= k(t)). The largest k(t) >= ``warn_fraction`` of N whose chance
+    is below ``evidence`` over the number of levels scanned (Bonferroni) names the dead units."""
+    units = log_tails.size
+    levels = np.unique(log_tails[log_tails < 0])
+    out = np.zeros(units, dtype=bool)
+    if levels.size == 0:
+        return out
+    k = np.searchsorted(np.sort(log_tails), levels, side="right").astype(np.float64)
+    joint = log_upper_tail(k, units, np.exp(levels))
+    passed = (joint < math.log(evidence / levels.size)) & (k >= warn_fraction * units)
+    if passed.any():
+        out[log_tails <= levels[passed][-1]] = True
+    return out
+
+
 @dataclass
 class _Evidence:
     """One site's per-unit evidence: firings and samples since each unit last looked alive."""
@@ -159,7 +198,9 @@ class DeadUnits(Rule):
         ev.silent_since[quiet & (ev.silent_since < 0)] = ctx.step
         ev.firings[quiet] += np.round(rates[quiet] * n)
         ev.samples[quiet] += n
-        dead = log_tail(ev.firings, ev.samples, alive_rate) < math.log(self.t["evidence"])
+        tails = np.where(quiet, log_tail(ev.firings, ev.samples, alive_rate), 0.0)
+        dead = tails < math.log(self.t["evidence"])
+        dead |= layer_dead(tails, self.t["warn_fraction"], self.t["evidence"])
         dead &= quiet
         undecided = quiet & ~dead
         units = rates.size

@@ -127,8 +127,9 @@ def test_state_dict_round_trip_keeps_dedupe_streaks_and_dead_unit_evidence():
 
 def test_dead_unit_evidence_in_progress_survives_a_resume():
     engine = RuleEngine()
-    few = lambda step: make_snapshot([(make_site("fc.act", "relu"), relu_stats([0.0] * 8, samples_per_unit=200))], step=step)  # noqa: E731
-    assert engine.evaluate(few(100)) == []  # 200 silent samples: 0.99^200 = 13%, not conclusive yet
+    few = lambda step: make_snapshot([(make_site("fc.act", "relu"), relu_stats([0.0] * 2 + [0.5] * 6, samples_per_unit=200))], step=step)  # noqa: E731
+    # 2 of 8 silent on 200 samples: 0.99^200 = 13% each, 2 such of 8 live units 29%: not conclusive yet
+    assert engine.evaluate(few(100)) == []
     resumed = RuleEngine()
     resumed.load_state_dict(json.loads(json.dumps(engine.state_dict())))
     assert [f.rule for f in resumed.evaluate(few(200))] == ["dead-units"]  # 400: 1.8%, conclusive

@@ -50,8 +50,10 @@ def test_dead_units_quiet_below_warn_fraction_and_for_leaky_relu():
     ],
 )
 def test_dead_units_decide_once_the_silent_samples_make_a_live_unit_improbable(spu, windows):
+    # 2 silent units of 8 (the warning fraction): too few for the joint layer test before the
+    # per-unit one decides (2 of 8 live units at 0.99^250 = 8% each: 13%).
     engine = only("dead-units")
-    fired = [bool(engine.evaluate(dead_snapshot([0.0] * 8, spu=spu, step=s))) for s in range(1, windows + 2)]
+    fired = [bool(engine.evaluate(dead_snapshot([0.0] * 2 + [0.5] * 6, spu=spu, step=s))) for s in range(1, windows + 2)]
     assert fired.index(True) == windows - 1
     assert (0.99 ** (spu * windows)) < 0.05 <= (0.99 ** (spu * (windows - 1)))  # the oracle
 
@@ -61,10 +63,18 @@ def test_dead_units_hold_a_layer_while_undecided_units_could_reach_the_fraction(
     from act_diagnostics.rules.dead_units import DeadUnits
 
     rule = DeadUnits()
-    ctx = RuleContext(dead_snapshot([0.0] * 8, spu=100))
+    ctx = RuleContext(dead_snapshot([0.0] * 2 + [0.5] * 6, spu=100))
     assert rule.evaluate(ctx) == [] and ctx.held == {"fc1.act"}
     ctx = RuleContext(dead_snapshot([0.5] * 8, spu=100, step=200))  # all alive: clear, not held
     assert rule.evaluate(ctx) == [] and ctx.held == set()
+
+
+def test_a_whole_layer_silent_on_few_samples_is_decided_jointly():
+    """8 of 8 units silent on 50 samples: 0.99^50 = 61% each, inconclusive alone; all 8 together
+    0.61^8 = 1.9%: dead in the first window (batches of 5-10). On 20 samples, 0.82^8 = 20%: held."""
+    (f,) = only("dead-units").evaluate(dead_snapshot([0.0] * 8, spu=50))
+    assert f.evidence["dead_units"] == 8 and f.severity == "error"
+    assert only("dead-units").evaluate(dead_snapshot([0.0] * 8, spu=20)) == []
 
 
 def test_a_unit_that_fires_rarely_but_above_the_rate_is_not_dead():
