@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from act_diagnostics.core import ActivationMonitor
 from act_diagnostics.rules import RULE_IDS, RuleEngine
+from tests.core.monitor_fixtures import CountTransfers  # noqa: F401 - the transformer tests count host reads too
 
 VOCAB, LENGTH = 16, 16
 
@@ -250,24 +251,6 @@ def route_counts(model: MoEClassifier, x: torch.Tensor) -> torch.Tensor:
         _, logits = model.moe(model.inp(x))
         probs = logits.sigmoid() if getattr(model.moe, "sigmoid", False) else logits.softmax(-1)
         return torch.bincount(probs.topk(model.moe.top_k).indices.reshape(-1), minlength=probs.shape[-1])
-
-
-class CountTransfers:
-    """Counts device-to-host reads (item, tolist, cpu, numpy, bool/float/int of a tensor) from Python,
-    also under torch._C.DisableTorchFunction (as tests/core/test_lifecycle.py does)."""
-
-    READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
-
-    def __init__(self, monkeypatch) -> None:
-        self.count = 0
-        for name in self.READS:
-            original = getattr(torch.Tensor, name)
-
-            def wrapped(tensor, *a, __orig=original, **k):
-                self.count += 1
-                return __orig(tensor, *a, **k)
-
-            monkeypatch.setattr(torch.Tensor, name, wrapped)
 
 
 class LMWithMoE(nn.Module):
