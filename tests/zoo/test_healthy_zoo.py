@@ -16,9 +16,6 @@ from zoo_train import fit, loader
 # What the current rules get wrong on healthy models (issue 16). A fix that lands turns the case
 # into an XPASS, which fails the run (strict): then delete its line here.
 KNOWN_FALSE_ALARMS: dict[tuple[str, str], str] = {
-    # No finding since the rules' head notion; the run fails the zoo's own learning check instead.
-    ("roberta-cls", "default"): "learns too little in 40 steps for the learning check (loss 1.39 -> 1.32)",
-    ("roberta-cls", "every-step"): "learns too little in 40 steps for the learning check (loss 1.39 -> 1.32)",
 }
 SCHEDULES = {"default": False, "every-step": True}
 
