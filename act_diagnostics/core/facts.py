@@ -125,14 +125,14 @@ class BatchFacts:
             self._spread = spread.reshape(1)
             self.rows = int(x.shape[0])
 
-    def pending(self) -> list[Tensor]:
-        """The device scalar to add to the log step's host copy (empty when none was recorded)."""
-        return [self._spread] if self._spread is not None else []
+    def pending(self) -> Tensor | None:
+        """The device scalar to add to the log step's host copy (None when none was recorded)."""
+        return self._spread
 
-    def read(self, host_samples: list[list[float]]) -> dict[str, Any]:
-        """Pop this window's spread from the host copy (after :meth:`pending`'s tensor went in) and
-        return the Snapshot fields; the next window starts empty."""
-        spread = host_samples.pop()[0] if self._spread is not None else None
+    def read(self, host: list[float] | None) -> dict[str, Any]:
+        """The Snapshot fields, from the host copy of :meth:`pending`'s tensor (None when there was
+        none); the next window starts empty."""
+        spread = host[0] if host is not None else None
         fields = {"batch_rows": self.rows, "batch_spread": spread}
         self.rows, self._spread = None, None
         return fields

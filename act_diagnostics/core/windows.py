@@ -99,13 +99,17 @@ class WindowSnapshots:
         sample_names = [n for n, st in zip(names, states) if st.out_sample is not None]
         grad_names = [n for n, st in zip(names, states) if st.grad_sample is not None]
         samples = [self.states[n].out_sample for n in sample_names] + [self.states[n].grad_sample for n in grad_names]
-        network_totals = self.network.device_totals()  # whole-model totals ride in the same host copy
-        samples += [network_totals] if network_totals is not None else []
-        # float16 AMP: the GradScaler's current scale, in the same host copy (rules: non-finite).
+        # Values of no site that ride in the same host copy, by name (None: nothing this window).
         scale = self.grad_scale() if self.grad_scale is not None else None
-        if isinstance(scale, Tensor):
-            samples.append(scale.detach().reshape(-1)[:1])
-        samples += self.batch_facts.pending()  # batch spread, in the one host copy
+        riders = {
+            "network": self.network.device_totals(),  # whole-model facts (layer links, input scale, loss)
+            # float16 AMP: the GradScaler's current scale (rules: non-finite).
+            "grad_scale": scale.detach().reshape(-1)[:1] if isinstance(scale, Tensor) else None,
+            "batch_spread": self.batch_facts.pending(),
+        }
+        rider_keys = [key for key, value in riders.items() if value is not None]
+        n_samples = len(samples)
+        samples += [riders[key] for key in rider_keys]
         with self._no_torch_function():
             # New sites, or a device move: one buffer again. A model split across devices keeps a
             # buffer per site (moving them would only make each site move back at its next call).
@@ -113,9 +117,11 @@ class WindowSnapshots:
                 share_buffer(states, device)
             extras = None if self._stashed else self.extras  # evaluation windows leave them be
             totals, host_samples = reduce_to_host(states, names, device, all_gather, samples, extras)  # type: ignore[arg-type]
-        facts = self.batch_facts.read(host_samples)  # batch rows and spread
-        grad_scale = host_samples.pop()[0] if isinstance(scale, Tensor) else scale
-        network = self.network.read(host_samples.pop() if network_totals is not None else None)
+        host = dict(zip(rider_keys, host_samples[n_samples:]))
+        del host_samples[n_samples:]
+        facts = self.batch_facts.read(host.get("batch_spread"))  # batch rows and spread
+        grad_scale = host["grad_scale"][0] if "grad_scale" in host else scale
+        network = self.network.read(host.get("network"))
         stats = totals_to_stats(totals, dead_unit_rate=self.config.dead_unit_rate)
         sites = self.sites
         if self.eval_only and not self._stashed:  # a training window: sites only evaluation ran stay out
