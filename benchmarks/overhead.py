@@ -212,23 +212,28 @@ def synchronize(model: nn.Module) -> None:
         torch.cuda.synchronize(device)
 
 
+def one_step(model: nn.Module, opt: torch.optim.Optimizer, batch: tuple, variant: Bare) -> None:
+    """One training step with ``variant``'s calls around it (the same for every variant, bare included)."""
+    step = variant.step
+    x, y = batch
+    variant.before(step)
+    loss = F.cross_entropy(model(x), y)
+    variant.after_forward(step)
+    loss.backward()
+    variant.before_optimizer(step)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    variant.after(step)
+    variant.step += 1
+
+
 def run_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: list, variant: Bare, steps: int) -> float:
     """``steps`` training steps with ``variant``'s hooks attached; returns seconds."""
     variant.attach()
     synchronize(model)
     t0 = time.perf_counter()
     for _ in range(steps):
-        step = variant.step
-        x, y = batches[step % len(batches)]
-        variant.before(step)
-        loss = F.cross_entropy(model(x), y)
-        variant.after_forward(step)
-        loss.backward()
-        variant.before_optimizer(step)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        variant.after(step)
-        variant.step += 1
+        one_step(model, opt, batches[variant.step % len(batches)], variant)
     synchronize(model)
     elapsed = time.perf_counter() - t0
     variant.detach()

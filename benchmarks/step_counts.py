@@ -35,7 +35,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,20 +66,6 @@ class CallCounter:
             self.calls += 1
 
 
-def one_step(model, opt, batch, variant: overhead.Bare) -> None:
-    step = variant.step
-    x, y = batch
-    variant.before(step)
-    loss = F.cross_entropy(model(x), y)
-    variant.after_forward(step)
-    loss.backward()
-    variant.before_optimizer(step)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    variant.after(step)
-    variant.step += 1
-
-
 def count_mode(base, batches, make_variant, warmup: int, steps: int) -> list[tuple[int, int, str]]:
     """(ops, Python calls, step kind) for each of ``steps`` steps after ``warmup`` untimed ones."""
     model = copy.deepcopy(base)
@@ -88,7 +73,7 @@ def count_mode(base, batches, make_variant, warmup: int, steps: int) -> list[tup
     variant = make_variant(model)
     variant.attach()
     for _ in range(warmup):
-        one_step(model, opt, batches[variant.step % len(batches)], variant)
+        overhead.one_step(model, opt, batches[variant.step % len(batches)], variant)
     rows = []
     for _ in range(steps):
         step = variant.step
@@ -100,7 +85,7 @@ def count_mode(base, batches, make_variant, warmup: int, steps: int) -> list[tup
         with ops:
             sys.setprofile(calls)
             try:
-                one_step(model, opt, batches[step % len(batches)], variant)
+                overhead.one_step(model, opt, batches[step % len(batches)], variant)
             finally:
                 sys.setprofile(None)
         rows.append((ops.ops, calls.calls, kind))
@@ -126,10 +111,10 @@ def heap_mode(name: str, model_name: str, steps: int, defer_on_cpu: bool) -> Non
     variant = make(model)
     variant.attach()
     for _ in range(warmup):
-        one_step(model, opt, batches[variant.step % len(batches)], variant)
+        overhead.one_step(model, opt, batches[variant.step % len(batches)], variant)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(steps):
-        one_step(model, opt, batches[variant.step % len(batches)], variant)
+        overhead.one_step(model, opt, batches[variant.step % len(batches)], variant)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
     arena = live = float("nan")
     try:  # glibc only
