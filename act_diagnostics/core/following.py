@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from act_diagnostics.core.checks import real
+
 # Steps that keep a value an activation's output in the model's structure (marked as produced:
 # a layer reading it is the site's consumer, a model returning it makes the site an output).
 CLAMP, NORMALISED, COMPLEMENT, LOG, SCALE = "clamp", "normalised", "complement", "log", "scale"
@@ -166,12 +168,6 @@ def _log_likelihood(flow: Flow | None) -> str | None:
     return "1-p" if COMPLEMENT in flow.steps else "p"
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
 def _is_target(value: Any) -> bool:
     """Targets: a tensor of several values without autograd history (labels, one-hot rows)."""
     return isinstance(value, Tensor) and value.numel() > 1 and not value.requires_grad and value.grad_fn is None
@@ -261,7 +257,7 @@ class Following:
         elif func in _NEG:
             self.put(mon, result, flow if _is_term(flow) else flow.then(NEGATE if outside else SCALE))
         elif func in _POW or func in _SQUARE:
-            exponent = 2.0 if func in _SQUARE else _number(args[1] if len(args) > 1 else kwargs.get("exponent"))
+            exponent = 2.0 if func in _SQUARE else real(args[1] if len(args) > 1 else kwargs.get("exponent"))
             self.put(mon, result, flow.then(SQUARE if outside and exponent == 2.0 and ERROR in flow.steps else SCALE))
         elif func in _ABS:
             self.put(mon, result, flow.then(ABS if outside and ERROR in flow.steps else SCALE))
@@ -275,7 +271,7 @@ class Following:
         b = args[1] if len(args) > 1 else kwargs.get("other")
         fa, fb = self.flow_of(mon, a), self.flow_of(mon, b)
         if func in _RSUB:  # c - p, with c a number
-            c = _number(b)
+            c = real(b)
             if fa is not None and c is not None:
                 self.put(mon, result, fa.then(COMPLEMENT) if c == 1.0 and not _is_term(fa) else fa if _is_term(fa) else fa.then(SCALE))
             return
@@ -293,7 +289,7 @@ class Following:
         flow, other = (fa, b) if fa is not None else (fb, a)
         if flow is None:
             return
-        c = _number(other)
+        c = real(other)
         if c is not None:  # an epsilon guarding a log or a division, or a shift
             self.put(mon, result, flow if _is_term(flow) else flow.then(CLAMP if abs(c) <= NUDGE_MAX else SCALE))
         elif outside and func in _SUB and _is_target(other) and not _is_term(flow):
@@ -302,7 +298,7 @@ class Following:
     def _divide(self, mon: Any, fa: Flow | None, fb: Flow | None, b: Any, result: Any) -> None:
         if fa is None:
             return
-        c = _number(b)
+        c = real(b)
         if c is not None or (isinstance(b, Tensor) and b.numel() == 1 and fb is None):
             self.put(mon, result, fa if _is_term(fa) else fa.then(SCALE))  # a mean written as sum / n
         elif fb is not None and fb.site == fa.site and _is_own_total(fa.steps, fb.steps):
