@@ -434,7 +434,10 @@ def train(
             else:
                 plan = schedule.plan(step)
                 log = plan.log or (step == total - 1 and mon.window_steps > 0)
-                mon.begin_step(detail=plan.detail) if plan.measure or log else mon.pause()
+                if plan.measure or log:
+                    mon.begin_step(detail=plan.detail)
+                else:
+                    mon.pause()  # an unmeasured step runs the bare model
             idx = torch.randint(0, n, (setup.batch_size,), generator=g)
             loss = setup.loss_fn(model(setup.inputs[idx]), setup.targets[idx])
             loss.backward()

@@ -147,7 +147,7 @@ class SiteDiscovery:
             return False
         if any(fnmatch.fnmatchcase(site.name, p) for p in cfg.exclude):
             return False
-        return not (cfg.kinds and not selects(cfg.kinds, site.kind, site.family))
+        return not cfg.kinds or selects(cfg.kinds, site.kind, site.family)
 
     def _make_site(
         self, name: str, kind: str, source: str, owner: str, type_name: str, x: Any, y: Tensor, params: dict
