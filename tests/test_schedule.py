@@ -46,3 +46,19 @@ def test_a_requested_detail_makes_the_next_log_step_a_detail_step():
     assert [schedule.plan(s).detail for s in range(3)] == [True, False, False]
     schedule.request_detail()  # e.g. activation-spike asked for the spiking sites' histograms
     assert [schedule.plan(s).detail for s in range(3, 6)] == [True, False, False]
+
+
+def test_a_requested_dense_window_measures_every_step_until_the_next_log_step():
+    schedule = StepSchedule(10)
+    before = [s for s in range(10, 20) if schedule.plan(s).measure]
+    assert before == [10, 12, 14, 16, 18, 19]  # the sparse steady state
+    schedule.request_dense()  # asked at log step 19's judgement
+    assert all(schedule.plan(s).measure for s in range(20, 30))
+    assert [s for s in range(30, 40) if schedule.plan(s).measure] == [30, 32, 34, 36, 38, 39]  # once only
+
+
+def test_an_explicit_measure_every_ignores_dense_requests():
+    schedule = StepSchedule(10, measure_every=5)
+    schedule.plan(9)
+    schedule.request_dense()
+    assert [s for s in range(10, 20) if schedule.plan(s).measure] == [10, 15, 19]

@@ -3,7 +3,9 @@
 * **log step**: every ``interval``-th step (and step 0, the pre-flight): reduce, judge, write.
 * **measured step**: log steps, and every ``measure_every``-th step between them. Automatic
   (``measure_every=None``): every step of the first window, where initialisation faults show
-  (born-dead units, a wrong output activation), then about MEASURED_STEPS_PER_WINDOW per window.
+  (born-dead units, a wrong output activation), then about MEASURED_STEPS_PER_WINDOW per window;
+  a window a rule asked to see densely (:meth:`StepSchedule.request_dense`: a verdict waits on
+  samples, as dead-units' does with small batches) measures every step.
 * **detail step**: a log step at least DETAIL_MIN_STEPS after the previous detail step (and step 0):
   histograms, pre-activation moments, feeding-layer gradient norms, non-finite counts.
 """
@@ -38,6 +40,9 @@ class StepSchedule:
         self.interval = interval
         self.measure_every = measure_every if measure_every is not None else automatic_measure_every(interval)
         self.dense_first_window = measure_every is None
+        # Automatic schedule only: an explicit measure_every is the user's cost budget.
+        self.dense_on_request = measure_every is None
+        self._dense_next = False
         self.preflight = preflight
         self.last_detail = -1
         self._last: tuple[int, StepPlan] | None = None
@@ -47,6 +52,11 @@ class StepSchedule:
         rule asked for detail (activation-spike captures the sites that spiked)."""
         self.last_detail = -1
 
+    def request_dense(self) -> None:
+        """Measure every step of the next window (automatic schedule only): a rule's verdict waits on
+        samples that the sparse steady state would collect several times slower."""
+        self._dense_next = self.dense_on_request
+
     def plan(self, step: int) -> StepPlan:
         if self._last is not None and self._last[0] == step:
             return self._last[1]
@@ -54,7 +64,9 @@ class StepSchedule:
         detail = log and (step == 0 or self.last_detail < 0 or step - self.last_detail >= DETAIL_MIN_STEPS)
         if detail:
             self.last_detail = step
-        dense = self.dense_first_window and step < self.interval
+        dense = (self.dense_first_window and step < self.interval) or self._dense_next
+        if log:
+            self._dense_next = False  # the requested window ends here; its judgement may ask again
         plan = StepPlan(log=log, measure=log or dense or step % self.measure_every == 0, detail=detail)
         self._last = (step, plan)
         return plan

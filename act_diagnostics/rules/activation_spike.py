@@ -15,9 +15,9 @@ gradients are small and swing legitimately while the routing and gating learn (a
 router softmax moves its gradient RMS ~2e-5 by 3.8x in early training); a real spike shows on the
 signal path they modulate.
 
-On a spike the rule asks for detail: :func:`take_detail_requests` returns (and forgets) the sites
-that spiked since it was last called, so the training loop can make its next log step a detail step
-(histograms of every site, the spiked ones included).
+On a spike the rule asks for detail (``ctx.request_detail``; the engine's ``requests.detail`` lists
+the sites), so the training loop makes its next log step a detail step (histograms of every site,
+the spiked ones included).
 """
 
 from __future__ import annotations
@@ -79,7 +79,6 @@ class ActivationSpike(Rule):
     def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
         super().__init__(thresholds)
         self._history: dict[str, deque[float]] = {}  # "<site>|<quantity>" -> recent values
-        self.detail_requests: list[str] = []
         self._router_owners: set[str] = set()  # modules seen routing with a top-k (snapshot.routers)
 
     def on_signal_path(self, site: Site) -> bool:
@@ -115,7 +114,8 @@ class ActivationSpike(Rule):
             return []
         first_site = spiked[0][0]  # ordered(): forward order, input side first
         sites = list(dict.fromkeys(s for s, *_ in spiked))
-        self.detail_requests.extend(s for s in sites if s not in self.detail_requests)
+        for name in sites:
+            ctx.request_detail(name)
         first = max((s for s in spiked if s[0] == first_site), key=lambda s: s[3])
         _, quantity, value, score, ratio = first
         label = dict(QUANTITIES)[quantity]
@@ -139,13 +139,3 @@ class ActivationSpike(Rule):
         self._router_owners = {str(o) for o in state.get("router_owners", ()) or ()}
         for key, values in (state.get("history", {}) or {}).items():
             self._series(str(key)).extend(float(v) for v in values)
-
-
-def take_detail_requests(engine: Any) -> list[str]:
-    """The sites whose spike asked for detail since the last call (and forget them): when not
-    empty, the training loop should make its next log step a detail step."""
-    for rule in getattr(engine, "rules", ()):
-        if isinstance(rule, ActivationSpike):
-            requests, rule.detail_requests = rule.detail_requests, []
-            return requests
-    return []

@@ -21,6 +21,15 @@ from act_diagnostics.rules.notions import SQUASHING_OUTPUT_FAMILIES, Notions, is
 
 
 @dataclass
+class MeasurementRequests:
+    """What the rules ask of the measuring schedule for the next window, by site: a detail step
+    (histograms, pre-activation moments) or every step measured (a verdict waits on samples)."""
+
+    detail: list[str] = field(default_factory=list)
+    dense: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RuleContext:
     """What a rule sees: one window's snapshot, whether it is the pre-flight check, and the
     snapshot's notions (rules/notions.py: gates, heads, hidden stack, small-scale branches)."""
@@ -30,6 +39,8 @@ class RuleContext:
     # Sites a rule could not judge this window (too few samples): their debounce streak is kept,
     # and an open finding about them is not counted as resolved.
     held: set[str] = field(default_factory=set)
+    # Shared by every rule of one evaluation; the engine hands them to the schedule.
+    requests: MeasurementRequests = field(default_factory=MeasurementRequests)
     _notions: Notions | None = None
 
     @property
@@ -45,6 +56,16 @@ class RuleContext:
 
     def hold(self, site: str) -> None:
         self.held.add(site)
+
+    def request_detail(self, site: str) -> None:
+        """Make the next log step a detail step, for ``site``'s sake."""
+        if site not in self.requests.detail:
+            self.requests.detail.append(site)
+
+    def request_dense(self, site: str) -> None:
+        """Measure every step of the next window, for ``site``'s sake (automatic schedule only)."""
+        if site not in self.requests.dense:
+            self.requests.dense.append(site)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from act_diagnostics.rules.activation_loss import ActivationLossMismatch
 from act_diagnostics.rules.activation_spike import ActivationSpike
 from act_diagnostics.rules.attention_collapse import AttentionCollapse
 from act_diagnostics.rules.attention_logit_growth import AttentionLogitGrowth
-from act_diagnostics.rules.base import Range, Rule, RuleContext
+from act_diagnostics.rules.base import MeasurementRequests, Range, Rule, RuleContext
 from act_diagnostics.rules.dead_experts import DeadExperts
 from act_diagnostics.rules.dead_units import DeadUnits
 from act_diagnostics.rules.exploding_activations import ExplodingActivations
@@ -142,6 +142,8 @@ class RuleEngine:
         self.findings: list[Finding] = []
         # Findings marked resolved by the latest evaluate (for the outputs).
         self.resolved: list[Finding] = []
+        # What the latest evaluate's rules asked of the measuring schedule for the next window.
+        self.requests = MeasurementRequests()
         self._clear: dict[tuple[str, str], int] = {}  # open findings' judged windows without the condition
         self._reported: dict[tuple[str, str], tuple[int, float | None]] = {}
         self._streaks: dict[tuple[str, str], int] = {}
@@ -151,11 +153,12 @@ class RuleEngine:
         """Judge one snapshot; return the findings that are new (debounced, deduplicated)."""
         new: list[Finding] = []
         self.resolved = []
+        self.requests = MeasurementRequests()
         notions = None  # computed by the first rule that reads them, shared by the others
         for rule in self.rules:
             if rule.id in self._broken or not (rule.in_preflight if preflight else rule.in_training):
                 continue
-            ctx = RuleContext(snapshot, preflight, _notions=notions)
+            ctx = RuleContext(snapshot, preflight, requests=self.requests, _notions=notions)
             try:
                 if preflight and rule.reads_rows and ctx.notions.degenerate_batch:
                     notions = ctx.notions

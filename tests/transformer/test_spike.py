@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tiny_models import only
 
 from act_diagnostics.core import ActivationMonitor, Site, SiteStats, Snapshot
-from act_diagnostics.rules.activation_spike import spike_score, take_detail_requests
+from act_diagnostics.rules.activation_spike import spike_score
 
 SPIKE_STEP = 60
 
@@ -49,7 +49,7 @@ def _run(scale: float, steps: int = 80):
             opt.step()
             mon.step()
             engine.evaluate(mon.snapshot(step=step))
-            requests.append(take_detail_requests(engine))
+            requests.append(list(engine.requests.detail))
     return engine.findings, first_rms, requests
 
 
