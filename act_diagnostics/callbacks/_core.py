@@ -46,7 +46,6 @@ from act_diagnostics.core.monitor import ActivationMonitor
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.outputs.chart import engine_thresholds
 from act_diagnostics.outputs.report import Report
-from act_diagnostics.rules.activation_spike import take_detail_requests
 
 
 class DiagnosticsCallbackCore:
@@ -415,11 +414,15 @@ class DiagnosticsCallbackCore:
     def _publish(self, trainer: Any, step: int, preflight: bool, gather: bool = True) -> None:
         """Reduce the window (across ranks when ``gather``), judge it, and write it out (rank zero)."""
         snap = self._reduce(trainer, step, gather)
+        snap.dataset_rows, snap.epoch = compat.train_rows(trainer), compat.epoch(trainer)
         self.last_snapshot = snap
         self._last_logged_step = step
         new = self.engine.evaluate(snap, preflight=preflight) if self.engine is not None else []
-        if self.engine is not None and self._schedule is not None and take_detail_requests(self.engine):
-            self._schedule.request_detail()  # a spike: the next log step records its histograms
+        if self.engine is not None and self._schedule is not None:
+            if self.engine.requests.detail:  # a spike: the next log step records its histograms
+                self._schedule.request_detail()
+            if self.engine.requests.dense:  # a verdict waits on samples: measure the next window's every step
+                self._schedule.request_dense()
         if compat.is_global_zero(trainer):
             self._publisher.write(trainer, snap, step, new, lambda: self.report)
 

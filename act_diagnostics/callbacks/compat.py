@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler
 
 from act_diagnostics.core.monitor import compiled_modules
 from act_diagnostics.outputs.tensorboard import is_tensorboard_logger
@@ -133,3 +134,30 @@ def all_gather(trainer: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 def root_device(trainer: Any) -> torch.device:
     """The device the strategy's collectives run on."""
     return trainer.strategy.root_device
+
+
+def epoch(trainer: Any) -> int | None:
+    """The training epoch running (``trainer.current_epoch``), None on a stub."""
+    value = getattr(trainer, "current_epoch", None)
+    return value if isinstance(value, int) else None
+
+
+def train_rows(trainer: Any) -> int | None:
+    """Rows of the training data set when each epoch draws every row once in a random order (a
+    sized map-style data set under ``shuffle=True``, or Lightning's DistributedSampler shuffling);
+    None otherwise: an iterable data set, sampling with replacement, a custom or several loaders,
+    and file order (``shuffle=False``), where consecutive rows are no sample of the whole set."""
+    loader = getattr(trainer, "train_dataloader", None)
+    dataset, sampler = getattr(loader, "dataset", None), getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        return None
+    if isinstance(sampler, RandomSampler) and (sampler.replacement or getattr(sampler, "_num_samples", None) is not None):
+        return None
+    if not (type(sampler) is RandomSampler or (type(sampler) is DistributedSampler and sampler.shuffle)):
+        return None
+    try:
+        rows = len(dataset)  # type: ignore[arg-type]
+    except TypeError:  # no __len__
+        return None
+    return rows if rows > 0 else None

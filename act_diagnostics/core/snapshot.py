@@ -122,6 +122,11 @@ class Snapshot:
     batch_spread: float | None = None
     # Whole-model facts: layer links, the first layer's input, loss values (core/network.py).
     network: NetworkFacts = field(default_factory=NetworkFacts)
+    # Rows of the training data set when each epoch draws every row once, and the epoch of the
+    # snapshot (set by the training loop, the Lightning callback; None where unknown): within an
+    # epoch the samples are then rows drawn without replacement from a finite set.
+    dataset_rows: int | None = None
+    epoch: int | None = None
 
     def ordered(self) -> list[tuple[Site, SiteStats]]:
         """(site, stats) pairs in forward order, input side first."""

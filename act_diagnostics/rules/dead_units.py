@@ -21,7 +21,12 @@ why the joint test needs a quarter of the layer and only counts samples from win
 already fell below ``unit_rate``.
 
 A layer is reported when the share of its units shown dead reaches ``warn_fraction``; while units
-not yet decided could still take it there, the layer is held (neither reported nor cleared).
+not yet decided could still take it there, the layer is held (neither reported nor cleared), and
+the rule asks for the next window to be measured on every step (the automatic schedule otherwise
+measures about one step in ten after the first window): with small batches the verdict then comes
+as soon as the data allow. These dense windows are budgeted: ``dense_windows`` at first, then one
+in every ``dense_every`` windows judged, so layers whose units keep flickering between windows
+cannot keep every step measured.
 
 Units born dead (dead since the first window seen, the pre-flight one if any) point at the
 initialisation, the bias or the depth; units that fired at first and stopped later point at the
@@ -47,6 +52,7 @@ from act_diagnostics.rules.base import (
     COUNT,
     FRACTION,
     PROBABILITY,
+    Range,
     Rule,
     RuleContext,
     count,
@@ -55,6 +61,7 @@ from act_diagnostics.rules.base import (
     was_were,
 )
 from act_diagnostics.rules.finding import SEVERITIES, Finding
+from act_diagnostics.rules.silence import layer_dead, log_silence_finite, log_tail
 
 # Kinds whose output and gradient are exactly zero below the threshold: a unit that never fires
 # learns nothing. Leaky variants (leaky_relu, prelu, rrelu) keep a gradient and are left out.
@@ -74,6 +81,12 @@ PREFLIGHT_UNIT_RATE = 0.2
 WARN_FRACTION = 0.25
 # Share of dead units that is an error: SageMaker DeadRelu threshold_layer = 50%.
 ERROR_FRACTION = 0.5
+# Dense windows (every step measured) the rule may ask for at first, and afterwards one per this
+# many windows judged (proposal: four windows of 10-50 steps at batch 5 give a unit 200-1000 more
+# samples, enough for the joint test; a quarter of the windows bounds the extra cost in the steady
+# state of a run where undecided units keep coming back).
+DENSE_WINDOWS = 4
+DENSE_EVERY = 4
 # Fewer dead units than this cost a layer little (one unit of a 4-unit layer is 25% of it, yet the
 # layer still computes with three): one step lower severity (proposal).
 MIN_DEAD_UNITS = 2
@@ -91,42 +104,10 @@ DIED_LATER_FIX = (
 LOW_IMPACT_NOTE = " They cost little here ({why}); act if the model does not learn."
 
 
-def log_tail(firings: np.ndarray, samples: np.ndarray, rate: float) -> np.ndarray:
-    """Upper bound on log P(Binomial(samples, rate) <= firings), per unit (Chernoff:
-    -n KL(c/n || rate); exact for c = 0). 0 where the observed rate is not below ``rate``."""
-    n = np.maximum(samples, 1e-12)
-    q = np.clip(firings / n, 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl = np.where(q > 0, q * np.log(q / rate), 0.0) + (1 - q) * np.log((1 - q) / (1 - rate))
-    return np.where((q < rate) & (samples > 0), -samples * kl, 0.0)
-
-
-def log_upper_tail(k: np.ndarray, trials: int, p: np.ndarray) -> np.ndarray:
-    """Upper bound on log P(Binomial(trials, p) >= k) (Chernoff: -N KL(k/N || p); exact for k = N).
-    0 where k/N is not above p."""
-    q = np.clip(k / max(trials, 1), 0.0, 1.0)
-    p = np.clip(p, 1e-300, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl = q * np.log(q / p) + np.where(q < 1, (1 - q) * np.log((1 - q) / np.maximum(1 - p, 1e-300)), 0.0)
-    return np.where(q > p, -trials * kl, 0.0)
-
-
-def layer_dead(log_tails: np.ndarray, warn_fraction: float, evidence: float) -> np.ndarray:
-    """Units shown dead jointly, a mask. For each distinct per-unit tail bound t among the quiet
-    units, k(t) units show t or less; at least k(t) of N live units looking that silent has a chance
-    of at most P(Binomial(N, t) >= k(t)). The largest k(t) >= ``warn_fraction`` of N whose chance
-    is below ``evidence`` over the number of levels scanned (Bonferroni) names the dead units."""
-    units = log_tails.size
-    levels = np.unique(log_tails[log_tails < 0])
-    out = np.zeros(units, dtype=bool)
-    if levels.size == 0:
-        return out
-    k = np.searchsorted(np.sort(log_tails), levels, side="right").astype(np.float64)
-    joint = log_upper_tail(k, units, np.exp(levels))
-    passed = (joint < math.log(evidence / levels.size)) & (k >= warn_fraction * units)
-    if passed.any():
-        out[log_tails <= levels[passed][-1]] = True
-    return out
+def one_sample_per_row(site: Any, stats: Any, measured_steps: int) -> bool:
+    """Each of the window's samples of a unit is a different row of the data: a (rows, units)
+    output, called once per measured step (a site called twice a step sees its rows twice)."""
+    return len(site.shape) == 2 and site.unit_dim % 2 == 1 and stats.calls == measured_steps > 0
 
 
 @dataclass
@@ -139,11 +120,15 @@ class _Evidence:
     samples: np.ndarray
     silent_since: np.ndarray  # step of the first window of the current silent run (-1: none)
     alive_at: np.ndarray  # step of the last window the unit looked alive in (-1: never)
+    # The current run's samples are all data rows (one per row, a finite training set): the run
+    # may use the finite-population bound; and the epoch it may have started in.
+    rows_only: np.ndarray
+    run_epoch: np.ndarray
 
     @classmethod
     def new(cls, units: int, step: int, preflight: bool) -> _Evidence:
         z = np.zeros(units)
-        return cls(step, preflight, z, z.copy(), np.full(units, -1), np.full(units, -1))
+        return cls(step, preflight, z, z.copy(), np.full(units, -1), np.full(units, -1), np.zeros(units, bool), np.zeros(units, np.int64))
 
 
 class DeadUnits(Rule):
@@ -157,10 +142,13 @@ class DeadUnits(Rule):
         "warn_fraction": WARN_FRACTION,
         "error_fraction": ERROR_FRACTION,
         "min_dead_units": MIN_DEAD_UNITS,
+        "dense_windows": DENSE_WINDOWS,
+        "dense_every": DENSE_EVERY,
     }
     ranges = {
         "unit_rate": PROBABILITY, "evidence": PROBABILITY, "preflight_unit_rate": PROBABILITY,
         "warn_fraction": FRACTION, "error_fraction": FRACTION, "min_dead_units": COUNT,
+        "dense_windows": Range(0.0, integer=True), "dense_every": COUNT,
     }
     windows = 1  # the evidence test is the debounce: a window decides once its statistics do
     primary = "dead_fraction"
@@ -168,21 +156,42 @@ class DeadUnits(Rule):
     def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
         super().__init__(thresholds)
         self._evidence: dict[str, _Evidence] = {}
+        self._windows_judged = 0
+        self._dense_asked = 0
+        self._asking = False  # this window asked for a dense one
+        self._window_epoch: int | None = None  # the epoch the current window started in (None: unknown)
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         out: list[Finding] = []
+        self._asking = False
+        if not ctx.preflight:
+            self._windows_judged += 1
+        elif self._window_epoch is None:  # the pre-flight window is the fit's first step
+            self._window_epoch = ctx.snapshot.epoch
         for site, stats in ctx.snapshot.ordered():
             if site.kind not in DEAD_KINDS or not stats.unit_firing or stats.nonfinite:  # NaN never fires
                 continue
-            verdict = self._judge(ctx, site.name, np.asarray(stats.unit_firing, dtype=np.float64), samples_per_unit(stats))
+            rows = one_sample_per_row(site, stats, ctx.snapshot.window_steps)
+            verdict = self._judge(ctx, site.name, np.asarray(stats.unit_firing, dtype=np.float64), samples_per_unit(stats), rows)
             if verdict is None:
                 ctx.hold(site.name)
+                self._ask_for_samples(ctx, site.name)
                 continue
             if verdict:
                 out.append(self._finding(ctx, site, *verdict))
+        self._window_epoch = ctx.snapshot.epoch  # the next window starts in this epoch or later
         return out
 
-    def _judge(self, ctx: RuleContext, name: str, rates: np.ndarray, n: float) -> tuple | bool | None:
+    def _ask_for_samples(self, ctx: RuleContext, site: str) -> None:
+        """Ask for the next window to be measured on every step, within the budget."""
+        if not self._asking:  # one dense window serves every site held in this one
+            budget = self.t["dense_windows"] + self._windows_judged // self.t["dense_every"]
+            self._asking = self._dense_asked < budget
+            self._dense_asked += self._asking
+        if self._asking:
+            ctx.request_dense(site)
+
+    def _judge(self, ctx: RuleContext, name: str, rates: np.ndarray, n: float, rows_are_samples: bool) -> tuple | bool | None:
         """Add one window's evidence; the dead units' verdict, False when the layer is clear, None
         while undecided units could still reach the warning fraction."""
         ev = self._evidence.get(name)
@@ -195,10 +204,20 @@ class DeadUnits(Rule):
         ev.alive_at[alive] = ctx.step
         ev.firings[alive], ev.samples[alive], ev.silent_since[alive] = 0.0, 0.0, -1
         quiet = ~alive
-        ev.silent_since[quiet & (ev.silent_since < 0)] = ctx.step
+        starts = quiet & (ev.silent_since < 0)
+        ev.silent_since[starts] = ctx.step
+        ev.rows_only[starts] = True
+        ev.run_epoch[starts] = self._window_epoch if self._window_epoch is not None else -1
+        ev.rows_only &= rows_are_samples
         ev.firings[quiet] += np.round(rates[quiet] * n)
         ev.samples[quiet] += n
         tails = np.where(quiet, log_tail(ev.firings, ev.samples, alive_rate), 0.0)
+        population, epoch = ctx.snapshot.dataset_rows, ctx.snapshot.epoch
+        finite = quiet & ev.rows_only & (ev.firings == 0) & (ev.run_epoch >= 0)
+        if population and epoch is not None and finite.any():
+            segments = epoch - ev.run_epoch + 1  # epochs the run may span
+            bound = log_silence_finite(ev.samples, segments, population, alive_rate)
+            tails = np.where(finite, np.minimum(tails, bound), tails)
         dead = tails < math.log(self.t["evidence"])
         dead |= layer_dead(tails, self.t["warn_fraction"], self.t["evidence"])
         dead &= quiet
@@ -232,6 +251,9 @@ class DeadUnits(Rule):
             fix = DIED_LATER_FIX
         if ev.firings[dead].max() == 0:
             msg += f"; each silent on at least its last {evidence_n} samples"
+            population = ctx.snapshot.dataset_rows
+            if population and ev.rows_only[dead].all():
+                msg += f" (rows of a {population}-row training set)"
         else:
             msg += f"; each fired on under {pct(self.t['unit_rate'])} of at least its last {evidence_n} samples"
         severity = "error" if fraction >= self.t["error_fraction"] else "warning"
@@ -261,15 +283,25 @@ class DeadUnits(Rule):
                 "units": int(ev.samples.size), "first_step": ev.first_step, "first_preflight": ev.first_preflight,
                 "index": idx.tolist(), "firings": ev.firings[idx].tolist(), "samples": ev.samples[idx].tolist(),
                 "silent_since": ev.silent_since[idx].tolist(), "alive_at": ev.alive_at.tolist(),
+                "rows_only": ev.rows_only[idx].tolist(), "run_epoch": ev.run_epoch[idx].tolist(),
             }
-        return {"evidence": out}
+        return {
+            "evidence": out, "window_epoch": self._window_epoch,
+            "windows_judged": self._windows_judged, "dense_asked": self._dense_asked,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._evidence = {}
+        self._windows_judged = int(state.get("windows_judged", 0))
+        self._dense_asked = int(state.get("dense_asked", 0))
+        epoch = state.get("window_epoch")
+        self._window_epoch = int(epoch) if epoch is not None else None
         for name, d in (state.get("evidence", {}) or {}).items():
             ev = _Evidence.new(int(d["units"]), int(d["first_step"]), bool(d["first_preflight"]))
             idx = np.asarray(d["index"], dtype=np.int64)
             ev.firings[idx], ev.samples[idx] = d["firings"], d["samples"]
             ev.silent_since[idx] = d["silent_since"]
+            ev.rows_only[idx] = d.get("rows_only", False)  # older checkpoints: independent draws only
+            ev.run_epoch[idx] = d.get("run_epoch", -1)
             ev.alive_at[:] = d["alive_at"]
             self._evidence[name] = ev

@@ -237,6 +237,13 @@ def is_affine(model: nn.Module, shape: int | tuple[int, ...]) -> bool:
         return bool(torch.allclose(model(x).flatten(1), x.flatten(1) @ w + b, rtol=1e-9, atol=1e-9))
 
 
+def relu_layer_dies(module: pl.LightningModule, steps: int, share: float = 0.25) -> bool:
+    """After ``steps`` of the plain training loop, some ReLU module has at least ``share`` of its
+    units silent on every row of the training data (the dead-units oracle)."""
+    plain_train(module, steps)
+    return max(never_firing_share(module, module.x).values()) >= share
+
+
 def never_firing_share(model: nn.Module, x: Tensor, kinds: tuple[type, ...] = (nn.ReLU,)) -> dict[str, float]:
     """Per activation module: the share of its units that are <= 0 on every row of ``x``."""
     fired: dict[str, Tensor] = {}

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from act_diagnostics.rules.dead_units import layer_dead, log_tail, log_upper_tail
+from act_diagnostics.rules.silence import layer_dead, log_tail, log_upper_tail
 
 
 def _units(*groups: tuple[int, float, float]) -> tuple[np.ndarray, np.ndarray]:
