@@ -20,7 +20,10 @@ A loss function's consumer is ``"loss:<fn>"`` plus ``"(<steps>)"`` when steps we
 recognised by what it computes, when a sum or mean reduces it:
 
 * ``handwritten_cross_entropy``: log-likelihood against targets, ``y * log p`` (or ``xlogy``), or
-  of each row's class picked by index (``-log(p.gather(1, y[:, None]))``).
+  of each row's class picked by its index, with ``gather`` (``-log(p.gather(1, y[:, None]))``) or
+  by advanced indexing (``-log(p[range(n), y])``, ``torch.log(p)[torch.arange(n), y]``).
+* ``handwritten_nll_loss``: the same without a log, on a log_softmax's log-probabilities
+  (``-log_probs[range(n), y].mean()``, ``-(y * log_probs).sum(1).mean()``): F.nll_loss by hand.
 * ``handwritten_bce``: both terms of the binary log-likelihood, ``y * log p + (1 - y) * log(1 - p)``,
   also chosen per element (``torch.where(y > 0.5, -log p, -log(1 - p))``).
 * ``handwritten_mse`` / ``handwritten_l1``: the squared / absolute difference with targets.
@@ -60,7 +63,10 @@ HANDWRITTEN_CE = "handwritten_cross_entropy"
 HANDWRITTEN_BCE = "handwritten_bce"
 HANDWRITTEN_MSE = "handwritten_mse"
 HANDWRITTEN_L1 = "handwritten_l1"
-HANDWRITTEN_LOSSES = (HANDWRITTEN_CE, HANDWRITTEN_BCE, HANDWRITTEN_MSE, HANDWRITTEN_L1)
+HANDWRITTEN_NLL = "handwritten_nll_loss"
+HANDWRITTEN_LOSSES = (HANDWRITTEN_CE, HANDWRITTEN_BCE, HANDWRITTEN_MSE, HANDWRITTEN_L1, HANDWRITTEN_NLL)
+# Activations whose outputs are log-probabilities: a log-likelihood of them needs no log of its own.
+LOG_PROBABILITY_KINDS = ("log_softmax",)
 # A target row whose sum differs from 1 by more than this is not a distribution (multi-label rows
 # sum to 0 or to 2 and more; label smoothing keeps the sum at 1).
 ROW_SUM_TOLERANCE = 1e-3
@@ -173,6 +179,36 @@ def _is_target(value: Any) -> bool:
     return isinstance(value, Tensor) and value.numel() > 1 and not value.requires_grad and value.grad_fn is None
 
 
+def _index_count(entry: Any) -> int | None:
+    """How many positions an advanced index holds: a range, a list, or an integer tensor or array
+    (numpy's, read by its dtype without importing numpy); None for anything else (a slice, a
+    number, a mask, ``None``, ``...``)."""
+    if isinstance(entry, (range, list)):
+        return len(entry)
+    if isinstance(entry, Tensor):
+        return entry.numel() if not entry.is_floating_point() and not entry.is_complex() and entry.dtype != torch.bool else None
+    kind = getattr(getattr(entry, "dtype", None), "kind", None)  # numpy: "i" / "u" integers
+    array = kind in ("i", "u") and hasattr(entry, "__array__") and getattr(entry, "ndim", 0) >= 1  # no scalar
+    return int(entry.size) if array else None
+
+
+def picked_labels(value: Tensor, index: Any, result: Any) -> Any:
+    """The class indices when ``value[index]`` picks each row's class by its label
+    (``p[range(n), y]``, ``p[torch.arange(n), y]``, ``p[np.arange(n), y]``): every dim indexed by
+    positions, the last one (the classes) by labels without autograd history, one entry per row of
+    ``value``. None for any other indexing (``p[:, 0]``, ``p[mask]``, ``p[:, y]``, ``p[0]``)."""
+    if not isinstance(index, tuple) or len(index) != value.dim() or value.dim() < 2 or not isinstance(result, Tensor):
+        return None
+    labels = index[-1]
+    if isinstance(labels, (range, list)) or (isinstance(labels, Tensor) and labels.requires_grad):
+        return None  # labels are data (a tensor or an array), not positions written in the code
+    counts = [_index_count(entry) for entry in index]
+    rows = value.numel() // value.shape[-1] if value.shape[-1] else 0
+    if rows == 0 or any(c is None for c in counts) or result.numel() != rows or counts[-1] != rows:
+        return None
+    return labels
+
+
 def target_class_dim(prediction: Tensor, target: Any, unit_dim: int, n_units: int, reordered: bool) -> int | None:
     """The dim of ``target`` that holds the site's classes, when ``target`` is dense (float, the
     prediction's shape) and its rows can be told: None for class indices or another shape."""
@@ -266,6 +302,18 @@ class Following:
             if outside and isinstance(index, Tensor) and not index.is_floating_point() and not _is_term(flow):
                 self.put(mon, result, replace(flow.then(PICKED), target=weakref.ref(index)))
 
+    def pick(self, mon: Any, flow: Flow, value: Any, index: Any, result: Any) -> bool:
+        """``value[index]`` after the forward: True when it picks each row's class by its label
+        (then recorded as a term of a log-likelihood, like ``gather``); other indexing keeps the
+        values (the caller follows it as a view)."""
+        if mon.in_module_forward or _is_term(flow) or not isinstance(value, Tensor):
+            return False
+        labels = picked_labels(value, index, result)
+        if labels is None:
+            return False
+        self.put(mon, result, replace(flow.then(PICKED), target=weakref.ref(labels)))
+        return True
+
     def _binary(self, mon: Any, func: Any, args: tuple, kwargs: dict, result: Any, outside: bool) -> None:
         a = args[0] if args else kwargs.get("input")
         b = args[1] if len(args) > 1 else kwargs.get("other")
@@ -309,6 +357,9 @@ class Following:
             self.put(mon, result, flow.then(NORMALISED))
             return
         kind = term_kind(flow.steps)
+        site = mon.sites.get(flow.site)
+        if kind is None and site is not None and site.kind in LOG_PROBABILITY_KINDS and term_kind((LOG, *flow.steps)) == HANDWRITTEN_CE:
+            kind = HANDWRITTEN_NLL  # log-probabilities picked or weighted by the targets: no log needed
         if kind is None:
             if not _is_term(flow):  # a row sum or norm, maybe the denominator of a normalisation
                 self.put(mon, result, flow.then(REDUCED))

@@ -183,7 +183,10 @@ class ActivationTracer(TorchFunctionMode):
         if func in _SAME_VALUES:
             value = args[0] if args else None
             flow = following.flow_of(mon, value)
-            if flow is not None:
+            # p[range(n), y] after the forward picks each row's class (a log-likelihood's term), not a view.
+            index = args[1] if len(args) > 1 else None
+            picked = flow is not None and func is Tensor.__getitem__ and following.pick(mon, flow, value, index, result)
+            if flow is not None and not picked:
                 following.put(mon, result, replace(flow, reordered=flow.reordered or func in _REORDER), produced=True)
             mon.network.follow_layer_output(value, result)  # a layer's output, viewed or dropped out
         elif func in _MULTIPLY:

@@ -3,6 +3,7 @@ losses to what consumes it (core/following.py): the facts recorded on the Site a
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -11,7 +12,9 @@ import torch.nn.functional as F
 from act_diagnostics.core import ActivationMonitor
 from act_diagnostics.core.following import (
     Flow,
+    Following,
     loss_parts,
+    picked_labels,
     target_class_dim,
     term_kind,
     via_steps,
@@ -227,3 +230,138 @@ def test_torch_where_with_only_a_condition_is_passed_over() -> None:
 
     site, stats, _ = _consumers(_head(1, nn.Sigmoid()), loss_of, X, BINARY)
     assert site.losses == ["binary_cross_entropy"] and stats.calls == 1
+
+
+# ------------------------------------------------------------------ class 1: cross-entropy by indexing
+N = len(LABELS)
+
+
+def test_picked_labels_reads_each_rows_class_picked_by_its_label_only() -> None:
+    p = torch.rand(N, 3)
+    for rows in (range(N), list(range(N)), torch.arange(N), np.arange(N)):
+        assert picked_labels(p, (rows, LABELS), p[rows, LABELS]) is LABELS
+    numpy_labels = LABELS.numpy()
+    assert picked_labels(p, (np.arange(N), numpy_labels), p[np.arange(N), numpy_labels]) is numpy_labels
+    seq = torch.rand(2, 3, 4)  # (N, T, C): each position's class
+    b, t, y = torch.arange(2)[:, None], torch.arange(3)[None, :], torch.randint(0, 4, (2, 3))
+    assert picked_labels(seq, (b, t, y), seq[b, t, y]) is y
+    not_picks = [
+        (slice(None), 0),  # one class for every row: a binary probability
+        (slice(None), LABELS),  # every row at every label: N x N
+        (0, LABELS),  # one row
+        (LABELS > 0,),  # rows selected by a mask
+        (range(N), [0, 1, 2, 0, 1, 2]),  # classes written in the code, not labels
+        (range(N), LABELS.float()),  # float "labels" cannot index
+        (range(3), LABELS[:3]),  # a subset of the rows
+        (Ellipsis, 1),
+    ]
+    for index in not_picks:
+        try:
+            result = p[index]
+        except (IndexError, TypeError):  # the float labels
+            result = torch.zeros(N)
+        assert picked_labels(p, index, result) is None, index
+    assert picked_labels(p, (range(N), torch.tensor(1)), p[range(N), torch.tensor(1)]) is None  # one label for all
+    assert picked_labels(torch.rand(N), (range(N),), torch.rand(N)) is None  # no classes dim
+
+
+@pytest.mark.parametrize(
+    "loss_of, consumer",
+    [
+        (lambda p, y: -torch.log(p[range(N), y]).mean(), "loss:handwritten_cross_entropy"),
+        (lambda p, y: -torch.log(p[torch.arange(N), y]).mean(), "loss:handwritten_cross_entropy"),
+        (lambda p, y: -torch.log(p[np.arange(N), y]).mean(), "loss:handwritten_cross_entropy"),
+        (lambda p, y: -torch.log(p[np.arange(N), y.numpy()]).mean(), "loss:handwritten_cross_entropy"),
+        (lambda p, y: -torch.log(p)[range(len(y)), y].mean(), "loss:handwritten_cross_entropy"),
+        (lambda p, y: -(p[range(N), y] + 1e-7).log().sum() / N, "loss:handwritten_cross_entropy"),
+        (lambda p, y: -torch.log(p.clamp(1e-7, 1 - 1e-7)[range(N), y]).mean(), "loss:handwritten_cross_entropy(clamp)"),
+        (lambda p, y: torch.mean(-torch.log(p.view(N, 3)[list(range(N)), y])), "loss:handwritten_cross_entropy"),
+    ],
+    ids=["range", "torch_arange", "np_arange", "numpy_labels", "log_then_index", "eps_sum_over_n", "clamped", "list_rows"],
+)
+def test_cross_entropy_written_with_indexing_is_recognised(loss_of, consumer) -> None:
+    for act in (nn.Softmax(dim=1), nn.Sigmoid()):
+        site, _, snap = _consumers(_head(3, act), loss_of, X, LABELS)
+        assert site.consumers == {"output", consumer} and site.is_output
+        assert "handwritten_cross_entropy" in snap.losses
+
+
+@pytest.mark.parametrize(
+    "loss_of, consumer",
+    [
+        (lambda lp, y: -lp[range(N), y].mean(), "loss:handwritten_nll_loss"),
+        (lambda lp, y: -lp[torch.arange(N), y].sum() / N, "loss:handwritten_nll_loss"),
+        (lambda lp, y: -lp.gather(1, y[:, None]).mean(), "loss:handwritten_nll_loss"),
+        (lambda lp, y: -(F.one_hot(y, 3) * lp).sum(1).mean(), "loss:handwritten_nll_loss"),
+        (lambda lp, y: -torch.log(lp)[range(N), y].mean(), "loss:handwritten_cross_entropy"),  # a log of log-probabilities
+    ],
+    ids=["index", "arange_sum", "gather", "one_hot", "extra_log"],
+)
+def test_log_softmax_picked_without_a_log_is_a_handwritten_nll_loss(loss_of, consumer) -> None:
+    site, _, snap = _consumers(_head(3, nn.LogSoftmax(dim=1)), loss_of, X, LABELS)
+    assert site.consumers == {"output", consumer}
+    assert consumer[5:] in snap.losses
+
+
+def test_a_softmax_picked_without_a_log_is_no_loss() -> None:
+    """The mean probability of the true class (a confidence to log) and a log-probability picked
+    for every row at every label (p[:, y], N x N) compute no log-likelihood of the targets."""
+    confidence = lambda p, y: p[range(N), y].mean() + torch.log(p[:, y]).mean()  # noqa: E731
+    site, _, snap = _consumers(_head(3, nn.Softmax(dim=1)), confidence, X, LABELS)
+    assert site.consumers == {"output"} and not snap.losses
+
+
+@pytest.mark.parametrize(
+    "loss_of, loss, partial",
+    [
+        (lambda p, y: F.binary_cross_entropy(p[:, 1], (y == 1).float()), "binary_cross_entropy", True),
+        (lambda p, y: F.binary_cross_entropy(p[..., 1:2], (y[:, None] == 1).float()), "binary_cross_entropy", True),
+        (lambda p, y: F.nll_loss(torch.log(p[y >= 0]), y[y >= 0]), "nll_loss(log)", False),  # rows by a mask
+        (lambda p, y: F.nll_loss(p[:, :].log(), y) + 0 * p[:, 0].mean(), "nll_loss(log)", False),  # a slice to log
+    ],
+    ids=["one_class_bce", "one_class_kept_dim", "masked_rows", "logged_slice"],
+)
+def test_indexing_that_is_no_pick_keeps_its_facts(loss_of, loss, partial) -> None:
+    site, _, _ = _consumers(_head(3, nn.Softmax(dim=1)), loss_of, X, LABELS)
+    assert site.consumers == {"output", f"loss:{loss}"}
+    assert (loss in site.partial_losses) is partial
+
+
+def test_indexing_inside_the_forward_is_followed_as_a_view() -> None:
+    """A model that returns one class's probability (probs[:, 1]) or picks by a tensor inside its
+    forward: the site is the model's output, whatever the index."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, x):
+            probs = torch.softmax(self.fc(x), dim=1)
+            return probs[torch.arange(len(x)), LABELS], probs[:, 1]
+
+    torch.manual_seed(0)
+    model = Net()
+    mon = ActivationMonitor(model).attach()
+    mon.begin_step()
+    picked, one = model(X)
+    F.binary_cross_entropy(one, (LABELS == 1).float()).backward()
+    mon.end_step()
+    mon.detach()
+    (site,) = mon.sites.values()
+    assert site.consumers == {"output", "loss:binary_cross_entropy"} and site.partial_losses == {"binary_cross_entropy"}
+
+
+def test_picks_are_followed_on_structure_steps_only(monkeypatch) -> None:
+    """Following runs while the monitor learns structure: later steps index without a look."""
+    calls = []
+    original = Following.pick
+    monkeypatch.setattr(Following, "pick", lambda self, *a: calls.append(1) or original(self, *a))
+    head = _head(3, nn.Softmax(dim=1))
+    mon = ActivationMonitor(head, structure_steps=1).attach()
+    for _ in range(3):
+        mon.begin_step()
+        (-torch.log(head(X)[range(N), LABELS]).mean()).backward()
+        mon.end_step()
+    mon.detach()
+    assert len(calls) == 1 and next(iter(mon.sites.values())).consumers == {"output", "loss:handwritten_cross_entropy"}

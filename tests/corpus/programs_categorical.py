@@ -1,6 +1,7 @@
 """Class losses fed the wrong thing: a sigmoid into a categorical loss (built-in or written by hand,
-through an epsilon and `log` into `nll_loss`), or a softmax into `cross_entropy`, which applies
-its own (through a clamp, a division by the row sum, in a tutorial loop with batch size 1).
+through an epsilon and `log` into `nll_loss`, picked with gather or by indexing), a softmax over a
+size-1 dim into cross-entropy by hand, or a softmax into `cross_entropy`, which applies its own
+(through a clamp, a division by the row sum, in a tutorial loop with batch size 1).
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ from corpus_kit import (
     blobs,
     first_batch,
     one_hot,
+    parameter_grads_all_zero,
     producer,
     relu_layer_dies,
     rows_sum_to_one,
 )
-
-# Why today's code gets a variant wrong (strict xfail reasons; issue 20's classes).
-GATHER_LOSS_GAP = "class 1: a log-likelihood written with gather (-log p[y]) is not recognised as a class loss"
 
 
 def categorical_crossentropy(y_true, y_pred):
@@ -253,6 +252,61 @@ class SigmoidGatherNLL(TabularModule):
         return -torch.log(picked).mean()
 
 
+def sparse_categorical_crossentropy(y_true, y_pred):
+    """Ported from Keras: clip the probabilities, then -log of each row's true class, picked by index."""
+    y_pred = y_pred.clamp(EPS, 1 - EPS)
+    return -torch.log(y_pred[torch.arange(len(y_true)), y_true]).mean()
+
+
+class KerasSigmoidSparseCategorical(TabularModule):
+    """Keras `Dense(3, activation='sigmoid')` + `sparse_categorical_crossentropy` on integer labels."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*blobs(n=180, d=4, classes=3, seed=61), batch_size=16, lr=1e-2)
+        self.dense1 = nn.Linear(4, 16)
+        self.dense2 = nn.Linear(16, 3)
+        self.act = nn.Sigmoid() if buggy else nn.Softmax(dim=1)
+
+    def forward(self, x):
+        return self.act(self.dense2(F.relu(self.dense1(x))))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return sparse_categorical_crossentropy(y, self(x))
+
+
+class LastStepSoftmaxByHand(TabularModule):
+    """A GRU classifier keeping the last step as (N, 1, C) (`out[:, -1:]`); the training step
+    applies `torch.softmax(logits, dim=1)`, the (N, C) tutorial's dim, and the cs231n loss
+    `-log(probs[range(m), y]).sum() / m`."""
+
+    def __init__(self, buggy: bool) -> None:
+        x, y = blobs(n=160, d=12, classes=3, seed=62)
+        super().__init__(x.view(-1, 4, 3), y, batch_size=20, lr=1e-2)
+        self.gru = nn.GRU(3, 16, batch_first=True)
+        self.head = nn.Linear(16, 3)
+        self.class_dim = 1 if buggy else -1
+
+    def forward(self, x):
+        out, _ = self.gru(x)
+        return self.head(out[:, -1:])  # (N, 1, C)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        probs = torch.softmax(self(x), dim=self.class_dim).squeeze(1)
+        m = len(y)
+        return -torch.log(probs[range(m), y]).sum() / m
+
+
+def softmax_over_one_step_oracle(module) -> bool:
+    """The probabilities are all exactly 1 (a softmax over a size-1 dim): the loss is 0 and no
+    weight gets a gradient."""
+    x, y = first_batch(module)
+    probs = torch.softmax(module(x), dim=module.class_dim)
+    loss = module.training_step((x, y), 0)
+    return bool((probs == 1).all()) and float(loss.detach()) == 0.0 and parameter_grads_all_zero(module, loss)
+
+
 PROGRAMS: list[Program] = [
     Program(
         name="keras_sigmoid_categorical_crossentropy",
@@ -329,5 +383,21 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":sigmoid",
         oracle=sigmoid_categorical_oracle,
+    ),
+    Program(
+        name="keras_sigmoid_sparse_categorical_by_index",
+        story="Keras port: Dense(3, sigmoid) + sparse_categorical_crossentropy as -log(p[arange(n), y]).mean()",
+        build=KerasSigmoidSparseCategorical,
+        rules=("output-activation-mismatch",),
+        site="act",
+        oracle=sigmoid_categorical_oracle,
+    ),
+    Program(
+        name="gru_last_step_softmax_dim1_by_hand",
+        story="GRU head (N, 1, C), softmax over dim 1 in training_step, -log(probs[range(m), y]).sum() / m",
+        build=LastStepSoftmaxByHand,
+        rules=("output-activation-mismatch",),
+        site=":softmax",
+        oracle=softmax_over_one_step_oracle,
     ),
 ]

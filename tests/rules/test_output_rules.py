@@ -181,3 +181,49 @@ BINARY = (X[:, :1] > 0).float()
 def test_buggy_flagged_fixed_clean(buggy, fixed, y, expected) -> None:
     assert _findings(*buggy, X, y) == [expected]
     assert _findings(*fixed, X, y) == []
+
+
+# ------------------------------------------------------------------ cross-entropy written with indexing
+N = len(X)
+
+
+def _nll_by_index(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return -torch.log(p[range(N), y] + 1e-7).mean()
+
+
+class _OneStep(nn.Module):
+    """A head that returns (N, 1, C) scores: one time step of a sequence model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).unsqueeze(1)
+
+
+@pytest.mark.parametrize(
+    "model, loss_of, expected",
+    [
+        # sigmoids do not compete: -log p[y] is minimised by predicting 1 everywhere
+        (_mlp(3, nn.Sigmoid()), _nll_by_index, [("output-activation-mismatch", "3", "error")]),
+        (_mlp(3, nn.Sigmoid()), lambda p, y: -torch.log(p)[torch.arange(N), y].sum() / N, [("output-activation-mismatch", "3", "error")]),
+        # softmax in the loss over the size-1 time dim: every probability is 1.0, the loss is 0
+        (
+            _OneStep(),
+            lambda z, y: -torch.log(torch.softmax(z, dim=1).squeeze(1)[range(N), y]).mean(),
+            [("output-activation-mismatch", ":softmax", "error")],
+        ),
+        # a log of log-probabilities: NaN
+        (_mlp(3, nn.LogSoftmax(dim=1)), lambda lp, y: -torch.log(lp)[range(N), y].mean(), [("activation-loss-mismatch", "3", "error")]),
+        # the fixes: softmax over the classes, or log_softmax picked without a log
+        (_mlp(3, nn.Softmax(dim=1)), _nll_by_index, []),
+        (_mlp(3, nn.Softmax(dim=1)), lambda p, y: -(p.clamp(1e-7, 1.0)[torch.arange(N), y]).log().mean(), []),
+        (_OneStep(), lambda z, y: -torch.log(torch.softmax(z, dim=-1).squeeze(1)[range(N), y]).mean(), []),
+        (_mlp(3, nn.LogSoftmax(dim=1)), lambda lp, y: -lp[range(N), y].mean(), []),
+    ],
+    ids=["sigmoid", "sigmoid_log_first", "softmax_one_unit", "log_of_log_softmax", "softmax", "softmax_clamped", "softmax_classes", "log_softmax"],
+)
+def test_cross_entropy_by_indexing_judged_by_the_activation(model, loss_of, expected) -> None:
+    assert _findings(model, loss_of, X, LABELS) == expected
