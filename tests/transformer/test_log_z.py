@@ -12,8 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tiny_models import TinyLM, counting_batches, only, train, z_loss
 
-from act_diagnostics.core import ActivationMonitor
-from act_diagnostics.core.logits import log_z
+from act_diagnostics.core import ActivationMonitor, Snapshot
+from act_diagnostics.core.logits import LogZStats, log_z
+from act_diagnostics.rules.output_logit_divergence import bfloat16_spacing
 
 
 def test_log_z_reads_the_class_dim_and_the_leading_rows() -> None:
@@ -88,3 +89,39 @@ def test_high_rate_on_a_learnable_task_drifts_log_z_and_is_flagged() -> None:
 def test_sane_rate_or_z_loss_raise_nothing(lr: float, coefficient: float) -> None:
     findings, seen = _drift_run(lr, z_loss(coefficient) if coefficient else None)
     assert findings == [] and max(seen.values()) < 20
+
+
+@pytest.mark.parametrize(
+    "mean, severity, spacing, direction",
+    [
+        (19.9, None, None, None),  # ln C of any vocabulary plus room: quiet
+        (20.0, "warning", "0.125", "above"),  # logits 16-32: bfloat16 numbers 1/8 apart
+        (48.3, "warning", "0.25", "above"),  # the corpus's 4-class ReLU classifier after 30 steps
+        (50.0, "error", "0.25", "above"),
+        (-70.0, "error", "0.5", "below"),  # every logit pushed down together
+    ],
+)
+def test_drift_is_judged_on_log_z_and_the_message_states_what_it_costs(mean, severity, spacing, direction) -> None:
+    """Two windows at the same log Z: the severity follows |mean|; the message gives the bfloat16
+    spacing at that size and claims no cause the statistic cannot tell (a shift of every logit and
+    a growing margin raise log Z alike)."""
+    engine = only("output-logit-divergence")
+    findings = []
+    for step in (10, 20):
+        z = LogZStats(rows=64, mean=mean, max=mean + 30, min=mean - 25)
+        findings += engine.evaluate(Snapshot(step=step, window_steps=10, stats={}, sites={}, log_z={"cross_entropy": z}))
+    if severity is None:
+        assert findings == []
+        return
+    (f,) = findings
+    assert (f.severity, f.site, f.evidence["drift"]) == (severity, "loss:cross_entropy", abs(mean))
+    assert f"{abs(mean):.3g} {direction} 0" in f.message and f"{spacing} apart" in f.message
+    assert "as a whole" not in f.message
+
+
+@pytest.mark.parametrize("magnitude, spacing", [(1.0, 2**-7), (16.0, 0.125), (31.9, 0.125), (32.0, 0.25), (100.0, 0.5), (0.0, 0.0)])
+def test_bfloat16_spacing_matches_torch(magnitude: float, spacing: float) -> None:
+    assert bfloat16_spacing(magnitude) == spacing
+    if magnitude:  # the next bfloat16 number above the magnitude, as torch rounds
+        x = torch.tensor(magnitude, dtype=torch.bfloat16)
+        assert float(torch.nextafter(x, torch.tensor(math.inf, dtype=torch.bfloat16)) - x) == spacing
