@@ -11,6 +11,18 @@ The same sample gives the largest pre-softmax logit of each head (``q.k * scale`
 a mask lets through; an additive float mask is a bias, not part of the logit, and a bias at or
 below :data:`BLOCKING_BIAS` blocks its key): pass a list as ``peaks`` and a ``(heads,)`` tensor is
 appended, on the device (rules: attention-logit-growth).
+
+Hand-written ("eager") attention, ``w = softmax(q @ k.transpose(-2, -1) * scale + mask); out = w @ v``
+(Hugging Face ``attn_implementation="eager"``, timm without fused attention, nanoGPT's manual path),
+materialises its weights: its softmax is a site of its own. :class:`EagerAttention` recognises it
+during the structure steps, from what the tracer sees multiplied (:data:`EAGER_OPS`): a softmax over
+the last dim of a (..., queries, keys) tensor of at least 3 dims whose input is a product of two
+computed tensors of at least 3 dims each (neither a parameter), through scalings, masks, biases,
+views and casts; and whose output, through dropout, casts and views, is multiplied (matmul, bmm,
+einsum) by a third tensor. That site's ``source`` becomes ``"attention"``; it keeps its name
+(``h.0.attn:softmax``) and is measured at its softmax call like any site. On detail steps
+:func:`head_logit_peaks` reads its largest logit per head from the softmax's INPUT: the scaled,
+masked scores, with every additive bias (ALiBi, relative positions) the softmax sees.
 """
 
 from __future__ import annotations
@@ -18,9 +30,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -225,3 +240,112 @@ def record_logit_peaks(extras: Any, site: str, peaks: list[Tensor]) -> None:
 
 
 ATTENTION_FUNCTIONS = frozenset({F.scaled_dot_product_attention, F.multi_head_attention_forward})
+
+
+# ---------------------------------------------------------------- hand-written ("eager") attention
+# Products that make scores (q @ k.transpose(-2, -1), torch.baddbmm(bias, q, k)) and that apply
+# the weights to the values (w @ v).
+SCORE_PRODUCTS = frozenset({
+    torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm, torch.einsum, torch.baddbmm, Tensor.baddbmm,
+})
+_BADDBMM = (torch.baddbmm, Tensor.baddbmm)
+# Ops after which scores are still the scores a softmax reads: a scale, a mask or a bias added or
+# filled in, views, casts. A nonlinearity (tanh soft-capping) is an activation site of its own.
+SCORE_STEPS = frozenset({
+    torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_, Tensor.__imul__,
+    torch.div, Tensor.div, Tensor.__truediv__, Tensor.div_, Tensor.__itruediv__,
+    torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__, Tensor.add_, Tensor.__iadd__,
+    torch.sub, Tensor.sub, Tensor.__sub__, Tensor.sub_, Tensor.__isub__,
+    torch.masked_fill, Tensor.masked_fill, Tensor.masked_fill_, torch.where, Tensor.where,
+    Tensor.view, Tensor.view_as, Tensor.reshape, torch.reshape, Tensor.contiguous, Tensor.clone, Tensor.__getitem__,
+    Tensor.float, Tensor.to, Tensor.type, Tensor.type_as,
+})
+EAGER_OPS = SCORE_PRODUCTS | SCORE_STEPS
+# The attention functions whose weights are recomputed (their sites' module_type).
+RECOMPUTED = ("scaled_dot_product_attention", "multi_head_attention_forward")
+
+
+def _product_operands(func: Any, args: tuple, kwargs: dict) -> list[Any]:
+    """The two factors of a product: ``a @ b``, ``torch.bmm(a, b)``, ``torch.einsum(eq, a, b)``
+    (or a list), ``torch.baddbmm(bias, a, b)``."""
+    if func is torch.einsum:
+        ops = args[1:]
+        return list(ops[0]) if len(ops) == 1 and isinstance(ops[0], (list, tuple)) else list(ops)
+    if func in _BADDBMM:
+        return [*args[1:3], *(kwargs[k] for k in ("batch1", "batch2") if k in kwargs)]
+    return [*args[:2], *(kwargs[k] for k in ("other", "mat2") if k in kwargs)]
+
+
+def _computed(t: Any) -> bool:
+    """A tensor the model computed per example, at least (batch, rows, cols): not a parameter (a
+    layer's weight, transposed or not, is 2-D or a parameter)."""
+    return isinstance(t, Tensor) and t.dim() >= 3 and not isinstance(t, nn.Parameter)
+
+
+class EagerAttention:
+    """Recognises hand-written attention during the structure steps (see the module docstring).
+
+    The tracer hands it every op of :data:`EAGER_OPS` (:meth:`note_op`), the structural-facts
+    recorder every activation call (:meth:`note_softmax`); ``produced_by`` tells which site's output
+    (through views, dropout, casts) a value is. Scores are held weakly, and only until the step ends.
+    """
+
+    def __init__(self) -> None:
+        self._scores: dict[int, weakref.ref] = {}  # id -> this step's scores (products and what follows them)
+        self._reads_scores: set[str] = set()  # softmax sites whose input was scores (kept across steps)
+
+    def clear(self) -> None:
+        self._scores.clear()
+
+    def held(self) -> int:
+        return len(self._scores)
+
+    def is_scores(self, value: Any) -> bool:
+        entry = self._scores.get(id(value)) if isinstance(value, Tensor) else None
+        return entry is not None and entry() is value
+
+    def reads_scores(self, site: str) -> bool:
+        """The softmax site ``site`` has read scores (it is attention once its output meets the values)."""
+        return site in self._reads_scores
+
+    def note_op(
+        self, func: Any, args: tuple, kwargs: dict, result: Any, produced_by: Callable[[Any], Any], sites: dict[str, Any]
+    ) -> None:
+        if not isinstance(result, Tensor) or not result.is_floating_point():
+            return
+        if func in SCORE_PRODUCTS:
+            operands = [t for t in _product_operands(func, args, kwargs) if isinstance(t, Tensor)]
+            if len(operands) != 2:
+                return
+            self._meets_values(func, operands, produced_by, sites)
+            if result.dim() >= 3 and all(_computed(t) for t in operands):
+                self._scores[id(result)] = weakref.ref(result)
+        elif any(self.is_scores(a) for a in (*args, *kwargs.values())):
+            self._scores[id(result)] = weakref.ref(result)
+
+    def note_softmax(self, site: Any, x: Any, y: Tensor) -> None:
+        """A site's call turned ``x`` into ``y``: a softmax over the keys of scores reads scores."""
+        if site.kind == "softmax" and y.dim() >= 3 and site.unit_dim == y.dim() - 1 and self.is_scores(x):
+            self._reads_scores.add(site.name)
+
+    def _meets_values(self, func: Any, operands: list[Tensor], produced_by: Callable[[Any], Any], sites: dict[str, Any]) -> None:
+        """The weights of a softmax that read scores, as the left factor (either factor of an
+        einsum, whose order is the equation's) of a product with a third tensor: attention."""
+        for i, weights in enumerate(operands if func is torch.einsum else operands[:1]):
+            source = produced_by(weights)
+            if source is None or source[0] not in self._reads_scores or source[0] not in sites:
+                continue
+            other = produced_by(operands[1 - i])
+            if other is None or other[0] != source[0]:
+                sites[source[0]].source = ATTENTION
+
+
+def head_logit_peaks(scores: Tensor) -> Tensor:
+    """The largest logit per head of a hand-written attention's softmax input (..., heads,
+    queries, keys), float32 on its device: masked keys (-inf, or the dtype's minimum) never win a
+    max; an additive bias is part of the logit. A 3-D input (batch x heads merged) is one head."""
+    s = scores.detach()
+    if s.dim() >= 4:
+        heads = s.dim() - 3
+        return s.amax(dim=tuple(d for d in range(s.dim()) if d != heads)).float()
+    return s.amax().float().reshape(1)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from act_diagnostics.core.attention import ATTENTION, read_attention, record_logit_peaks  # max attention logit
+from act_diagnostics.core.attention import ATTENTION, head_logit_peaks, read_attention, record_logit_peaks  # max attention logit
 from act_diagnostics.core.errors import UnmeasuredModules, rank_zero
 from act_diagnostics.core.kinds import functional_name
 from act_diagnostics.core.modules import first_tensor, in_backward
@@ -37,12 +37,19 @@ class CallMeasurement:
     def _init_calls(self) -> None:
         self._pending_input: dict[int, tuple[Tensor, int]] = {}  # id(module) -> its input's moments (detail)
         self._attention_ok = True  # False once a call's attention weights could not be recomputed
+        # Structure steps: largest logits per head of softmaxes that read attention scores, kept
+        # until the step ends, when the weights have met the values (or not).
+        self._pending_logits: list[tuple[str, Tensor]] = []
 
     def _call_sizes(self) -> dict[str, int]:
-        return {"pending_inputs": len(self._pending_input)}
+        return {"pending_inputs": len(self._pending_input), "pending_logits": len(self._pending_logits)}
 
     def _clear_call_refs(self) -> None:
         self._pending_input.clear()
+        for name, peak in self._pending_logits:
+            if self.failure is None and self.sites[name].source == ATTENTION:  # recognised later in the step
+                record_logit_peaks(self.extras, name, [peak])
+        self._pending_logits.clear()
 
     def _observe(
         self, name: str, state: SiteState, x: Tensor | None, y: Tensor, pending: tuple[Tensor, int] | None
@@ -56,11 +63,21 @@ class CallMeasurement:
         state.observe(x, y, self.detail)
         if pending is not None:
             state.observe_input_totals(*pending)
+        if self.detail and x is not None and x.numel():
+            self._observe_attention_logits(name, x)
         if not (y.requires_grad and torch.is_grad_enabled()):
             return False
         if self.config.gradients:
             self._hook_grad(y, state)
         return True
+
+    def _observe_attention_logits(self, name: str, x: Tensor) -> None:
+        """Detail steps: a hand-written attention's largest logit per head, from its softmax's
+        input (core/attention.py); on a structure step before its weights met the values, held."""
+        if self.sites[name].source == ATTENTION:
+            record_logit_peaks(self.extras, name, [head_logit_peaks(x)])
+        elif self.learning_structure and self._facts.eager_attention.reads_scores(name):
+            self._pending_logits.append((name, head_logit_peaks(x)))
 
     # ------------------------------------------------------------------ activation modules
     def _activation_pre_hook(self, module: nn.Module, args: tuple) -> None:

@@ -82,8 +82,9 @@ class ConsumerReads:
     def _eligible_consumers(self) -> dict[int, tuple[nn.Module, str, type]] | None:
         consumers: dict[int, tuple[nn.Module, str, type]] = {}
         for name, site in self.sites.items():
-            if site.source != "functional" or name in self.eval_only:  # eval-only: never in a training step
-                continue
+            # Functional calls; hand-written attention is one too (its source became "attention").
+            if (site.source != "functional" and name not in self._seen_grad_fn) or name in self.eval_only:
+                continue  # eval-only: never in a training step
             fed, calls, kind = self._seen_consumers.get(name, []), self._seen_grad_fn.get(name, []), KINDS[site.kind]
             grad_fns = set(calls)
             if len({id(m) for m in fed}) != 1 or len(fed) != len(calls) or len(grad_fns) != 1 or None in grad_fns:

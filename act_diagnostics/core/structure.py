@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from act_diagnostics.core.attention import EagerAttention
 from act_diagnostics.core.facts import OutputLayers
 from act_diagnostics.core.kinds import output_range
 from act_diagnostics.core.modules import first_tensor, has_params, is_leaf, tensors
@@ -75,15 +76,17 @@ class StructureFacts:
         self._output_shape: dict[str, torch.Size] = {}  # site -> shape of its latest output
         self._whole_losses: dict[str, set[str]] = {}  # site -> losses seen reading its classes
         self.output_layers = OutputLayers()  # layers whose output is a model output or loss input
+        self.eager_attention = EagerAttention()  # hand-written attention (core/attention.py)
 
     def clear(self) -> None:
         """Let go of this step's tensors: no activation tensor may outlive its step."""
         self._produced.clear()
         self._layer_out.clear()
+        self.eager_attention.clear()
 
     def held(self) -> dict[str, int]:
         """How many of this step's tensors are kept (for leak checks)."""
-        return {"produced": len(self._produced), "layer_outputs": len(self._layer_out)}
+        return {"produced": len(self._produced), "layer_outputs": len(self._layer_out), "scores": self.eager_attention.held()}
 
     # ------------------------------------------------------------------ what the tracer asks
     @property
@@ -107,6 +110,11 @@ class StructureFacts:
 
     def mark_produced(self, tensor: Tensor, site: str, via: str = "", reordered: bool = False) -> None:
         self._produced[id(tensor)] = (site, via, tensor, reordered)
+
+    def note_eager_op(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
+        """An op of hand-written attention's pattern ran (attention.EAGER_OPS): scores made or
+        carried on, or a softmax's weights multiplied by the values (``source`` becomes "attention")."""
+        self.eager_attention.note_op(func, args, kwargs, result, self.produced_by, self.sites)
 
     def add_consumer(self, site: str, consumer: str, value: Any = None) -> None:
         """``consumer`` reads ``site``'s output; for a loss (``"loss:<fn>"``), ``value`` is the tensor it got."""
@@ -166,6 +174,7 @@ class StructureFacts:
         if site is None:
             return
         if x is not None:
+            self.eager_attention.note_softmax(site, x, y)  # reads attention scores
             source = self.produced_by(x)
             if source is not None and source[0] != name:
                 self.sites[source[0]].consumers.add("activation")

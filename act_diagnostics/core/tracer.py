@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from act_diagnostics.core.attention import ATTENTION_FUNCTIONS
+from act_diagnostics.core.attention import ATTENTION_FUNCTIONS, EAGER_OPS
 from act_diagnostics.core.following import FOLLOWED, HANDWRITTEN_L1, HANDWRITTEN_MSE, RANGE_KEPT, SCALE, Following, note_target_rows
 from act_diagnostics.core.kinds import FUNCTIONAL_KINDS
 from act_diagnostics.core.logits import LOG_Z_LOSSES, observe_loss_logits
@@ -82,6 +82,7 @@ _SAME_VALUES = _REORDER | {
     Tensor.float,
     Tensor.double,
     Tensor.to,
+    Tensor.type,
     Tensor.type_as,
     Tensor.clone,
     Tensor.__getitem__,
@@ -164,6 +165,11 @@ class ActivationTracer(TorchFunctionMode):
 
     def _track(self, func, args: tuple, kwargs: dict) -> Any:
         result = func(*args, **kwargs)  # the user's errors propagate unchanged
+        if func in EAGER_OPS:  # hand-written attention: scores, and the weights meeting the values
+            try:
+                self.facts.note_eager_op(func, args, kwargs, result)
+            except Exception as exc:  # noqa: BLE001 - diagnostics must never break training
+                self.on_error(exc)
         if func in _FOLLOWED or func in COMBINING or func in MATMULS:
             try:
                 if func in COMBINING or func in MATMULS:
@@ -260,6 +266,8 @@ class StructureRecorder(Protocol):
     def mark_produced(self, tensor: Tensor, site: str, via: str = "", reordered: bool = False) -> None: ...
 
     def add_consumer(self, site: str, consumer: str, value: Any = None) -> None: ...
+
+    def note_eager_op(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None: ...
 
     def note_loss(self, loss: str, prediction: Any, target: Any) -> None: ...
 

@@ -328,7 +328,7 @@ def test_structure_facts_follow_one_steps_tensors_and_let_them_go() -> None:
     assert facts.losses_seen["binary_cross_entropy"] == {"calls": 1, "input_shape": [8], "target_shape": [8], "target_dtype": "float32"}
     assert facts.held()["produced"] == 3
     facts.clear()
-    assert facts.held() == {"produced": 0, "layer_outputs": 0} and facts.produced_by(y) is None
+    assert facts.held() == {"produced": 0, "layer_outputs": 0, "scores": 0} and facts.produced_by(y) is None
 
 
 def test_the_tracer_needs_only_a_router_a_recorder_and_a_failure_callback() -> None:
