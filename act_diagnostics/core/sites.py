@@ -22,7 +22,9 @@ class Site:
     name: str
     kind: str
     family: str
-    source: str  # "module", "functional" or "attention" (F.scaled_dot_product_attention weights)
+    # "module", "functional" or "attention" (F.scaled_dot_product_attention weights, or a softmax
+    # recognised as hand-written attention during the structure steps: core/attention.py)
+    source: str
     owner: str  # module path whose forward made the call ("" is the root module)
     module_type: str  # class name of the activation module, or the function's name
     index: int  # order of first call in the forward pass: 0 is closest to the input

@@ -71,7 +71,7 @@ def test_healthy_model_learns_and_gets_no_warning(name: str, schedule: str, tmp_
 # measured): activation-spike judges from its eighth log step, which a run logged every 10 steps
 # never reaches.
 TRANSFORMER_RULES = {"attention-logit-growth", "output-logit-divergence", "activation-spike", "dead-experts"}
-TRANSFORMERS = ["gpt2", "llama", "mistral", "qwen2", "mixtral-moe", "qwen2-moe", "bert-pooler-cls", "t5-relu", "vit-tiny"]
+TRANSFORMERS = ["gpt2", "llama", "gpt2-eager", "llama-eager", "mistral", "qwen2", "mixtral-moe", "qwen2-moe", "bert-pooler-cls", "t5-relu", "vit-tiny"]
 # What the transformer rules get wrong when judged this often. A fix turns the case into an XPASS.
 KNOWN_TRANSFORMER_FALSE_ALARMS: dict[str, str] = {}
 

@@ -301,6 +301,22 @@ def attention_oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tu
     return at_least(min(shares), 0.5, f"share of query rows with one weight > 0.99 (init, end: {shares[0]:.2f}, {shares[1]:.2f}); min")
 
 
+def on_sdpa(oracle: Oracle) -> Oracle:
+    """``oracle`` (which reads q and k at F.scaled_dot_product_attention) on Hugging Face models
+    built with eager attention: run on the same weights with attn_implementation "sdpa"."""
+
+    def run(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
+        kept = [net.config._attn_implementation for net in (initial, final)]
+        try:
+            for net in (initial, final):
+                net.config._attn_implementation = "sdpa"
+            return oracle(initial, final, forwards)
+        finally:
+            for net, implementation in zip((initial, final), kept):
+                net.config._attn_implementation = implementation
+    return run
+
+
 def dead_expert_oracle(initial: nn.Module, final: nn.Module, forwards: list) -> tuple[bool, str]:
     """Experts under a tenth of the uniform share of the top-k assignments on the trained model,
     counted from the indices each router returns."""
@@ -412,12 +428,15 @@ def _faults() -> list[Fault]:
         # attention-collapse: query/key weights scaled up, so one key takes all the weight
         Fault("attention-collapse", "vit-sharp-qk", case("vit-tiny", build=built("vit-tiny", reinit_attention(vit_query_key, 1.0))), attention_oracle),
         Fault("attention-collapse", "llama-sharp-qk", case("llama", build=built("llama", reinit_attention(llama_query_key, 1.0))), attention_oracle),
+        Fault("attention-collapse", "llama-eager-sharp-qk", case("llama-eager", build=built("llama-eager", reinit_attention(llama_query_key, 1.0))),
+              on_sdpa(attention_oracle)),
         # dead-experts: routers biased toward top-k experts, no auxiliary load-balancing loss
         Fault("dead-experts", "mixtral-biased-router", case("mixtral-moe", build=built("mixtral-moe", bias_routers(8.0))), dead_expert_oracle),
         Fault("dead-experts", "qwen2-moe-biased-router", case("qwen2-moe", build=built("qwen2-moe", bias_routers(8.0))), dead_expert_oracle),
         # attention-logit-growth: no QK-norm, AdamW at a learning rate 30x the usual
         Fault("attention-logit-growth", "gpt2-high-lr", case("gpt2", optimizer=zm.adamw(3e-2)), logit_growth_oracle),
         Fault("attention-logit-growth", "llama-high-lr", case("llama", optimizer=zm.adamw(3e-2)), logit_growth_oracle),
+        Fault("attention-logit-growth", "gpt2-eager-high-lr", case("gpt2-eager", optimizer=zm.adamw(3e-2)), on_sdpa(logit_growth_oracle)),
         # output-logit-divergence: a next byte that is always certain, AdamW 3e-2: the loss goes to 0 and the logits up
         Fault("output-logit-divergence", "gpt2-certain-next-byte", case("gpt2", data=lambda: (data.counting_windows(),), optimizer=zm.adamw(3e-2), steps=60),
               log_z_oracle, "loss:cross_entropy"),

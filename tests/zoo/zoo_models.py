@@ -168,11 +168,12 @@ def torchvision_style_init(model: nn.Module) -> nn.Module:
 
 
 # ---- transformers --------------------------------------------------------------------------------
-def hf(model_cls: str, config_cls: str, **config: Any) -> nn.Module:
+def hf(model_cls: str, config_cls: str, attention: str = "sdpa", **config: Any) -> nn.Module:
+    """``attention``: Hugging Face's attn_implementation ("eager": matmul, mask, softmax, matmul by hand)."""
     import transformers
 
     cfg = getattr(transformers, config_cls)(**config)
-    cfg._attn_implementation = "sdpa"
+    cfg._attn_implementation = attention
     return getattr(transformers, model_cls)(cfg)
 
 
@@ -205,6 +206,10 @@ def _cases() -> list[Case]:
         # transformers
         Case("gpt2", lambda: hf("GPT2LMHeadModel", "GPT2Config", vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0), text_lm, causal_lm, adamw(1e-3)),
         Case("llama", lambda: hf("LlamaForCausalLM", "LlamaConfig", **_DECODER), text_lm, causal_lm, adamw(1e-3)),
+        # the same two with attention written out (attn_implementation="eager"): measured as attention too
+        Case("gpt2-eager", lambda: hf("GPT2LMHeadModel", "GPT2Config", "eager", vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0,
+                                      eos_token_id=0), text_lm, causal_lm, adamw(1e-3)),
+        Case("llama-eager", lambda: hf("LlamaForCausalLM", "LlamaConfig", "eager", **_DECODER), text_lm, causal_lm, adamw(1e-3)),
         Case("mistral", lambda: hf("MistralForCausalLM", "MistralConfig", sliding_window=16, **_DECODER), text_lm, causal_lm, adamw(1e-3)),
         Case("qwen2", lambda: hf("Qwen2ForCausalLM", "Qwen2Config", **_DECODER), text_lm, causal_lm, adamw(1e-3)),
         Case("mixtral-moe", lambda: hf("MixtralForCausalLM", "MixtralConfig", num_local_experts=4, num_experts_per_tok=2, **_DECODER), text_lm, causal_lm, adamw(1e-3)),
