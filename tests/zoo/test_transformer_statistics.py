@@ -109,3 +109,31 @@ def test_eager_attention_has_its_largest_logit(name: str) -> None:
     expected = oracles.max_attention_logits(net, _same_forward(batch))
     assert measured == pytest.approx(expected, rel=1e-4, abs=1e-5), (sites, measured, expected)
     assert all(len(snap.stats[s].max_logit_heads) == net.config.num_attention_heads for s in sites)
+
+
+def test_timm_vit_without_fused_attention_has_the_same_largest_logits() -> None:
+    """timm's Attention with fused_attn off (q * scale @ k^T, Tensor.softmax, attn_drop, @ v): each
+    block's softmax is an attention site, with the largest logit per head the SDPA recomputation
+    gives on the same weights and images (3 images: the recomputed sample holds all of them)."""
+    torch.manual_seed(0)
+    net = CASES["vit-tiny"].build().train()
+    images = data.digit_images()[0][:3]
+
+    def peaks(fused: bool) -> dict[str, list[float]]:
+        for block in net.blocks:
+            block.attn.fused_attn = fused
+        mon = ActivationMonitor(net, structure_steps=1).attach()
+        try:
+            mon.begin_step(detail=True)
+            net(images).pow(2).mean().backward()
+            mon.end_step()
+            snap = mon.snapshot(step=0)
+        finally:
+            mon.detach()
+        return {name: snap.stats[name].max_logit_heads for name, site in snap.sites.items() if site.source == "attention"}
+
+    eager, fused = peaks(False), peaks(True)
+    assert list(eager) == [f"blocks.{i}.attn:softmax" for i in range(len(net.blocks))], list(eager)
+    assert list(fused) == [f"blocks.{i}.attn:attention" for i in range(len(net.blocks))]
+    for (_, e), (_, f) in zip(eager.items(), fused.items()):
+        assert e == pytest.approx(f, rel=1e-4, abs=1e-5)
