@@ -37,19 +37,12 @@ class CallMeasurement:
     def _init_calls(self) -> None:
         self._pending_input: dict[int, tuple[Tensor, int]] = {}  # id(module) -> its input's moments (detail)
         self._attention_ok = True  # False once a call's attention weights could not be recomputed
-        # Structure steps: largest logits per head of softmaxes that read attention scores, kept
-        # until the step ends, when the weights have met the values (or not).
-        self._pending_logits: list[tuple[str, Tensor]] = []
 
     def _call_sizes(self) -> dict[str, int]:
-        return {"pending_inputs": len(self._pending_input), "pending_logits": len(self._pending_logits)}
+        return {"pending_inputs": len(self._pending_input)}
 
     def _clear_call_refs(self) -> None:
         self._pending_input.clear()
-        for name, peak in self._pending_logits:
-            if self.failure is None and self.sites[name].source == ATTENTION:  # recognised later in the step
-                record_logit_peaks(self.extras, name, [peak])
-        self._pending_logits.clear()
 
     def _observe(
         self, name: str, state: SiteState, x: Tensor | None, y: Tensor, pending: tuple[Tensor, int] | None
@@ -73,11 +66,11 @@ class CallMeasurement:
 
     def _observe_attention_logits(self, name: str, x: Tensor) -> None:
         """Detail steps: a hand-written attention's largest logit per head, from its softmax's
-        input (core/attention.py); on a structure step before its weights met the values, held."""
-        if self.sites[name].source == ATTENTION:
+        input (core/attention.py). On a structure step its weights have not met the values yet
+        when the softmax runs: a softmax that read scores is read too (a site that proves not to be
+        attention gets no ``max_logit``: transformer_stats.fill_snapshot)."""
+        if self.sites[name].source == ATTENTION or (self.learning_structure and self._facts.eager_attention.reads_scores(name)):
             record_logit_peaks(self.extras, name, [head_logit_peaks(x)])
-        elif self.learning_structure and self._facts.eager_attention.reads_scores(name):
-            self._pending_logits.append((name, head_logit_peaks(x)))
 
     # ------------------------------------------------------------------ activation modules
     def _activation_pre_hook(self, module: nn.Module, args: tuple) -> None:

@@ -18,10 +18,12 @@ def fill_snapshot(snapshot: Any, last: dict[str, tuple[str, np.ndarray]]) -> Non
     site's ``max_logit`` / ``max_logit_heads``, ``snapshot.log_z`` and ``snapshot.routers``."""
     for key, (kind, values) in last.items():
         if kind == ATTENTION_LOGITS:
-            stats = snapshot.stats.get(key)
+            stats, site = snapshot.stats.get(key), snapshot.sites.get(key)
             heads = [measured_max(v) for v in values.tolist()]
             if stats is None or any(h is None for h in heads):
                 continue  # not measured in this window (no detail step)
+            if site is not None and site.source != "attention":
+                continue  # a softmax of scores read while learning structure, which proved not to be attention
             stats.max_logit_heads = heads
             stats.max_logit = float(np.max(values))
         elif kind == LOG_Z:

@@ -13,6 +13,7 @@ from tiny_models import TinyLM, copy_batches, lm_loss, max_attention_logit, only
 
 from act_diagnostics.core import ActivationMonitor
 from act_diagnostics.core.attention import attention_probabilities, mha_probabilities
+from act_diagnostics.rules import RULE_IDS
 
 
 def _qk(heads=2, n=3, length=5, dim=4):
@@ -115,3 +116,30 @@ def test_sane_rate_or_qk_norm_raise_nothing() -> None:
         torch.manual_seed(0)
         findings = train(TinyLM(qk_norm=qk_norm), 60, lr, only("attention-logit-growth"))
         assert [f for f in findings if f.rule == "attention-logit-growth"] == [], (lr, qk_norm)
+
+
+# ---------------------------------------------------------------- attention written by hand
+def test_eager_attention_max_logit_per_head_matches_the_oracle() -> None:
+    model = TinyLM(eager=True)
+    x = next(copy_batches())
+    with ActivationMonitor(model) as mon:
+        lm_loss(model, x).backward()
+        snap = mon.snapshot()
+    for layer in range(2):
+        name = f"blocks.{layer}:softmax"  # the softmax's own name: its scalars stay where they were
+        assert snap.sites[name].source == "attention" and f"blocks.{layer}:attention" not in snap.sites
+        oracle = max_attention_logit(model, x[:, :-1], layer)
+        assert torch.allclose(torch.tensor(snap.stats[name].max_logit_heads, dtype=torch.float64), oracle.double(), atol=1e-5)
+
+
+def test_eager_attention_gets_the_findings_of_the_same_model_over_sdpa() -> None:
+    """The same decoder, the same seed and data, attention by SDPA or by hand: the same findings
+    (rule, severity) from every rule, at a high learning rate (logit growth) and at a sane one."""
+    for lr in (0.03, 1e-3):
+        found = []
+        for eager in (False, True):
+            torch.manual_seed(0)
+            findings = train(TinyLM(eager=eager), 60, lr, only(*RULE_IDS))
+            found.append(sorted({(f.rule, f.severity, f.site.rsplit(":", 1)[0]) for f in findings if f.severity != "info"}))
+        assert found[0] == found[1], (lr, found)
+        assert (lr == 0.03) == any(rule == "attention-logit-growth" for rule, _, _ in found[1]), (lr, found)

@@ -18,11 +18,12 @@ VOCAB, LENGTH = 16, 16
 
 
 class Block(nn.Module):
-    """Pre-LN decoder block over F.scaled_dot_product_attention, optionally with QK-LayerNorm."""
+    """Pre-LN decoder block over F.scaled_dot_product_attention, optionally with QK-LayerNorm;
+    ``eager``: the same attention written by hand (scores, causal -inf mask, F.softmax, @ v)."""
 
-    def __init__(self, d: int, heads: int, qk_norm: bool = False) -> None:
+    def __init__(self, d: int, heads: int, qk_norm: bool = False, eager: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.eager = heads, eager
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
@@ -39,17 +40,23 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qk(x)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(x.shape)
+        if self.eager:
+            n = x.shape[1]
+            scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+            scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=x.device).tril(), float("-inf"))
+            a = (F.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(x.shape)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(x.shape)
         x = x + self.proj(a)
         return x + self.ff(self.ln2(x))
 
 
 class TinyLM(nn.Module):
-    def __init__(self, d: int = 32, heads: int = 2, layers: int = 2, qk_norm: bool = False) -> None:
+    def __init__(self, d: int = 32, heads: int = 2, layers: int = 2, qk_norm: bool = False, eager: bool = False) -> None:
         super().__init__()
         self.embed = nn.Embedding(VOCAB, d)
         self.pos = nn.Parameter(torch.randn(LENGTH, d) * 0.02)
-        self.blocks = nn.ModuleList(Block(d, heads, qk_norm) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(d, heads, qk_norm, eager) for _ in range(layers))
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, VOCAB)
 
