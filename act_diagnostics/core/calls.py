@@ -53,10 +53,11 @@ class CallMeasurement:
             self.eval_only.discard(name)
         if self.learning_structure:
             self._facts.note_activation_call(name, x, y)
-        state.observe(x, y, self.detail)
+        detail = self.detail
+        state.observe(x, y, detail)
         if pending is not None:
             state.observe_input_totals(*pending)
-        if self.detail and x is not None and x.numel():
+        if detail and x is not None and x.numel():  # plain steps: one local test, nothing more
             self._observe_attention_logits(name, x)
         if not (y.requires_grad and torch.is_grad_enabled()):
             return False
