@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from act_diagnostics.core.monitor_state import MonitorState
 from act_diagnostics.core.pack import reduce_to_host, reset_states, share_buffer, shared_view, totals_to_stats
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.core.transformer_stats import fill_snapshot
@@ -47,7 +48,7 @@ class WindowStash:
     window_steps: int
 
 
-class WindowSnapshots:
+class WindowSnapshots(MonitorState):
     """The window's totals read once per log step, or set aside for evaluation batches."""
 
     def _init_windows(self) -> None:
