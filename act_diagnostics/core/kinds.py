@@ -146,7 +146,9 @@ class ActivationKind:
         """Boolean mask of outputs that count as firing."""
         if self.firing_mask is not None:
             return self.firing_mask(y, params)
-        return y > self.firing_threshold(y, params)  # type: ignore[misc]
+        if self.firing_threshold is not None:
+            return y > self.firing_threshold(y, params)
+        raise ValueError(f"activation kind {self.name!r} has neither a firing mask nor a firing threshold")
 
     def saturated(self, x: Tensor | None, y: Tensor, params: Params, eps: float) -> Tensor | None:
         """Boolean mask of saturated outputs (or rows, for softmax), None when not defined."""
