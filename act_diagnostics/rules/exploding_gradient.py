@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from act_diagnostics.rules.base import FACTOR, POSITIVE, Range, Rule, RuleContext, finite, growth_fix
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 # AUTOTRAINER (ICSE 2021): exploding when ||g_first|| / ||g_last|| > 70.
 GROWTH = 70.0
@@ -48,7 +48,7 @@ class ExplodingGradient(Rule):
         per_layer = growth ** (1.0 / (len(chain) - 1)) if growth > 0 else 0.0
         if growth > self.t["growth"] and per_layer > self.t["layer_growth"]:
             first, last = chain[0][0], chain[-1][0]
-            severity = "error" if growth > self.t["error_growth"] else "warning"
+            severity: Severity = "error" if growth > self.t["error_growth"] else "warning"
             msg = (
                 f"the gradient at '{first.name}' is {growth:.3g}x larger than at '{last.name}' "
                 f"({len(chain)} activation layers, {per_layer:.2g}x per layer): it grows toward the input"

@@ -30,7 +30,7 @@ from act_diagnostics.rules.base import (
     count,
     finite,
 )
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 # Layers in the stack (consecutive hidden sigmoid layers + 1) from which it is a warning whatever
 # the statistics: three hidden sigmoid layers (Glorot & Bengio 2010 trained 4-5); two (the
@@ -93,7 +93,7 @@ class SaturatingHiddenActivation(Rule):
             depth = len(run) + 1
             limit = self.t[f"{family}_min_depth"]
             why = self._measured(run, snap.stats) if measured else ""
-            severity = "warning" if depth >= limit or why else "info"
+            severity: Severity = "warning" if depth >= limit or why else "info"
             names = ", ".join(s.name for s in run)
             kinds = sorted({s.kind for s in run})
             # Name what the model uses: softsign is of the tanh family, not tanh.
