@@ -289,7 +289,9 @@ def _rows_from_report(data: dict[str, Any]) -> list[LayerRow]:
         return []
     rows = []
     for item in items:
-        stats = item.get("stats") if isinstance(item.get("stats"), dict) else item
+        stats = item.get("stats")
+        if not isinstance(stats, dict):
+            stats = item
         name = item.get("site", item.get("name"))
         if name is None:
             continue
