@@ -9,7 +9,7 @@ from types import FrameType
 from typing import Any, Literal
 
 Severity = Literal["info", "warning", "error"]
-SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error")
 
 
 class ActivationWarning(UserWarning):
