@@ -137,8 +137,9 @@ class SaturatingHiddenActivation(Rule):
             if share >= self.t["saturated_share"]:
                 return f"saturates: {share:.0%} of the outputs of '{s.name}' sit where the derivative is ~0"
         grads = [stats[s.name].grad_rms for s in run if s.name in stats]
-        if len(grads) >= 2 and all(finite(g) for g in grads) and grads[-1] > 0:  # type: ignore[operator]
-            ratio = float(grads[0]) / float(grads[-1])  # type: ignore[arg-type]
+        finite_grads = [g for g in grads if finite(g)]
+        if len(grads) >= 2 and len(finite_grads) == len(grads) and finite_grads[-1] > 0:
+            ratio = finite_grads[0] / finite_grads[-1]
             if ratio < self.t["starve_ratio"]:
                 smaller = f"{1 / ratio:.3g}x smaller" if ratio > 0 else "0"
                 return f"starves the gradient: it is {smaller} at '{run[0].name}' against '{run[-1].name}'"
