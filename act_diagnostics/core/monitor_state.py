@@ -50,10 +50,11 @@ class MonitorState:
     model: nn.Module  # monitor: the model watched
     config: MonitorConfig  # monitor: the options, validated
     functional: bool  # monitor: functional calls (F.relu) are measured, not only modules (the tracer reads it)
-    extras: ExtraTotals  # monitor: attention logits, log Z, router loads; calls fills, windows reads
-    network: NetworkWatch  # monitor: whole-model facts; discovery and the tracer report, windows reads
+    # monitor: attention logits, log Z, router loads; calls and the tracer (logits.py, routers.py) fill it, windows reads
+    extras: ExtraTotals
+    network: NetworkWatch  # monitor: whole-model facts; discovery, monitor and the tracer report, windows reads
     batch_facts: BatchFacts  # monitor: the batch's rows and spread; lifecycle notes, windows reads
-    _facts: StructureFacts  # monitor: structural facts; discovery and calls report, windows reads
+    _facts: StructureFacts  # monitor: structural facts; discovery and calls report, lifecycle clears, windows reads
     _tracer: ActivationTracer  # monitor: the TorchFunctionMode; lifecycle and reruns put it on the stack
 
     # ------------------------------------------------------------------ sites and windows
@@ -62,7 +63,7 @@ class MonitorState:
     eval_only: set[str]  # discovery adds, calls removes: sites measured only in evaluation batches so far
     steps: int  # lifecycle (end_step): training steps counted
     window_steps: int  # lifecycle (end_step) counts, windows resets: measured steps in the current window
-    param_scales: dict[str, float]  # lifecycle (attach): largest |value| of each parameter
+    param_scales: dict[str, float]  # lifecycle (attach): largest |value| of each parameter but the biases
     _names: dict[int, str]  # lifecycle (attach): id(module) -> its name in the model
     # gradients sets it up, the user or the callback assigns: the loss scale backward ran with (float16 AMP)
     grad_scale: Callable[[], Tensor | float | None] | None
