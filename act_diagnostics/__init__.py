@@ -33,6 +33,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Lazy: importing act_diagnostics must not import Lightning (or need both flavours).
     if name == "ActivationDiagnostics":
+        # The pytorch_lightning class, or the lightning one where that package is missing.
+        ActivationDiagnostics: type  # noqa: N806 - the class, as the flavour modules name it
         try:
             from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
         except ImportError:

@@ -28,6 +28,8 @@ import os
 import warnings
 from typing import Any
 
+from act_diagnostics.callbacks.hooks import LightningHooks
+
 ENV_VAR = "ACT_DIAGNOSTICS"
 ON_VALUES = frozenset({"1", "true", "yes", "on"})
 OFF_VALUES = frozenset({"", "0", "false", "no", "off"})
@@ -53,7 +55,7 @@ def enabled(environ: dict[str, str] | None = None) -> bool:
     return False
 
 
-class _AutoInstance:
+class _AutoInstance(LightningHooks):
     """Mixin of the automatically added callback: steps aside for a hand-added one."""
 
     _auto_alone = False
@@ -73,7 +75,7 @@ class _AutoInstance:
             trainer.callbacks = [c for c in trainer.callbacks if c is not self]
             return
         self._auto_alone = True
-        super().setup(trainer, pl_module, stage)  # type: ignore[misc]
+        super().setup(trainer, pl_module, stage)
 
 
 def _auto_class(flavour: str) -> type:
@@ -81,6 +83,7 @@ def _auto_class(flavour: str) -> type:
     name = {"pytorch_lightning": "AutoActivationDiagnostics", "lightning": "AutoLightningActivationDiagnostics"}[flavour]
     cls = globals().get(name)
     if cls is None:
+        ActivationDiagnostics: type  # noqa: N806 - the class, as the flavour modules name it
         if flavour == "pytorch_lightning":
             from act_diagnostics.callbacks.pl_callback import ActivationDiagnostics
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -107,11 +108,12 @@ def _mlp(sizes: list[int], act: Callable[[], nn.Module], head: nn.Module | None 
     return nn.Sequential(*layers)
 
 
-def _kaiming(model: nn.Module, bias: float = 0.0) -> nn.Module:
+def _kaiming(model: nn.Sequential, bias: float = 0.0) -> nn.Sequential:
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.constant_(m.bias, bias)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, bias)
     return model
 
 
@@ -215,7 +217,8 @@ class ResidualSiluGatedNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.inp(x)
-        for b in self.blocks:
+        for block in self.blocks:
+            b = cast(nn.ModuleDict, block)  # nn.ModuleList is not generic: its items type as nn.Module
             h = h + self.act(b["fc"](h)) * self.gate_act(b["gate"](h))
         return self.out_act(self.out(h))
 
@@ -276,7 +279,7 @@ def born_dead_relu_mlp(g: torch.Generator) -> Setup:
     """A strongly negative bias: most ReLU units never fire, from the first step."""
     x, y = _classes(g, 2048, 32, 10)
     model = _kaiming(_mlp([32, 128, 128, 128, 10], nn.ReLU))
-    for layer in (model[2], model[4]):
+    for layer in [m for m in model if isinstance(m, nn.Linear)][1:3]:  # the second and third layers
         nn.init.normal_(layer.weight, std=0.05)
         nn.init.constant_(layer.bias, -1.0)
     return Setup(model, x, y, F.cross_entropy, lr=0.01)

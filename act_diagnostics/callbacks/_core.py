@@ -38,6 +38,7 @@ from typing_extensions import override
 from act_diagnostics.callbacks import compat
 from act_diagnostics.callbacks.distributed import DistributedMismatch, RankCheck  # noqa: F401 - DistributedMismatch re-exported
 from act_diagnostics.callbacks.guard import COMPILED, UnsupportedSetup, guarded, how_it_stopped, warn_disabled, warn_unsupported  # noqa: F401 - UnsupportedSetup re-exported
+from act_diagnostics.callbacks.hooks import LightningHooks
 from act_diagnostics.callbacks.options import MonitorOptions, OutputOptions, RuleOptions, Stage, check_call, check_options
 from act_diagnostics.callbacks.publishing import Publisher, reduce
 from act_diagnostics.callbacks.schedule import StepSchedule
@@ -48,7 +49,7 @@ from act_diagnostics.outputs.chart import engine_thresholds
 from act_diagnostics.outputs.report import Report
 
 
-class DiagnosticsCallbackCore:
+class DiagnosticsCallbackCore(LightningHooks):
     """Activation diagnostics for a Lightning Trainer. See the flavour classes for the docstring."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> DiagnosticsCallbackCore:
@@ -154,21 +155,22 @@ class DiagnosticsCallbackCore:
         if compat.is_compiled(pl_module):
             self._stand_down(COMPILED)
             return
-        if new_model:
-            if self.monitor is not None:
-                self.monitor.detach()
+        monitor = self.monitor
+        if new_model or monitor is None:
+            if monitor is not None:
+                monitor.detach()
                 if stage == "fit":  # another model's training: the last one's findings are not its own
                     self._start_over()
                 else:  # trainer.test(best_model) after fit: evaluate it, keep the fit's findings
-                    self._steps_offset += self.monitor.steps
-            self.monitor = ActivationMonitor(pl_module, self.monitor_config)
+                    self._steps_offset += monitor.steps
+            monitor = self.monitor = ActivationMonitor(pl_module, self.monitor_config)
         # With a GradScaler (float16 AMP) backward runs on ``loss * scale``: the gradients the
         # activation hooks see carry that factor (pitfall 7); the monitor divides it out on the
         # device. Parameter gradients need nothing: read in on_before_optimizer_step, unscaled.
         scale = compat.grad_scale(trainer)
         if scale is not None:
-            self.monitor.grad_scale = scale
-        self.monitor.attach()
+            monitor.grad_scale = scale
+        monitor.attach()
 
     def _start_over(self) -> None:
         """Forget the previous model's run: findings, step counts, schedule, last snapshot. A
@@ -463,9 +465,10 @@ class DiagnosticsCallbackCore:
 
     @property
     @override
-    def _legacy_state_key(self) -> str:
+    def _legacy_state_key(self) -> Any:
         # Lightning's fallback when a checkpoint has no state under state_key: checkpoints made
-        # before selections had keys of their own keep the state under the class name.
+        # before selections had keys of their own keep the state under the class name. (A str:
+        # Lightning annotates type[Callback] but only looks the value up as a checkpoint key.)
         return type(self).__qualname__
 
     @override

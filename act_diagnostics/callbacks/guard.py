@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from act_diagnostics.callbacks import compat
 from act_diagnostics.core.monitor import MonitorFailure
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 COMPILED = (
     "the model (or a submodule) is torch.compile'd: dynamo would trace the diagnostics' hooks "
@@ -29,12 +30,12 @@ class UnsupportedSetup(RuntimeWarning):
     """Issued once when diagnostics switch themselves off for a set-up they cannot watch."""
 
 
-def guarded(method: F) -> F:
-    """Run a callback method unless the callback is disabled; an internal error disables it
-    (``self._disable(exc)``) instead of reaching the training loop."""
+def guarded(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any, P], R | None]:
+    """Run a callback method unless the callback is disabled (then it returns None); an internal
+    error disables it (``self._disable(exc)``) instead of reaching the training loop."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R | None:
         if self._disabled:
             return None
         try:
@@ -43,7 +44,7 @@ def guarded(method: F) -> F:
             self._disable(exc)
             return None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def warn_disabled(exc: BaseException) -> None:

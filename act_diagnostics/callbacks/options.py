@@ -19,6 +19,7 @@ from typing import Any, Literal
 from act_diagnostics.callbacks.schedule import MEASURED_STEPS_PER_WINDOW
 from act_diagnostics.core.checks import integer
 from act_diagnostics.core.config import DEFAULT_HISTOGRAM_SAMPLES, DEFAULT_SAMPLE_ELEMENTS, DEFAULT_SATURATION_EPS, MonitorConfig
+from act_diagnostics.core.snapshot import DEAD_UNIT_RATE
 
 Stage = Literal["validate", "test", "predict"]
 STAGES: tuple[str, ...] = ("validate", "test", "predict")
@@ -64,7 +65,6 @@ class MonitorOptions:
 
     def config(self, histogram_samples: int = DEFAULT_HISTOGRAM_SAMPLES, dead_unit_rate: float | None = None) -> MonitorConfig:
         """The core's :class:`MonitorConfig` for these options."""
-        extra = {} if dead_unit_rate is None else {"dead_unit_rate": dead_unit_rate}
         return MonitorConfig(
             include=self.include,
             exclude=self.exclude,
@@ -75,7 +75,7 @@ class MonitorOptions:
             saturation_eps=self.saturation_eps,
             sample_elements=self.sample_elements,
             histogram_samples=histogram_samples,
-            **extra,
+            dead_unit_rate=DEAD_UNIT_RATE if dead_unit_rate is None else dead_unit_rate,
         )
 
 
@@ -268,7 +268,7 @@ def check_call(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None
     valid: list[str] = []
     for klass in cls.__mro__:  # a subclass's __init__(**kw) forwards to its base: theirs count too
         if "__init__" in vars(klass):
-            params = inspect.signature(klass.__init__).parameters.values()
+            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
             valid += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
             if not any(p.kind is p.VAR_KEYWORD for p in params):
                 break

@@ -27,11 +27,12 @@ from act_diagnostics.core.attention import ATTENTION, head_logit_peaks, read_att
 from act_diagnostics.core.errors import UnmeasuredModules, rank_zero
 from act_diagnostics.core.kinds import functional_name
 from act_diagnostics.core.modules import first_tensor, in_backward
+from act_diagnostics.core.monitor_state import MonitorState
 from act_diagnostics.core.sites import functional_base
 from act_diagnostics.core.state import SiteState, input_moments
 
 
-class CallMeasurement:
+class CallMeasurement(MonitorState):
     """Module calls, functional calls and attention calls, measured."""
 
     def _init_calls(self) -> None:

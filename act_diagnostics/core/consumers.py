@@ -20,9 +20,10 @@ from torch import Tensor
 
 from act_diagnostics.core.kinds import KINDS
 from act_diagnostics.core.modules import in_backward
+from act_diagnostics.core.monitor_state import MonitorState
 
 
-class ConsumerReads:
+class ConsumerReads(MonitorState):
     """Learns each functional site's consumer module, and reads the site there."""
 
     def _init_consumers(self) -> None:
@@ -87,14 +88,17 @@ class ConsumerReads:
                 continue  # eval-only: never in a training step
             fed, calls, kind = self._seen_consumers.get(name, []), self._seen_grad_fn.get(name, []), KINDS[site.kind]
             grad_fns = set(calls)
-            if len({id(m) for m in fed}) != 1 or len(fed) != len(calls) or len(grad_fns) != 1 or None in grad_fns:
+            if len({id(m) for m in fed}) != 1 or len(fed) != len(calls) or len(grad_fns) != 1:
                 return None  # some site needs the tracer: keep it for all
+            (grad_fn,) = grad_fns
+            if grad_fn is None:  # an output without autograd history: nothing to check at each read
+                return None
             if kind.saturation_reads == "input" and kind.family != "smooth":
                 return None  # GLU reads its input on every step: only the tracer has it
             module = fed[0]
             if id(module) in consumers or module is self.model or self._module_calls.get(id(module)) != len(fed):
                 return None  # the module also takes other inputs: a mismatch would not mean a change
-            consumers[id(module)] = (module, name, next(iter(grad_fns)))
+            consumers[id(module)] = (module, name, grad_fn)
         return consumers
 
     # ------------------------------------------------------------------ measured steps

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -26,25 +26,21 @@ from act_diagnostics.core.config import selects
 from act_diagnostics.core.errors import SettingError, UnmeasuredModules, rank_zero
 from act_diagnostics.core.kinds import FUNCTIONAL_KINDS, KINDS, functional_name, functional_params, module_kind, module_params
 from act_diagnostics.core.modules import in_backward
+from act_diagnostics.core.monitor_state import MonitorState
 from act_diagnostics.core.sites import Site, call_name, default_unit_dim
 from act_diagnostics.core.state import SiteState
 from act_diagnostics.core.windows import defers_on
 
-if TYPE_CHECKING:
-    from act_diagnostics.core.structure import StructureFacts
 
-
-class SiteDiscovery:
+class SiteDiscovery(MonitorState):
     """Call positions and owners in the forward pass; Site and SiteState creation."""
-
-    _facts: StructureFacts
 
     def _init_discovery(self) -> None:
         self._calls: dict[str, int] = {}  # call base name -> calls so far in this forward pass
         self._owner_stack: list[str] = []  # names of the modules whose forward is running
         self._skipped: set[str] = set()  # call names left out by the options (or not activations)
         self._functional_sites = False  # some site is a functional call
-        self.eval_only: set[str] = set()  # sites measured only in evaluation batches so far
+        self.eval_only = set()  # sites measured only in evaluation batches so far
 
     @property
     def _found_functional_sites(self) -> bool:
@@ -143,11 +139,14 @@ class SiteDiscovery:
 
     def _selected(self, site: Site) -> bool:
         cfg = self.config
-        if cfg.include and not any(fnmatch.fnmatchcase(site.name, p) for p in cfg.include):
+        # Tuples of patterns since MonitorConfig.__post_init__ checked them (the fields are typed
+        # as what may be passed in).
+        include, exclude, kinds = cast("tuple[tuple[str, ...], ...]", (cfg.include, cfg.exclude, cfg.kinds))
+        if include and not any(fnmatch.fnmatchcase(site.name, p) for p in include):
             return False
-        if any(fnmatch.fnmatchcase(site.name, p) for p in cfg.exclude):
+        if any(fnmatch.fnmatchcase(site.name, p) for p in exclude):
             return False
-        return not cfg.kinds or selects(cfg.kinds, site.kind, site.family)
+        return not kinds or selects(kinds, site.kind, site.family)
 
     def _make_site(
         self, name: str, kind: str, source: str, owner: str, type_name: str, x: Any, y: Tensor, params: dict

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ def parameter_scales(model: nn.Module) -> dict[str, float]:
     """``{parameter name: max |value|}`` for every initialised parameter except biases, in one host
     copy. Parameters not materialised yet (lazy, on the meta device) or sharded (DTensor) are left out."""
     names: list[str] = []
-    maxima: list[Tensor] = []
+    params: list[Tensor] = []
     with torch._C.DisableTorchFunction(), torch.no_grad():
         for name, p in model.named_parameters():
             if name.rsplit(".", 1)[-1].endswith("bias") or isinstance(p, nn.parameter.UninitializedParameter):
@@ -41,16 +42,18 @@ def parameter_scales(model: nn.Module) -> dict[str, float]:
             if p.is_meta or p.numel() == 0 or type(p.data).__name__ == "DTensor":
                 continue
             names.append(name)
-            maxima.append(p.detach().abs().amax().float())
-        if not maxima:
+            params.append(p.detach())
+        if not params:
             return {}
-        # One copy per device holding parameters (one for a model on one device).
+        # One foreach call and one copy per device holding parameters (one for a model on one
+        # device). The infinity norm is the largest |value|, read without an abs() copy of each.
         by_device: dict[torch.device, list[int]] = {}
-        for i, m in enumerate(maxima):
-            by_device.setdefault(m.device, []).append(i)
-        values: list[float] = [0.0] * len(maxima)
+        for i, param in enumerate(params):
+            by_device.setdefault(param.device, []).append(i)
+        values: list[float] = [0.0] * len(params)
         for idx in by_device.values():
-            for i, v in zip(idx, torch.stack([maxima[i] for i in idx]).tolist()):
+            maxima = torch._foreach_norm([params[i] for i in idx], ord=math.inf)
+            for i, v in zip(idx, torch.stack([m.float() for m in maxima]).tolist()):
                 values[i] = float(v)
     return dict(zip(names, values))
 

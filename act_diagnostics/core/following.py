@@ -273,13 +273,14 @@ class Following:
             else:
                 a, b = args[0], (args[2] if len(args) > 2 else kwargs.get("other"))
             fa, fb = self.flow_of(mon, a), self.flow_of(mon, b)
-            same_site = fa is not None and fb is not None and fa.site == fb.site
-            if outside and same_site and {_log_likelihood(fa), _log_likelihood(fb)} == {"p", "1-p"}:
-                first = fa if _log_likelihood(fa) == "p" else fb
-                self.put(mon, result, Flow(first.site, first.steps[: first.steps.index(LOG)] + (LOG, BOTH_TERMS), first.reordered))
+            if fa is None or fb is None or fa.site != fb.site:
+                return
+            if outside and {_log_likelihood(fa), _log_likelihood(fb)} == {"p", "1-p"}:
+                chosen = fa if _log_likelihood(fa) == "p" else fb
+                self.put(mon, result, Flow(chosen.site, chosen.steps[: chosen.steps.index(LOG)] + (LOG, BOTH_TERMS), chosen.reordered))
             return
         flow = self.flow_of(mon, first)
-        if flow is None:
+        if flow is None or not isinstance(first, Tensor):  # a flow is only ever a tensor's
             return
         if func in REDUCTIONS:
             self._reduce(mon, func, flow, first, result, outside)

@@ -10,14 +10,14 @@ A mixin of :class:`~act_diagnostics.core.monitor.ActivationMonitor`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from act_diagnostics.core.modules import own_parameters
-from act_diagnostics.core.reruns import RerunSlot
+from act_diagnostics.core.monitor_state import MonitorState, RerunSlot
 from act_diagnostics.core.state import SiteState
 
 
@@ -31,21 +31,22 @@ def local_shard(grad: Tensor) -> tuple[Tensor, int] | None:
     placements = getattr(grad, "placements", None)
     if placements is None:
         return grad, 1
+    # A DTensor, read by its attributes: torch.distributed.tensor is not importable on every build.
+    sharded: Any = grad
     count = 1
-    for size, placement in zip(grad.device_mesh.shape, placements):
+    for size, placement in zip(sharded.device_mesh.shape, placements):
         if placement.is_partial():
             return None
         if placement.is_shard():
             count *= size
-    return grad.to_local(), count
+    return sharded.to_local(), count
 
 
-class GradientMeasurement:
+class GradientMeasurement(MonitorState):
     """Activation-gradient hooks and feeding-layer parameter gradient norms."""
 
     def _init_gradients(self) -> None:
-        # Returns the loss scale that backward ran with (float16 AMP's GradScaler), or None.
-        self.grad_scale: Callable[[], Tensor | float | None] | None = None
+        self.grad_scale = None  # no loss scale to divide by until one is set (float16 AMP)
 
     def _hook_grad(self, y: Tensor, state: SiteState | RerunSlot) -> None:
         """Measure the gradient with respect to ``y`` when backward reaches it.
@@ -72,11 +73,13 @@ class GradientMeasurement:
             if type(state) is RerunSlot:  # a checkpointed call's re-run (_hook_rerun_grad)
                 if state.state is None:
                     self._resolve_reruns()
-                state = state.state
-                if state is None:
+                target = state.state
+                if target is None:
                     return
+            else:
+                target = state
             with torch._C.DisableTorchFunction():
-                state.observe_grad(grad, detail, None if self.grad_scale is None else self.grad_scale())
+                target.observe_grad(grad, detail, None if self.grad_scale is None else self.grad_scale())
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import torch.nn as nn
@@ -146,7 +146,9 @@ class ActivationKind:
         """Boolean mask of outputs that count as firing."""
         if self.firing_mask is not None:
             return self.firing_mask(y, params)
-        return y > self.firing_threshold(y, params)  # type: ignore[misc]
+        if self.firing_threshold is not None:
+            return y > self.firing_threshold(y, params)
+        raise ValueError(f"activation kind {self.name!r} has neither a firing mask nor a firing threshold")
 
     def saturated(self, x: Tensor | None, y: Tensor, params: Params, eps: float) -> Tensor | None:
         """Boolean mask of saturated outputs (or rows, for softmax), None when not defined."""
@@ -219,16 +221,23 @@ def _row_max_above(limit_fn: Callable[[float], float]) -> SaturationTest:
     return lambda y, p, eps: y.amax(dim=_softmax_dim(p, y)) > limit_fn(eps)
 
 
-def _saturated_below(bound: Callable[[Params, float], float]) -> dict[str, SaturationTest]:
+class SaturationTests(TypedDict):
+    """The two forms of one saturation test, passed to an ActivationKind as keyword arguments."""
+
+    saturation_test: SaturationTest
+    saturation_indicator: SaturationTest
+
+
+def _saturated_below(bound: Callable[[Params, float], float]) -> SaturationTests:
     """Saturation as ``value < bound``: the output's negative tail (ELU family) or, for the smooth
     family, the pre-activation's flat tail; as a bool mask and as a float indicator."""
-    return {
-        "saturation_test": lambda t, p, eps: t < bound(p, eps),
-        "saturation_indicator": lambda t, p, eps: below(t, bound(p, eps)),
-    }
+    return SaturationTests(
+        saturation_test=lambda t, p, eps: t < bound(p, eps),
+        saturation_indicator=lambda t, p, eps: below(t, bound(p, eps)),
+    )
 
 
-def _tail(name: str) -> dict[str, SaturationTest]:
+def _tail(name: str) -> SaturationTests:
     """The smooth family's flat negative tail (pre-activation below smooth_tail_threshold)."""
 
     def bound(p: Params, eps: float) -> float:
@@ -286,7 +295,7 @@ KINDS: dict[str, ActivationKind] = {
             firing_threshold=None,
             firing_mask=lambda y, p: (y > p.get("threshold", 0.0)) & (y != p.get("value", 0.0)),
             modules=(nn.Threshold,),
-            functions=((F.threshold, {"threshold": 1, "value": 2}), (F.threshold_, {"threshold": 1, "value": 2})),
+            functions=((F.threshold, {"threshold": 1, "value": 2}), (torch.threshold_, {"threshold": 1, "value": 2})),
         ),
         ActivationKind(
             "elu", "smooth", _POS, "negative tail: alpha*exp(x) < eps",
@@ -436,9 +445,9 @@ def module_kind(module: nn.Module) -> str | None:
     for cls in type(module).__mro__:
         if cls.__name__ in NOT_ACTIVATIONS:
             return None
-        name = _NAMED_MODULE_KINDS.get(cls.__name__)
-        if name is not None:
-            return name
+        named = _NAMED_MODULE_KINDS.get(cls.__name__)
+        if named is not None:
+            return named
     return None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -24,10 +24,8 @@ from act_diagnostics.core.errors import UnmeasuredModules, rank_zero
 from act_diagnostics.core.facts import parameter_scales
 from act_diagnostics.core.kinds import module_kind, prepare_thresholds
 from act_diagnostics.core.modules import has_params, in_backward, is_leaf
+from act_diagnostics.core.monitor_state import MonitorState
 from act_diagnostics.core.windows import DEFER_AFTER_STEPS, defers_on
-
-if TYPE_CHECKING:
-    from act_diagnostics.core.tracer import ActivationTracer
 
 
 def _toggle(handles: list[Any], wanted: bool, register: Callable[[], list[Any]]) -> None:
@@ -41,10 +39,8 @@ def _toggle(handles: list[Any], wanted: bool, register: Callable[[], list[Any]])
         handles.clear()
 
 
-class HookLifecycle:
+class HookLifecycle(MonitorState):
     """Attach, pause, detach; begin, end and close a step; the tracer on and off the mode stack."""
-
-    _tracer: ActivationTracer
 
     def _init_lifecycle(self) -> None:
         self._attached = False

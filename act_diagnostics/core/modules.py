@@ -13,14 +13,17 @@ from torch import Tensor
 def compiled_modules(model: nn.Module) -> list[str]:
     """Names of ``model``'s torch.compile'd modules: ``torch.compile(m)`` wrappers, and modules
     compiled in place with ``m.compile()`` (the root is ``"<model>"``)."""
+    wrappers: tuple[type, ...] = ()
     try:
         from torch._dynamo.eval_frame import OptimizedModule
+
+        wrappers = (OptimizedModule,)
     except ImportError:  # pragma: no cover - torch without dynamo
-        OptimizedModule = ()  # noqa: N806
+        pass
     return [
         name or "<model>"
         for name, m in model.named_modules()
-        if isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None
+        if isinstance(m, wrappers) or getattr(m, "_compiled_call_impl", None) is not None
     ]
 
 

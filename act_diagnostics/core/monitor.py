@@ -25,9 +25,11 @@ a host sync): activation gradients are divided by it before they are measured. T
 callback does this itself.
 
 The monitor is a coordinator: it holds the options, the sites and their states, and the state of
-the open step, and takes its behaviour from one part per concern, each in its own module:
+the open step, and takes its behaviour from one part per concern, each in its own module, on a
+common base that declares the state they share:
 
 =================  ==============================================================================
+monitor_state.py   MonitorState: the shared state with its types and owners, the parts' methods
 lifecycle.py       hooks on and off (attach, pause, detach), the step protocol, the tracer's entry
 discovery.py       call positions and owners, Site and SiteState creation, selection, unit_dim
 calls.py           module, functional and attention calls measured (the hot path)
@@ -62,8 +64,6 @@ from act_diagnostics.core.lifecycle import HookLifecycle
 from act_diagnostics.core.modules import compiled_modules
 from act_diagnostics.core.network import NetworkWatch
 from act_diagnostics.core.reruns import CheckpointReruns
-from act_diagnostics.core.sites import Site
-from act_diagnostics.core.state import SiteState
 from act_diagnostics.core.structure import StructureFacts
 from act_diagnostics.core.tracer import ActivationTracer
 from act_diagnostics.core.windows import WindowSnapshots, WindowStash
@@ -95,32 +95,33 @@ class ActivationMonitor(
         if unknown:
             valid = ", ".join(MonitorConfig.__dataclass_fields__)
             raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for ActivationMonitor; valid options: {valid}")
+        # The state the parts share, declared with its types and owners in core/monitor_state.py.
         self.model = model
         self.config = config if config is not None else MonitorConfig(**options)
-        self.functional = self.config.functional  # measure functional calls (F.relu), not only modules
-        self.sites: dict[str, Site] = {}
-        self.states: dict[str, SiteState] = {}
-        self.steps = 0  # training steps seen (end_step calls)
-        self.window_steps = 0  # measured steps in the current window
-        self.failure: BaseException | None = None
+        self.functional = self.config.functional
+        self.sites = {}
+        self.states = {}
+        self.steps = 0
+        self.window_steps = 0
+        self.failure = None
         # The open step, read by every part (the tracer reads the first four on every torch call).
-        self.enabled = False  # measuring (a step is open)
-        self.learning_structure = False  # this step records structural facts (the first training steps)
-        self.activation_depth = 0  # >0 inside an activation module's forward
-        self.detail = False  # this step also records histograms, input moments, non-finite counts
-        self._training = True  # the open step is a training step (not an evaluation batch)
-        self._measured_in_step = False  # the open step measured a call (close_step counts it)
-        self._forward_in_step = False  # the open step ran the model's forward
-        self._deferred = False  # this step's sites defer their results (DEFER_AFTER_STEPS)
-        self._tracer_entered = False  # the tracer is on torch's function-mode stack
-        self._stopped_for_jit_trace = False  # measuring stopped for a torch.jit.trace of the model
-        self._names: dict[int, str] = {}  # id(module) -> its name in the model (set by attach)
-        self.extras = ExtraTotals()  # attention logits, log Z, router loads (core/extras.py)
-        self.network = NetworkWatch()  # whole-model facts: layer links, the model's input, loss values
+        self.enabled = False
+        self.learning_structure = False
+        self.activation_depth = 0
+        self.detail = False
+        self._training = True
+        self._measured_in_step = False
+        self._forward_in_step = False
+        self._deferred = False
+        self._tracer_entered = False
+        self._stopped_for_jit_trace = False
+        self._names = {}  # filled by attach
+        self.extras = ExtraTotals()
+        self.network = NetworkWatch()
         self._facts = StructureFacts(self.sites, self.states, self.network, lambda: self.in_module_forward)
         self._tracer = ActivationTracer(self, self._facts, self._fail)
-        self.param_scales: dict[str, float] = {}  # parameter scales, read at attach
-        self.batch_facts = BatchFacts()  # the batch's rows and spread
+        self.param_scales = {}  # read at attach
+        self.batch_facts = BatchFacts()
         # Each part's own state (its _init_* method); a part touches only its own private
         # attributes and the shared ones above, and calls the others' methods.
         self._init_lifecycle()

@@ -109,7 +109,7 @@ class NetworkWatch:
         self.after_embedding = False  # a layer took integers (an Embedding) before the first layer
         # Layer outputs and views of them: (tensor, layer, type, version counter when recorded, uses of
         # the layer's output: {"layers": layers it fed, "combined": combined with other values}).
-        self._outputs: dict[int, tuple[weakref.ref, str, str, int, dict[str, Any]]] = {}
+        self._outputs: dict[int, tuple[weakref.ref[Tensor], str, str, int, dict[str, Any]]] = {}
         self._totals: Tensor | None = None
         self._input_elements = 0
         self._losses = 0
@@ -127,7 +127,9 @@ class NetworkWatch:
     def _layer_of(self, value: Any) -> tuple[str, str, dict[str, Any]] | None:
         """The layer whose output ``value`` holds, unchanged (an inplace op since, ReLU(inplace=True)
         after a BatchNorm, bumped its version counter, which views share), and that output's uses."""
-        entry = self._outputs.get(id(value)) if isinstance(value, Tensor) else None
+        if not isinstance(value, Tensor):
+            return None
+        entry = self._outputs.get(id(value))
         if entry is None or entry[0]() is not value:
             return None
         with torch._C.DisableTorchFunction():

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from act_diagnostics.core.snapshot import SiteStats, window_stats
+from act_diagnostics.core.snapshot import DEAD_UNIT_RATE, SiteStats, window_stats
 from act_diagnostics.core.state import COUNTERS, MAX_ABS, N_SUMS, SiteState, totals_size
 
 SUM_NAMES = (
@@ -209,5 +209,5 @@ def reduce_to_host(
     return totals, out_samples
 
 
-def totals_to_stats(totals: dict[str, dict], **thresholds: float) -> dict[str, SiteStats]:
-    return {name: window_stats(**t, **thresholds) for name, t in totals.items()}
+def totals_to_stats(totals: dict[str, dict[str, Any]], dead_unit_rate: float = DEAD_UNIT_RATE) -> dict[str, SiteStats]:
+    return {name: window_stats(**t, dead_unit_rate=dead_unit_rate) for name, t in totals.items()}

@@ -3,7 +3,7 @@
 A reentrant checkpoint (``torch.utils.checkpoint(..., use_reentrant=True)``) runs its region's
 first forward under no_grad: the calls are measured, but their outputs carry no gradient to hook,
 so they wait (:meth:`CheckpointReruns._await_rerun_grad`). Backward re-runs the region with grad
-enabled; each re-run call's output gets a gradient hook whose :class:`RerunSlot` is matched to
+enabled; each re-run call's output gets a gradient hook whose :class:`~act_diagnostics.core.monitor_state.RerunSlot` is matched to
 its waiting first call once the region's re-run is over (:meth:`_resolve_reruns`). The call is
 measured once; only its gradient comes from the re-run. Non-reentrant checkpointing hooks the
 first forward, so nothing waits for its re-run.
@@ -16,31 +16,16 @@ A mixin of :class:`~act_diagnostics.core.monitor.ActivationMonitor`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 from torch import Tensor
 
+from act_diagnostics.core.monitor_state import MonitorState, RerunSlot
 from act_diagnostics.core.state import SiteState
 
-if TYPE_CHECKING:
-    from act_diagnostics.core.tracer import ActivationTracer
 
-
-class RerunSlot:
-    """The site state a checkpointed call's re-run owes its gradient to, set once known."""
-
-    __slots__ = ("state",)
-
-    def __init__(self) -> None:
-        self.state: SiteState | None = None
-
-
-class CheckpointReruns:
+class CheckpointReruns(MonitorState):
     """Sites waiting for their gradient, and the re-runs that bring it."""
-
-    _tracer: ActivationTracer
 
     def _init_reruns(self) -> None:
         # Sites called this pass with no gradient to hook (a reentrant checkpoint's first forward

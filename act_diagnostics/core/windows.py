@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from act_diagnostics.core.monitor_state import MonitorState
 from act_diagnostics.core.pack import reduce_to_host, reset_states, share_buffer, shared_view, totals_to_stats
 from act_diagnostics.core.snapshot import Snapshot
 from act_diagnostics.core.transformer_stats import fill_snapshot
@@ -47,7 +48,7 @@ class WindowStash:
     window_steps: int
 
 
-class WindowSnapshots:
+class WindowSnapshots(MonitorState):
     """The window's totals read once per log step, or set aside for evaluation batches."""
 
     def _init_windows(self) -> None:
@@ -96,9 +97,10 @@ class WindowSnapshots:
         names = list(self.states)
         states = [self.states[n] for n in names]
         device = states[0].device if states else torch.device("cpu")
-        sample_names = [n for n, st in zip(names, states) if st.out_sample is not None]
-        grad_names = [n for n, st in zip(names, states) if st.grad_sample is not None]
-        samples = [self.states[n].out_sample for n in sample_names] + [self.states[n].grad_sample for n in grad_names]
+        out_samples = {n: st.out_sample for n, st in zip(names, states) if st.out_sample is not None}
+        grad_samples = {n: st.grad_sample for n, st in zip(names, states) if st.grad_sample is not None}
+        sample_names, grad_names = list(out_samples), list(grad_samples)
+        samples = [*out_samples.values(), *grad_samples.values()]
         # Values of no site that ride in the same host copy, by name (None: nothing this window).
         scale = self.grad_scale() if self.grad_scale is not None else None
         riders = {
@@ -107,16 +109,17 @@ class WindowSnapshots:
             "grad_scale": scale.detach().reshape(-1)[:1] if isinstance(scale, Tensor) else None,
             "batch_spread": self.batch_facts.pending(),
         }
-        rider_keys = [key for key, value in riders.items() if value is not None]
+        present = {key: value for key, value in riders.items() if value is not None}
+        rider_keys = list(present)
         n_samples = len(samples)
-        samples += [riders[key] for key in rider_keys]
+        samples += present.values()
         with self._no_torch_function():
             # New sites, or a device move: one buffer again. A model split across devices keeps a
             # buffer per site (moving them would only make each site move back at its next call).
             if states and shared_view(states) is None and all(st.device == device for st in states):
                 share_buffer(states, device)
             extras = None if self._stashed else self.extras  # evaluation windows leave them be
-            totals, host_samples = reduce_to_host(states, names, device, all_gather, samples, extras)  # type: ignore[arg-type]
+            totals, host_samples = reduce_to_host(states, names, device, all_gather, samples, extras)
         host = dict(zip(rider_keys, host_samples[n_samples:]))
         del host_samples[n_samples:]
         facts = self.batch_facts.read(host.get("batch_spread"))  # batch rows and spread

@@ -122,8 +122,8 @@ def draw_chart(
     line = [xy(s, v) for s, v in points if math.isfinite(v)]
     if len(line) > 1:
         draw.line(line, fill=LINE_RGB, width=2)
-    for x, y in line:
-        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=LINE_RGB)
+    for px, py in line:
+        draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=LINE_RGB)
     for value, label in zip((v_lo, v_hi), y_labels):  # y axis: its two ends
         draw_text(draw, (x0 - 4, xy(s_lo, value)[1]), label, fnt, anchor="rm", fill=INK_RGB)
     draw_text(draw, (x0, y0 + 4), str(s_lo), fnt, anchor="la", fill=INK_RGB)

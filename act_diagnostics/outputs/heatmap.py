@@ -92,7 +92,8 @@ def font(size: int = FONT_SIZE) -> Any:
 
 
 def _text_box(draw: Any, text: str, fnt: Any) -> tuple[int, int, int, int]:
-    return tuple(int(v) for v in draw.textbbox((0, 0), text, font=fnt))  # type: ignore[return-value]
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=fnt)
+    return int(left), int(top), int(right), int(bottom)
 
 
 def _text_width(draw: Any, text: str, fnt: Any) -> int:

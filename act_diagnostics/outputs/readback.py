@@ -212,8 +212,8 @@ def _read_events(run_dir: Path) -> EventData:
     for tag in acc.Tags().get("scalars", []):
         parsed = split_tag(tag)
         events = acc.Scalars(tag) if parsed is not None else []
-        if events:
-            series.setdefault(parsed[0], {})[parsed[1]] = events  # type: ignore[index]
+        if parsed is not None and events:
+            series.setdefault(parsed[0], {})[parsed[1]] = events
     rows: list[LayerRow] = []
     for site, stats in series.items():
         # One window per row: its last log step. A statistic not logged then (a detail-step-only
@@ -289,7 +289,9 @@ def _rows_from_report(data: dict[str, Any]) -> list[LayerRow]:
         return []
     rows = []
     for item in items:
-        stats = item.get("stats") if isinstance(item.get("stats"), dict) else item
+        stats = item.get("stats")
+        if not isinstance(stats, dict):
+            stats = item
         name = item.get("site", item.get("name"))
         if name is None:
             continue

@@ -156,7 +156,7 @@ class Report:
         for i, f in enumerate(self.findings, start=1):
             spec = chart_spec(f, self.thresholds)
             points = self.history.series(f.site, spec[0]) if spec is not None else []
-            if not points:
+            if spec is None or not points:
                 continue
             stat, name, value = spec
             marks = [(f.step, "raised")] + ([(f.resolved_step, "resolved")] if f.resolved_step is not None else [])

@@ -18,12 +18,12 @@ from typing import Any
 from act_diagnostics.core.following import HANDWRITTEN_BCE, HANDWRITTEN_CE, LOG, SCALE, loss_parts
 from act_diagnostics.core.sites import Site
 from act_diagnostics.rules.base import Rule, RuleContext
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 # Severity of each (activation kind, loss) pair; the advice is in _ADVICE. Sources: PyTorch docs
 # (CrossEntropyLoss expects unnormalised logits; NLLLoss expects log-probabilities;
 # BCEWithLogitsLoss applies the sigmoid itself) and Keras' from_logits warning.
-_PAIRS: dict[tuple[str, str], str] = {
+_PAIRS: dict[tuple[str, str], Severity] = {
     ("softmax", "cross_entropy"): "error",
     ("softmax", "nll_loss"): "error",
     ("softmax", "binary_cross_entropy_with_logits"): "error",
@@ -117,7 +117,7 @@ def _classes(site: Site, loss: str) -> tuple[int, int | None]:
 
 class ActivationLossMismatch(Rule):
     id = "activation-loss-mismatch"
-    defaults: dict[str, float] = {}
+    defaults = {}
 
     def __init__(self, thresholds: Mapping[str, float] | None = None) -> None:
         super().__init__(thresholds)
@@ -145,7 +145,7 @@ class ActivationLossMismatch(Rule):
                     continue
                 classes, class_dim = _classes(site, entry)
                 wrong_dim = kind != "sigmoid" and class_dim is not None and site.unit_dim != class_dim
-                severity = "error" if wrong_dim else _PAIRS.get((kind, loss))
+                severity: Severity | None = "error" if wrong_dim else _PAIRS.get((kind, loss))
                 if severity is None:  # log_softmax into nll_loss over the classes: the right pairing
                     continue
                 softmax_bce = kind == "softmax" and loss in ("binary_cross_entropy", HANDWRITTEN_BCE)

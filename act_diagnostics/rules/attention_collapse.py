@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from act_diagnostics.rules.base import COUNT, FRACTION, Rule, RuleContext, SamplePool, finite, pct
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 # Share of query rows with one weight > 1 - saturation_eps before warning (proposal: most of the
 # layer's queries attend to a single key, the collapsed state of Zhai et al. 2023).
@@ -71,7 +71,7 @@ class AttentionCollapse(Rule):
             share = float(means[0])
             if share <= self.t["warn_share"]:
                 continue
-            severity = "error" if share >= self.t["error_share"] else "warning"
+            severity: Severity = "error" if share >= self.t["error_share"] else "warning"
             when = " at initialisation" if ctx.preflight else ""
             msg = (
                 f"{pct(share)} of the sampled query rows put nearly all their weight on a single key{when} "

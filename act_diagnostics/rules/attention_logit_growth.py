@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from act_diagnostics.rules.base import FACTOR, POSITIVE, Rule, RuleContext, finite, pct
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 # Largest logit before warning (proposal, see the module docstring: a gap of 30 leaves other keys
 # below 1e-13 of the top key's weight, one-hot for any practical context length).
@@ -71,7 +71,7 @@ class AttentionLogitGrowth(Rule):
             growth = logit / max(baseline, BASELINE_FLOOR)
             if ctx.preflight or logit < self.t["warn_logit"] or growth < self.t["min_growth"]:
                 continue
-            severity = "error" if logit >= self.t["error_logit"] else "warning"
+            severity: Severity = "error" if logit >= self.t["error_logit"] else "warning"
             heads = stats.max_logit_heads
             head = max(range(len(heads)), key=lambda h: heads[h]) if heads else 0
             peaked = stats.saturation if finite(stats.saturation) else None

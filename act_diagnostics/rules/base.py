@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 import numpy as np
 
@@ -155,7 +155,8 @@ class Rule:
         return None
 
 
-def finite(value: float | None) -> bool:
+def finite(value: float | None) -> TypeGuard[float]:
+    """A number that is not NaN or infinite (and not None: a statistic this window did not measure)."""
     return value is not None and math.isfinite(value)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from act_diagnostics.rules.base import COUNT, FRACTION, Rule, RuleContext, pct
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 # An expert is dead when its share of the assignments is below this fraction of the uniform share
 # 1/E (proposal: "almost no tokens": a tenth of its fair load; NeMo's dead-expert fraction counts
@@ -80,7 +80,7 @@ class DeadExperts(Rule):
             if not dead:
                 continue
             imbalance = float(shares.max() * experts)
-            severity = "error" if len(dead) >= self.t["error_experts"] * experts else "warning"
+            severity: Severity = "error" if len(dead) >= self.t["error_experts"] * experts else "warning"
             busiest = int(shares.argmax())
             msg = (
                 f"{len(dead)} of {experts} experts receive almost no tokens (expert(s) {', '.join(map(str, dead[:8]))}"

@@ -60,7 +60,7 @@ from act_diagnostics.rules.base import (
     samples_per_unit,
     was_were,
 )
-from act_diagnostics.rules.finding import SEVERITIES, Finding
+from act_diagnostics.rules.finding import SEVERITIES, Finding, Severity
 from act_diagnostics.rules.silence import layer_dead, log_silence_finite, log_tail
 
 # Kinds whose output and gradient are exactly zero below the threshold: a unit that never fires
@@ -177,7 +177,7 @@ class DeadUnits(Rule):
                 ctx.hold(site.name)
                 self._ask_for_samples(ctx, site.name)
                 continue
-            if verdict:
+            if isinstance(verdict, tuple):  # else False: the layer is clear
                 out.append(self._finding(ctx, site, *verdict))
         self._window_epoch = ctx.snapshot.epoch  # the next window starts in this epoch or later
         return out
@@ -191,7 +191,9 @@ class DeadUnits(Rule):
         if self._asking:
             ctx.request_dense(site)
 
-    def _judge(self, ctx: RuleContext, name: str, rates: np.ndarray, n: float, rows_are_samples: bool) -> tuple | bool | None:
+    def _judge(
+        self, ctx: RuleContext, name: str, rates: np.ndarray, n: float, rows_are_samples: bool
+    ) -> tuple[_Evidence, np.ndarray, int] | bool | None:
         """Add one window's evidence; the dead units' verdict, False when the layer is clear, None
         while undecided units could still reach the warning fraction."""
         ev = self._evidence.get(name)
@@ -256,7 +258,7 @@ class DeadUnits(Rule):
                 msg += f" (rows of a {population}-row training set)"
         else:
             msg += f"; each fired on under {pct(self.t['unit_rate'])} of at least its last {evidence_n} samples"
-        severity = "error" if fraction >= self.t["error_fraction"] else "warning"
+        severity: Severity = "error" if fraction >= self.t["error_fraction"] else "warning"
         why = []
         if site.name in ctx.notions.gate_bottlenecks:
             # The gate still modulates the main path with the units left; with none left it is a
@@ -265,7 +267,7 @@ class DeadUnits(Rule):
             severity = "warning" if dead.size == units else "info"
         if dead.size < self.t["min_dead_units"]:
             why.append(f"only {count(int(dead.size), 'unit')}")
-            severity = SEVERITIES[max(0, SEVERITIES.index(severity) - 1)]  # type: ignore[assignment]
+            severity = SEVERITIES[max(0, SEVERITIES.index(severity) - 1)]
         if why:
             fix += LOW_IMPACT_NOTE.format(why="; ".join(why))
         return self.finding(

@@ -105,8 +105,8 @@ def _check_thresholds(thresholds: Any) -> dict[str, dict[str, float]]:
         if rule not in defaults:
             raise ValueError(f"`thresholds` key {key!r} names no rule; valid ids: {', '.join(RULE_IDS)}")
         if name not in defaults[rule]:
-            valid = ", ".join(f"{rule}.{n}" for n in defaults[rule]) or "none (this rule has no thresholds)"
-            raise ValueError(f"`thresholds` key {key!r} is not a threshold of {rule}; valid keys: {valid}")
+            keys = ", ".join(f"{rule}.{n}" for n in defaults[rule]) or "none (this rule has no thresholds)"
+            raise ValueError(f"`thresholds` key {key!r} is not a threshold of {rule}; valid keys: {keys}")
         number = real(value)
         valid = ranges[rule].get(name, Range())
         if number is None or not math.isfinite(number):
@@ -135,10 +135,13 @@ class RuleEngine:
         if not isinstance(warn, bool):
             raise TypeError(f"`warn` must be True or False, got {warn!r}")
         self.disabled = check_rule_ids(disable)
-        overrides = _check_thresholds(thresholds)
+        self._overrides = _check_thresholds(thresholds)  # {rule: {name: value}}
         self.warn = warn
-        self._thresholds = dict(thresholds or {})
-        self.rules: list[Rule] = [r(overrides.get(r.id)) for r in RULES if r.id not in self.disabled]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (a new fit): fresh rules, no findings."""
+        self.rules: list[Rule] = [r(self._overrides.get(r.id)) for r in RULES if r.id not in self.disabled]
         self.findings: list[Finding] = []
         # Findings marked resolved by the latest evaluate (for the outputs).
         self.resolved: list[Finding] = []
@@ -219,16 +222,13 @@ class RuleEngine:
         before = self._reported.get(key)
         if before is not None:
             old_rank, old_value = before
-            comparable = old_value is not None and value is not None and math.isfinite(old_value) and old_value > 0
-            worse_value = comparable and value >= 2 * old_value
+            worse_value = (
+                old_value is not None and value is not None and math.isfinite(old_value) and old_value > 0 and value >= 2 * old_value
+            )
             if rank <= old_rank and not worse_value:
                 return False
         self._reported[key] = (rank, value)
         return True
-
-    def reset(self) -> None:
-        """Forget everything (a new fit)."""
-        self.__init__(self.disabled, self._thresholds, self.warn)  # type: ignore[misc]
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:

@@ -40,22 +40,22 @@ class ExplodingActivations(Rule):
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         chain = [
-            (s, st)
+            (s, st.rms, st.max_abs)
             for s, st in ctx.snapshot.ordered()
             if is_hidden(s) and s.family in UNBOUNDED and finite(st.rms) and finite(st.max_abs)
         ]
         if not chain:
             return []
-        (first, fs), (last, ls) = chain[0], chain[-1]
-        growth = float(ls.rms) / float(fs.rms) if len(chain) >= self.t["min_sites"] and fs.rms else 0.0  # type: ignore[arg-type]
-        biggest, bs = max(chain, key=lambda p: float(p[1].max_abs))  # type: ignore[arg-type]
-        evidence = dict(growth_factor=growth, rms_first=fs.rms, rms_last=ls.rms, max_abs=bs.max_abs)
+        (first, rms_first, _), (last, rms_last, _) = chain[0], chain[-1]
+        growth = rms_last / rms_first if len(chain) >= self.t["min_sites"] and rms_first else 0.0
+        biggest, rms_big, max_big = max(chain, key=lambda p: p[2])
+        evidence = dict(growth_factor=growth, rms_first=rms_first, rms_last=rms_last, max_abs=max_big)
         fix = growth_fix(ctx.snapshot, FIX)
         if growth > self.t["growth"]:
             msg = f"activation RMS grows {growth:.3g}x from '{first.name}' to '{last.name}' ({len(chain)} layers)"
             return [self.finding(ctx, last.name, "warning", msg, fix, **evidence)]
-        if float(bs.max_abs) > self.t["huge"]:  # type: ignore[arg-type]
-            msg = f"activations reach |{bs.max_abs:.3g}| (RMS {bs.rms:.3g}): overflow in float16 is near"
+        if max_big > self.t["huge"]:
+            msg = f"activations reach |{max_big:.3g}| (RMS {rms_big:.3g}): overflow in float16 is near"
             if biggest.name == ctx.snapshot.ordered()[0][0].name:  # the first measured activation
                 msg += f"; they are largest at the first measured activation '{biggest.name}': the scale comes in with what feeds it"
                 fix = INPUT_FIX + fix

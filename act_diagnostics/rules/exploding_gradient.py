@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from act_diagnostics.rules.base import FACTOR, POSITIVE, Range, Rule, RuleContext, finite, growth_fix
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 # AUTOTRAINER (ICSE 2021): exploding when ||g_first|| / ||g_last|| > 70.
 GROWTH = 70.0
@@ -36,19 +36,18 @@ class ExplodingGradient(Rule):
     primary = "growth_factor"
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
-        chain = [(s, st) for s, st in ctx.notions.gradient_chain(ctx.snapshot) if finite(st.grad_rms)]
+        chain = [(s, st.grad_rms) for s, st in ctx.notions.gradient_chain(ctx.snapshot) if finite(st.grad_rms)]
         if not chain:
             return []
         fix = growth_fix(ctx.snapshot, FIX)
-        biggest, bs = max(chain, key=lambda p: float(p[1].grad_rms))  # type: ignore[arg-type]
-        g_big = float(bs.grad_rms)  # type: ignore[arg-type]
+        biggest, g_big = max(chain, key=lambda p: p[1])
         growth = 0.0
-        if len(chain) >= self.t["min_sites"] and float(chain[-1][1].grad_rms) > 0:  # type: ignore[arg-type]
-            growth = float(chain[0][1].grad_rms) / float(chain[-1][1].grad_rms)  # type: ignore[arg-type]
+        if len(chain) >= self.t["min_sites"] and chain[-1][1] > 0:
+            growth = chain[0][1] / chain[-1][1]
         per_layer = growth ** (1.0 / (len(chain) - 1)) if growth > 0 else 0.0
         if growth > self.t["growth"] and per_layer > self.t["layer_growth"]:
             first, last = chain[0][0], chain[-1][0]
-            severity = "error" if growth > self.t["error_growth"] else "warning"
+            severity: Severity = "error" if growth > self.t["error_growth"] else "warning"
             msg = (
                 f"the gradient at '{first.name}' is {growth:.3g}x larger than at '{last.name}' "
                 f"({len(chain)} activation layers, {per_layer:.2g}x per layer): it grows toward the input"

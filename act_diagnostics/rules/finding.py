@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
+from types import FrameType
 from typing import Any, Literal
 
 Severity = Literal["info", "warning", "error"]
-SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error")
 
 
 class ActivationWarning(UserWarning):
@@ -108,7 +109,7 @@ def user_frame() -> Any:
     """The innermost stack frame outside :data:`FRAMEWORK_MODULES`, or None when every frame is inside."""
     import sys
 
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and _is_framework(str(frame.f_globals.get("__name__", ""))):
         frame = frame.f_back
     return frame

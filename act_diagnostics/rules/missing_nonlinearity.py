@@ -52,7 +52,7 @@ def linear_chains(network: NetworkFacts) -> list[list[tuple[str, str]]]:
             continue  # a grouped (depthwise) convolution: a deliberate factorisation
         nxt.setdefault(a, []).append(b)
         has_prev.add(b)
-    chains: list[list[str]] = []
+    chains: list[list[tuple[str, str]]] = []
     for start in [a for a in nxt if a not in has_prev]:
         chain, seen = [start], {start}
         while nxt.get(chain[-1]):
@@ -77,12 +77,14 @@ def _low_rank(network: NetworkFacts, chain: list[tuple[str, str]]) -> bool:
     if len(linear) != 2 or not all(layer in network.layer_widths for layer in linear):
         return False
     (a_in, a_out, _), (_, b_out, _) = (network.layer_widths[layer] for layer in linear)
-    return None not in (a_in, a_out, b_out) and a_out < min(a_in, b_out)
+    if a_in is None or a_out is None or b_out is None:
+        return False
+    return a_out < min(a_in, b_out)
 
 
 class MissingNonlinearity(Rule):
     id = "missing-nonlinearity"
-    defaults: dict[str, float] = {}
+    defaults = {}
     resolvable = False  # the model's structure: it cannot resolve while training
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from act_diagnostics.rules.base import COUNT, FRACTION, Rule, RuleContext, SamplePool, finite, is_hidden, pct
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 FAMILIES = ("smooth",)
 # Share of a layer's units in the flat tail (on >99% of their samples) before reporting: the
@@ -71,7 +71,7 @@ class NearDeadUnits(Rule):
             share = float(means[0])
             if share <= self.t["info_fraction"]:
                 continue
-            severity = "warning" if share >= self.t["warn_fraction"] else "info"
+            severity: Severity = "warning" if share >= self.t["warn_fraction"] else "info"
             when = " at initialisation" if ctx.preflight else ""
             msg = (
                 f"{pct(share)} of {site.n_units} {site.kind} units sit in the flat negative tail{when} "

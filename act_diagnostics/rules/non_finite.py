@@ -37,7 +37,7 @@ class NonFinite(Rule):
     id = "non-finite"
     per_site = False
     resolvable = True
-    defaults: dict[str, float] = {"min_grad_scale": MIN_GRAD_SCALE}
+    defaults = {"min_grad_scale": MIN_GRAD_SCALE}
     ranges = {"min_grad_scale": POSITIVE}
     windows = 1  # immediate: one NaN poisons every weight it touches
 
@@ -49,7 +49,9 @@ class NonFinite(Rule):
             site = forward[0]
             share = ctx.snapshot.stats[site.name].nonfinite_share
             steps = ctx.snapshot.window_steps
-            evidence = dict(sites_affected=len(forward), sites=len(ordered), grad_sites_affected=len(backward), window_steps=steps)
+            evidence: dict[str, float] = dict(
+                sites_affected=len(forward), sites=len(ordered), grad_sites_affected=len(backward), window_steps=steps
+            )
             if share is not None:
                 evidence["nonfinite_share"] = share
             if steps > 1 and len(forward) > 1:

@@ -18,7 +18,7 @@ from act_diagnostics.core.kinds import output_range
 from act_diagnostics.core.snapshot import SiteStats
 from act_diagnostics.core.tracer import REGRESSION_LOSSES
 from act_diagnostics.rules.base import FRACTION, Rule, RuleContext, pct
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 MULTICLASS = ("cross_entropy", "nll_loss", HANDWRITTEN_CE)
 # Losses that read their input as probabilities (a log of it, or 1 - it).
@@ -82,7 +82,7 @@ class OutputActivationMismatch(Rule):
         others = [loss for loss in losses if loss not in _BCE_LOSSES]
         if not others:
             return None  # softmax into BCE: activation-loss-mismatch says it
-        severity = "error" if share >= self.t["multi_label_error"] else "warning"
+        severity: Severity = "error" if share >= self.t["multi_label_error"] else "warning"
         msg = (
             f"{pct(share)} of the target rows fed to {others[0]} do not sum to 1 (multi-label targets: several "
             f"classes true at once, or none), but {site.kind} rows always sum to 1: the model cannot fit them"
@@ -100,7 +100,7 @@ class OutputActivationMismatch(Rule):
         if share is None or loss is None or bounds is None or not share > self.t["target_outside_warn"]:
             return None
         low, high = bounds
-        severity = "error" if share >= self.t["target_outside_error"] else "warning"
+        severity: Severity = "error" if share >= self.t["target_outside_error"] else "warning"
         msg = (
             f"{pct(share)} of the {loss} targets lie outside the {site.kind} output range "
             f"[{low:g}, {high:g}]: the model can never fit them"
@@ -168,9 +168,9 @@ class OutputActivationMismatch(Rule):
             )
             fix = "Remove the activation after the last layer: the loss expects unbounded logits."
             return self.finding(ctx, site.name, "error" if bce else "warning", msg, fix, units=site.n_units)
-        bce = next((loss for loss in losses if loss in PROBABILITY_LOSSES), None)
-        if site.family == "tanh" and bce is not None:
-            msg = f"tanh outputs in [-1, 1] feed {bce}, which needs probabilities in [0, 1] (log of a negative is NaN)"
+        probability_loss = next((loss for loss in losses if loss in PROBABILITY_LOSSES), None)
+        if site.family == "tanh" and probability_loss is not None:
+            msg = f"tanh outputs in [-1, 1] feed {probability_loss}, which needs probabilities in [0, 1] (log of a negative is NaN)"
             fix = "Use a sigmoid, or better logits with BCEWithLogitsLoss."
             return self.finding(ctx, site.name, "error", msg, fix, units=site.n_units)
         return None

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from act_diagnostics.rules.base import POSITIVE, Rule, RuleContext, finite
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 # |mean log Z| at or above this warns (proposal: bfloat16 spacing 0.125 between 16 and 32, above
 # ln C of any practical vocabulary).
@@ -72,7 +72,7 @@ class OutputLogitDivergence(Rule):
             drift = abs(z.mean)
             if drift < self.t["warn_drift"]:
                 continue
-            severity = "error" if drift >= self.t["error_drift"] else "warning"
+            severity: Severity = "error" if drift >= self.t["error_drift"] else "warning"
             direction = "above" if z.mean > 0 else "below"
             msg = (
                 f"log Z (logsumexp of the logits reaching {call.split('#')[0]}) averaged {z.mean:.3g} over {z.rows} rows, "

@@ -30,7 +30,7 @@ from act_diagnostics.rules.base import (
     count,
     finite,
 )
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 # Layers in the stack (consecutive hidden sigmoid layers + 1) from which it is a warning whatever
 # the statistics: three hidden sigmoid layers (Glorot & Bengio 2010 trained 4-5); two (the
@@ -93,7 +93,7 @@ class SaturatingHiddenActivation(Rule):
             depth = len(run) + 1
             limit = self.t[f"{family}_min_depth"]
             why = self._measured(run, snap.stats) if measured else ""
-            severity = "warning" if depth >= limit or why else "info"
+            severity: Severity = "warning" if depth >= limit or why else "info"
             names = ", ".join(s.name for s in run)
             kinds = sorted({s.kind for s in run})
             # Name what the model uses: softsign is of the tanh family, not tanh.
@@ -137,8 +137,9 @@ class SaturatingHiddenActivation(Rule):
             if share >= self.t["saturated_share"]:
                 return f"saturates: {share:.0%} of the outputs of '{s.name}' sit where the derivative is ~0"
         grads = [stats[s.name].grad_rms for s in run if s.name in stats]
-        if len(grads) >= 2 and all(finite(g) for g in grads) and grads[-1] > 0:  # type: ignore[operator]
-            ratio = float(grads[0]) / float(grads[-1])  # type: ignore[arg-type]
+        finite_grads = [g for g in grads if finite(g)]
+        if len(grads) >= 2 and len(finite_grads) == len(grads) and finite_grads[-1] > 0:
+            ratio = finite_grads[0] / finite_grads[-1]
             if ratio < self.t["starve_ratio"]:
                 smaller = f"{1 / ratio:.3g}x smaller" if ratio > 0 else "0"
                 return f"starves the gradient: it is {smaller} at '{run[0].name}' against '{run[-1].name}'"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from act_diagnostics.rules.base import COUNT, FRACTION, Rule, RuleContext, SamplePool, finite, is_hidden, pct, samples_per_unit
-from act_diagnostics.rules.finding import Finding
+from act_diagnostics.rules.finding import Finding, Severity
 
 FAMILIES = ("sigmoid", "tanh", "bounded")
 # Share of a layer's units saturated (on >99% of their samples) before warning: SageMaker
@@ -71,7 +71,7 @@ class Saturation(Rule):
             units, share = float(means[0]), float(means[1])
             if units <= self.t["warn_fraction"] and share <= self.t["warn_share"]:
                 continue
-            severity = "error" if max(units, share) >= self.t["error_fraction"] else "warning"
+            severity: Severity = "error" if max(units, share) >= self.t["error_fraction"] else "warning"
             when = " at initialisation" if ctx.preflight else ""
             msg = (
                 f"{pct(share)} of the outputs of {site.n_units} {site.kind} units are saturated{when} "

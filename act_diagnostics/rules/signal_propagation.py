@@ -36,12 +36,12 @@ class SignalPropagation(Rule):
     primary = "ratio"
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
-        chain = [(s, st) for s, st in ctx.notions.stack_pairs(ctx.snapshot) if finite(st.input_std)]
+        chain = [(s, st.input_std) for s, st in ctx.notions.stack_pairs(ctx.snapshot) if finite(st.input_std)]
         if len(chain) < self.t["min_sites"]:
             return []
-        lo_i = min(range(len(chain)), key=lambda i: chain[i][1].input_std)  # type: ignore[arg-type, return-value]
-        hi_i = max(range(len(chain)), key=lambda i: chain[i][1].input_std)  # type: ignore[arg-type, return-value]
-        lo, hi = float(chain[lo_i][1].input_std), float(chain[hi_i][1].input_std)  # type: ignore[arg-type]
+        lo_i = min(range(len(chain)), key=lambda i: chain[i][1])
+        hi_i = max(range(len(chain)), key=lambda i: chain[i][1])
+        lo, hi = chain[lo_i][1], chain[hi_i][1]
         ratio = hi / lo if lo > 0 else float("inf")
         if ratio <= self.t["ratio"]:
             return []
@@ -49,7 +49,7 @@ class SignalPropagation(Rule):
         deep = chain[max(lo_i, hi_i)][0]
         # Quote the two sites the ratio compares, in forward order (not the chain's ends).
         first, last = (lo_i, hi_i) if grows else (hi_i, lo_i)
-        ends = " to ".join(f"{chain[i][1].input_std:.3g} at '{chain[i][0].name}'" for i in (first, last))
+        ends = " to ".join(f"{chain[i][1]:.3g} at '{chain[i][0].name}'" for i in (first, last))
         if lo > 0:
             change = "grows" if grows else "collapses"
             msg = f"pre-activation std {change} {ratio:.3g}x across {count(len(chain), 'layer')} at initialisation (from {ends})"

@@ -50,11 +50,10 @@ class VanishingGradient(Rule):
     primary = "shrink_factor"
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
-        chain = [(s, st) for s, st in ctx.notions.gradient_chain(ctx.snapshot) if finite(st.grad_rms)]
+        chain = [(s, st.grad_rms) for s, st in ctx.notions.gradient_chain(ctx.snapshot) if finite(st.grad_rms)]
         if len(chain) < self.t["min_sites"]:
             return []
-        (first, fs), (last, ls) = chain[0], chain[-1]
-        g_first, g_last = float(fs.grad_rms), float(ls.grad_rms)  # type: ignore[arg-type]
+        (first, g_first), (last, g_last) = chain[0], chain[-1]
         if g_last <= 0.0:
             return []  # nothing reaches the output site: not a depth effect
         ratio = g_first / g_last

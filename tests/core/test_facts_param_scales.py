@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -46,3 +48,19 @@ def test_lazy_parameters_are_left_out_and_the_snapshot_carries_the_scales():
     snap = mon.snapshot()
     mon.detach()
     assert snap.param_scales["gamma"] == pytest.approx(1e-6)
+
+
+def test_scales_are_the_largest_absolute_values_computed_by_hand():
+    # Negative extremes, half precision, complex values (|3+4j| = 5), NaN and infinity each give the
+    # largest |value|, as an abs() copy and its max would.
+    model = nn.Module()
+    model.neg = nn.Parameter(torch.tensor([[1.0, -3.0], [2.0, 0.5]]))
+    model.low = nn.Parameter(torch.tensor([-0.5, 0.25], dtype=torch.bfloat16))
+    model.cplx = nn.Parameter(torch.tensor([3 + 4j, 1j]))
+    model.nan = nn.Parameter(torch.tensor([float("nan"), 1.0]))
+    model.inf = nn.Parameter(torch.tensor([float("-inf"), 1.0]))
+    model.zero = nn.Parameter(torch.zeros(3))
+    scales = parameter_scales(model)
+    assert scales["neg"] == 3.0 and scales["low"] == 0.5 and scales["cplx"] == 5.0 and scales["zero"] == 0.0
+    assert math.isnan(scales["nan"]) and scales["inf"] == math.inf
+    assert list(scales) == ["neg", "low", "cplx", "nan", "inf", "zero"]  # in the model's order

@@ -1,12 +1,16 @@
-"""How the monitor is put together: small parts, each touching only its own private state and
-the step state the monitor shares (checked on the sources, so a new cross-part reach fails here)."""
+"""How the monitor is put together: small parts on one base that declares the state they share,
+each touching only its own private state and that shared state (checked on the sources, so a new
+cross-part reach fails here)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import torch.nn as nn
+
 from act_diagnostics.core import ActivationMonitor
+from act_diagnostics.core.monitor_state import MonitorState
 
 CORE = Path(__file__).resolve().parents[2] / "act_diagnostics" / "core"
 PARTS = ("lifecycle", "discovery", "calls", "consumers", "gradients", "reruns", "windows")
@@ -24,15 +28,29 @@ def test_every_core_module_is_small() -> None:
 
 
 def test_the_monitor_is_made_of_the_named_parts() -> None:
-    modules = {cls.__module__.rsplit(".", 1)[-1] for cls in ActivationMonitor.__mro__[1:-1]}
-    assert modules == set(PARTS)
+    *parts, base, _ = ActivationMonitor.__mro__[1:]
+    assert {cls.__module__.rsplit(".", 1)[-1] for cls in parts} == set(PARTS)
+    assert base is MonitorState and all(MonitorState in cls.__bases__ for cls in parts)
+
+
+def test_the_shared_state_is_declared_only() -> None:
+    # Plain annotations: no property, descriptor or class default, so a hook reads the shared state
+    # from the instance's dict as it would on a single class.
+    declared = MonitorState.__annotations__
+    assert {"enabled", "detail", "learning_structure", "activation_depth", "_tracer_entered"} <= set(declared)
+    assert not set(declared) & set(vars(MonitorState))
+    # Everything declared is set up by the time the monitor is built (by it or by its owning part).
+    monitor = ActivationMonitor(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    assert [name for name in declared if name not in vars(monitor)] == []
 
 
 def test_each_part_touches_only_its_own_and_the_shared_private_state() -> None:
     monitor = _source("monitor")
     init = monitor[monitor.index("def __init__") : monitor.index("def __reduce__")]
-    shared = set(_ASSIGNED.findall(init))
+    # The shared private state: declared on the parts' base, set up by the monitor.
+    shared = {name for name in MonitorState.__annotations__ if name.startswith("_")}
     assert {"_names", "_facts", "_tracer", "_training"} <= shared
+    assert set(_ASSIGNED.findall(init)) == shared
     methods = {m for part in (*PARTS, "monitor") for m in re.findall(r"def (_[a-z_]+)\(", _source(part))}
     for part in (*PARTS, "monitor"):
         source = _source(part)

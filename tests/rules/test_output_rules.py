@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monitored_training import judged_training
 from snapshot_builders import make_site, make_snapshot, relu_stats
 
-from act_diagnostics.core import ActivationMonitor, SiteStats
+from act_diagnostics.core import SiteStats
 from act_diagnostics.rules import RULE_IDS, RuleEngine
 from act_diagnostics.rules.activation_loss import describe, effective_loss
 
@@ -113,21 +114,8 @@ def test_multi_label_finding_says_why() -> None:
 
 # ------------------------------------------------------------------ end to end (monitor + engine)
 def _findings(model: nn.Module, loss_of, x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> list[tuple[str, str, str]]:
-    torch.manual_seed(0)
     engine = only("activation-loss-mismatch", "output-activation-mismatch")
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    mon = ActivationMonitor(model).attach()
-    found = []
-    for step in range(steps):
-        mon.begin_step(detail=True)
-        loss = loss_of(model(x), y)
-        mon.stop_tracing()
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        mon.end_step()
-        found += engine.evaluate(mon.snapshot(step=step), preflight=step == 0)
-    mon.detach()
+    found = judged_training(model, loss_of, x, y, engine, steps, lr=0.05)
     return sorted((f.rule, f.site, f.severity) for f in found if f.severity != "info")
 
 

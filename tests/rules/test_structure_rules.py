@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monitored_training import judged_training
 from snapshot_builders import make_site, make_snapshot, relu_stats
 
-from act_diagnostics.core import ActivationMonitor, Snapshot
+from act_diagnostics.core import Snapshot
 from act_diagnostics.core.network import NetworkFacts
 from act_diagnostics.rules import RULE_IDS, RuleEngine
 from act_diagnostics.rules.missing_nonlinearity import linear_chains
@@ -130,22 +131,7 @@ def test_every_rule_runs_on_a_snapshot_without_sites() -> None:
 
 # ------------------------------------------------------------------ end to end
 def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, steps: int = 6, lr: float = 0.01) -> list[tuple[str, str]]:
-    torch.manual_seed(0)
-    engine = RuleEngine()
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    mon = ActivationMonitor(model).attach()
-    found = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for step in range(steps):
-            mon.begin_step(detail=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            mon.end_step()
-            found += engine.evaluate(mon.snapshot(step=step), preflight=step == 0)
-    mon.detach()
+    found = judged_training(model, loss_fn, x, y, RuleEngine(), steps, lr)
     return sorted({(f.rule, f.severity) for f in found if f.severity != "info"})
 
 

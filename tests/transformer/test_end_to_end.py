@@ -32,15 +32,20 @@ from act_diagnostics.rules import ActivationWarning, RuleEngine
 NEW_RULES = {"attention-logit-growth", "output-logit-divergence", "activation-spike", "dead-experts"}
 
 
+def _three_steps(mon: ActivationMonitor, model, x) -> None:
+    """Three measured steps (the middle one in detail), backward only."""
+    for i in range(3):
+        mon.begin_step(detail=i == 1)
+        lm_loss(model, x).backward()
+        mon.end_step()
+
+
 def test_no_host_sync_in_steps_and_one_copy_per_snapshot(monkeypatch) -> None:
     model = LMWithMoE()
     x = next(copy_batches())
     mon = ActivationMonitor(model, structure_steps=1).attach()
     counter = CountTransfers(monkeypatch)
-    for i in range(3):
-        mon.begin_step(detail=i == 1)
-        lm_loss(model, x).backward()
-        mon.end_step()
+    _three_steps(mon, model, x)
     during = counter.count
     snap = mon.snapshot()
     per_snapshot = counter.count - during
@@ -58,10 +63,7 @@ def test_no_host_sync_in_steps_without_a_model_that_syncs(monkeypatch) -> None:
     x = next(copy_batches())
     mon = ActivationMonitor(model, structure_steps=1).attach()
     counter = CountTransfers(monkeypatch)
-    for i in range(3):
-        mon.begin_step(detail=i == 1)
-        lm_loss(model, x).backward()
-        mon.end_step()
+    _three_steps(mon, model, x)
     during = counter.count
     mon.snapshot()
     monkeypatch.undo()

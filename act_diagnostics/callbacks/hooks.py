@@ -1,0 +1,83 @@
+"""LightningHooks: the Callback hooks DiagnosticsCallbackCore overrides, as the type checker sees them.
+
+DiagnosticsCallbackCore imports neither Lightning flavour: each flavour module adds its own
+``Callback`` as a second base at runtime. For the type checker, this class declares the hooks the
+core overrides (its ``@override`` methods need a base that has them), with the trainer and the
+module duck-typed as the core reads them. Both flavours' ``Callback`` classes declare the same
+hooks, so the checker compares the core's signatures with each flavour's where the flavour class
+combines them (pl_callback.py, lightning_callback.py). At runtime it is ``object``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+
+    class LightningHooks:
+        """The hooks of Lightning's ``Callback`` that DiagnosticsCallbackCore overrides."""
+
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None: ...
+
+        def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None: ...
+
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None: ...
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None: ...
+
+        def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None: ...
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None: ...
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None: ...
+
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None: ...
+
+        def on_validation_start(self, trainer: Any, pl_module: Any) -> None: ...
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None: ...
+
+        def on_test_start(self, trainer: Any, pl_module: Any) -> None: ...
+
+        def on_test_end(self, trainer: Any, pl_module: Any) -> None: ...
+
+        def on_predict_start(self, trainer: Any, pl_module: Any) -> None: ...
+
+        def on_predict_end(self, trainer: Any, pl_module: Any) -> None: ...
+
+        def on_validation_batch_start(
+            self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        ) -> None: ...
+
+        def on_validation_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        ) -> None: ...
+
+        def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+
+        def on_test_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        ) -> None: ...
+
+        def on_predict_batch_start(
+            self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        ) -> None: ...
+
+        def on_predict_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        ) -> None: ...
+
+        @property
+        def state_key(self) -> str: ...
+
+        @property  # a str in the core; Lightning annotates type[Callback] (see _core.py)
+        def _legacy_state_key(self) -> Any: ...
+
+        def state_dict(self) -> dict[str, Any]: ...
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+else:
+    LightningHooks = object
