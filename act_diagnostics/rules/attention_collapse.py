@@ -1,7 +1,8 @@
 """attention-collapse: attention that puts nearly all its weight on one key (entropy collapse).
 
 Reads the attention sites (the weights of ``F.scaled_dot_product_attention`` and of
-``nn.MultiheadAttention``, recomputed for a sample on detail steps; docs/statistics.md):
+``nn.MultiheadAttention``, recomputed for a sample on detail steps, and the softmax of attention
+written by hand, measured where it runs; docs/statistics.md):
 ``SiteStats.saturation`` there is the share of query
 rows whose largest weight exceeds ``1 - saturation_eps``. Zhai et al. (ICML 2023, "Stabilizing
 Transformer Training by Preventing Attention Entropy Collapse") show attention entropy collapsing

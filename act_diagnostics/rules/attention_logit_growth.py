@@ -2,7 +2,8 @@
 can only pick one key.
 
 Reads ``SiteStats.max_logit`` of the attention sites: the largest ``q.k * scale`` over the heads of
-the sample the monitor recomputes on detail steps for attention entropy (core/attention.py).
+the sample the monitor recomputes on detail steps for attention entropy, or, for attention written
+by hand, the largest value of its softmax's input (core/attention.py).
 Dehghani et al. (ICML 2023, ViT-22B) and Wortsman et al. (ICLR 2024, "Small-scale proxies for
 large-scale Transformer training instabilities") show attention logits growing without bound at
 high learning rates when queries and keys are not normalised, the attention entropy collapsing and
