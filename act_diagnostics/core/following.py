@@ -110,6 +110,9 @@ class Flow:
     steps: tuple[str, ...] = ()
     reordered: bool = False
     target: Any = None  # weakref.ref to the target tensor, or None
+    # A picked term: the dim of the site's output its classes were picked on (None: unknown, or
+    # read after a reshape or a reordering).
+    class_dim: int | None = None
 
     @property
     def structural(self) -> bool:
@@ -301,7 +304,9 @@ class Following:
         elif func in _GATHER:  # p.gather(1, y[:, None]): each row's class picked by its index
             index = args[2] if len(args) > 2 else kwargs.get("index", kwargs.get("indices"))
             if outside and isinstance(index, Tensor) and not index.is_floating_point() and not _is_term(flow):
-                self.put(mon, result, replace(flow.then(PICKED), target=weakref.ref(index)))
+                dim = real(args[1] if len(args) > 1 else kwargs.get("dim"))
+                class_dim = self._class_dim(mon, flow, first, None if dim is None else int(dim))
+                self.put(mon, result, replace(flow.then(PICKED), target=weakref.ref(index), class_dim=class_dim))
 
     def pick(self, mon: Any, flow: Flow, value: Any, index: Any, result: Any) -> bool:
         """``value[index]`` after the forward: True when it picks each row's class by its label
@@ -312,8 +317,16 @@ class Following:
         labels = picked_labels(value, index, result)
         if labels is None:
             return False
-        self.put(mon, result, replace(flow.then(PICKED), target=weakref.ref(labels)))
+        class_dim = self._class_dim(mon, flow, value, value.dim() - 1)
+        self.put(mon, result, replace(flow.then(PICKED), target=weakref.ref(labels), class_dim=class_dim))
         return True
+
+    @staticmethod
+    def _class_dim(mon: Any, flow: Flow, value: Tensor, dim: int | None) -> int | None:
+        """``dim`` of ``value`` as a dim of the site's output, where ``value`` keeps its layout."""
+        if dim is None or flow.reordered or not mon.same_layout(flow.site, value):
+            return None
+        return dim % value.dim() if value.dim() else None
 
     def _binary(self, mon: Any, func: Any, args: tuple, kwargs: dict, result: Any, outside: bool) -> None:
         a = args[0] if args else kwargs.get("input")
@@ -383,6 +396,8 @@ class Following:
         target = flow.target() if flow.target is not None else None
         mon.note_loss(kind, value, target)
         mon.add_consumer(flow.site, consumer, value)
+        if kind == HANDWRITTEN_CE and flow.class_dim is not None:
+            mon.note_class_dim(flow.site, consumer[5:], flow.class_dim)
         if target is not None and all(s in RANGE_KEPT for s in prefix):
             mon.note_targets(flow.site, kind, target)
             if kind != HANDWRITTEN_BCE:  # (1 - y) pairs with log(1 - p): y is what is compared

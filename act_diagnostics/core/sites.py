@@ -49,6 +49,10 @@ class Site:
     # Losses that got one class of the output (probs[:, 1] into BCE), not its classes; judged
     # against the output of the same call (sequence lengths may vary from call to call).
     partial_losses: set[str] = field(default_factory=set)
+    # The dim of this output a hand-written class loss picked each row's class on
+    # ({"handwritten_cross_entropy(clamp)": 1} for -log(p.gather(1, y[:, None])) or p[range(n), y]),
+    # recorded where the loss read the output in its own layout.
+    loss_class_dims: dict[str, int] = field(default_factory=dict)
     # Which call of its module or function in a forward pass this is: 0, or k for ``<base>#k``.
     call_index: int = 0
 

@@ -127,6 +127,16 @@ class StructureFacts:
                     self.sites[site].reordered_losses.add(loss)
                 self._note_partial(self.sites[site], loss, value)
 
+    def same_layout(self, site: str, value: Any) -> bool:
+        """``value`` has the shape of ``site``'s output in this call (no reshape on the way)."""
+        shape = self._output_shape.get(site)
+        return shape is not None and isinstance(value, Tensor) and value.shape == shape
+
+    def note_class_dim(self, site: str, loss: str, dim: int) -> None:
+        """A hand-written class loss picked each row's class on ``dim`` of ``site``'s output."""
+        if site in self.sites:
+            self.sites[site].loss_class_dims[loss] = dim
+
     def note_loss(self, loss: str, prediction: Any, target: Any) -> None:
         self.output_layers.note(prediction, self._layer_out)  # loss-input layers
         info = self.losses_seen.setdefault(loss, {"calls": 0})

@@ -101,10 +101,14 @@ def softmax_ce_floor(classes: int) -> float:
 
 def _classes(site: Site, loss: str) -> tuple[int, int | None]:
     """(number of classes, their dim in the site's output) of the prediction a class loss reads:
-    cross_entropy and nll_loss take (N, C, ...) or (C,). The dim is None for other losses, and
+    cross_entropy and nll_loss take (N, C, ...) or (C,); a hand-written cross-entropy picks them on
+    the dim recorded by the core (``Site.loss_class_dims``). The dim is None for other losses, and
     when the loss got a reshaped output ((N, L, C) viewed as (N * L, C)) or one with its dims
     reordered ((N, L, C) transposed to (N, C, L), the same shape when L == C): then only the loss's
     input says where the classes are, and it is not the site's dim."""
+    if loss in site.loss_class_dims:  # a hand-written cross-entropy: the dim it picked classes on
+        dim = site.loss_class_dims[loss]
+        return (int(site.shape[dim]) if dim < len(site.shape) else site.n_units), dim
     if not loss.startswith(("cross_entropy", "nll_loss")):
         return site.n_units, None
     shape = list(site.loss_input_shapes.get(loss) or site.shape)

@@ -365,3 +365,26 @@ def test_picks_are_followed_on_structure_steps_only(monkeypatch) -> None:
         mon.end_step()
     mon.detach()
     assert len(calls) == 1 and next(iter(mon.sites.values())).consumers == {"output", "loss:handwritten_cross_entropy"}
+
+
+SEQ = torch.randn(4, 5, 5)  # (batch, positions, features): its softmax heads are (4, 5, 3)
+SEQ_LABELS = torch.tensor([[0, 1, 2, 0, 1], [2, 2, 1, 0, 0], [1, 0, 2, 1, 2], [0, 0, 1, 1, 2]])
+
+
+@pytest.mark.parametrize(
+    "x, y, loss_of, class_dims",
+    [
+        (X, LABELS, lambda p, y: -torch.log(p.gather(1, y[:, None])).mean(), {"handwritten_cross_entropy": 1}),
+        (X, LABELS, lambda p, y: -torch.log(p[range(N), y]).mean(), {"handwritten_cross_entropy": 1}),
+        (X, LABELS, lambda p, y: -torch.log(p.clamp(1e-7, 1)[range(N), y]).mean(), {"handwritten_cross_entropy(clamp)": 1}),
+        (SEQ, SEQ_LABELS, lambda p, y: -torch.log(p.gather(-1, y[..., None])).mean(), {"handwritten_cross_entropy": 2}),
+        # A reshape or a reordering on the way: the picked dim is no dim of the output's layout.
+        (SEQ, SEQ_LABELS, lambda p, y: -torch.log(p.reshape(-1, 3)[range(20), y.flatten()]).mean(), {}),
+        (SEQ, SEQ_LABELS, lambda p, y: -torch.log(p.transpose(1, 2).gather(1, y[:, None])).mean(), {}),
+    ],
+    ids=["gather", "index", "clamped_index", "sequence_gather", "reshaped", "transposed"],
+)
+def test_the_dim_a_handwritten_cross_entropy_picks_classes_on(x, y, loss_of, class_dims) -> None:
+    site, _, _ = _consumers(_head(3, nn.Softmax(dim=-1)), loss_of, x, y)
+    assert any(c.startswith("loss:handwritten_cross_entropy") for c in site.consumers)
+    assert site.loss_class_dims == class_dims

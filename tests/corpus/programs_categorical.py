@@ -307,6 +307,33 @@ def softmax_over_one_step_oracle(module) -> bool:
     return bool((probs == 1).all()) and float(loss.detach()) == 0.0 and parameter_grads_all_zero(module, loss)
 
 
+class ScratchSoftmaxOverTheBatch(TabularModule):
+    """Softmax regression ported from a NumPy tutorial whose scores were (classes, samples): its
+    `exp(z) / exp(z).sum(axis=0)` kept as `F.softmax(z, dim=0)` on PyTorch's (samples, classes),
+    with the tutorial's loss `-log(p[range(n), y]).mean()`."""
+
+    def __init__(self, buggy: bool) -> None:
+        super().__init__(*blobs(n=150, d=4, classes=3, seed=63), batch_size=30, lr=0.05, optimizer="sgd")
+        self.linear = nn.Linear(4, 3)
+        self.dim = 0 if buggy else 1
+
+    def forward(self, x):
+        return F.softmax(self.linear(x), dim=self.dim)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        p = self(x)
+        return -torch.log(p[range(len(y)), y]).mean()
+
+
+def softmax_over_the_batch_oracle(module) -> bool:
+    """The probabilities sum to 1 down each class's column (over the batch), not along each row
+    (over the classes) that the loss picks from."""
+    x, _ = first_batch(module)
+    p = module(x)
+    return not rows_sum_to_one(p) and bool(((p.sum(0) - 1).abs() < 1e-4).all())
+
+
 PROGRAMS: list[Program] = [
     Program(
         name="keras_sigmoid_categorical_crossentropy",
@@ -399,5 +426,13 @@ PROGRAMS: list[Program] = [
         rules=("output-activation-mismatch",),
         site=":softmax",
         oracle=softmax_over_one_step_oracle,
+    ),
+    Program(
+        name="numpy_port_softmax_over_the_batch",
+        story="NumPy tutorial port: F.softmax(z, dim=0) on (samples, classes), loss -log(p[range(n), y]).mean()",
+        build=ScratchSoftmaxOverTheBatch,
+        rules=("activation-loss-mismatch",),
+        site=":softmax",
+        oracle=softmax_over_the_batch_oracle,
     ),
 ]

@@ -215,3 +215,21 @@ class _OneStep(nn.Module):
 )
 def test_cross_entropy_by_indexing_judged_by_the_activation(model, loss_of, expected) -> None:
     assert _findings(model, loss_of, X, LABELS) == expected
+
+
+@pytest.mark.parametrize(
+    "loss_of",
+    [
+        _nll_by_index,
+        lambda p, y: -torch.log(p.gather(1, y[:, None]) + 1e-7).mean(),
+        lambda p, y: -torch.log(p.clamp(1e-7, 1.0)[torch.arange(N), y]).sum() / N,
+    ],
+    ids=["index", "gather", "clamped_index"],
+)
+def test_softmax_over_the_batch_into_a_handwritten_cross_entropy(loss_of) -> None:
+    # Softmax(dim=0) normalises each class over the 32 rows: the loss picks classes on dim 1.
+    assert _findings(_mlp(3, nn.Softmax(dim=0)), loss_of, X, LABELS) == [("activation-loss-mismatch", "3", "error")]
+    engine = only("activation-loss-mismatch")
+    (f,) = [f for f in judged_training(_mlp(3, nn.Softmax(dim=0)), loss_of, X, LABELS, engine, 1, lr=0.05) if f.severity == "error"]
+    assert "runs over dim 0 (size 32), not over the 3 classes on dim 1" in f.message and f.evidence["softmax_dim"] == 0
+    assert _findings(_mlp(3, nn.Softmax(dim=1)), loss_of, X, LABELS) == []
