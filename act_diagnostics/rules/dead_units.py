@@ -183,7 +183,10 @@ class DeadUnits(Rule):
         return out
 
     def _ask_for_samples(self, ctx: RuleContext, site: str) -> None:
-        """Ask for the next window to be measured on every step, within the budget."""
+        """Ask for the next window to be measured on every step, within the budget (not after the
+        pre-flight check: the first window is measured on every step anyway)."""
+        if ctx.preflight:
+            return
         if not self._asking:  # one dense window serves every site held in this one
             budget = self.t["dense_windows"] + self._windows_judged // self.t["dense_every"]
             self._asking = self._dense_asked < budget

@@ -100,3 +100,12 @@ def test_the_budget_and_the_epoch_survive_a_checkpoint():
     assert resumed.requests.dense == []  # the one dense window was spent before the checkpoint
     (rule,) = resumed.rules
     assert rule._window_epoch == 3
+
+
+def test_the_preflight_check_spends_no_dense_window():
+    engine = _engine(dense_windows=1, dense_every=100)
+    snap = make_snapshot([(make_site("fc.act", "relu"), relu_stats([0.0] * 2 + [0.5] * 6, 2))], step=0)
+    engine.evaluate(snap, preflight=True)
+    assert engine.requests.dense == []  # the first window is dense already
+    engine.evaluate(dataclasses.replace(snap, step=10))
+    assert engine.requests.dense == ["fc.act"]
