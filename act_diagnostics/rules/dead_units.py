@@ -107,7 +107,7 @@ LOW_IMPACT_NOTE = " They cost little here ({why}); act if the model does not lea
 def one_sample_per_row(site: Any, stats: Any, measured_steps: int) -> bool:
     """Each of the window's samples of a unit is a different row of the data: a (rows, units)
     output, called once per measured step (a site called twice a step sees its rows twice)."""
-    return len(site.shape) == 2 and site.unit_dim % 2 == 1 and stats.calls == measured_steps > 0
+    return len(site.shape) == 2 and site.unit_dim in (1, -1) and stats.calls == measured_steps > 0
 
 
 @dataclass
@@ -158,12 +158,11 @@ class DeadUnits(Rule):
         self._evidence: dict[str, _Evidence] = {}
         self._windows_judged = 0
         self._dense_asked = 0
-        self._asking = False  # this window asked for a dense one
         self._window_epoch: int | None = None  # the epoch the current window started in (None: unknown)
 
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         out: list[Finding] = []
-        self._asking = False
+        held: list[str] = []
         if not ctx.preflight:
             self._windows_judged += 1
         elif self._window_epoch is None:  # the pre-flight window is the fit's first step
@@ -175,24 +174,23 @@ class DeadUnits(Rule):
             verdict = self._judge(ctx, site.name, np.asarray(stats.unit_firing, dtype=np.float64), samples_per_unit(stats), rows)
             if verdict is None:
                 ctx.hold(site.name)
-                self._ask_for_samples(ctx, site.name)
-                continue
-            if isinstance(verdict, tuple):  # else False: the layer is clear
+                held.append(site.name)
+            elif isinstance(verdict, tuple):  # else False: the layer is clear
                 out.append(self._finding(ctx, site, *verdict))
+        self._ask_for_samples(ctx, held)
         self._window_epoch = ctx.snapshot.epoch  # the next window starts in this epoch or later
         return out
 
-    def _ask_for_samples(self, ctx: RuleContext, site: str) -> None:
-        """Ask for the next window to be measured on every step, within the budget (not after the
-        pre-flight check: the first window is measured on every step anyway)."""
-        if ctx.preflight:
+    def _ask_for_samples(self, ctx: RuleContext, held: list[str]) -> None:
+        """Ask for the next window to be measured on every step for the held sites (one dense
+        window serves them all), within the budget; not after the pre-flight check: the first
+        window is measured on every step anyway."""
+        if not held or ctx.preflight:
             return
-        if not self._asking:  # one dense window serves every site held in this one
-            budget = self.t["dense_windows"] + self._windows_judged // self.t["dense_every"]
-            self._asking = self._dense_asked < budget
-            self._dense_asked += self._asking
-        if self._asking:
-            ctx.request_dense(site)
+        if self._dense_asked < self.t["dense_windows"] + self._windows_judged // self.t["dense_every"]:
+            self._dense_asked += 1
+            for site in held:
+                ctx.request_dense(site)
 
     def _judge(
         self, ctx: RuleContext, name: str, rates: np.ndarray, n: float, rows_are_samples: bool
